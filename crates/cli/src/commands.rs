@@ -1,0 +1,192 @@
+//! The subcommands.
+use crate::device::parse_device;
+use crate::Common;
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, ModuleT, Tensor};
+use candle_nn::VarMap;
+use digitlab_data::catalog::{self, FileState};
+use digitlab_data::{resolve_data_dir, DatasetKind};
+use digitlab_models::{build_model, InputShape, OutputKind, SeededVarMap};
+use digitlab_train::checkpoint;
+use digitlab_train::experiment::{run_experiment, Summary};
+use digitlab_train::sweep::run_sweep;
+use digitlab_train::{evaluate, ExperimentConfig, PreparedData, RunOptions, Verbosity};
+use std::path::{Path, PathBuf};
+
+fn verbosity(c: &Common) -> Verbosity {
+    if c.quiet {
+        Verbosity::Lines
+    } else {
+        Verbosity::Bars
+    }
+}
+
+fn pct(v: Option<f64>) -> String {
+    v.map(|v| format!("{:.2}%", 100.0 * v)).unwrap_or_else(|| "-".into())
+}
+
+fn print_summary(s: &Summary, out: &Path) {
+    println!("{}: {} on {} ({} parameters, {} epochs, {:.1}s)", s.name, s.model, s.dataset, s.parameters, s.epochs, s.wall_seconds);
+    println!(
+        "  train acc {} | val acc {} | test acc {} | test macro-F1 {}",
+        pct(Some(s.train_accuracy)),
+        pct(s.val_accuracy),
+        pct(s.test_accuracy),
+        s.test_macro_f1.map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into())
+    );
+    println!("  {:.0} training images/s; outputs in {}", s.train_samples_per_second, out.display());
+}
+
+pub fn train(config: &Path, overrides: &[String], out: Option<PathBuf>, resume: bool, common: &Common) -> Result<()> {
+    let cfg = ExperimentConfig::load(config, overrides)?;
+    let out = out.unwrap_or_else(|| PathBuf::from("runs").join(&cfg.name));
+    let data_dir = resolve_data_dir(common.data_dir.as_deref());
+    let data = PreparedData::load(&cfg, &data_dir)?;
+    if data.test.is_none() {
+        eprintln!("note: no test split of {} under {}: reporting validation only", cfg.data.dataset, data_dir.display());
+    }
+    let opts = RunOptions {
+        out_dir: Some(out.clone()),
+        device: parse_device(&common.device)?,
+        verbosity: verbosity(common),
+        resume,
+        max_epochs_this_run: None,
+    };
+    let result = run_experiment(&cfg, &data, &opts)?;
+    print_summary(&result.summary, &out);
+    Ok(())
+}
+
+pub fn sweep(config: &Path, overrides: &[String], out: Option<PathBuf>, common: &Common) -> Result<()> {
+    let cfg = ExperimentConfig::load(config, overrides)?;
+    if cfg.search.is_none() {
+        bail!("{}: no [search] section; add one (see configs/logreg_3v6.toml) or use `digitlab train`", config.display());
+    }
+    let out = out.unwrap_or_else(|| PathBuf::from("runs").join(&cfg.name));
+    let opts = RunOptions {
+        out_dir: Some(out.clone()),
+        device: parse_device(&common.device)?,
+        verbosity: verbosity(common),
+        resume: false,
+        max_epochs_this_run: None,
+    };
+    let r = run_sweep(&cfg, &resolve_data_dir(common.data_dir.as_deref()), &opts)?;
+    println!("{:>5}  {:<50} {:>10} {:>10}", "trial", "values", "val acc", "val loss");
+    for t in &r.trials {
+        let values: Vec<String> = t.assignment.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let mark = if t.index == r.best { "*" } else { " " };
+        println!("{:>4}{mark}  {:<50} {:>10} {:>10.4}", t.index + 1, values.join(" "), pct(Some(t.val_accuracy)), t.val_loss);
+    }
+    print_summary(&r.final_run.summary, &out.join("final"));
+    Ok(())
+}
+
+/// Rebuilds the model a sidecar describes and loads its verified weights.
+fn load_checkpoint(path: &Path, device: &candle_core::Device) -> Result<(ExperimentConfig, checkpoint::Sidecar, digitlab_models::Model)> {
+    let sidecar_path = checkpoint::resolve(path)?;
+    let sidecar = checkpoint::read_sidecar(&sidecar_path)?;
+    let cfg: ExperimentConfig = serde_json::from_value(sidecar.config.clone())
+        .with_context(|| format!("{}: the stored config is not valid for this digitlab version", sidecar_path.display()))?;
+    let [c, h, w] = sidecar.input_shape;
+    let map = VarMap::new();
+    let vb = SeededVarMap::var_builder(&map, cfg.seed, DType::F32, device);
+    let model = build_model(&cfg.model, InputShape { channels: c, height: h, width: w }, sidecar.class_names.len(), vb)?;
+    checkpoint::load_model(&sidecar_path, &sidecar, &map, device)?;
+    Ok((cfg, sidecar, model))
+}
+
+pub fn eval(path: &Path, split: &str, common: &Common) -> Result<()> {
+    let device = parse_device(&common.device)?;
+    let (cfg, sidecar, model) = load_checkpoint(path, &device)?;
+    let data = PreparedData::load(&cfg, &resolve_data_dir(common.data_dir.as_deref()))?;
+    let ds = match split {
+        "test" => data.test.context("the test split's files are not present (see `digitlab datasets`)")?,
+        "val" => data.val.context("this config has no validation split (data.val_fraction = 0)")?,
+        other => bail!("--split must be test or val, got `{other}`"),
+    };
+    let e = evaluate(&model, &ds, &cfg.data.pipeline(), cfg.train.eval_batch_size, cfg.train.loss, &device)?;
+    println!("{} (epoch {}) on {} ({} images)", cfg.name, sidecar.epoch, ds.name(), ds.len());
+    println!("  loss {:.4}  accuracy {:.2}%  macro-F1 {:.4}", e.loss, 100.0 * e.accuracy(), e.macro_f1());
+    println!("  {:<12} {:>9} {:>9} {:>9} {:>8}", "class", "precision", "recall", "f1", "support");
+    for (k, m) in e.confusion.per_class().iter().enumerate() {
+        println!("  {:<12} {:>9.4} {:>9.4} {:>9.4} {:>8}", sidecar.class_names[k], m.precision, m.recall, m.f1, m.support);
+    }
+    Ok(())
+}
+
+pub fn predict(path: &Path, images: &[PathBuf], invert: &str, common: &Common) -> Result<()> {
+    if images.is_empty() {
+        bail!("give at least one image file");
+    }
+    let device = parse_device(&common.device)?;
+    let (cfg, sidecar, model) = load_checkpoint(path, &device)?;
+    let [c, h, w] = sidecar.input_shape;
+    let pipeline = cfg.data.pipeline();
+    for img_path in images {
+        let img = image::open(img_path).with_context(|| format!("{}: not a readable image", img_path.display()))?;
+        let gray = img.to_luma8();
+        let mean = gray.pixels().map(|p| p.0[0] as f64).sum::<f64>() / (gray.width() * gray.height()).max(1) as f64;
+        let do_invert = match invert {
+            "auto" => mean > 127.0,
+            "yes" => true,
+            "no" => false,
+            other => bail!("--invert must be auto, yes or no, got `{other}`"),
+        };
+        // Resize to the model's input with the `image` crate, then reuse the training pipeline
+        // (channel conversion and normalisation) with resizing switched off.
+        let resized = img.resize_exact(w as u32, h as u32, image::imageops::FilterType::Triangle);
+        let mut px: Vec<u8> = if c == 1 {
+            resized.to_luma8().into_raw()
+        } else {
+            let rgb = resized.to_rgb8();
+            (0..3).flat_map(|ch| rgb.pixels().map(move |p| p.0[ch]).collect::<Vec<_>>()).collect()
+        };
+        if do_invert {
+            px.iter_mut().for_each(|v| *v = 255 - *v);
+        }
+        let shape = digitlab_data::ImageShape::new(c, h, w);
+        let p = digitlab_data::Pipeline { resize: None, channels: None, augment: None, ..pipeline.clone() };
+        let mut out = vec![0f32; shape.numel()];
+        p.apply::<rand_chacha::ChaCha8Rng>(&px, shape, None, &mut out, &mut Vec::new());
+        let x = Tensor::from_vec(out, (1, c, h, w), &device)?;
+        let logits = model.forward_t(&x, false)?;
+        let probs: Vec<f32> = match model.output() {
+            OutputKind::BinaryLogit => {
+                let p1 = candle_nn::ops::sigmoid(&logits)?.flatten_all()?.to_vec1::<f32>()?[0];
+                vec![1.0 - p1, p1]
+            }
+            OutputKind::Logits(_) => candle_nn::ops::softmax_last_dim(&logits)?.flatten_all()?.to_vec1()?,
+        };
+        let mut order: Vec<usize> = (0..probs.len()).collect();
+        order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
+        let top: Vec<String> = order.iter().take(3).map(|&k| format!("{} {:.3}", sidecar.class_names[k], probs[k])).collect();
+        println!("{}: {}{}", img_path.display(), top.join(", "), if do_invert { " (inverted)" } else { "" });
+    }
+    Ok(())
+}
+
+pub fn datasets(verify: bool, common: &Common) -> Result<()> {
+    let data_dir = resolve_data_dir(common.data_dir.as_deref());
+    println!("data directory: {}", data_dir.display());
+    println!("{:<14} {:<7} {}", "dataset", "status", "details");
+    println!("{:<14} {:<7} embedded UCI 8x8 digits, 1,797 images ({})", "digits", "ready", digitlab_data::digits::DIGITS_ATTRIBUTION);
+    for kind in DatasetKind::ALL.into_iter().filter(|k| *k != DatasetKind::Digits) {
+        let states = catalog::file_states(kind, &data_dir, verify);
+        let missing: Vec<&str> = states.iter().filter(|(_, s)| *s == FileState::Missing).map(|(f, _)| f.name).collect();
+        let invalid: Vec<String> =
+            states.iter().filter_map(|(_, s)| if let FileState::Invalid(_, e) = s { Some(e.clone()) } else { None }).collect();
+        let (status, details) = if !invalid.is_empty() {
+            ("invalid", invalid.join("; "))
+        } else if missing.len() == states.len() {
+            ("absent", format!("run `cargo xtask download {kind}` (or --from DIR)"))
+        } else if !missing.is_empty() {
+            ("partial", format!("missing {}", missing.join(", ")))
+        } else if verify {
+            ("valid", "all checksums verified".to_string())
+        } else {
+            ("present", "use --verify to check checksums".to_string())
+        };
+        println!("{:<14} {:<7} {}", kind.name(), status, details);
+    }
+    Ok(())
+}

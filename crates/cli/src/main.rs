@@ -1,0 +1,102 @@
+//! `digitlab`: train, search, evaluate and run digit-recognition experiments
+//! from TOML configs.
+mod commands;
+mod device;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "digitlab", version, about = "Digit-recognition deep-learning lab on candle", long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Options shared by commands that run models.
+#[derive(clap::Args, Clone, Debug)]
+pub struct Common {
+    /// Data directory (default: $DIGITLAB_DATA, else ./data).
+    #[arg(long, global = true)]
+    pub data_dir: Option<PathBuf>,
+    /// cpu, cuda or cuda:N (CUDA needs a build with `--features cuda`).
+    #[arg(long, default_value = "cpu", global = true)]
+    pub device: String,
+    /// Log one line per epoch instead of progress bars.
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train one experiment from a config.
+    Train {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Override a config value: --set optim.lr=0.01 (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+        /// Output folder (default: runs/<name>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Continue from <out>/last.json.
+        #[arg(long)]
+        resume: bool,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Hyperparameter search (grid or random) from a config with a [search] section.
+    Sweep {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Evaluate a checkpoint (run folder, best.json/last.json, or its .safetensors).
+    Eval {
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// test or val.
+        #[arg(long, default_value = "test")]
+        split: String,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Classify PNG/JPEG images with a checkpoint.
+    Predict {
+        #[arg(long)]
+        checkpoint: PathBuf,
+        images: Vec<PathBuf>,
+        /// Invert colours: auto (dark digit on light background is inverted), yes, no.
+        #[arg(long, default_value = "auto")]
+        invert: String,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// List datasets and whether their files are present and valid.
+    Datasets {
+        /// Verify checksums (reads every file).
+        #[arg(long)]
+        verify: bool,
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Train { config, overrides, out, resume, common } => {
+            commands::train(&config, &overrides, out, resume, &common)
+        }
+        Command::Sweep { config, overrides, out, common } => commands::sweep(&config, &overrides, out, &common),
+        Command::Eval { checkpoint, split, common } => commands::eval(&checkpoint, &split, &common),
+        Command::Predict { checkpoint, images, invert, common } => commands::predict(&checkpoint, &images, &invert, &common),
+        Command::Datasets { verify, common } => commands::datasets(verify, &common),
+    }
+}

@@ -1,0 +1,93 @@
+//! Evaluation of a model on a dataset: loss, confusion matrix and per-image
+//! predictions with confidences.
+use crate::metrics::ConfusionMatrix;
+use crate::Result;
+use candle_core::{DType, ModuleT, Tensor, D};
+use digitlab_data::{Batcher, Dataset, Pipeline};
+use digitlab_losses::{LossKind, Reduction};
+use digitlab_models::{Model, OutputKind};
+
+/// Results of one pass over a dataset.
+#[derive(Debug, Clone)]
+pub struct Evaluation {
+    /// Mean loss per image.
+    pub loss: f64,
+    pub confusion: ConfusionMatrix,
+    /// Predicted class, confidence (probability of the predicted class) and true
+    /// label of every image, in dataset order.
+    pub predictions: Vec<u32>,
+    pub confidence: Vec<f32>,
+    pub labels: Vec<u32>,
+}
+
+impl Evaluation {
+    pub fn accuracy(&self) -> f64 {
+        self.confusion.accuracy()
+    }
+    pub fn macro_f1(&self) -> f64 {
+        self.confusion.macro_f1()
+    }
+    /// Indices of misclassified images, most confident first.
+    pub fn most_confident_errors(&self, n: usize) -> Vec<usize> {
+        let mut wrong: Vec<usize> = (0..self.labels.len()).filter(|&i| self.predictions[i] != self.labels[i]).collect();
+        wrong.sort_by(|&a, &b| self.confidence[b].total_cmp(&self.confidence[a]));
+        wrong.truncate(n);
+        wrong
+    }
+}
+
+/// Applies what a loss expects to the raw model output (sigmoid for `bce`,
+/// log-softmax for `nll`; logits otherwise) and computes it.
+pub fn compute_loss(kind: LossKind, output: &Tensor, labels: &Tensor, reduction: Reduction) -> Result<Tensor> {
+    let input = match kind {
+        LossKind::Bce => candle_nn::ops::sigmoid(output)?,
+        LossKind::Nll => digitlab_losses::log_softmax(output, D::Minus1)?,
+        _ => output.clone(),
+    };
+    Ok(kind.compute(&input, labels, reduction)?)
+}
+
+/// Predicted classes and their probabilities from raw model outputs.
+pub fn predict(output_kind: OutputKind, output: &Tensor) -> Result<(Vec<u32>, Vec<f32>)> {
+    match output_kind {
+        OutputKind::BinaryLogit => {
+            let z: Vec<f32> = output.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
+            let pred = z.iter().map(|&v| u32::from(v > 0.0)).collect();
+            let conf = z.iter().map(|&v| 1.0 / (1.0 + (-v.abs()).exp())).collect();
+            Ok((pred, conf))
+        }
+        OutputKind::Logits(_) => {
+            let probs = candle_nn::ops::softmax_last_dim(&output.to_dtype(DType::F32)?)?;
+            let pred: Vec<u32> = probs.argmax(D::Minus1)?.to_vec1()?;
+            let conf: Vec<f32> = probs.max(D::Minus1)?.to_vec1()?;
+            Ok((pred, conf))
+        }
+    }
+}
+
+/// Evaluates `model` (in eval mode) on every image of `data`.
+pub fn evaluate(
+    model: &Model,
+    data: &Dataset,
+    pipeline: &Pipeline,
+    batch_size: usize,
+    loss: LossKind,
+    device: &candle_core::Device,
+) -> Result<Evaluation> {
+    let batcher = Batcher::new(data, pipeline, batch_size, device)?;
+    let mut total_loss = 0.0;
+    let mut predictions = Vec::with_capacity(data.len());
+    let mut confidence = Vec::with_capacity(data.len());
+    for batch in batcher.epoch(0) {
+        let batch = batch?;
+        let out = model.forward_t(&batch.images, false)?;
+        let l = compute_loss(loss, &out, &batch.labels, Reduction::Sum)?;
+        total_loss += l.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        let (p, c) = predict(model.output(), &out)?;
+        predictions.extend(p);
+        confidence.extend(c);
+    }
+    let labels: Vec<u32> = data.labels().iter().map(|&l| l as u32).collect();
+    let confusion = ConfusionMatrix::from_predictions(data.num_classes(), &labels, &predictions);
+    Ok(Evaluation { loss: total_loss / data.len() as f64, confusion, predictions, confidence, labels })
+}

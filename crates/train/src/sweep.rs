@@ -1,0 +1,170 @@
+//! Running a hyperparameter search: every trial trained on the train split and
+//! scored on validation, a `trials.csv` table, then the best values retrained
+//! (on train + validation if asked) and tested once.
+use crate::config::{ExperimentConfig, MetricName};
+use crate::experiment::{run_experiment, ExperimentResult};
+use crate::io::{write_atomic, write_json};
+use crate::search::{describe, trial_config};
+use crate::trainer::{train, PreparedData, RunOptions, Verbosity};
+use crate::{Result, TrainError};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// One scored trial.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Trial {
+    pub index: usize,
+    pub assignment: BTreeMap<String, String>,
+    pub val_accuracy: f64,
+    pub val_loss: f64,
+    pub val_macro_f1: f64,
+    pub train_accuracy: f64,
+    pub best_epoch: Option<usize>,
+    pub seconds: f64,
+    /// Why the trial failed (e.g. diverged), if it did.
+    pub error: Option<String>,
+}
+
+impl Trial {
+    fn score(&self, m: MetricName) -> f64 {
+        match m {
+            MetricName::ValAccuracy => self.val_accuracy,
+            MetricName::ValLoss => self.val_loss,
+            MetricName::ValMacroF1 => self.val_macro_f1,
+            MetricName::TrainLoss => f64::NAN,
+        }
+    }
+}
+
+/// A finished search.
+pub struct SweepResult {
+    pub trials: Vec<Trial>,
+    pub best: usize,
+    pub final_run: ExperimentResult,
+}
+
+/// Runs the search in `cfg.search` with data from `data_dir`, writing
+/// `trials.csv`, `sweep.json` and the final run's outputs (`final/`) under `opts.out_dir`.
+pub fn run_sweep(cfg: &ExperimentConfig, data_dir: &Path, opts: &RunOptions) -> Result<SweepResult> {
+    let search = cfg.search.as_ref().ok_or_else(|| TrainError::Config("this config has no [search] section".into()))?;
+    let assignments = search.trials(cfg.seed);
+    let reload_data = search.space.keys().any(|k| k.starts_with("data.") || k == "seed");
+    let base_data = PreparedData::load(&trial_config(cfg, &BTreeMap::new())?, data_dir)?;
+    let mut trials = Vec::new();
+    for (i, a) in assignments.iter().enumerate() {
+        let mut tc = trial_config(cfg, a)?;
+        tc.train.checkpoints = false;
+        let data = if reload_data { PreparedData::load(&tc, data_dir)? } else { base_data.clone() };
+        if data.val.is_none() {
+            return Err(TrainError::Config("a search needs a validation split: set data.val_fraction > 0".into()));
+        }
+        if opts.verbosity != Verbosity::Silent {
+            eprintln!("trial {}/{}: {}", i + 1, assignments.len(), describe(a));
+        }
+        let trial_opts = RunOptions { out_dir: None, resume: false, max_epochs_this_run: None, ..opts.clone() };
+        let strs = a.iter().map(|(k, v)| (k.clone(), v.to_string())).collect();
+        let t0 = std::time::Instant::now();
+        let trial = match train(&tc, &data, &trial_opts) {
+            Ok(run) => {
+                let v = run.val.as_ref().expect("validation split exists");
+                let train_acc = run.history.last().map_or(0.0, |h| h["train_accuracy"]);
+                Trial {
+                    index: i,
+                    assignment: strs,
+                    val_accuracy: v.accuracy(),
+                    val_loss: v.loss,
+                    val_macro_f1: v.macro_f1(),
+                    train_accuracy: train_acc,
+                    best_epoch: run.best_epoch,
+                    seconds: t0.elapsed().as_secs_f64(),
+                    error: None,
+                }
+            }
+            Err(e @ TrainError::Diverged { .. }) => Trial {
+                index: i,
+                assignment: strs,
+                val_accuracy: f64::NAN,
+                val_loss: f64::NAN,
+                val_macro_f1: f64::NAN,
+                train_accuracy: f64::NAN,
+                best_epoch: None,
+                seconds: t0.elapsed().as_secs_f64(),
+                error: Some(e.to_string()),
+            },
+            Err(e) => return Err(e),
+        };
+        if opts.verbosity != Verbosity::Silent {
+            eprintln!("  -> {} = {:.4}", search.metric.as_str(), trial.score(search.metric));
+        }
+        trials.push(trial);
+    }
+    let better = |a: f64, b: f64| if search.metric.higher_is_better() { a > b } else { a < b };
+    let best = trials
+        .iter()
+        .filter(|t| t.score(search.metric).is_finite())
+        .fold(None::<&Trial>, |acc, t| match acc {
+            Some(b) if !better(t.score(search.metric), b.score(search.metric)) => Some(b),
+            _ => Some(t),
+        })
+        .ok_or_else(|| TrainError::Config("every search trial diverged; try smaller learning rates".into()))?
+        .index;
+    if let Some(dir) = &opts.out_dir {
+        write_atomic(&dir.join("trials.csv"), trials_csv(&trials).as_bytes())?;
+    }
+
+    // Final run with the best values.
+    let mut fc = trial_config(cfg, &assignments[best])?;
+    if search.retrain_on_train_val {
+        fc.data.val_fraction = 0.0;
+        fc.train.select_metric = MetricName::TrainLoss;
+        fc.train.early_stopping = None;
+    }
+    if opts.verbosity != Verbosity::Silent {
+        let how = if search.retrain_on_train_val { "retraining on train + validation" } else { "retraining" };
+        eprintln!("best trial {}: {}; {how}", best + 1, describe(&assignments[best]));
+    }
+    let final_data = PreparedData::load(&fc, data_dir)?;
+    let final_opts = RunOptions { out_dir: opts.out_dir.as_ref().map(|d| d.join("final")), ..opts.clone() };
+    let final_run = run_experiment(&fc, &final_data, &final_opts)?;
+    if let Some(dir) = &opts.out_dir {
+        let mut summary = serde_json::to_value(&final_run.summary).map_err(|e| TrainError::Config(e.to_string()))?;
+        if let Some(o) = summary.as_object_mut() {
+            o.insert("search_metric".into(), search.metric.as_str().into());
+            o.insert("best_trial".into(), serde_json::to_value(&trials[best]).unwrap_or_default());
+            o.insert("trials".into(), trials.len().into());
+            o.insert("retrained_on_train_val".into(), search.retrain_on_train_val.into());
+            // The selection's validation score, since the final run may have no validation split.
+            o.insert("val_accuracy".into(), trials[best].val_accuracy.into());
+            o.insert("val_macro_f1".into(), trials[best].val_macro_f1.into());
+        }
+        write_json(&dir.join("summary.json"), &summary)?;
+    }
+    Ok(SweepResult { trials, best, final_run })
+}
+
+/// `trials.csv`: one row per trial with its values and validation scores.
+pub fn trials_csv(trials: &[Trial]) -> String {
+    let keys: Vec<&String> = trials.first().map(|t| t.assignment.keys().collect()).unwrap_or_default();
+    let mut s = String::from("trial");
+    for k in &keys {
+        s += &format!(",{k}");
+    }
+    s += ",val_accuracy,val_loss,val_macro_f1,train_accuracy,best_epoch,seconds,error\n";
+    for t in trials {
+        s += &format!("{}", t.index + 1);
+        for k in &keys {
+            s += &format!(",{}", t.assignment.get(*k).map(|v| v.replace(',', ";")).unwrap_or_default());
+        }
+        s += &format!(
+            ",{:.6},{:.6},{:.6},{:.6},{},{:.2},{}\n",
+            t.val_accuracy,
+            t.val_loss,
+            t.val_macro_f1,
+            t.train_accuracy,
+            t.best_epoch.map(|e| e.to_string()).unwrap_or_default(),
+            t.seconds,
+            t.error.as_deref().unwrap_or("").replace([',', '\n'], " ")
+        );
+    }
+    s
+}

@@ -1,0 +1,60 @@
+//! `cargo xtask`: developer tasks for digitlab (dataset downloads, CI helpers).
+mod download;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use digitlab_data::DatasetKind;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "digitlab developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Download (or import with --from) and verify datasets into the data directory.
+    Download {
+        /// mnist, fashion-mnist, svhn or all
+        dataset: String,
+        /// Data directory (default: $DIGITLAB_DATA, else ./data).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Import verified copies from a local folder instead of the network.
+        #[arg(long)]
+        from: Option<PathBuf>,
+        /// Also fetch SVHN's 1.3 GB `extra` split.
+        #[arg(long)]
+        extra: bool,
+        /// No progress bars.
+        #[arg(long)]
+        quiet: bool,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Download { dataset, data_dir, from, extra, quiet } => {
+            let kinds: Vec<DatasetKind> = if dataset == "all" {
+                vec![DatasetKind::Mnist, DatasetKind::FashionMnist, DatasetKind::Svhn]
+            } else {
+                let k = DatasetKind::from_name(&dataset)?;
+                anyhow::ensure!(k != DatasetKind::Digits, "the `digits` dataset is embedded in digitlab: nothing to download");
+                vec![k]
+            };
+            let data_dir = digitlab_data::resolve_data_dir(data_dir.as_deref());
+            let opts = download::Options { quiet, include_extra: extra };
+            let mut failures = Vec::new();
+            for kind in kinds {
+                if let Err(e) = download::fetch_dataset(kind, &data_dir, from.as_deref(), &opts) {
+                    eprintln!("error: {kind}: {e:#}");
+                    failures.push(kind.name());
+                }
+            }
+            anyhow::ensure!(failures.is_empty(), "could not get: {}", failures.join(", "));
+            Ok(())
+        }
+    }
+}
