@@ -19,7 +19,15 @@ pub struct Batch {
     pub indices: Vec<usize>,
 }
 
+/// Datasets whose transformed f32 images fit in this many bytes are converted
+/// once and kept on the device when no augmentation is asked for.
+pub const DEFAULT_CACHE_BYTES: usize = 1 << 30;
+
 /// Builds batches of a dataset through a pipeline on a device.
+///
+/// Without augmentation, the whole transformed dataset is kept as one tensor on
+/// the device (when it fits in [`DEFAULT_CACHE_BYTES`]) and batches are gathered
+/// from it, so the u8 -> f32 conversion and resize run once, not every epoch.
 #[derive(Debug, Clone)]
 pub struct Batcher<'a> {
     data: &'a Dataset,
@@ -29,6 +37,9 @@ pub struct Batcher<'a> {
     augment: bool,
     seed: u64,
     device: Device,
+    cache_limit: usize,
+    /// Built on first use, so a batcher that augments never converts everything.
+    cache: std::sync::OnceLock<Option<(Tensor, Tensor)>>,
 }
 
 impl<'a> Batcher<'a> {
@@ -41,16 +52,54 @@ impl<'a> Batcher<'a> {
             return Err(DataError::Invalid(format!("{}: cannot batch an empty dataset", data.name())));
         }
         pipeline.validate(data.shape())?;
-        Ok(Self { data, pipeline, batch_size, shuffle: false, augment: false, seed: 0, device: device.clone() })
+        let b = Self {
+            data,
+            pipeline,
+            batch_size,
+            shuffle: false,
+            augment: false,
+            seed: 0,
+            device: device.clone(),
+            cache_limit: DEFAULT_CACHE_BYTES,
+            cache: std::sync::OnceLock::new(),
+        };
+        Ok(b)
     }
 
     /// Shuffles each epoch with a permutation drawn from (`seed`, epoch), and
     /// applies the pipeline's augmentation: the training configuration.
+    ///
+    /// A batch holding the whole dataset is not shuffled: a mean loss over all
+    /// images does not depend on their order.
     pub fn training(mut self, seed: u64) -> Self {
-        self.shuffle = true;
+        self.shuffle = self.batch_size < self.data.len();
         self.augment = self.pipeline.augment.is_some();
         self.seed = seed;
         self
+    }
+
+    /// Caches the transformed dataset on the device only up to `max_bytes` (0: never).
+    pub fn with_cache_limit(mut self, max_bytes: usize) -> Self {
+        self.cache_limit = max_bytes;
+        self.cache = std::sync::OnceLock::new();
+        self
+    }
+
+    /// The cached (images, labels), converting them on first use when allowed.
+    fn cached(&self) -> Result<Option<&(Tensor, Tensor)>> {
+        if let Some(c) = self.cache.get() {
+            return Ok(c.as_ref());
+        }
+        let bytes = self.data.len() * self.image_shape().numel() * 4;
+        let value = if !self.augment && bytes <= self.cache_limit {
+            let idx: Vec<usize> = (0..self.data.len()).collect();
+            let b = self.convert(&idx, None, &mut Vec::new())?;
+            Some((b.images, b.labels))
+        } else {
+            None
+        };
+        let _ = self.cache.set(value);
+        Ok(self.cache.get().and_then(|c| c.as_ref()))
     }
 
     pub fn batch_size(&self) -> usize {
@@ -82,12 +131,28 @@ impl<'a> Batcher<'a> {
     /// The whole dataset as one `[N, C, H, W]` tensor and `[N]` labels, in order,
     /// without augmentation (for evaluation of small sets).
     pub fn all(&self) -> Result<(Tensor, Tensor)> {
+        if let Some((x, y)) = self.cached()? {
+            return Ok((x.clone(), y.clone()));
+        }
         let idx: Vec<usize> = (0..self.data.len()).collect();
-        let b = self.build(&idx, None, &mut Vec::new())?;
+        let b = self.convert(&idx, None, &mut Vec::new())?;
         Ok((b.images, b.labels))
     }
 
-    fn build(&self, idx: &[usize], mut rng: Option<&mut ChaCha8Rng>, scratch: &mut Vec<f32>) -> Result<Batch> {
+    fn build(&self, idx: &[usize], rng: Option<&mut ChaCha8Rng>, scratch: &mut Vec<f32>) -> Result<Batch> {
+        let Some((x, y)) = self.cached()? else {
+            return self.convert(idx, rng, scratch);
+        };
+        if idx.len() == self.data.len() && idx.iter().enumerate().all(|(k, &i)| k == i) {
+            return Ok(Batch { images: x.clone(), labels: y.clone(), indices: idx.to_vec() });
+        }
+        let ids: Vec<u32> = idx.iter().map(|&i| i as u32).collect();
+        let ids = Tensor::from_vec(ids, idx.len(), &self.device)?;
+        Ok(Batch { images: x.index_select(&ids, 0)?, labels: y.index_select(&ids, 0)?, indices: idx.to_vec() })
+    }
+
+    /// Converts images `idx` through the pipeline (u8 -> f32, augment, resize, normalise).
+    fn convert(&self, idx: &[usize], mut rng: Option<&mut ChaCha8Rng>, scratch: &mut Vec<f32>) -> Result<Batch> {
         let ishape = self.data.shape();
         let oshape = self.pipeline.output_shape(ishape);
         let n = oshape.numel();
@@ -170,6 +235,28 @@ mod tests {
         let next: Vec<usize> = b.epoch(1).flat_map(|b| b.unwrap().indices).collect();
         assert_eq!(again, batches.iter().flat_map(|b| b.indices.clone()).collect::<Vec<_>>());
         assert_ne!(again, next);
+    }
+
+    #[test]
+    fn cached_and_converted_batches_agree() {
+        let d = toy(11);
+        let p = Pipeline::default();
+        let cached = Batcher::new(&d, &p, 4, &Device::Cpu).unwrap().training(9);
+        let plain = cached.clone().with_cache_limit(0);
+        assert!(cached.cached().unwrap().is_some() && plain.cached().unwrap().is_none());
+        for (a, b) in cached.epoch(2).zip(plain.epoch(2)) {
+            let (a, b) = (a.unwrap(), b.unwrap());
+            assert_eq!(a.indices, b.indices);
+            let av: Vec<f32> = a.images.flatten_all().unwrap().to_vec1().unwrap();
+            let bv: Vec<f32> = b.images.flatten_all().unwrap().to_vec1().unwrap();
+            assert_eq!(av, bv);
+            assert_eq!(a.labels.to_vec1::<u32>().unwrap(), b.labels.to_vec1::<u32>().unwrap());
+        }
+        // A full batch is one unshuffled batch.
+        let full = Batcher::new(&d, &p, 11, &Device::Cpu).unwrap().training(9);
+        let only: Vec<Batch> = full.epoch(3).collect::<Result<_>>().unwrap();
+        assert_eq!(only.len(), 1);
+        assert_eq!(only[0].indices, (0..11).collect::<Vec<_>>());
     }
 
     #[test]

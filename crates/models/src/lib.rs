@@ -4,16 +4,34 @@
 //! `VarBuilder`), with PyTorch-style initialisation and tensor names:
 //!
 //! - [`LogisticRegression`] (binary), [`SoftmaxRegression`], [`Mlp`];
+//! - convolutional networks with torchvision / timm / `efficientnet_pytorch` tensor
+//!   names, so their PyTorch checkpoints load by name: [`LeNet5`], [`SmallCnn`]
+//!   (the ccexam SVHN CNN), [`ResNet`] 18/34/50/101, [`Vgg`] 11/13/16/19 (with or
+//!   without batch norm), [`EfficientNetLite0`];
+//! - [`Backbone`]: the embedding before the classification head, for fine-tuning
+//!   with a frozen backbone ([`Model::features`], [`Model::with_head`]);
 //! - one entry point, [`build_model`], from a typed [`ModelConfig`];
 //! - [`SeededVarMap`] for weights that are the same on every run with the same seed.
+pub mod backbone;
+pub mod cnn;
+pub mod conv;
+pub mod efficientnet;
 pub mod init;
 pub mod layers;
 pub mod linear_models;
 pub mod mlp;
 pub mod model;
+pub mod pool;
+pub mod resnet;
+pub mod vgg;
 
+pub use backbone::{Backbone, Head};
+pub use cnn::{LeNet5, SmallCnn};
+pub use efficientnet::EfficientNetLite0;
 pub use init::SeededVarMap;
 pub use layers::Activation;
 pub use linear_models::{LogisticRegression, SoftmaxRegression};
 pub use mlp::{Mlp, MlpConfig};
 pub use model::{build_model, count_parameters, is_buffer, InputShape, Model, ModelConfig, OutputKind};
+pub use resnet::{ResNet, ResNetConfig};
+pub use vgg::{Vgg, VggConfig};

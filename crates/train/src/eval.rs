@@ -74,7 +74,13 @@ pub fn evaluate(
     loss: LossKind,
     device: &candle_core::Device,
 ) -> Result<Evaluation> {
-    let batcher = Batcher::new(data, pipeline, batch_size, device)?;
+    evaluate_batches(model, &Batcher::new(data, pipeline, batch_size, device)?, loss)
+}
+
+/// Evaluates `model` on the batches of an (unshuffled) batcher; reuse one batcher
+/// across epochs so its cached tensors are converted once.
+pub fn evaluate_batches(model: &Model, batcher: &Batcher, loss: LossKind) -> Result<Evaluation> {
+    let data = batcher.dataset();
     let mut total_loss = 0.0;
     let mut predictions = Vec::with_capacity(data.len());
     let mut confidence = Vec::with_capacity(data.len());

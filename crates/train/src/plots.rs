@@ -109,6 +109,12 @@ fn palette(i: usize) -> RGBColor {
     PALETTE[i % PALETTE.len()]
 }
 
+/// Lines of the second, fourth, ... round through the palette are dashed so that more
+/// than ten series stay distinguishable.
+fn dashed(i: usize) -> bool {
+    (i / PALETTE.len()) % 2 == 1
+}
+
 static FONT_INIT: Once = Once::new();
 static FONT_OK: AtomicBool = AtomicBool::new(false);
 
@@ -124,13 +130,16 @@ fn ensure_fonts(path: &Path) -> Result<(), PlotError> {
     FONT_INIT.call_once(|| {
         let ok = plotters::style::register_font(FAMILY, FontStyle::Normal, dejavu::sans::regular())
             .is_ok()
-            && plotters::style::register_font(FAMILY, FontStyle::Bold, dejavu::sans::bold()).is_ok();
+            && plotters::style::register_font(FAMILY, FontStyle::Bold, dejavu::sans::bold())
+                .is_ok();
         FONT_OK.store(ok, Ordering::Release);
     });
     if FONT_OK.load(Ordering::Acquire) {
         Ok(())
     } else {
-        Err(PlotError::Font { path: path.to_path_buf() })
+        Err(PlotError::Font {
+            path: path.to_path_buf(),
+        })
     }
 }
 
@@ -251,7 +260,10 @@ fn nice_ticks(lo: f64, hi: f64, target: usize, integer: bool) -> (Vec<f64>, f64)
     // The smallest 1-2-5 step that gives at most `target` intervals.
     let target = target.max(1) as f64;
     let mag = 10f64.powf((span / target).log10().floor());
-    let mult = [1.0, 2.0, 5.0, 10.0].into_iter().find(|m| span / (m * mag) <= target * 1.1).unwrap_or(10.0);
+    let mult = [1.0, 2.0, 5.0, 10.0]
+        .into_iter()
+        .find(|m| span / (m * mag) <= target * 1.1)
+        .unwrap_or(10.0);
     let mut step = mag * mult;
     if integer {
         step = step.max(1.0).round();
@@ -296,11 +308,16 @@ fn de<E: std::fmt::Display>(e: E) -> String {
 }
 
 fn no_data(path: &Path) -> PlotError {
-    PlotError::NoData { path: path.to_path_buf() }
+    PlotError::NoData {
+        path: path.to_path_buf(),
+    }
 }
 
 fn invalid(path: &Path, reason: impl Into<String>) -> PlotError {
-    PlotError::InvalidInput { path: path.to_path_buf(), reason: reason.into() }
+    PlotError::InvalidInput {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
 }
 
 fn check_path(path: &Path) -> Result<(), PlotError> {
@@ -337,7 +354,10 @@ where
             .map_err(de)
             .and_then(|()| draw(&root))
             .and_then(|()| root.present().map_err(de));
-        drawn.map_err(|message| PlotError::Draw { path: path.to_path_buf(), message })?;
+        drawn.map_err(|message| PlotError::Draw {
+            path: path.to_path_buf(),
+            message,
+        })?;
     }
     write_png_atomically(path, buf, w, h)
 }
@@ -345,7 +365,10 @@ where
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 fn write_png_atomically(path: &Path, rgb: Vec<u8>, w: u32, h: u32) -> Result<(), PlotError> {
-    let io_err = |source| PlotError::Io { path: path.to_path_buf(), source };
+    let io_err = |source| PlotError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     let img = image::RgbImage::from_raw(w, h, rgb).ok_or_else(|| PlotError::Draw {
         path: path.to_path_buf(),
         message: format!("pixel buffer does not match {w}x{h}"),
@@ -355,18 +378,28 @@ fn write_png_atomically(path: &Path, rgb: Vec<u8>, w: u32, h: u32) -> Result<(),
         _ => PathBuf::from("."),
     };
     fs::create_dir_all(&dir).map_err(io_err)?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(
         ".{name}.{}.{}.tmp",
         std::process::id(),
         TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
     ));
     let result = (|| {
-        let file = fs::OpenOptions::new().write(true).create_new(true).open(&tmp).map_err(io_err)?;
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(io_err)?;
         let mut out = BufWriter::new(file);
         // `write_to` with `ImageFormat::Png` works with both image 0.24 and 0.25.
         img.write_to(&mut out, image::ImageFormat::Png)
-            .map_err(|source| PlotError::Encode { path: path.to_path_buf(), source })?;
+            .map_err(|source| PlotError::Encode {
+                path: path.to_path_buf(),
+                source,
+            })?;
         let file = out.into_inner().map_err(|e| io_err(e.into_error()))?;
         file.sync_all().map_err(io_err)?;
         drop(file);
@@ -383,7 +416,11 @@ fn write_png_atomically(path: &Path, rgb: Vec<u8>, w: u32, h: u32) -> Result<(),
 // ---------------------------------------------------------------------------------------
 
 fn font(size: f64, bold: bool) -> FontDesc<'static> {
-    let style = if bold { FontStyle::Bold } else { FontStyle::Normal };
+    let style = if bold {
+        FontStyle::Bold
+    } else {
+        FontStyle::Normal
+    };
     FontDesc::new(FontFamily::SansSerif, size, style)
 }
 
@@ -409,8 +446,10 @@ impl FontMetrics {
     fn parse(data: &[u8]) -> Option<Self> {
         let u16_at = |o: usize| data.get(o..o + 2).map(|b| u16::from_be_bytes([b[0], b[1]]));
         let i16_at = |o: usize| u16_at(o).map(|v| v as i16);
-        let u32_at =
-            |o: usize| data.get(o..o + 4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+        let u32_at = |o: usize| {
+            data.get(o..o + 4)
+                .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        };
         let num_tables = u16_at(4)? as usize;
         let table = |tag: &[u8; 4]| {
             (0..num_tables).find_map(|i| {
@@ -546,9 +585,12 @@ fn metrics(bold: bool) -> Option<&'static FontMetrics> {
     static REGULAR: std::sync::OnceLock<Option<FontMetrics>> = std::sync::OnceLock::new();
     static BOLD: std::sync::OnceLock<Option<FontMetrics>> = std::sync::OnceLock::new();
     if bold {
-        BOLD.get_or_init(|| FontMetrics::parse(dejavu::sans::bold())).as_ref()
+        BOLD.get_or_init(|| FontMetrics::parse(dejavu::sans::bold()))
+            .as_ref()
     } else {
-        REGULAR.get_or_init(|| FontMetrics::parse(dejavu::sans::regular())).as_ref()
+        REGULAR
+            .get_or_init(|| FontMetrics::parse(dejavu::sans::regular()))
+            .as_ref()
     }
 }
 
@@ -560,7 +602,24 @@ fn text_width(area: &Area<'_>, s: &str, size: f64, bold: bool) -> Result<i32, St
         return Ok(m.layout(s, size).1.ceil() as i32);
     }
     let style = font(size, bold).color(&INK);
-    area.estimate_text_size(s, &style).map(|(w, _)| w as i32).map_err(de)
+    area.estimate_text_size(s, &style)
+        .map(|(w, _)| w as i32)
+        .map_err(de)
+}
+
+/// `s`, shortened with "…" if needed so that it is at most `max_w` pixels wide.
+fn fit_text(area: &Area<'_>, s: &str, size: f64, bold: bool, max_w: i32) -> Result<String, String> {
+    if text_width(area, s, size, bold)? <= max_w {
+        return Ok(s.to_string());
+    }
+    let chars: Vec<char> = s.chars().collect();
+    for keep in (0..chars.len()).rev() {
+        let t: String = chars[..keep].iter().collect::<String>() + "…";
+        if text_width(area, &t, size, bold)? <= max_w {
+            return Ok(t);
+        }
+    }
+    Ok("…".to_string())
 }
 
 /// Draws `s` starting at `start` (the pen position along the text; top-anchor position
@@ -575,7 +634,9 @@ fn draw_string(
     color: RGBColor,
     up: bool,
 ) -> DrawResult {
-    let mut style = font(size, bold).color(&color).pos(Pos::new(HPos::Left, VPos::Top));
+    let mut style = font(size, bold)
+        .color(&color)
+        .pos(Pos::new(HPos::Left, VPos::Top));
     if up {
         style = style.transform(FontTransform::Rotate270);
     }
@@ -588,8 +649,13 @@ fn draw_string(
         if c.is_whitespace() {
             continue;
         }
-        let pos = if up { (start.0, start.1 - offset) } else { (start.0 + offset, start.1) };
-        area.draw_text(c.encode_utf8(&mut buf), &style, pos).map_err(de)?;
+        let pos = if up {
+            (start.0, start.1 - offset)
+        } else {
+            (start.0 + offset, start.1)
+        };
+        area.draw_text(c.encode_utf8(&mut buf), &style, pos)
+            .map_err(de)?;
     }
     Ok(())
 }
@@ -638,7 +704,15 @@ fn put_text(
         VAlign::Bottom => -0.72 * size,
     };
     let dx = h_offset(area, s, size, bold, h)?;
-    draw_string(area, s, (x - dx, y + dy.round() as i32), size, bold, color, false)
+    draw_string(
+        area,
+        s,
+        (x - dx, y + dy.round() as i32),
+        size,
+        bold,
+        color,
+        false,
+    )
 }
 
 /// Vertical text reading bottom-to-top, its letters centred on column `x`.
@@ -658,7 +732,15 @@ fn put_text_up(
         return Ok(());
     }
     let dy = h_offset(area, s, size, bold, h)?;
-    draw_string(area, s, (x - (0.185 * size).round() as i32, y + dy), size, bold, color, true)
+    draw_string(
+        area,
+        s,
+        (x - (0.185 * size).round() as i32, y + dy),
+        size,
+        bold,
+        color,
+        true,
+    )
 }
 
 /// Title centred at the top, shrunk until it fits. Returns the y below it.
@@ -667,13 +749,23 @@ fn draw_title(area: &Area<'_>, title: &str, width: i32) -> Result<i32, String> {
     while size > 12.0 && text_width(area, title, size, true)? > width - 24 {
         size -= 1.0;
     }
-    put_text(area, title, (width / 2, 14), size, true, INK, HPos::Center, VAlign::Top)?;
+    put_text(
+        area,
+        title,
+        (width / 2, 14),
+        size,
+        true,
+        INK,
+        HPos::Center,
+        VAlign::Top,
+    )?;
     Ok(46)
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Swatch {
     Line,
+    Dashed,
     Box,
 }
 
@@ -696,7 +788,11 @@ fn legend_rows(
     let mut row_w = 0;
     for (i, item) in items.iter().enumerate() {
         let w = 28 + 6 + text_width(area, &item.label, LEGEND_FONT, false)?;
-        let gap = if rows.last().is_some_and(|r| !r.is_empty()) { 26 } else { 0 };
+        let gap = if rows.last().is_some_and(|r| !r.is_empty()) {
+            26
+        } else {
+            0
+        };
         match rows.last_mut() {
             Some(row) if row_w + gap + w <= max_width => {
                 row.push((i, w));
@@ -728,7 +824,17 @@ fn draw_legend(area: &Area<'_>, items: &[LegendItem], y: i32, width: i32) -> Res
                         item.color.stroke_width(3),
                     ))
                     .map_err(de)?;
-                    area.draw(&Circle::new((x + 14, cy), 4, item.color.filled())).map_err(de)?;
+                    area.draw(&Circle::new((x + 14, cy), 4, item.color.filled()))
+                        .map_err(de)?;
+                }
+                Swatch::Dashed => {
+                    for (a, b) in [(0, 8), (11, 17), (20, 28)] {
+                        area.draw(&PathElement::new(
+                            vec![(x + a, cy), (x + b, cy)],
+                            item.color.stroke_width(3),
+                        ))
+                        .map_err(de)?;
+                    }
                 }
                 Swatch::Box => {
                     area.draw(&Rectangle::new(
@@ -756,10 +862,13 @@ fn draw_legend(area: &Area<'_>, items: &[LegendItem], y: i32, width: i32) -> Res
 }
 
 fn min_max(values: impl IntoIterator<Item = f64>) -> Option<(f64, f64)> {
-    values.into_iter().filter(|v| v.is_finite()).fold(None, |acc, v| match acc {
-        None => Some((v, v)),
-        Some((lo, hi)) => Some((lo.min(v), hi.max(v))),
-    })
+    values
+        .into_iter()
+        .filter(|v| v.is_finite())
+        .fold(None, |acc, v| match acc {
+            None => Some((v, v)),
+            Some((lo, hi)) => Some((lo.min(v), hi.max(v))),
+        })
 }
 
 /// A non-empty range around a single value.
@@ -800,7 +909,11 @@ impl Axis {
     fn new(lo: f64, hi: f64, target: usize, integer: bool, title: &str) -> Self {
         let (ticks, step) = nice_ticks(lo, hi, target, integer);
         let labels = ticks.iter().map(|&t| tick_label(t, step)).collect();
-        Self { ticks, labels, title: title.to_string() }
+        Self {
+            ticks,
+            labels,
+            title: title.to_string(),
+        }
     }
 
     fn max_label_width(&self, area: &Area<'_>) -> Result<i32, String> {
@@ -813,13 +926,23 @@ impl Axis {
 
     /// Room needed left of the plot: tick marks, labels and the vertical title.
     fn y_area(&self, area: &Area<'_>) -> Result<i32, String> {
-        let title = if self.title.is_empty() { 6 } else { 12 + 20 + 6 };
+        let title = if self.title.is_empty() {
+            6
+        } else {
+            12 + 20 + 6
+        };
         Ok(5 + 6 + self.max_label_width(area)? + title)
     }
 
     /// Room needed below the plot: tick marks, labels and the title.
     fn x_area(&self) -> i32 {
-        5 + 6 + 16 + if self.title.is_empty() { 8 } else { 14 + 20 + 6 }
+        5 + 6
+            + 16
+            + if self.title.is_empty() {
+                8
+            } else {
+                14 + 20 + 6
+            }
     }
 }
 
@@ -835,13 +958,20 @@ fn draw_grid(root: &Area<'_>, chart: &Chart<'_, '_>, x: Option<&Axis>, y: &Axis)
     let (x0, y0) = (chart.x_range().start, chart.y_range().start);
     for &v in &y.ticks {
         let py = chart.backend_coord(&(x0, v)).1;
-        root.draw(&PathElement::new(vec![(l, py), (r, py)], GRID.stroke_width(1))).map_err(de)?;
+        root.draw(&PathElement::new(
+            vec![(l, py), (r, py)],
+            GRID.stroke_width(1),
+        ))
+        .map_err(de)?;
     }
     if let Some(x) = x {
         for &v in &x.ticks {
             let px = chart.backend_coord(&(v, y0)).0;
-            root.draw(&PathElement::new(vec![(px, t), (px, b)], GRID.stroke_width(1)))
-                .map_err(de)?;
+            root.draw(&PathElement::new(
+                vec![(px, t), (px, b)],
+                GRID.stroke_width(1),
+            ))
+            .map_err(de)?;
         }
     }
     Ok(())
@@ -853,21 +983,59 @@ fn draw_axes(root: &Area<'_>, chart: &Chart<'_, '_>, x: Option<&Axis>, y: &Axis)
     let (l, t, r, b) = plot_rect(chart);
     let (x0, y0) = (chart.x_range().start, chart.y_range().start);
     let axis = AXIS_LINE.stroke_width(1);
-    root.draw(&PathElement::new(vec![(l, t), (l, b), (r, b)], axis)).map_err(de)?;
+    root.draw(&PathElement::new(vec![(l, t), (l, b), (r, b)], axis))
+        .map_err(de)?;
     for (&v, label) in y.ticks.iter().zip(&y.labels) {
         let py = chart.backend_coord(&(x0, v)).1;
-        root.draw(&PathElement::new(vec![(l - 5, py), (l, py)], axis)).map_err(de)?;
-        put_text(root, label, (l - 9, py), TICK_FONT, false, INK, HPos::Right, VAlign::Middle)?;
+        root.draw(&PathElement::new(vec![(l - 5, py), (l, py)], axis))
+            .map_err(de)?;
+        put_text(
+            root,
+            label,
+            (l - 9, py),
+            TICK_FONT,
+            false,
+            INK,
+            HPos::Right,
+            VAlign::Middle,
+        )?;
     }
     let label_w = y.max_label_width(root)?;
-    put_text_up(root, &y.title, (l - 9 - label_w - 14 - 8, (t + b) / 2), AXIS_FONT, false, INK, HPos::Center)?;
+    put_text_up(
+        root,
+        &y.title,
+        (l - 9 - label_w - 14 - 8, (t + b) / 2),
+        AXIS_FONT,
+        false,
+        INK,
+        HPos::Center,
+    )?;
     if let Some(x) = x {
         for (&v, label) in x.ticks.iter().zip(&x.labels) {
             let px = chart.backend_coord(&(v, y0)).0;
-            root.draw(&PathElement::new(vec![(px, b), (px, b + 5)], axis)).map_err(de)?;
-            put_text(root, label, (px, b + 10), TICK_FONT, false, INK, HPos::Center, VAlign::Top)?;
+            root.draw(&PathElement::new(vec![(px, b), (px, b + 5)], axis))
+                .map_err(de)?;
+            put_text(
+                root,
+                label,
+                (px, b + 10),
+                TICK_FONT,
+                false,
+                INK,
+                HPos::Center,
+                VAlign::Top,
+            )?;
         }
-        put_text(root, &x.title, ((l + r) / 2, b + 10 + 16 + 14), AXIS_FONT, false, INK, HPos::Center, VAlign::Top)?;
+        put_text(
+            root,
+            &x.title,
+            ((l + r) / 2, b + 10 + 16 + 14),
+            AXIS_FONT,
+            false,
+            INK,
+            HPos::Center,
+            VAlign::Top,
+        )?;
     }
     Ok(())
 }
@@ -897,9 +1065,10 @@ pub fn line_chart(
             .flat_map(|s| s.points.iter().copied())
             .filter(|(x, y)| x.is_finite() && y.is_finite())
     };
-    let (Some((xmin, xmax)), Some((ymin, ymax))) =
-        (min_max(finite().map(|p| p.0)), min_max(finite().map(|p| p.1)))
-    else {
+    let (Some((xmin, xmax)), Some((ymin, ymax))) = (
+        min_max(finite().map(|p| p.0)),
+        min_max(finite().map(|p| p.1)),
+    ) else {
         return Err(no_data(path));
     };
     let x_int = finite().all(|(x, _)| x.fract() == 0.0);
@@ -941,7 +1110,15 @@ pub fn line_chart(
         .iter()
         .enumerate()
         .filter(|(_, s)| !s.label.is_empty())
-        .map(|(i, s)| LegendItem { label: s.label.to_string(), color: palette(i), swatch: Swatch::Line })
+        .map(|(i, s)| LegendItem {
+            label: s.label.to_string(),
+            color: palette(i),
+            swatch: if dashed(i) {
+                Swatch::Dashed
+            } else {
+                Swatch::Line
+            },
+        })
         .collect();
 
     render(path, CHART_SIZE, |root| {
@@ -968,9 +1145,23 @@ pub fn line_chart(
             let n_points: usize = series_runs.iter().map(Vec::len).sum();
             for run in series_runs {
                 if run.len() > 1 {
-                    chart
-                        .draw_series(LineSeries::new(run.iter().copied(), color.stroke_width(2)))
-                        .map_err(de)?;
+                    if dashed(i) {
+                        chart
+                            .draw_series(DashedLineSeries::new(
+                                run.iter().copied(),
+                                8,
+                                5,
+                                color.stroke_width(2),
+                            ))
+                            .map_err(de)?;
+                    } else {
+                        chart
+                            .draw_series(LineSeries::new(
+                                run.iter().copied(),
+                                color.stroke_width(2),
+                            ))
+                            .map_err(de)?;
+                    }
                 }
                 if run.len() == 1 || n_points <= 40 {
                     chart
@@ -1023,7 +1214,9 @@ pub fn confusion_matrix(
         .iter()
         .map(|row| {
             let total: f64 = row.iter().map(|&c| c as f64).sum();
-            row.iter().map(|&c| if total > 0.0 { c as f64 / total } else { 0.0 }).collect()
+            row.iter()
+                .map(|&c| if total > 0.0 { c as f64 / total } else { 0.0 })
+                .collect()
         })
         .collect();
 
@@ -1032,9 +1225,12 @@ pub fn confusion_matrix(
         let top = draw_title(root, title, width)? + 8;
         let name_size = 16.0;
         let axis_size = 16.0;
+        let mut names = Vec::with_capacity(n);
         let mut name_w = 0;
         for name in class_names {
-            name_w = name_w.max(text_width(root, name, name_size, false)?);
+            let fitted = fit_text(root, name, name_size, false, 150)?;
+            name_w = name_w.max(text_width(root, &fitted, name_size, false)?);
+            names.push(fitted);
         }
         let left = 16 + 24 + name_w + 10; // axis title, names, gap
         let right = 110; // colour bar and its labels
@@ -1053,7 +1249,13 @@ pub fn confusion_matrix(
 
         // Cells.
         let mut count_size = (cell as f64 * 0.34).min(18.0);
-        let widest = matrix.iter().flatten().copied().max().unwrap_or(0).to_string();
+        let widest = matrix
+            .iter()
+            .flatten()
+            .copied()
+            .max()
+            .unwrap_or(0)
+            .to_string();
         while count_size >= 7.0 && text_width(root, &widest, count_size, false)? > cell - 6 {
             count_size -= 1.0;
         }
@@ -1082,18 +1284,31 @@ pub fn confusion_matrix(
             // Thin white separators between cells.
             for k in 1..n as i32 {
                 let p = k * cell;
-                root.draw(&Rectangle::new([(gx + p, gy), (gx + p + 1, gy + grid)], WHITE.filled()))
-                    .map_err(de)?;
-                root.draw(&Rectangle::new([(gx, gy + p), (gx + grid, gy + p + 1)], WHITE.filled()))
-                    .map_err(de)?;
+                root.draw(&Rectangle::new(
+                    [(gx + p, gy), (gx + p + 1, gy + grid)],
+                    WHITE.filled(),
+                ))
+                .map_err(de)?;
+                root.draw(&Rectangle::new(
+                    [(gx, gy + p), (gx + grid, gy + p + 1)],
+                    WHITE.filled(),
+                ))
+                .map_err(de)?;
             }
         }
-        root.draw(&Rectangle::new([(gx, gy), (gx + grid, gy + grid)], FRAME.stroke_width(1)))
-            .map_err(de)?;
+        root.draw(&Rectangle::new(
+            [(gx, gy), (gx + grid, gy + grid)],
+            FRAME.stroke_width(1),
+        ))
+        .map_err(de)?;
 
         // Class names.
-        let name_size = if cell < 16 { (cell as f64 * 0.9).max(6.0) } else { name_size };
-        for (k, name) in class_names.iter().enumerate() {
+        let name_size = if cell < 16 {
+            (cell as f64 * 0.9).max(6.0)
+        } else {
+            name_size
+        };
+        for (k, name) in names.iter().enumerate() {
             let c = k as i32 * cell + cell / 2;
             put_text(
                 root,
@@ -1106,7 +1321,15 @@ pub fn confusion_matrix(
                 VAlign::Middle,
             )?;
             if rotate {
-                put_text_up(root, name, (gx + c, gy + grid + 8), name_size, false, INK, HPos::Right)?;
+                put_text_up(
+                    root,
+                    name,
+                    (gx + c, gy + grid + 8),
+                    name_size,
+                    false,
+                    INK,
+                    HPos::Right,
+                )?;
             } else {
                 put_text(
                     root,
@@ -1146,16 +1369,25 @@ pub fn confusion_matrix(
         let bw = 18;
         for py in 0..grid.max(1) {
             let t = 1.0 - py as f64 / (grid.max(2) - 1) as f64;
-            root.draw(&Rectangle::new([(bx, gy + py), (bx + bw, gy + py + 1)], blues(t).filled()))
-                .map_err(de)?;
-        }
-        root.draw(&Rectangle::new([(bx, gy), (bx + bw, gy + grid)], FRAME.stroke_width(1)))
+            root.draw(&Rectangle::new(
+                [(bx, gy + py), (bx + bw, gy + py + 1)],
+                blues(t).filled(),
+            ))
             .map_err(de)?;
+        }
+        root.draw(&Rectangle::new(
+            [(bx, gy), (bx + bw, gy + grid)],
+            FRAME.stroke_width(1),
+        ))
+        .map_err(de)?;
         for k in 0..=4 {
             let t = k as f64 / 4.0;
             let y = gy + ((1.0 - t) * grid as f64).round() as i32;
-            root.draw(&PathElement::new(vec![(bx + bw, y), (bx + bw + 5, y)], INK.stroke_width(1)))
-                .map_err(de)?;
+            root.draw(&PathElement::new(
+                vec![(bx + bw, y), (bx + bw + 5, y)],
+                INK.stroke_width(1),
+            ))
+            .map_err(de)?;
             put_text(
                 root,
                 &format!("{}%", (t * 100.0).round()),
@@ -1209,7 +1441,10 @@ struct PanelLayout {
 impl PanelLayout {
     fn pic_origin(&self, index: usize) -> (i32, i32) {
         let (r, c) = (index / self.cols, index % self.cols);
-        (self.origin.0 + c as i32 * self.step.0, self.origin.1 + r as i32 * self.step.1)
+        (
+            self.origin.0 + c as i32 * self.step.0,
+            self.origin.1 + r as i32 * self.step.1,
+        )
     }
 }
 
@@ -1231,7 +1466,10 @@ fn panel_layout(
     let cell_w = pic.0.max(caption_w) + 18;
     let cell_h = pic.1 + 8 + caption_h + 14;
     let grid_w = cols as i32 * cell_w;
-    let width = (grid_w + 32).max(title_w + 48).max(footer_h.min(1) * 420).max(240);
+    let width = (grid_w + 32)
+        .max(title_w + 48)
+        .max(footer_h.min(1) * 420)
+        .max(240);
     let top = 54;
     let height = top + rows as i32 * cell_h + footer_h + 8;
     let x0 = (width - grid_w) / 2 + (cell_w - pic.0) / 2;
@@ -1258,8 +1496,11 @@ fn draw_blocks(
     for y in 0..h {
         for x in 0..w {
             let (px, py) = (ox + x as i32 * s, oy + y as i32 * s);
-            area.draw(&Rectangle::new([(px, py), (px + s, py + s)], color_at(y, x).filled()))
-                .map_err(de)?;
+            area.draw(&Rectangle::new(
+                [(px, py), (px + s, py + s)],
+                color_at(y, x).filled(),
+            ))
+            .map_err(de)?;
         }
     }
     // Frame just outside the picture so dark or white borders stay visible.
@@ -1279,8 +1520,8 @@ const CAPTION_FONT: f64 = 15.0;
 /// Grid of grayscale or RGB images with a caption under each, `cols` per row.
 ///
 /// Small images are upscaled by an integer factor with nearest-neighbour blocks (8x8
-/// digits are drawn 12x larger, 28x28 images 3x). Images of different sizes are allowed;
-/// each is centred in a cell sized for the largest. The canvas size follows from the
+/// digits are drawn 12x larger, 28x28 images 3x). Images of different sizes are allowed:
+/// cells are sized for the largest, and smaller images are scaled up to fill them. The canvas size follows from the
 /// number of images, `cols` and the captions.
 pub fn image_grid(
     path: &Path,
@@ -1293,19 +1534,31 @@ pub fn image_grid(
         return Err(no_data(path));
     }
     if cols == 0 {
-        return Err(invalid(path, "image grid needs at least one column (cols = 0)"));
+        return Err(invalid(
+            path,
+            "image grid needs at least one column (cols = 0)",
+        ));
     }
     for (i, im) in images.iter().enumerate() {
         if im.channels != 1 && im.channels != 3 {
             return Err(invalid(
                 path,
-                format!("image {i} has {} channels; only 1 (grayscale) or 3 (RGB) are supported", im.channels),
+                format!(
+                    "image {i} has {} channels; only 1 (grayscale) or 3 (RGB) are supported",
+                    im.channels
+                ),
             ));
         }
         if im.height == 0 || im.width == 0 {
-            return Err(invalid(path, format!("image {i} is empty ({}x{})", im.height, im.width)));
+            return Err(invalid(
+                path,
+                format!("image {i} is empty ({}x{})", im.height, im.width),
+            ));
         }
-        let expected = im.channels.checked_mul(im.height).and_then(|v| v.checked_mul(im.width));
+        let expected = im
+            .channels
+            .checked_mul(im.height)
+            .and_then(|v| v.checked_mul(im.width));
         if expected != Some(im.pixels.len()) {
             return Err(invalid(
                 path,
@@ -1320,12 +1573,17 @@ pub fn image_grid(
             ));
         }
         if im.height > MAX_SIDE as usize || im.width > MAX_SIDE as usize {
-            return Err(invalid(path, format!("image {i} is too large ({}x{})", im.height, im.width)));
+            return Err(invalid(
+                path,
+                format!("image {i} is too large ({}x{})", im.height, im.width),
+            ));
         }
     }
     ensure_fonts(path)?;
-    let layout = image_grid_layout(title, images, cols)
-        .map_err(|message| PlotError::Draw { path: path.to_path_buf(), message })?;
+    let layout = image_grid_layout(title, images, cols).map_err(|message| PlotError::Draw {
+        path: path.to_path_buf(),
+        message,
+    })?;
     check_size(path, layout.size)?;
 
     render(path, layout.size, |root| {
@@ -1333,10 +1591,11 @@ pub fn image_grid(
         draw_title(root, title, width)?;
         for (k, im) in images.iter().enumerate() {
             let (cx, cy) = layout.pic_origin(k);
-            let s = layout.scale as i32;
-            // Centre smaller images inside the cell picture area.
-            let ox = cx + (layout.pic.0 - im.width as i32 * s) / 2;
-            let oy = cy + (layout.pic.1 - im.height as i32 * s) / 2;
+            // Smaller images get their own (larger) integer scale and are centred.
+            let scale =
+                ((layout.pic.0 / im.width as i32).min(layout.pic.1 / im.height as i32)).max(1);
+            let ox = cx + (layout.pic.0 - im.width as i32 * scale) / 2;
+            let oy = cy + (layout.pic.1 - im.height as i32 * scale) / 2;
             let u8_scale = im.pixels.iter().any(|&v| v > 1.0);
             let norm = |v: f32| -> u8 {
                 let v = if v.is_nan() { 0.0 } else { v };
@@ -1344,19 +1603,25 @@ pub fn image_grid(
                 (v.clamp(0.0, 1.0) * 255.0).round() as u8
             };
             let plane = im.height * im.width;
-            draw_blocks(root, (ox, oy), (im.height, im.width), layout.scale, |y, x| {
-                let idx = y * im.width + x;
-                if im.channels == 1 {
-                    let g = norm(im.pixels[idx]);
-                    RGBColor(g, g, g)
-                } else {
-                    RGBColor(
-                        norm(im.pixels[idx]),
-                        norm(im.pixels[plane + idx]),
-                        norm(im.pixels[2 * plane + idx]),
-                    )
-                }
-            })?;
+            draw_blocks(
+                root,
+                (ox, oy),
+                (im.height, im.width),
+                scale as usize,
+                |y, x| {
+                    let idx = y * im.width + x;
+                    if im.channels == 1 {
+                        let g = norm(im.pixels[idx]);
+                        RGBColor(g, g, g)
+                    } else {
+                        RGBColor(
+                            norm(im.pixels[idx]),
+                            norm(im.pixels[plane + idx]),
+                            norm(im.pixels[2 * plane + idx]),
+                        )
+                    }
+                },
+            )?;
             put_text(
                 root,
                 &im.caption,
@@ -1372,7 +1637,11 @@ pub fn image_grid(
     })
 }
 
-fn image_grid_layout(title: &str, images: &[GridImage], cols: usize) -> Result<PanelLayout, String> {
+fn image_grid_layout(
+    title: &str,
+    images: &[GridImage],
+    cols: usize,
+) -> Result<PanelLayout, String> {
     let max_h = images.iter().map(|i| i.height).max().unwrap_or(1);
     let max_w = images.iter().map(|i| i.width).max().unwrap_or(1);
     let scale = upscale(max_h, max_w, 96, 16);
@@ -1385,11 +1654,23 @@ fn image_grid_layout(title: &str, images: &[GridImage], cols: usize) -> Result<P
         title_w = text_width(area, title, 22.0, true)?;
         Ok(())
     })?;
-    Ok(panel_layout(images.len(), cols, max_h, max_w, scale, caption_w, 18, title_w, 0))
+    Ok(panel_layout(
+        images.len(),
+        cols,
+        max_h,
+        max_w,
+        scale,
+        caption_w,
+        18,
+        title_w,
+        0,
+    ))
 }
 
 /// A tiny drawing area used only to measure text before the canvas size is known.
-fn with_scratch_area<T>(f: impl for<'a> FnOnce(&Area<'a>) -> Result<T, String>) -> Result<T, String> {
+fn with_scratch_area<T>(
+    f: impl for<'a> FnOnce(&Area<'a>) -> Result<T, String>,
+) -> Result<T, String> {
     let mut buf = vec![255u8; 3];
     let area = BitMapBackend::with_buffer(&mut buf, (1, 1)).into_drawing_area();
     f(&area)
@@ -1416,10 +1697,16 @@ pub fn weight_templates(
         return Err(no_data(path));
     }
     if height == 0 || width == 0 {
-        return Err(invalid(path, format!("template size {height}x{width} is empty")));
+        return Err(invalid(
+            path,
+            format!("template size {height}x{width} is empty"),
+        ));
     }
     if height > MAX_SIDE as usize || width > MAX_SIDE as usize {
-        return Err(invalid(path, format!("template size {height}x{width} is too large")));
+        return Err(invalid(
+            path,
+            format!("template size {height}x{width} is too large"),
+        ));
     }
     for (name, w) in templates {
         if w.len() != height * width {
@@ -1434,9 +1721,11 @@ pub fn weight_templates(
         }
     }
     ensure_fonts(path)?;
-    let layout = weight_layout(title, templates, height, width).map_err(|message| {
-        PlotError::Draw { path: path.to_path_buf(), message }
-    })?;
+    let layout =
+        weight_layout(title, templates, height, width).map_err(|message| PlotError::Draw {
+            path: path.to_path_buf(),
+            message,
+        })?;
     check_size(path, layout.size)?;
 
     render(path, layout.size, |root| {
@@ -1444,7 +1733,10 @@ pub fn weight_templates(
         draw_title(root, title, cw)?;
         for (k, (name, w)) in templates.iter().enumerate() {
             let origin = layout.pic_origin(k);
-            let m = w.iter().filter(|v| v.is_finite()).fold(0.0f32, |a, v| a.max(v.abs()));
+            let m = w
+                .iter()
+                .filter(|v| v.is_finite())
+                .fold(0.0f32, |a, v| a.max(v.abs()));
             draw_blocks(root, origin, (height, width), layout.scale, |y, x| {
                 let v = w[y * width + x];
                 if !v.is_finite() {
@@ -1457,7 +1749,16 @@ pub fn weight_templates(
             })?;
             let cx = origin.0 + layout.pic.0 / 2;
             let cy = origin.1 + layout.pic.1 + 8;
-            put_text(root, name, (cx, cy), 15.0, true, INK, HPos::Center, VAlign::Top)?;
+            put_text(
+                root,
+                name,
+                (cx, cy),
+                15.0,
+                true,
+                INK,
+                HPos::Center,
+                VAlign::Top,
+            )?;
             put_text(
                 root,
                 &format!("±{}", fmt_num(m as f64)),
@@ -1476,15 +1777,48 @@ pub fn weight_templates(
         let ky = ch - WEIGHT_FOOTER + 10;
         for px in 0..key_w {
             let s = px as f64 / (key_w - 1) as f64 * 2.0 - 1.0;
-            root.draw(&Rectangle::new([(kx + px, ky), (kx + px + 1, ky + 14)], diverging(s).filled()))
-                .map_err(de)?;
-        }
-        root.draw(&Rectangle::new([(kx, ky), (kx + key_w, ky + 14)], FRAME.stroke_width(1)))
+            root.draw(&Rectangle::new(
+                [(kx + px, ky), (kx + px + 1, ky + 14)],
+                diverging(s).filled(),
+            ))
             .map_err(de)?;
+        }
+        root.draw(&Rectangle::new(
+            [(kx, ky), (kx + key_w, ky + 14)],
+            FRAME.stroke_width(1),
+        ))
+        .map_err(de)?;
         let ty = ky + 20;
-        put_text(root, "−max|w|", (kx, ty), 13.0, false, INK, HPos::Center, VAlign::Top)?;
-        put_text(root, "0", (kx + key_w / 2, ty), 13.0, false, INK, HPos::Center, VAlign::Top)?;
-        put_text(root, "+max|w|", (kx + key_w, ty), 13.0, false, INK, HPos::Center, VAlign::Top)?;
+        put_text(
+            root,
+            "−max|w|",
+            (kx, ty),
+            13.0,
+            false,
+            INK,
+            HPos::Center,
+            VAlign::Top,
+        )?;
+        put_text(
+            root,
+            "0",
+            (kx + key_w / 2, ty),
+            13.0,
+            false,
+            INK,
+            HPos::Center,
+            VAlign::Top,
+        )?;
+        put_text(
+            root,
+            "+max|w|",
+            (kx + key_w, ty),
+            13.0,
+            false,
+            INK,
+            HPos::Center,
+            VAlign::Top,
+        )?;
         put_text(
             root,
             "colour scale is symmetric per panel",
@@ -1520,7 +1854,17 @@ fn weight_layout(
         Ok(())
     })?;
     let cols = templates.len().min(5);
-    Ok(panel_layout(templates.len(), cols, height, width, scale, caption_w, 36, title_w, WEIGHT_FOOTER))
+    Ok(panel_layout(
+        templates.len(),
+        cols,
+        height,
+        width,
+        scale,
+        caption_w,
+        36,
+        title_w,
+        WEIGHT_FOOTER,
+    ))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1564,10 +1908,15 @@ pub fn bar_chart(
     let label_font = TICK_FONT;
 
     // Measure text to decide orientation and margins before building the chart.
-    let (label_w, value_w) = with_scratch_area(|area| {
+    // Category labels longer than this (written vertically) are shortened with "…".
+    let max_label_px = CHART_SIZE.1 as i32 * 2 / 5 - 16;
+    let (labels, label_w, value_w) = with_scratch_area(|area| {
+        let mut fitted = Vec::with_capacity(labels.len());
         let mut lw = 0;
         for l in labels {
-            lw = lw.max(text_width(area, l, label_font, false)?);
+            let f = fit_text(area, l, label_font, false, max_label_px)?;
+            lw = lw.max(text_width(area, &f, label_font, false)?);
+            fitted.push(f);
         }
         let mut vw = 0;
         for (_, values) in series {
@@ -1575,15 +1924,22 @@ pub fn bar_chart(
                 vw = vw.max(text_width(area, &fmt_num(v), value_font, false)?);
             }
         }
-        Ok((lw, vw))
+        Ok((fitted, lw, vw))
     })
-    .map_err(|message| PlotError::Draw { path: path.to_path_buf(), message })?;
+    .map_err(|message| PlotError::Draw {
+        path: path.to_path_buf(),
+        message,
+    })?;
 
     let legend: Vec<LegendItem> = series
         .iter()
         .enumerate()
         .filter(|(_, (name, _))| !name.is_empty())
-        .map(|(i, (name, _))| LegendItem { label: name.to_string(), color: palette(i), swatch: Swatch::Box })
+        .map(|(i, (name, _))| LegendItem {
+            label: name.to_string(),
+            color: palette(i),
+            swatch: Swatch::Box,
+        })
         .collect();
 
     // Rough plot width (the y tick labels are only known once the range is).
@@ -1591,7 +1947,7 @@ pub fn bar_chart(
     let group_px = plot_w as f64 / n as f64;
     let bar_px = group_px * 0.8 / k as f64;
     let rotate_labels = label_w as f64 > group_px - 6.0;
-    let x_area = if rotate_labels { (label_w + 16).min(height / 3) } else { 34 };
+    let x_area = if rotate_labels { label_w + 16 } else { 34 };
     let vertical_values = value_w as f64 > bar_px + 8.0;
 
     render(path, CHART_SIZE, |root| {
@@ -1601,14 +1957,22 @@ pub fn bar_chart(
         }
         // Head-room for the value labels: a fraction of the plot height.
         let plot_h = (height - top - 8 - 10 - x_area).max(1) as f64;
-        let label_px = if vertical_values { value_w as f64 + 10.0 } else { 22.0 };
+        let label_px = if vertical_values {
+            value_w as f64 + 10.0
+        } else {
+            22.0
+        };
         let frac = (label_px / plot_h).min(0.6);
         let lo0 = vmin.min(0.0);
         let hi0 = vmax.max(0.0);
         let span0 = if hi0 > lo0 { hi0 - lo0 } else { 1.0 };
         // Extend so that `frac` of the final span is free above the top (and below the bottom).
         let ext = span0 * frac / (1.0 - frac);
-        let y1 = if hi0 > 0.0 || lo0 == 0.0 { hi0 + ext } else { hi0 + span0 * 0.05 };
+        let y1 = if hi0 > 0.0 || lo0 == 0.0 {
+            hi0 + ext
+        } else {
+            hi0 + span0 * 0.05
+        };
         let y0 = if lo0 < 0.0 { lo0 - ext } else { 0.0 };
 
         let (_, body) = root.split_vertically(top);
@@ -1634,17 +1998,37 @@ pub fn bar_chart(
                 let xl = i as f64 - 0.4 + j as f64 * bar_w + bar_w * 0.06;
                 let xr = i as f64 - 0.4 + (j + 1) as f64 * bar_w - bar_w * 0.06;
                 chart
-                    .draw_series(std::iter::once(Rectangle::new([(xl, 0.0), (xr, v)], color.filled())))
+                    .draw_series(std::iter::once(Rectangle::new(
+                        [(xl, 0.0), (xr, v)],
+                        color.filled(),
+                    )))
                     .map_err(de)?;
                 let (px, py) = chart.backend_coord(&((xl + xr) / 2.0, v));
                 let text = fmt_num(v);
                 let up = v >= 0.0;
                 if vertical_values {
-                    let (y, h) = if up { (py - 5, HPos::Left) } else { (py + 5, HPos::Right) };
+                    let (y, h) = if up {
+                        (py - 5, HPos::Left)
+                    } else {
+                        (py + 5, HPos::Right)
+                    };
                     put_text_up(root, &text, (px, y), value_font, false, INK, h)?;
                 } else {
-                    let (y, va) = if up { (py - 5, VAlign::Bottom) } else { (py + 5, VAlign::Top) };
-                    put_text(root, &text, (px, y), value_font, false, INK, HPos::Center, va)?;
+                    let (y, va) = if up {
+                        (py - 5, VAlign::Bottom)
+                    } else {
+                        (py + 5, VAlign::Top)
+                    };
+                    put_text(
+                        root,
+                        &text,
+                        (px, y),
+                        value_font,
+                        false,
+                        INK,
+                        HPos::Center,
+                        va,
+                    )?;
                 }
             }
         }
@@ -1663,7 +2047,16 @@ pub fn bar_chart(
             if rotate_labels {
                 put_text_up(root, l, (px, py + 8), label_font, false, INK, HPos::Right)?;
             } else {
-                put_text(root, l, (px, py + 9), label_font, false, INK, HPos::Center, VAlign::Top)?;
+                put_text(
+                    root,
+                    l,
+                    (px, py + 9),
+                    label_font,
+                    false,
+                    INK,
+                    HPos::Center,
+                    VAlign::Top,
+                )?;
             }
         }
         Ok(())
@@ -1699,7 +2092,10 @@ pub fn heatmap(
     if let Some((i, r)) = values.iter().enumerate().find(|(_, r)| r.len() != cols) {
         return Err(invalid(
             path,
-            format!("heat map row {i} has {} values but row 0 has {cols} (rows must be equally long)", r.len()),
+            format!(
+                "heat map row {i} has {} values but row 0 has {cols} (rows must be equally long)",
+                r.len()
+            ),
         ));
     }
     for (name, (lo, hi)) in [("x", x_range), ("y", y_range)] {
@@ -1725,7 +2121,13 @@ pub fn heatmap(
     let (y0, y1) = y_range;
     let dx = (x1 - x0) / cols as f64;
     let dy = (y1 - y0) / rows as f64;
-    let t_of = |v: f64| if vmax > vmin { (v - vmin) / (vmax - vmin) } else { 0.5 };
+    let t_of = |v: f64| {
+        if vmax > vmin {
+            (v - vmin) / (vmax - vmin)
+        } else {
+            0.5
+        }
+    };
     let min_x = x0 + (best_c as f64 + 0.5) * dx;
     let min_y = y0 + (best_r as f64 + 0.5) * dy;
 
@@ -1768,7 +2170,11 @@ pub fn heatmap(
         chart
             .draw_series(values.iter().enumerate().flat_map(|(r, row)| {
                 row.iter().enumerate().map(move |(c, &v)| {
-                    let color = if v.is_finite() { viridis(t_of(v)) } else { NO_VALUE };
+                    let color = if v.is_finite() {
+                        viridis(t_of(v))
+                    } else {
+                        NO_VALUE
+                    };
                     let xa = x0 + c as f64 * dx;
                     let ya = y0 + r as f64 * dy;
                     Rectangle::new([(xa, ya + dy), (xa + dx, ya)], color.filled())
@@ -1778,9 +2184,11 @@ pub fn heatmap(
 
         // Contours through cell centres.
         if vmax > vmin && rows >= 2 && cols >= 2 {
-            let levels: Vec<f64> =
-                (1..=10).map(|k| vmin + (vmax - vmin) * k as f64 / 11.0).collect();
-            let centre = |r: usize, c: usize| (x0 + (c as f64 + 0.5) * dx, y0 + (r as f64 + 0.5) * dy);
+            let levels: Vec<f64> = (1..=10)
+                .map(|k| vmin + (vmax - vmin) * k as f64 / 11.0)
+                .collect();
+            let centre =
+                |r: usize, c: usize| (x0 + (c as f64 + 0.5) * dx, y0 + (r as f64 + 0.5) * dy);
             for level in levels {
                 // Opaque, lightened map colour: translucent lines would darken where
                 // neighbouring segments overlap and look dotted.
@@ -1789,7 +2197,11 @@ pub fn heatmap(
                 let style = RGBColor(light(c.0), light(c.1), light(c.2)).stroke_width(1);
                 let segments = contour_segments(values, &[level], centre);
                 chart
-                    .draw_series(segments.into_iter().map(|(a, b)| PathElement::new(vec![a, b], style)))
+                    .draw_series(
+                        segments
+                            .into_iter()
+                            .map(|(a, b)| PathElement::new(vec![a, b], style)),
+                    )
                     .map_err(de)?;
             }
         }
@@ -1819,15 +2231,24 @@ pub fn heatmap(
         let bh = (by1 - by0).max(1);
         for py in by0..=by1 {
             let t = 1.0 - (py - by0) as f64 / bh as f64;
-            root.draw(&Rectangle::new([(bx, py), (bx + bw, py + 1)], viridis(t).filled()))
-                .map_err(de)?;
-        }
-        root.draw(&Rectangle::new([(bx, by0), (bx + bw, by1 + 1)], FRAME.stroke_width(1)))
+            root.draw(&Rectangle::new(
+                [(bx, py), (bx + bw, py + 1)],
+                viridis(t).filled(),
+            ))
             .map_err(de)?;
+        }
+        root.draw(&Rectangle::new(
+            [(bx, by0), (bx + bw, by1 + 1)],
+            FRAME.stroke_width(1),
+        ))
+        .map_err(de)?;
         let bar_ticks: Vec<(f64, String)> = if vmax > vmin {
             let (ticks, step) = nice_ticks(vmin, vmax, 7, false);
             if ticks.len() >= 2 {
-                ticks.into_iter().map(|t| (t, tick_label(t, step))).collect()
+                ticks
+                    .into_iter()
+                    .map(|t| (t, tick_label(t, step)))
+                    .collect()
             } else {
                 vec![(vmin, fmt_num(vmin)), (vmax, fmt_num(vmax))]
             }
@@ -1837,9 +2258,21 @@ pub fn heatmap(
         for (v, label) in bar_ticks {
             let t = if vmax > vmin { t_of(v) } else { 0.5 };
             let y = by0 + ((1.0 - t) * bh as f64).round() as i32;
-            root.draw(&PathElement::new(vec![(bx + bw, y), (bx + bw + 5, y)], INK.stroke_width(1)))
-                .map_err(de)?;
-            put_text(root, &label, (bx + bw + 8, y), TICK_FONT, false, INK, HPos::Left, VAlign::Middle)?;
+            root.draw(&PathElement::new(
+                vec![(bx + bw, y), (bx + bw + 5, y)],
+                INK.stroke_width(1),
+            ))
+            .map_err(de)?;
+            put_text(
+                root,
+                &label,
+                (bx + bw + 8, y),
+                TICK_FONT,
+                false,
+                INK,
+                HPos::Left,
+                VAlign::Middle,
+            )?;
         }
         Ok(())
     })
@@ -1919,7 +2352,11 @@ mod tests {
         let img = load(path);
         assert_eq!(img.dimensions(), size, "{}", path.display());
         let n = distinct_colours(&img);
-        assert!(n > 20, "{} looks flat: only {n} distinct colours", path.display());
+        assert!(
+            n > 20,
+            "{} looks flat: only {n} distinct colours",
+            path.display()
+        );
         // The background is white.
         assert_eq!(img.get_pixel(1, 1).0, [255, 255, 255]);
         // No temp files left behind.
@@ -1938,7 +2375,9 @@ mod tests {
     }
 
     fn curve(n: usize, scale: f64, offset: f64) -> Vec<(f64, f64)> {
-        (1..=n).map(|e| (e as f64, offset + scale / (e as f64).sqrt())).collect()
+        (1..=n)
+            .map(|e| (e as f64, offset + scale / (e as f64).sqrt()))
+            .collect()
     }
 
     #[test]
@@ -1952,7 +2391,16 @@ mod tests {
             "Loss",
             "epoch",
             "cross-entropy",
-            &[Series { label: "train", points: &train }, Series { label: "val", points: &val }],
+            &[
+                Series {
+                    label: "train",
+                    points: &train,
+                },
+                Series {
+                    label: "val",
+                    points: &val,
+                },
+            ],
         )
         .unwrap();
         let img = assert_plot(&path, CHART_SIZE);
@@ -1965,13 +2413,38 @@ mod tests {
     fn line_chart_single_point_and_nan() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("one.png");
-        line_chart(&path, "One point", "epoch", "loss", &[Series { label: "train", points: &[(1.0, 0.5)] }])
-            .unwrap();
+        line_chart(
+            &path,
+            "One point",
+            "epoch",
+            "loss",
+            &[Series {
+                label: "train",
+                points: &[(1.0, 0.5)],
+            }],
+        )
+        .unwrap();
         assert_plot(&path, CHART_SIZE);
 
         let path = dir.path().join("nan.png");
-        let pts = [(1.0, 1.0), (2.0, f64::NAN), (3.0, 0.5), (4.0, f64::INFINITY), (5.0, 0.25)];
-        line_chart(&path, "With gaps", "epoch", "loss", &[Series { label: "", points: &pts }]).unwrap();
+        let pts = [
+            (1.0, 1.0),
+            (2.0, f64::NAN),
+            (3.0, 0.5),
+            (4.0, f64::INFINITY),
+            (5.0, 0.25),
+        ];
+        line_chart(
+            &path,
+            "With gaps",
+            "epoch",
+            "loss",
+            &[Series {
+                label: "",
+                points: &pts,
+            }],
+        )
+        .unwrap();
         assert_plot(&path, CHART_SIZE);
     }
 
@@ -1982,12 +2455,33 @@ mod tests {
         let err = line_chart(&path, "t", "x", "y", &[]).unwrap_err();
         assert!(matches!(err, PlotError::NoData { .. }));
         let msg = err.to_string();
-        assert!(msg.contains("no data") && msg.contains("empty.png"), "{msg}");
-        let err = line_chart(&path, "t", "x", "y", &[Series { label: "a", points: &[] }]).unwrap_err();
+        assert!(
+            msg.contains("no data") && msg.contains("empty.png"),
+            "{msg}"
+        );
+        let err = line_chart(
+            &path,
+            "t",
+            "x",
+            "y",
+            &[Series {
+                label: "a",
+                points: &[],
+            }],
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("no data"));
-        let err =
-            line_chart(&path, "t", "x", "y", &[Series { label: "a", points: &[(f64::NAN, 1.0)] }])
-                .unwrap_err();
+        let err = line_chart(
+            &path,
+            "t",
+            "x",
+            "y",
+            &[Series {
+                label: "a",
+                points: &[(f64::NAN, 1.0)],
+            }],
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("no data"));
         assert!(!path.exists());
     }
@@ -1997,7 +2491,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("cm.png");
         let m: Vec<Vec<u64>> = (0..10)
-            .map(|i| (0..10).map(|j| if i == j { 170 + i as u64 } else { ((i * 7 + j * 3) % 5) as u64 }).collect())
+            .map(|i| {
+                (0..10)
+                    .map(|j| {
+                        if i == j {
+                            170 + i as u64
+                        } else {
+                            ((i * 7 + j * 3) % 5) as u64
+                        }
+                    })
+                    .collect()
+            })
             .collect();
         confusion_matrix(&path, "Confusion matrix", &m, &digit_names()).unwrap();
         assert_plot(&path, CONFUSION_SIZE);
@@ -2011,7 +2515,10 @@ mod tests {
         let names = vec!["a".to_string(), "b".to_string(), "c".to_string()];
         let err = confusion_matrix(&path, "t", &m, &names).unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("2 rows") && msg.contains("3 class names") && msg.contains("cm.png"), "{msg}");
+        assert!(
+            msg.contains("2 rows") && msg.contains("3 class names") && msg.contains("cm.png"),
+            "{msg}"
+        );
         let ragged = vec![vec![1, 2], vec![3]];
         let err = confusion_matrix(&path, "t", &ragged, &names[..2]).unwrap_err();
         assert!(err.to_string().contains("square"), "{err}");
@@ -2021,7 +2528,9 @@ mod tests {
     }
 
     fn digit_pixels(seed: usize) -> Vec<f32> {
-        (0..64).map(|i| ((i * 7 + seed * 13) % 17) as f32 / 16.0).collect()
+        (0..64)
+            .map(|i| ((i * 7 + seed * 13) % 17) as f32 / 16.0)
+            .collect()
     }
 
     #[test]
@@ -2029,7 +2538,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("grid.png");
         let pix: Vec<Vec<f32>> = (0..6).map(digit_pixels).collect();
-        let rgb: Vec<f32> = (0..3 * 64).map(|i| if i < 64 { 1.0 } else { 0.0 }).collect(); // pure red
+        let rgb: Vec<f32> = (0..3 * 64)
+            .map(|i| if i < 64 { 1.0 } else { 0.0 })
+            .collect(); // pure red
         let mut images: Vec<GridImage> = pix
             .iter()
             .enumerate()
@@ -2041,11 +2552,21 @@ mod tests {
                 caption: format!("true {k} pred {} (0.97)", (k + 3) % 10),
             })
             .collect();
-        images.push(GridImage { pixels: &rgb, channels: 3, height: 8, width: 8, caption: "rgb".into() });
+        images.push(GridImage {
+            pixels: &rgb,
+            channels: 3,
+            height: 8,
+            width: 8,
+            caption: "rgb".into(),
+        });
         image_grid(&path, "Misclassified", &images, 4).unwrap();
         let layout = image_grid_layout("Misclassified", &images, 4).unwrap();
         assert_eq!((layout.rows, layout.cols), (2, 4));
-        assert!(layout.scale >= 8, "8x8 images should be upscaled, got {}", layout.scale);
+        assert!(
+            layout.scale >= 8,
+            "8x8 images should be upscaled, got {}",
+            layout.scale
+        );
         let img = assert_plot(&path, layout.size);
         // Nearest-neighbour blocks: the whole first block of image 0 has pixel (0,0)'s value.
         let (ox, oy) = layout.pic_origin(0);
@@ -2065,14 +2586,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("u8.png");
         let p: Vec<f32> = (0..16).map(|i| (i * 16) as f32).collect();
-        let images = [GridImage { pixels: &p, channels: 1, height: 4, width: 4, caption: "u8".into() }];
+        let images = [GridImage {
+            pixels: &p,
+            channels: 1,
+            height: 4,
+            width: 4,
+            caption: "u8".into(),
+        }];
         image_grid(&path, "u8", &images, 1).unwrap();
         let layout = image_grid_layout("u8", &images, 1).unwrap();
         let img = load(&path);
         let (ox, oy) = layout.pic_origin(0);
         let s = layout.scale as u32;
         // Pixel (3, 3) = 240 / 255.
-        assert_eq!(img.get_pixel(ox as u32 + 3 * s, oy as u32 + 3 * s).0, [240, 240, 240]);
+        assert_eq!(
+            img.get_pixel(ox as u32 + 3 * s, oy as u32 + 3 * s).0,
+            [240, 240, 240]
+        );
     }
 
     #[test]
@@ -2080,18 +2610,45 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bad.png");
         let p = vec![0.5f32; 63];
-        let images = [GridImage { pixels: &p, channels: 1, height: 8, width: 8, caption: "x".into() }];
+        let images = [GridImage {
+            pixels: &p,
+            channels: 1,
+            height: 8,
+            width: 8,
+            caption: "x".into(),
+        }];
         let err = image_grid(&path, "t", &images, 3).unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("63") && msg.contains("64") && msg.contains("bad.png"), "{msg}");
+        assert!(
+            msg.contains("63") && msg.contains("64") && msg.contains("bad.png"),
+            "{msg}"
+        );
         let p = vec![0.5f32; 128];
-        let images = [GridImage { pixels: &p, channels: 2, height: 8, width: 8, caption: "x".into() }];
-        assert!(image_grid(&path, "t", &images, 3).unwrap_err().to_string().contains("channels"));
+        let images = [GridImage {
+            pixels: &p,
+            channels: 2,
+            height: 8,
+            width: 8,
+            caption: "x".into(),
+        }];
+        assert!(image_grid(&path, "t", &images, 3)
+            .unwrap_err()
+            .to_string()
+            .contains("channels"));
         let err = image_grid(&path, "t", &[], 3).unwrap_err();
         assert!(err.to_string().contains("no data"));
         let p = vec![0.5f32; 64];
-        let images = [GridImage { pixels: &p, channels: 1, height: 8, width: 8, caption: "x".into() }];
-        assert!(image_grid(&path, "t", &images, 0).unwrap_err().to_string().contains("column"));
+        let images = [GridImage {
+            pixels: &p,
+            channels: 1,
+            height: 8,
+            width: 8,
+            caption: "x".into(),
+        }];
+        assert!(image_grid(&path, "t", &images, 0)
+            .unwrap_err()
+            .to_string()
+            .contains("column"));
         assert!(!path.exists());
     }
 
@@ -2114,20 +2671,39 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("w.png");
         // Left half negative, right half positive.
-        let w: Vec<f32> = (0..64).map(|i| if i % 8 < 4 { -0.5 } else { 0.25 + (i % 8) as f32 * 0.1 }).collect();
+        let w: Vec<f32> = (0..64)
+            .map(|i| {
+                if i % 8 < 4 {
+                    -0.5
+                } else {
+                    0.25 + (i % 8) as f32 * 0.1
+                }
+            })
+            .collect();
         let t = vec![("split".to_string(), w)];
         weight_templates(&path, "Weights", &t, 8, 8).unwrap();
         let layout = weight_layout("Weights", &t, 8, 8).unwrap();
         let img = assert_plot(&path, layout.size);
         let (ox, oy) = layout.pic_origin(0);
         let s = layout.scale as i32;
-        let at = |x: i32, y: i32| img.get_pixel((ox + x * s + s / 2) as u32, (oy + y * s + s / 2) as u32).0;
+        let at = |x: i32, y: i32| {
+            img.get_pixel((ox + x * s + s / 2) as u32, (oy + y * s + s / 2) as u32)
+                .0
+        };
         // Right half (positive): red.
         let [r, g, b] = at(7, 4);
-        assert!(r > 150 && r as i32 - b as i32 > 80 && g < 100, "positive weight drawn as {:?}", [r, g, b]);
+        assert!(
+            r > 150 && r as i32 - b as i32 > 80 && g < 100,
+            "positive weight drawn as {:?}",
+            [r, g, b]
+        );
         // Left half (negative): blue.
         let [r, _, b] = at(1, 4);
-        assert!(b as i32 - r as i32 > 60, "negative weight drawn as {:?}", at(1, 4));
+        assert!(
+            b as i32 - r as i32 > 60,
+            "negative weight drawn as {:?}",
+            at(1, 4)
+        );
 
         let path = dir.path().join("w10.png");
         let t = templates();
@@ -2142,9 +2718,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("w.png");
         let t = vec![("three".to_string(), vec![0.0f32; 63])];
-        let msg = weight_templates(&path, "t", &t, 8, 8).unwrap_err().to_string();
-        assert!(msg.contains("'three'") && msg.contains("64") && msg.contains("w.png"), "{msg}");
-        assert!(weight_templates(&path, "t", &[], 8, 8).unwrap_err().to_string().contains("no data"));
+        let msg = weight_templates(&path, "t", &t, 8, 8)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("'three'") && msg.contains("64") && msg.contains("w.png"),
+            "{msg}"
+        );
+        assert!(weight_templates(&path, "t", &[], 8, 8)
+            .unwrap_err()
+            .to_string()
+            .contains("no data"));
         // All-zero weights are fine (drawn white).
         let t = vec![("zero".to_string(), vec![0.0f32; 64])];
         weight_templates(&path, "t", &t, 8, 8).unwrap();
@@ -2154,20 +2738,28 @@ mod tests {
     fn bar_chart_writes_png() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bars.png");
-        let labels: Vec<String> = ["logreg", "mlp", "cnn"].iter().map(|s| s.to_string()).collect();
+        let labels: Vec<String> = ["logreg", "mlp", "cnn"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         bar_chart(
             &path,
             "Test accuracy",
             "accuracy",
             &labels,
-            &[("this run", vec![0.912, 0.963, 0.987]), ("reported", vec![0.92, 0.96, f64::NAN])],
+            &[
+                ("this run", vec![0.912, 0.963, 0.987]),
+                ("reported", vec![0.92, 0.96, f64::NAN]),
+            ],
         )
         .unwrap();
         assert_plot(&path, CHART_SIZE);
 
         // Negative values and many long labels.
         let path = dir.path().join("bars2.png");
-        let labels: Vec<String> = (0..12).map(|i| format!("experiment-{i}-long-name")).collect();
+        let labels: Vec<String> = (0..12)
+            .map(|i| format!("experiment-{i}-long-name"))
+            .collect();
         let vals: Vec<f64> = (0..12).map(|i| (i as f64 - 4.0) * 1.37).collect();
         bar_chart(&path, "Deltas", "", &labels, &[("", vals)]).unwrap();
         assert_plot(&path, CHART_SIZE);
@@ -2178,10 +2770,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bars.png");
         let labels = vec!["a".to_string(), "b".to_string()];
-        let msg = bar_chart(&path, "t", "y", &labels, &[("s", vec![1.0])]).unwrap_err().to_string();
-        assert!(msg.contains("'s'") && msg.contains("1 values") && msg.contains("2 labels"), "{msg}");
-        assert!(bar_chart(&path, "t", "y", &[], &[]).unwrap_err().to_string().contains("no data"));
-        let msg = bar_chart(&path, "t", "y", &labels, &[("s", vec![f64::NAN, f64::NAN])]).unwrap_err();
+        let msg = bar_chart(&path, "t", "y", &labels, &[("s", vec![1.0])])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("'s'") && msg.contains("1 values") && msg.contains("2 labels"),
+            "{msg}"
+        );
+        assert!(bar_chart(&path, "t", "y", &[], &[])
+            .unwrap_err()
+            .to_string()
+            .contains("no data"));
+        let msg =
+            bar_chart(&path, "t", "y", &labels, &[("s", vec![f64::NAN, f64::NAN])]).unwrap_err();
         assert!(msg.to_string().contains("no data"));
     }
 
@@ -2204,7 +2805,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("landscape.png");
         let v = landscape(40, 60);
-        heatmap(&path, "Loss landscape", "w", "b", (-2.0, 2.0), (-1.0, 1.0), &v).unwrap();
+        heatmap(
+            &path,
+            "Loss landscape",
+            "w",
+            "b",
+            (-2.0, 2.0),
+            (-1.0, 1.0),
+            &v,
+        )
+        .unwrap();
         let img = assert_plot(&path, HEATMAP_SIZE);
         // Both ends of the colour map are present.
         let near = |c: RGBColor| {
@@ -2218,7 +2828,16 @@ mod tests {
 
         // Constant and 1x1 inputs do not panic.
         let path = dir.path().join("flat.png");
-        heatmap(&path, "flat", "w", "b", (0.0, 1.0), (0.0, 1.0), &[vec![2.0]]).unwrap();
+        heatmap(
+            &path,
+            "flat",
+            "w",
+            "b",
+            (0.0, 1.0),
+            (0.0, 1.0),
+            &[vec![2.0]],
+        )
+        .unwrap();
         assert!(path.exists());
     }
 
@@ -2226,15 +2845,25 @@ mod tests {
     fn heatmap_errors() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("h.png");
-        assert!(heatmap(&path, "t", "x", "y", (0.0, 1.0), (0.0, 1.0), &[]).unwrap_err().to_string().contains("no data"));
+        assert!(heatmap(&path, "t", "x", "y", (0.0, 1.0), (0.0, 1.0), &[])
+            .unwrap_err()
+            .to_string()
+            .contains("no data"));
         let ragged = vec![vec![1.0, 2.0], vec![3.0]];
-        let msg = heatmap(&path, "t", "x", "y", (0.0, 1.0), (0.0, 1.0), &ragged).unwrap_err().to_string();
+        let msg = heatmap(&path, "t", "x", "y", (0.0, 1.0), (0.0, 1.0), &ragged)
+            .unwrap_err()
+            .to_string();
         assert!(msg.contains("row 1") && msg.contains("h.png"), "{msg}");
         let ok = vec![vec![1.0, 2.0]];
-        let msg = heatmap(&path, "t", "x", "y", (1.0, 1.0), (0.0, 1.0), &ok).unwrap_err().to_string();
+        let msg = heatmap(&path, "t", "x", "y", (1.0, 1.0), (0.0, 1.0), &ok)
+            .unwrap_err()
+            .to_string();
         assert!(msg.contains("x range"), "{msg}");
         let nan = vec![vec![f64::NAN]];
-        assert!(heatmap(&path, "t", "x", "y", (0.0, 1.0), (0.0, 1.0), &nan).unwrap_err().to_string().contains("no data"));
+        assert!(heatmap(&path, "t", "x", "y", (0.0, 1.0), (0.0, 1.0), &nan)
+            .unwrap_err()
+            .to_string()
+            .contains("no data"));
     }
 
     #[test]
@@ -2243,9 +2872,22 @@ mod tests {
         let path = dir.path().join("nested").join("p.png");
         fs::create_dir_all(path.parent().unwrap()).unwrap();
         fs::write(&path, b"old").unwrap();
-        line_chart(&path, "t", "x", "y", &[Series { label: "a", points: &[(0.0, 1.0), (1.0, 2.0)] }]).unwrap();
+        line_chart(
+            &path,
+            "t",
+            "x",
+            "y",
+            &[Series {
+                label: "a",
+                points: &[(0.0, 1.0), (1.0, 2.0)],
+            }],
+        )
+        .unwrap();
         load(&path);
-        let names: Vec<_> = fs::read_dir(path.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names.len(), 1, "{names:?}");
     }
 
@@ -2264,7 +2906,10 @@ mod tests {
         let (t, step) = nice_ticks(1.0, 4.0, 10, true);
         assert_eq!((t.len(), step), (4, 1.0));
         let (t, step) = nice_ticks(0.3, 2.6, 7, false);
-        assert_eq!(t.iter().map(|&v| tick_label(v, step)).collect::<Vec<_>>(), ["0.5", "1.0", "1.5", "2.0", "2.5"]);
+        assert_eq!(
+            t.iter().map(|&v| tick_label(v, step)).collect::<Vec<_>>(),
+            ["0.5", "1.0", "1.5", "2.0", "2.5"]
+        );
         assert_eq!(tick_label(-1e-17, 0.2), "0.0");
         assert_eq!(tick_label(3.0, 1.0), "3");
     }
@@ -2275,30 +2920,86 @@ mod tests {
     fn demo_pngs() {
         let out = Path::new("/tmp/plots-demo");
         let train = curve(30, 2.0, 0.05);
-        let val: Vec<(f64, f64)> = curve(30, 2.2, 0.15).into_iter().map(|(x, y)| (x, y + 0.002 * x * x / 10.0)).collect();
+        let val: Vec<(f64, f64)> = curve(30, 2.2, 0.15)
+            .into_iter()
+            .map(|(x, y)| (x, y + 0.002 * x * x / 10.0))
+            .collect();
         line_chart(
             &out.join("line.png"),
             "Logistic regression on 8x8 digits: loss",
             "epoch",
             "cross-entropy loss",
-            &[Series { label: "train", points: &train }, Series { label: "validation", points: &val }],
+            &[
+                Series {
+                    label: "train",
+                    points: &train,
+                },
+                Series {
+                    label: "validation",
+                    points: &val,
+                },
+            ],
         )
         .unwrap();
-        let acc: Vec<(f64, f64)> = (1..=12).map(|e| (e as f64, 1.0 - 0.5 / (e as f64))).collect();
-        line_chart(&out.join("line_acc.png"), "Accuracy", "epoch", "accuracy", &[Series { label: "val", points: &acc }])
-            .unwrap();
-        line_chart(&out.join("line_single.png"), "Single point", "epoch", "loss", &[Series { label: "train", points: &[(1.0, 0.42)] }])
-            .unwrap();
+        let acc: Vec<(f64, f64)> = (1..=12)
+            .map(|e| (e as f64, 1.0 - 0.5 / (e as f64)))
+            .collect();
+        line_chart(
+            &out.join("line_acc.png"),
+            "Accuracy",
+            "epoch",
+            "accuracy",
+            &[Series {
+                label: "val",
+                points: &acc,
+            }],
+        )
+        .unwrap();
+        line_chart(
+            &out.join("line_single.png"),
+            "Single point",
+            "epoch",
+            "loss",
+            &[Series {
+                label: "train",
+                points: &[(1.0, 0.42)],
+            }],
+        )
+        .unwrap();
 
         let m: Vec<Vec<u64>> = (0..10)
-            .map(|i| (0..10).map(|j| if i == j { 160 + (i as u64 * 3) } else { ((i * 7 + j * 3) % 6) as u64 }).collect())
+            .map(|i| {
+                (0..10)
+                    .map(|j| {
+                        if i == j {
+                            160 + (i as u64 * 3)
+                        } else {
+                            ((i * 7 + j * 3) % 6) as u64
+                        }
+                    })
+                    .collect()
+            })
             .collect();
-        confusion_matrix(&out.join("confusion.png"), "Confusion matrix (test set)", &m, &digit_names()).unwrap();
-        let names: Vec<String> = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        confusion_matrix(&out.join("confusion_names.png"), "Confusion matrix, named classes", &m, &names).unwrap();
+        confusion_matrix(
+            &out.join("confusion.png"),
+            "Confusion matrix (test set)",
+            &m,
+            &digit_names(),
+        )
+        .unwrap();
+        let names: Vec<String> = [
+            "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        confusion_matrix(
+            &out.join("confusion_names.png"),
+            "Confusion matrix, named classes",
+            &m,
+            &names,
+        )
+        .unwrap();
 
         let pix: Vec<Vec<f32>> = (0..10).map(digit_pixels).collect();
         let images: Vec<GridImage> = pix
@@ -2309,57 +3010,166 @@ mod tests {
                 channels: 1,
                 height: 8,
                 width: 8,
-                caption: format!("true {k} pred {} ({:.2})", (k + 3) % 10, 0.5 + k as f64 * 0.05),
+                caption: format!(
+                    "true {k} pred {} ({:.2})",
+                    (k + 3) % 10,
+                    0.5 + k as f64 * 0.05
+                ),
             })
             .collect();
-        image_grid(&out.join("grid.png"), "Misclassified test digits", &images, 5).unwrap();
+        image_grid(
+            &out.join("grid.png"),
+            "Misclassified test digits",
+            &images,
+            5,
+        )
+        .unwrap();
         let mnist: Vec<f32> = (0..784)
             .map(|i| {
                 let (y, x) = ((i / 28) as f32 - 14.0, (i % 28) as f32 - 14.0);
                 let r = (x * x + y * y).sqrt();
-                if (r - 8.0).abs() < 2.5 { 1.0 } else { 0.0 }
+                if (r - 8.0).abs() < 2.5 {
+                    1.0
+                } else {
+                    0.0
+                }
             })
             .collect();
-        let rgb: Vec<f32> = (0..3 * 32 * 32).map(|i| ((i % 32) as f32 / 31.0) * if i / 1024 == 1 { 0.3 } else { 1.0 }).collect();
+        let rgb: Vec<f32> = (0..3 * 32 * 32)
+            .map(|i| ((i % 32) as f32 / 31.0) * if i / 1024 == 1 { 0.3 } else { 1.0 })
+            .collect();
         let mixed = vec![
-            GridImage { pixels: &mnist, channels: 1, height: 28, width: 28, caption: "true 0 pred 0 (0.99)".into() },
-            GridImage { pixels: &rgb, channels: 3, height: 32, width: 32, caption: "rgb 32x32".into() },
-            GridImage { pixels: &pix[0], channels: 1, height: 8, width: 8, caption: "8x8".into() },
+            GridImage {
+                pixels: &mnist,
+                channels: 1,
+                height: 28,
+                width: 28,
+                caption: "true 0 pred 0 (0.99)".into(),
+            },
+            GridImage {
+                pixels: &rgb,
+                channels: 3,
+                height: 32,
+                width: 32,
+                caption: "rgb 32x32".into(),
+            },
+            GridImage {
+                pixels: &pix[0],
+                channels: 1,
+                height: 8,
+                width: 8,
+                caption: "8x8".into(),
+            },
         ];
         image_grid(&out.join("grid_mixed.png"), "Mixed sizes", &mixed, 3).unwrap();
 
-        weight_templates(&out.join("weights.png"), "Logistic regression weight templates", &templates(), 8, 8).unwrap();
+        weight_templates(
+            &out.join("weights.png"),
+            "Logistic regression weight templates",
+            &templates(),
+            8,
+            8,
+        )
+        .unwrap();
 
-        let labels: Vec<String> = ["logreg", "mlp-64", "mlp-256", "cnn-small", "cnn-bn"].iter().map(|s| s.to_string()).collect();
+        let labels: Vec<String> = ["logreg", "mlp-64", "mlp-256", "cnn-small", "cnn-bn"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         bar_chart(
             &out.join("bars.png"),
             "Test accuracy per run",
             "accuracy",
             &labels,
-            &[("this run", vec![0.9611, 0.9744, 0.9789, 0.9861, 0.9889]), ("reported in coursework", vec![0.96, 0.97, 0.98, 0.985, f64::NAN])],
+            &[
+                ("this run", vec![0.9611, 0.9744, 0.9789, 0.9861, 0.9889]),
+                (
+                    "reported in coursework",
+                    vec![0.96, 0.97, 0.98, 0.985, f64::NAN],
+                ),
+            ],
         )
         .unwrap();
-        let labels: Vec<String> = (0..12).map(|i| format!("experiment-{i}-long-name")).collect();
+        let mut labels: Vec<String> = (0..12)
+            .map(|i| format!("experiment-{i}-long-name"))
+            .collect();
+        labels[3] = "an-extremely-long-experiment-name-that-cannot-fit".to_string();
         let vals: Vec<f64> = (0..12).map(|i| (i as f64 - 4.0) * 1.37).collect();
-        bar_chart(&out.join("bars_neg.png"), "Improvement over baseline", "Δ accuracy (pp)", &labels, &[("", vals)]).unwrap();
+        bar_chart(
+            &out.join("bars_neg.png"),
+            "Improvement over baseline",
+            "Δ accuracy (pp)",
+            &labels,
+            &[("", vals)],
+        )
+        .unwrap();
 
-        heatmap(&out.join("heatmap.png"), "Loss landscape over (w, b)", "w", "b", (-2.0, 2.0), (-1.0, 1.0), &landscape(50, 80))
-            .unwrap();
-    }
-}
-
-#[cfg(test)]
-mod zoom_tmp {
-    #[test]
-    #[ignore]
-    fn zoom() {
-        let spec = std::env::var("ZOOM").unwrap();
-        let p: Vec<&str> = spec.split(',').collect();
-        let img = image::open(p[0]).unwrap().to_rgb8();
-        let (x, y, w, h, s): (u32, u32, u32, u32, u32) =
-            (p[1].parse().unwrap(), p[2].parse().unwrap(), p[3].parse().unwrap(), p[4].parse().unwrap(), p[5].parse().unwrap());
-        let c = image::imageops::crop_imm(&img, x, y, w, h).to_image();
-        let z = image::imageops::resize(&c, w * s, h * s, image::imageops::FilterType::Nearest);
-        z.save(p[6]).unwrap();
+        // Edge cases worth a look.
+        confusion_matrix(
+            &out.join("confusion_2.png"),
+            "Binary",
+            &[vec![123_456, 789], vec![4_321, 98_765]],
+            &["negative".to_string(), "positive".to_string()],
+        )
+        .unwrap();
+        let m40: Vec<Vec<u64>> = (0..40)
+            .map(|i| {
+                (0..40)
+                    .map(|j| if i == j { 90 } else { ((i + j) % 3) as u64 })
+                    .collect()
+            })
+            .collect();
+        let n40: Vec<String> = (0..40).map(|i| format!("c{i}")).collect();
+        confusion_matrix(&out.join("confusion_40.png"), "Forty classes", &m40, &n40).unwrap();
+        let many: Vec<Vec<(f64, f64)>> = (0..12)
+            .map(|k| curve(50, 1.0 + k as f64 * 0.2, 0.01 * k as f64))
+            .collect();
+        let names: Vec<String> = (0..12)
+            .map(|k| {
+                format!(
+                    "run {k}: lr = {:.0e}",
+                    10f64.powi(-(k as i32 / 2) - 1) * if k % 2 == 0 { 1.0 } else { 3.0 }
+                )
+            })
+            .collect();
+        let series: Vec<Series> = many
+            .iter()
+            .zip(&names)
+            .map(|(p, n)| Series {
+                label: n,
+                points: p,
+            })
+            .collect();
+        line_chart(
+            &out.join("line_many.png"),
+            "Learning-rate sweep",
+            "epoch",
+            "validation loss",
+            &series,
+        )
+        .unwrap();
+        let mut holes = landscape(20, 30);
+        holes[5][7] = f64::NAN;
+        holes[12][20] = f64::INFINITY;
+        heatmap(
+            &out.join("heatmap_holes.png"),
+            "With holes",
+            "",
+            "",
+            (0.0, 3.0),
+            (-1e-3, 1e-3),
+            &holes,
+        )
+        .unwrap();
+        heatmap(
+            &out.join("heatmap.png"),
+            "Loss landscape over (w, b)",
+            "w",
+            "b",
+            (-2.0, 2.0),
+            (-1.0, 1.0),
+            &landscape(50, 80),
+        )
+        .unwrap();
     }
 }

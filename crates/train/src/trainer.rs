@@ -2,7 +2,7 @@
 //! checkpoints, early stopping, divergence guard and resume.
 use crate::checkpoint::{self, Sidecar};
 use crate::config::{ExperimentConfig, L2Scale, MetricName};
-use crate::eval::{compute_loss, evaluate, predict, Evaluation};
+use crate::eval::{compute_loss, evaluate_batches, predict, Evaluation};
 use crate::optim::{clip_grad_norm, Optimizer};
 use crate::{Result, TrainError};
 use candle_core::{DType, Device, ModuleT, Tensor, Var};
@@ -196,6 +196,10 @@ pub fn train(cfg: &ExperimentConfig, data: &PreparedData, opts: &RunOptions) -> 
     let batch_size = if cfg.train.batch_size == 0 { data.train.len() } else { cfg.train.batch_size };
     let batcher = Batcher::new(&data.train, &pipeline, batch_size, device)?.training(cfg.seed);
     let nb = batcher.num_batches();
+    let val_batcher = match &data.val {
+        Some(v) => Some(Batcher::new(v, &pipeline, cfg.train.eval_batch_size, device)?),
+        None => None,
+    };
     let epochs = cfg.train.epochs;
     let base_lr = cfg.optim.lr();
     let mut train_seconds = 0.0;
@@ -277,8 +281,8 @@ pub fn train(cfg: &ExperimentConfig, data: &PreparedData, opts: &RunOptions) -> 
         m.insert("lr".into(), optimizer.lr());
         m.insert("train_loss".into(), loss_sum / seen.max(1) as f64);
         m.insert("train_accuracy".into(), correct as f64 / seen.max(1) as f64);
-        if let Some(val) = &data.val {
-            let e = evaluate(&model, val, &pipeline, cfg.train.eval_batch_size, cfg.train.loss, device)?;
+        if let Some(vb) = &val_batcher {
+            let e = evaluate_batches(&model, vb, cfg.train.loss)?;
             m.insert("val_loss".into(), e.loss);
             m.insert("val_accuracy".into(), e.accuracy());
             m.insert("val_macro_f1".into(), e.macro_f1());
@@ -367,8 +371,8 @@ pub fn train(cfg: &ExperimentConfig, data: &PreparedData, opts: &RunOptions) -> 
             if p.is_file() {
                 let s = checkpoint::read_sidecar(&p)?;
                 checkpoint::load_model(&p, &s, &varmap, device)?;
-                if let Some(val) = &data.val {
-                    val_eval = Some(evaluate(&model, val, &pipeline, cfg.train.eval_batch_size, cfg.train.loss, device)?);
+                if let Some(vb) = &val_batcher {
+                    val_eval = Some(evaluate_batches(&model, vb, cfg.train.loss)?);
                 }
             }
         }
