@@ -268,4 +268,225 @@ mod tests {
         let e = build(&ModelConfig::Logistic, 10).err().expect("logistic with 10 classes must fail").to_string();
         assert!(e.contains("binary") && e.contains("10 classes"), "{e}");
     }
+
+    use crate::backbone::Head;
+    use crate::resnet::ResNetConfig;
+    use crate::vgg::VggConfig;
+    use candle_core::Shape;
+    use candle_nn::var_builder::SimpleBackend;
+    use candle_nn::Init;
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+
+    /// Records every variable's size and answers with (lazily allocated) zeros:
+    /// parameter counts of big models without initialising them.
+    #[derive(Clone, Default)]
+    struct Shapes(Arc<Mutex<BTreeMap<String, usize>>>);
+
+    impl SimpleBackend for Shapes {
+        fn get(&self, s: Shape, name: &str, _: Init, dtype: DType, dev: &Device) -> Result<Tensor> {
+            self.0.lock().unwrap().insert(name.to_string(), s.elem_count());
+            Tensor::zeros(s, dtype, dev)
+        }
+        fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> Result<Tensor> {
+            candle_core::bail!("unexpected unchecked get of {name}")
+        }
+        fn contains_tensor(&self, _: &str) -> bool {
+            false
+        }
+    }
+
+    /// (model with zero weights, trainable parameter count).
+    fn zero_model(cfg: &ModelConfig, input: InputShape, classes: usize) -> (Model, usize) {
+        let shapes = Shapes::default();
+        let vb = VarBuilder::from_backend(Box::new(shapes.clone()), DType::F32, Device::Cpu);
+        let m = build_model(cfg, input, classes, vb).unwrap();
+        let n = shapes.0.lock().unwrap().iter().filter(|(k, _)| !is_buffer(k)).map(|(_, n)| n).sum();
+        (m, n)
+    }
+
+    fn seeded(cfg: &ModelConfig, input: InputShape, classes: usize) -> (Model, VarMap) {
+        let map = VarMap::new();
+        let vb = SeededVarMap::var_builder(&map, 7, DType::F32, &Device::Cpu);
+        (build_model(cfg, input, classes, vb).unwrap(), map)
+    }
+
+    fn image(b: usize, input: InputShape) -> Tensor {
+        let n = b * input.features();
+        let v: Vec<f32> = (0..n).map(|i| ((i as f32) * 0.618).sin()).collect();
+        Tensor::from_vec(v, (b, input.channels, input.height, input.width), &Device::Cpu).unwrap()
+    }
+
+    const fn shape(channels: usize, side: usize) -> InputShape {
+        InputShape { channels, height: side, width: side }
+    }
+
+    fn resnet(depth: usize, cifar_stem: bool) -> ModelConfig {
+        ModelConfig::Resnet(ResNetConfig { depth, cifar_stem })
+    }
+
+    fn vgg(depth: usize, batch_norm: bool) -> ModelConfig {
+        ModelConfig::Vgg(VggConfig { depth, batch_norm })
+    }
+
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap()
+    }
+
+    #[test]
+    fn kinds_are_listed() {
+        let cfgs = [
+            ModelConfig::Logistic,
+            ModelConfig::Softmax,
+            ModelConfig::Mlp(MlpConfig { hidden: vec![], activation: Default::default(), dropout: 0.0, batch_norm: false }),
+            ModelConfig::Lenet5,
+            ModelConfig::SmallCnn,
+            resnet(18, false),
+            vgg(11, false),
+            ModelConfig::EfficientnetLite0,
+        ];
+        let kinds: Vec<_> = cfgs.iter().map(|c| c.kind()).collect();
+        assert_eq!(kinds, ModelConfig::KINDS);
+    }
+
+    #[test]
+    fn conv_model_output_shapes_at_28_and_32_px() {
+        let cfgs = [
+            ModelConfig::Lenet5,
+            ModelConfig::SmallCnn,
+            resnet(18, false),
+            resnet(18, true),
+            resnet(50, false),
+            ModelConfig::EfficientnetLite0,
+        ];
+        for input in [shape(1, 28), shape(3, 28), shape(1, 32), shape(3, 32)] {
+            let x = image(2, input);
+            for cfg in &cfgs {
+                let (m, _) = seeded(cfg, input, 10);
+                let y = m.forward_t(&x, false).unwrap();
+                assert_eq!(y.dims(), &[2, 10], "{cfg:?} at {input:?}");
+                let f = m.features(&x, false).unwrap().unwrap();
+                assert_eq!(f.dims(), &[2, m.feature_dim().unwrap()], "{cfg:?} at {input:?}");
+                assert_eq!(m.output(), OutputKind::Logits(10));
+            }
+            // VGG's 25088 x 4096 layer is too big to initialise for a shape test.
+            for cfg in [vgg(11, false), vgg(11, true)] {
+                let (m, _) = zero_model(&cfg, input, 10);
+                assert_eq!(m.forward_t(&x, true).unwrap().dims(), &[2, 10], "{cfg:?} at {input:?}");
+                assert_eq!(m.features(&x, false).unwrap().unwrap().dims(), &[2, 4096]);
+            }
+        }
+    }
+
+    #[test]
+    fn resnet18_at_224_px() {
+        let input = shape(3, 224);
+        let (m, _) = seeded(&resnet(18, false), input, 1000);
+        let x = image(1, input);
+        assert_eq!(m.forward_t(&x, false).unwrap().dims(), &[1, 1000]);
+        assert_eq!(m.features(&x, false).unwrap().unwrap().dims(), &[1, 512]);
+        assert_eq!(m.head_prefix(), Some("fc"));
+    }
+
+    #[test]
+    fn parameter_counts_match_torchvision() {
+        let rgb = shape(3, 224);
+        assert_eq!(zero_model(&resnet(18, false), rgb, 1000).1, 11_689_512);
+        assert_eq!(zero_model(&resnet(34, false), rgb, 1000).1, 21_797_672);
+        assert_eq!(zero_model(&resnet(50, false), rgb, 1000).1, 25_557_032);
+        assert_eq!(zero_model(&resnet(101, false), rgb, 1000).1, 44_549_160);
+        assert_eq!(zero_model(&vgg(16, false), rgb, 1000).1, 138_357_544);
+        assert_eq!(zero_model(&vgg(16, true), rgb, 1000).1, 138_365_992);
+        assert_eq!(zero_model(&vgg(19, false), rgb, 1000).1, 143_667_240);
+        // As in the pretrained files: EfficientNet-Lite0 4,652,008; ccexam SVHN CNN 815,018.
+        assert_eq!(zero_model(&ModelConfig::EfficientnetLite0, rgb, 1000).1, 4_652_008);
+        assert_eq!(zero_model(&ModelConfig::SmallCnn, shape(3, 32), 10).1, 815_018);
+        // LeNet-5: 156 + 2416 + 48120 + 10164 + 850, at 28 and 32 px alike.
+        assert_eq!(zero_model(&ModelConfig::Lenet5, shape(1, 28), 10).1, 61_706);
+        assert_eq!(zero_model(&ModelConfig::Lenet5, shape(1, 32), 10).1, 61_706);
+        // The CIFAR stem's conv1 is 3x3 (not 7x7); fc has 10 outputs (not 1000).
+        assert_eq!(zero_model(&resnet(18, true), shape(3, 32), 10).1, 11_689_512 - 64 * 3 * 40 - 513 * 990);
+    }
+
+    #[test]
+    fn bad_depths_are_rejected() {
+        let map = VarMap::new();
+        let vb = SeededVarMap::var_builder(&map, 0, DType::F32, &Device::Cpu);
+        let e = build_model(&resnet(20, false), shape(3, 32), 10, vb.clone()).err().unwrap().to_string();
+        assert!(e.contains("18, 34, 50, 101"), "{e}");
+        let e = build_model(&vgg(12, false), shape(3, 32), 10, vb).err().unwrap().to_string();
+        assert!(e.contains("11, 13, 16, 19"), "{e}");
+    }
+
+    #[test]
+    fn batch_norm_models_differ_between_train_and_eval() {
+        for (cfg, input) in [
+            (ModelConfig::SmallCnn, shape(3, 32)),
+            (resnet(18, true), shape(3, 32)),
+            (resnet(50, false), shape(1, 28)),
+            (ModelConfig::EfficientnetLite0, shape(3, 32)),
+        ] {
+            let (m, _) = seeded(&cfg, input, 10);
+            let x = image(4, input);
+            let eval1 = m.forward_t(&x, false).unwrap();
+            let eval2 = m.forward_t(&x, false).unwrap();
+            assert_eq!(max_abs_diff(&eval1, &eval2), 0.0, "{cfg:?}: eval is deterministic");
+            let train = m.forward_t(&x, true).unwrap();
+            let diff = max_abs_diff(&eval1, &train);
+            assert!(diff > 1e-4, "{cfg:?}: train and eval agree ({diff})");
+        }
+        // Train mode updates the running statistics (ResNet's stem batch norm).
+        let (m, map) = seeded(&resnet(18, true), shape(3, 32), 10);
+        let stat = |map: &VarMap| -> Vec<f32> { map.data().lock().unwrap()["bn1.running_mean"].as_tensor().to_vec1().unwrap() };
+        let before = stat(&map);
+        m.forward_t(&image(2, shape(3, 32)), false).unwrap();
+        assert_eq!(before, stat(&map));
+        m.forward_t(&image(2, shape(3, 32)), true).unwrap();
+        assert_ne!(before, stat(&map));
+    }
+
+    #[test]
+    fn resnet18_backward_through_the_stem_max_pool() {
+        for cifar_stem in [false, true] {
+            let input = shape(3, 32);
+            let (m, map) = seeded(&resnet(18, cifar_stem), input, 10);
+            let logits = m.forward_t(&image(2, input), true).unwrap();
+            let labels = Tensor::new(&[3u32, 7], &Device::Cpu).unwrap();
+            let loss = candle_nn::loss::cross_entropy(&logits, &labels).unwrap();
+            let grads = loss.backward().unwrap();
+            let vars = map.data().lock().unwrap();
+            for name in ["conv1.weight", "layer1.0.conv1.weight", "layer4.1.bn2.weight", "fc.weight"] {
+                let g = grads.get(vars[name].as_tensor()).unwrap_or_else(|| panic!("no gradient for {name}"));
+                let norm: f32 = g.sqr().unwrap().sum_all().unwrap().to_scalar().unwrap();
+                assert!(norm > 0.0 && norm.is_finite(), "{name}: gradient norm {norm}");
+            }
+        }
+    }
+
+    #[test]
+    fn features_and_new_heads() {
+        let input = shape(1, 28);
+        let (m, _) = seeded(&ModelConfig::Lenet5, input, 10);
+        let x = image(3, input);
+        let f = m.features(&x, false).unwrap().unwrap();
+        assert_eq!(f.dims(), &[3, 84]);
+        assert_eq!(m.head_prefix(), Some("classifier.4"));
+        // A new 2-class head on the shared backbone.
+        let map = VarMap::new();
+        let vb = SeededVarMap::var_builder(&map, 1, DType::F32, &Device::Cpu);
+        let head = Head::new(84, 2, 0.0, vb.pp("classifier.4")).unwrap();
+        let want = head.forward_t(&f, false).unwrap();
+        let m2 = m.with_head(Box::new(head), 2).unwrap();
+        assert_eq!(m2.output(), OutputKind::Logits(2));
+        assert_eq!(max_abs_diff(&m2.forward_t(&x, false).unwrap(), &want), 0.0);
+        // The original model is untouched; models without a backbone say so.
+        assert_eq!(m.forward_t(&x, false).unwrap().dims(), &[3, 10]);
+        let (soft, _) = build(&ModelConfig::Softmax, 10).unwrap();
+        assert!(soft.features(&x, false).unwrap().is_none());
+        assert!(soft.with_head(Box::new(Head::new(1, 1, 0.0, vb.pp("x")).unwrap()), 1).is_err());
+        // The backbone outlives the model that made it.
+        let backbone = m.backbone().unwrap().clone();
+        drop(m);
+        assert_eq!(backbone.features(&x, false).unwrap().dims(), &[3, 84]);
+    }
 }

@@ -10,9 +10,9 @@ Run from anywhere:
     python3 crates/models/tests/parity/make_fixtures.py [--weights DIR]
 
 Outputs (next to this script):
-    keys.json               torchvision state-dict keys and shapes (num_batches_tracked
+    keys.txt                torchvision state-dict keys and shapes (num_batches_tracked
                             dropped) of resnet18/34/50/101 and vgg11/13/16/19(_bn),
-                            all with 1000 classes.
+                            all with 1000 classes: one `model key d0xd1x...` per line.
     synthetic.safetensors   inputs' shapes are fixed below; for each of resnet18,
                             resnet50, vgg11, vgg16: `<model>.features` (the input of the
                             final linear layer) and `<model>.logits`, computed in float64.
@@ -44,7 +44,6 @@ fixtures carry no float32 error of their own. The Rust test recomputes the same
 numbers.
 """
 import argparse
-import json
 import math
 import os
 
@@ -143,10 +142,10 @@ def synthetic(out):
 
 def keys(out):
     ctors = {n: getattr(torchvision.models, n) for n in KEY_MODELS}
-    data = {n: state_keys(c(num_classes=1000)) for n, c in ctors.items()}
-    with open(os.path.join(out, "keys.json"), "w") as f:
-        json.dump(data, f, separators=(",", ":"))
-        f.write("\n")
+    with open(os.path.join(out, "keys.txt"), "w") as f:
+        for n, c in ctors.items():
+            for k, shape in state_keys(c(num_classes=1000)):
+                f.write(f"{n} {k} {'x'.join(str(d) for d in shape)}\n")
 
 
 def real(out, weights):
