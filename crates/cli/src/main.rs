@@ -2,6 +2,9 @@
 //! from TOML configs.
 mod commands;
 mod device;
+mod report;
+mod reproduce;
+mod theory;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -78,6 +81,29 @@ enum Command {
         #[command(flatten)]
         common: Common,
     },
+    /// Run a whole suite of coursework experiments and write one report.
+    Reproduce {
+        /// quick, full, or a path to a suite TOML.
+        #[arg(long, default_value = "quick")]
+        suite: String,
+        /// Output folder (default: runs/reproduce-<suite>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Run the coursework's theory questions as checks (CE vs MSE convexity,
+    /// backprop vs autograd, stable softmax, ...): ce-vs-mse, deep-linear, backprop,
+    /// cross-entropy, softmax, l2-gradient, minibatch, 1-7, or all.
+    Theory {
+        #[arg(default_value = "all")]
+        topic: String,
+        /// Output folder for theory.md and plots (default: runs/theory).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        common: Common,
+    },
     /// List datasets and whether their files are present and valid.
     Datasets {
         /// Verify checksums (reads every file).
@@ -97,6 +123,19 @@ fn main() -> Result<()> {
         Command::Sweep { config, overrides, out, common } => commands::sweep(&config, &overrides, out, &common),
         Command::Eval { checkpoint, split, common } => commands::eval(&checkpoint, &split, &common),
         Command::Predict { checkpoint, images, invert, common } => commands::predict(&checkpoint, &images, &invert, &common),
+        Command::Theory { topic, out, common } => {
+            let out = out.unwrap_or_else(|| PathBuf::from("runs").join("theory"));
+            theory::run(&topic, &out, common.data_dir.as_deref())
+        }
         Command::Datasets { verify, common } => commands::datasets(verify, &common),
+        Command::Reproduce { suite, out, common } => {
+            let name = std::path::Path::new(&suite).file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or(suite.clone());
+            let out = out.unwrap_or_else(|| PathBuf::from("runs").join(format!("reproduce-{name}")));
+            let device = device::parse_device(&common.device)?;
+            let data_dir = digitlab_data::resolve_data_dir(common.data_dir.as_deref());
+            let report = reproduce::run(&suite, &data_dir, &out, device, common.quiet)?;
+            println!("report: {}", report.display());
+            Ok(())
+        }
     }
 }

@@ -270,9 +270,24 @@ pub fn parse_value(raw: &str) -> toml::Value {
         .unwrap_or_else(|| toml::Value::String(raw.to_string()))
 }
 
+/// Splits a dotted key path; double-quoted parts may contain dots
+/// (`search.space."optim.lr"` has three parts).
+pub fn split_key_path(path: &str) -> Vec<String> {
+    let mut parts = vec![String::new()];
+    let mut quoted = false;
+    for ch in path.chars() {
+        match ch {
+            '"' => quoted = !quoted,
+            '.' if !quoted => parts.push(String::new()),
+            c => parts.last_mut().expect("never empty").push(c),
+        }
+    }
+    parts
+}
+
 /// Sets a dotted `path` in `root`, creating tables as needed.
 pub fn set_path(root: &mut toml::Value, path: &str, value: toml::Value) -> Result<(), TrainError> {
-    let parts: Vec<&str> = path.split('.').collect();
+    let parts = split_key_path(path);
     if parts.iter().any(|p| p.is_empty()) {
         return Err(TrainError::Config(format!("bad key path `{path}`")));
     }
@@ -281,10 +296,10 @@ pub fn set_path(root: &mut toml::Value, path: &str, value: toml::Value) -> Resul
         let table = cur
             .as_table_mut()
             .ok_or_else(|| TrainError::Config(format!("`{path}`: `{p}` is inside a value that is not a table")))?;
-        cur = table.entry(p.to_string()).or_insert_with(|| toml::Value::Table(Default::default()));
+        cur = table.entry(p.clone()).or_insert_with(|| toml::Value::Table(Default::default()));
     }
     let table = cur.as_table_mut().ok_or_else(|| TrainError::Config(format!("`{path}` does not name a table entry")))?;
-    table.insert(parts[parts.len() - 1].to_string(), value);
+    table.insert(parts[parts.len() - 1].clone(), value);
     Ok(())
 }
 
@@ -332,6 +347,17 @@ mod tests {
         assert!(e.contains("does not fit model"), "{e}");
         let e = ExperimentConfig::from_toml_str(BASE, &["nonsense".into()]).unwrap_err().to_string();
         assert!(e.contains("key.path=value"), "{e}");
+    }
+
+    #[test]
+    fn quoted_key_parts_keep_their_dots() {
+        assert_eq!(split_key_path(r#"search.space."optim.lr""#), vec!["search", "space", "optim.lr"]);
+        let c = ExperimentConfig::from_toml_str(
+            BASE,
+            &[r#"search.space."optim.lr"=[0.1, 0.2]"#.into(), "search.strategy=grid".into()],
+        )
+        .unwrap();
+        assert_eq!(c.search.unwrap().space["optim.lr"].len(), 2);
     }
 
     #[test]

@@ -1,0 +1,311 @@
+//! The suite report: `report.md` (links to PNGs beside it) and `report.html`
+//! (self-contained: PNGs embedded as data URIs).
+use crate::reproduce::{Mode, SuiteEntry};
+use anyhow::Result;
+use base64::Engine;
+use digitlab_train::{ExperimentConfig, Summary};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+/// What happened to one suite entry.
+pub enum Outcome {
+    Skipped(String),
+    Ran { cfg: ExperimentConfig, summary: Summary, dir: PathBuf, seconds: f64, reused: bool },
+}
+
+pub struct ExperimentReport {
+    pub title: String,
+    pub question: String,
+    pub mode: Mode,
+    pub reported: Option<f64>,
+    pub outcome: Outcome,
+}
+
+impl ExperimentReport {
+    pub fn new(entry: &SuiteEntry, outcome: Outcome) -> Self {
+        let title = match &outcome {
+            Outcome::Ran { cfg, .. } => cfg.name.clone(),
+            Outcome::Skipped(_) => entry.config.trim_end_matches(".toml").to_string(),
+        };
+        Self { title, question: entry.question.clone(), mode: entry.mode, reported: entry.reported, outcome }
+    }
+    pub fn skipped(entry: &SuiteEntry, reason: String) -> Self {
+        Self::new(entry, Outcome::Skipped(reason))
+    }
+}
+
+fn pct(v: Option<f64>) -> String {
+    v.map(|v| format!("{:.2}%", 100.0 * v)).unwrap_or_else(|| "–".into())
+}
+
+/// Where the run's plots are (sweeps keep the final run in `final/`).
+fn result_dir(dir: &Path, mode: Mode) -> PathBuf {
+    match mode {
+        Mode::Sweep => dir.join("final"),
+        Mode::Train => dir.to_path_buf(),
+    }
+}
+
+const PLOTS: [(&str, &str); 5] = [
+    ("loss.png", "Loss curves (train vs validation)"),
+    ("accuracy.png", "Accuracy curves"),
+    ("confusion.png", "Confusion matrix"),
+    ("misclassified.png", "Most confidently misclassified images"),
+    ("templates.png", "Weight templates"),
+];
+
+fn environment() -> Vec<(String, String)> {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string());
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    vec![
+        ("digitlab".into(), env!("CARGO_PKG_VERSION").into()),
+        ("candle".into(), "0.11".into()),
+        ("CPU".into(), cpu),
+        ("threads".into(), threads.to_string()),
+        ("OS".into(), format!("{} {}", std::env::consts::OS, std::env::consts::ARCH)),
+        ("CUDA built in".into(), candle_core::utils::cuda_is_available().to_string()),
+    ]
+}
+
+/// Markdown body shared by both outputs; `img` renders an image reference.
+fn markdown(suite: &str, description: &str, reports: &[ExperimentReport], wall: f64, img: &dyn Fn(&Path, &str) -> Option<String>) -> String {
+    let mut md = String::new();
+    let _ = writeln!(md, "# digitlab report: suite `{suite}`\n\n{description}\n");
+    let _ = writeln!(md, "## Summary\n");
+    let _ = writeln!(md, "| experiment | dataset | test accuracy | macro-F1 | coursework reported | wall time |");
+    let _ = writeln!(md, "| --- | --- | --- | --- | --- | --- |");
+    for r in reports {
+        match &r.outcome {
+            Outcome::Skipped(why) => {
+                let _ = writeln!(md, "| {} | – | skipped: {why} | – | {} | – |", r.title, pct(r.reported));
+            }
+            Outcome::Ran { summary: s, seconds, reused, .. } => {
+                let note = if *reused { " (reused)" } else { "" };
+                let _ = writeln!(
+                    md,
+                    "| [{}](#{}) | {} | {} | {} | {} | {:.1}s{note} |",
+                    r.title,
+                    r.title,
+                    s.dataset,
+                    pct(s.test_accuracy),
+                    s.test_macro_f1.map(|v| format!("{v:.4}")).unwrap_or_else(|| "–".into()),
+                    pct(r.reported),
+                    seconds
+                );
+            }
+        }
+    }
+    let _ = writeln!(md, "\nTotal wall time: {wall:.1}s.\n");
+    for r in reports {
+        let _ = writeln!(md, "<h2 id=\"{}\">{}</h2>\n", r.title, r.title);
+        if !r.question.is_empty() {
+            let _ = writeln!(md, "**Question.** {}\n", r.question);
+        }
+        match &r.outcome {
+            Outcome::Skipped(why) => {
+                let _ = writeln!(md, "Skipped: {why}.\n");
+            }
+            Outcome::Ran { cfg, summary: s, dir, seconds, .. } => {
+                let _ = writeln!(md, "| metric | digitlab | coursework |\n| --- | --- | --- |");
+                let _ = writeln!(md, "| test accuracy | {} | {} |", pct(s.test_accuracy), pct(r.reported));
+                let _ = writeln!(md, "| test macro-F1 | {} | |", s.test_macro_f1.map(|v| format!("{v:.4}")).unwrap_or_else(|| "–".into()));
+                let _ = writeln!(md, "| validation accuracy | {} | |", pct(s.val_accuracy));
+                let _ = writeln!(md, "| train accuracy | {} | |", pct(Some(s.train_accuracy)));
+                let _ = writeln!(md, "| epochs | {} | |", s.epochs);
+                let _ = writeln!(md, "| parameters | {} | |", s.parameters);
+                let _ = writeln!(md, "| images train / val / test | {} / {} / {} | |", s.train_images, s.val_images, s.test_images);
+                let _ = writeln!(md, "| training throughput | {:.0} images/s | |", s.train_samples_per_second);
+                let _ = writeln!(md, "| wall time | {seconds:.1}s | |\n");
+                if r.mode == Mode::Sweep {
+                    if let Ok(csv) = std::fs::read_to_string(dir.join("trials.csv")) {
+                        let _ = writeln!(md, "Search trials (validation scores; the best was retrained and tested once):\n");
+                        for (i, line) in csv.lines().enumerate() {
+                            let cells: Vec<&str> = line.split(',').collect();
+                            let _ = writeln!(md, "| {} |", cells.join(" | "));
+                            if i == 0 {
+                                let _ = writeln!(md, "|{}", " --- |".repeat(cells.len()));
+                            }
+                        }
+                        md.push('\n');
+                    }
+                }
+                let rd = result_dir(dir, r.mode);
+                for (file, caption) in PLOTS {
+                    if let Some(tag) = img(&rd.join(file), caption) {
+                        let _ = writeln!(md, "{tag}\n");
+                    }
+                }
+                let toml = toml::to_string_pretty(cfg).unwrap_or_default();
+                let _ = writeln!(md, "<details><summary>Configuration</summary>\n\n```toml\n{toml}```\n\n</details>\n");
+            }
+        }
+    }
+    let _ = writeln!(md, "## Environment\n\n| | |\n| --- | --- |");
+    for (k, v) in environment() {
+        let _ = writeln!(md, "| {k} | {v} |");
+    }
+    let seeds: Vec<String> = reports
+        .iter()
+        .filter_map(|r| match &r.outcome {
+            Outcome::Ran { cfg, .. } => Some(format!("{}={}", cfg.name, cfg.seed)),
+            _ => None,
+        })
+        .collect();
+    let _ = writeln!(md, "| seeds | {} |", seeds.join(", "));
+    md
+}
+
+/// Writes `report.md` and `report.html`; returns the HTML path.
+pub fn write(out: &Path, suite: &str, description: &str, reports: &[ExperimentReport], wall: f64) -> Result<PathBuf> {
+    let rel = |p: &Path, caption: &str| -> Option<String> {
+        p.is_file().then(|| format!("![{caption}]({})", p.strip_prefix(out).unwrap_or(p).display()))
+    };
+    let md = markdown(suite, description, reports, wall, &rel);
+    digitlab_train::io::write_atomic(&out.join("report.md"), md.as_bytes())?;
+
+    let embed = |p: &Path, caption: &str| -> Option<String> {
+        let bytes = std::fs::read(p).ok()?;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(bytes);
+        Some(format!("<figure><img alt=\"{caption}\" src=\"data:image/png;base64,{b64}\"><figcaption>{caption}</figcaption></figure>"))
+    };
+    let body = markdown_to_html(&markdown(suite, description, reports, wall, &embed));
+    let html = format!(
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>digitlab report: {suite}</title>\n<style>{CSS}</style></head>\n\
+         <body>\n{body}\n<script>{CHECK_IMAGES}</script>\n</body></html>\n"
+    );
+    let path = out.join("report.html");
+    digitlab_train::io::write_atomic(&path, html.as_bytes())?;
+    Ok(path)
+}
+
+const CSS: &str = "body{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;padding:0 1em;color:#222}\
+table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}\
+th{background:#f3f3f3}img{max-width:100%}figure{margin:1em 0}figcaption{color:#555;font-size:90%}\
+pre{background:#f6f6f6;padding:1em;overflow:auto}h2{border-bottom:1px solid #ddd;padding-top:1em}";
+
+/// Records on <body> how many images failed to load (read by the browser test).
+const CHECK_IMAGES: &str = "window.addEventListener('load',function(){var imgs=document.images,b=0;\
+for(var i=0;i<imgs.length;i++){if(!imgs[i].complete||imgs[i].naturalWidth===0)b++;}\
+document.body.setAttribute('data-images',imgs.length);document.body.setAttribute('data-broken-images',b);});";
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
+/// Inline Markdown: **bold**, `code`, [text](#anchor). Raw HTML passes through.
+fn inline(s: &str) -> String {
+    if s.trim_start().starts_with('<') {
+        return s.to_string();
+    }
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(i) = rest.find(['*', '`', '[']) {
+        out += &escape(&rest[..i]);
+        let r = &rest[i..];
+        if let Some(body) = r.strip_prefix("**").and_then(|t| t.split_once("**")) {
+            out += &format!("<strong>{}</strong>", escape(body.0));
+            rest = body.1;
+        } else if let Some(body) = r.strip_prefix('`').and_then(|t| t.split_once('`')) {
+            out += &format!("<code>{}</code>", escape(body.0));
+            rest = body.1;
+        } else if let Some((text, after)) = r.strip_prefix('[').and_then(|t| t.split_once("](")) {
+            if let Some((href, tail)) = after.split_once(')') {
+                out += &format!("<a href=\"{}\">{}</a>", escape(href), escape(text));
+                rest = tail;
+            } else {
+                out += &escape(&r[..1]);
+                rest = &r[1..];
+            }
+        } else {
+            out += &escape(&r[..1]);
+            rest = &r[1..];
+        }
+    }
+    out + &escape(rest)
+}
+
+/// The small Markdown subset the report uses: headings, tables, fenced code,
+/// paragraphs, and raw HTML lines. Hand-written because the report's Markdown is
+/// generated here and fully known; a general Markdown crate is not needed.
+fn markdown_to_html(md: &str) -> String {
+    let mut html = String::new();
+    let mut lines = md.lines().peekable();
+    while let Some(line) = lines.next() {
+        if let Some(lang) = line.strip_prefix("```") {
+            let mut code = String::new();
+            for l in lines.by_ref() {
+                if l.starts_with("```") {
+                    break;
+                }
+                code += l;
+                code.push('\n');
+            }
+            let _ = write!(html, "<pre><code class=\"{lang}\">{}</code></pre>\n", escape(&code));
+        } else if line.starts_with('|') {
+            let mut rows = vec![line];
+            while let Some(l) = lines.peek().filter(|l| l.starts_with('|')) {
+                rows.push(l);
+                lines.next();
+            }
+            html += "<table>\n";
+            for (i, row) in rows.iter().enumerate() {
+                if row.contains("---") && i == 1 {
+                    continue;
+                }
+                let tag = if i == 0 && rows.get(1).is_some_and(|r| r.contains("---")) { "th" } else { "td" };
+                let cells: Vec<String> = row.trim().trim_matches('|').split('|').map(|c| format!("<{tag}>{}</{tag}>", inline(c.trim()))).collect();
+                let _ = writeln!(html, "<tr>{}</tr>", cells.join(""));
+            }
+            html += "</table>\n";
+        } else if let Some(h) = line.strip_prefix("# ") {
+            let _ = writeln!(html, "<h1>{}</h1>", inline(h));
+        } else if let Some(h) = line.strip_prefix("## ") {
+            let _ = writeln!(html, "<h2>{}</h2>", inline(h));
+        } else if line.trim().is_empty() {
+            continue;
+        } else if line.starts_with('<') {
+            html += line;
+            html.push('\n');
+        } else {
+            let _ = writeln!(html, "<p>{}</p>", inline(line));
+        }
+    }
+    html
+}
+
+/// The final summary table on the terminal.
+pub fn print_table(reports: &[ExperimentReport]) {
+    println!("{:<24} {:<26} {:>10} {:>10} {:>9}", "experiment", "dataset", "test acc", "reported", "seconds");
+    for r in reports {
+        match &r.outcome {
+            Outcome::Skipped(why) => println!("{:<24} skipped: {why}", r.title),
+            Outcome::Ran { summary: s, seconds, .. } => println!(
+                "{:<24} {:<26} {:>10} {:>10} {:>9.1}",
+                r.title,
+                s.dataset,
+                pct(s.test_accuracy),
+                pct(r.reported),
+                seconds
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn markdown_subset_renders() {
+        let h = markdown_to_html("# T\n\n| a | b |\n| --- | --- |\n| **x** | `y` |\n\n```toml\nk = 1 < 2\n```\npara [l](#x)\n");
+        assert!(h.contains("<h1>T</h1>"));
+        assert!(h.contains("<th>a</th><th>b</th>"));
+        assert!(h.contains("<td><strong>x</strong></td><td><code>y</code></td>"));
+        assert!(h.contains("k = 1 &lt; 2"));
+        assert!(h.contains("<a href=\"#x\">l</a>"));
+        assert!(!h.contains("---"));
+    }
+}

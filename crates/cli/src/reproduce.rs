@@ -1,0 +1,177 @@
+//! `digitlab reproduce`: run a suite of experiments (a TOML file listing configs)
+//! and write one report. Completed experiments whose config is unchanged are
+//! skipped (content hash), so an interrupted suite resumes where it stopped.
+use crate::report::{self, ExperimentReport, Outcome};
+use anyhow::{bail, Context, Result};
+use digitlab_data::{catalog, Split};
+use digitlab_train::experiment::run_experiment;
+use digitlab_train::sweep::run_sweep;
+use digitlab_train::{ExperimentConfig, PreparedData, RunOptions, Summary, Verbosity};
+use indicatif::{ProgressBar, ProgressStyle};
+use sha2::Digest;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// A suite file (`configs/suites/*.toml`).
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Suite {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(rename = "experiment")]
+    pub experiments: Vec<SuiteEntry>,
+}
+
+/// One experiment of a suite.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SuiteEntry {
+    /// Config file, relative to the suite's `configs/` folder.
+    pub config: String,
+    #[serde(default)]
+    pub mode: Mode,
+    /// The question the experiment answers (shown in the report).
+    #[serde(default)]
+    pub question: String,
+    /// Test accuracy reported in the coursework, for comparison.
+    #[serde(default)]
+    pub reported: Option<f64>,
+    /// Overrides always applied.
+    #[serde(default)]
+    pub set: Vec<String>,
+    /// Overrides applied instead when the config's dataset is absent (e.g. switch to
+    /// the embedded digits); without them the experiment is skipped.
+    #[serde(default)]
+    pub fallback: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    #[default]
+    Train,
+    Sweep,
+}
+
+/// Finds a suite by name (`quick` -> `configs/suites/quick.toml`) or path.
+fn suite_path(suite: &str) -> PathBuf {
+    let p = PathBuf::from(suite);
+    if p.extension().is_some_and(|e| e == "toml") || p.is_file() {
+        p
+    } else {
+        PathBuf::from("configs/suites").join(format!("{suite}.toml"))
+    }
+}
+
+fn load_suite(path: &Path) -> Result<Suite> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read the suite (suites live in configs/suites/)", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("{}: invalid suite", path.display()))
+}
+
+/// Resolves an entry to its final config, or the reason it is skipped.
+fn resolve(entry: &SuiteEntry, configs_dir: &Path, data_dir: &Path) -> Result<std::result::Result<ExperimentConfig, String>> {
+    let path = configs_dir.join(&entry.config);
+    let cfg = ExperimentConfig::load(&path, &entry.set)?;
+    if catalog::is_available(cfg.data.dataset, Split::Train, data_dir) {
+        return Ok(Ok(cfg));
+    }
+    if entry.fallback.is_empty() {
+        return Ok(Err(format!("{} is not in {} (cargo xtask download {})", cfg.data.dataset, data_dir.display(), cfg.data.dataset)));
+    }
+    let mut o = entry.set.clone();
+    o.extend(entry.fallback.iter().cloned());
+    Ok(Ok(ExperimentConfig::load(&path, &o)?))
+}
+
+fn config_hash(cfg: &ExperimentConfig, mode: Mode) -> String {
+    let text = format!("{mode:?}\n{}", toml::to_string(cfg).unwrap_or_default());
+    hex::encode(sha2::Sha256::digest(text.as_bytes()))
+}
+
+/// Runs `suite` and writes `report.md` and `report.html` into `out`.
+pub fn run(suite: &str, data_dir: &Path, out: &Path, device: candle_core::Device, quiet: bool) -> Result<PathBuf> {
+    let path = suite_path(suite);
+    let suite = load_suite(&path)?;
+    if suite.experiments.is_empty() {
+        bail!("{}: the suite lists no [[experiment]]", path.display());
+    }
+    let configs_dir = path.parent().and_then(Path::parent).unwrap_or(Path::new("configs")).to_path_buf();
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let started = Instant::now();
+    let bar = if quiet { ProgressBar::hidden() } else { ProgressBar::new(suite.experiments.len() as u64) };
+    bar.set_style(
+        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} experiments, {elapsed} elapsed, eta {eta} | {msg}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(format!("reproduce {}", suite.name));
+    let mut reports = Vec::new();
+    for entry in &suite.experiments {
+        let t0 = Instant::now();
+        let outcome = match resolve(entry, &configs_dir, data_dir)? {
+            Err(reason) => {
+                let line = format!("skip {}: {reason}", entry.config);
+                if quiet { eprintln!("{line}") } else { bar.println(line) }
+                reports.push(ExperimentReport::skipped(entry, reason));
+                bar.inc(1);
+                continue;
+            }
+            Ok(cfg) => {
+                bar.set_message(format!("{} ({})", cfg.name, cfg.data.dataset));
+                let dir = out.join(&cfg.name);
+                let hash = config_hash(&cfg, entry.mode);
+                let hash_file = dir.join(".config-hash");
+                let summary_file = dir.join("summary.json");
+                let done = std::fs::read_to_string(&hash_file).is_ok_and(|h| h.trim() == hash) && summary_file.is_file();
+                if done {
+                    let line = format!("{}: unchanged and complete, reusing {}", cfg.name, dir.display());
+                    if quiet { eprintln!("{line}") } else { bar.println(line) }
+                } else {
+                    if dir.exists() {
+                        std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
+                    }
+                    if quiet {
+                        eprintln!("running {} on {}", cfg.name, cfg.data.dataset);
+                    }
+                    let opts = RunOptions {
+                        out_dir: Some(dir.clone()),
+                        device: device.clone(),
+                        verbosity: Verbosity::Silent,
+                        resume: false,
+                        max_epochs_this_run: None,
+                    };
+                    match entry.mode {
+                        Mode::Train => {
+                            let data = PreparedData::load(&cfg, data_dir)?;
+                            run_experiment(&cfg, &data, &opts).with_context(|| format!("experiment {}", cfg.name))?;
+                        }
+                        Mode::Sweep => {
+                            run_sweep(&cfg, data_dir, &opts).with_context(|| format!("sweep {}", cfg.name))?;
+                        }
+                    }
+                    digitlab_train::io::write_atomic(&hash_file, hash.as_bytes())?;
+                }
+                let summary: Summary = serde_json::from_slice(&std::fs::read(&summary_file)?)
+                    .with_context(|| format!("{}: unreadable summary", summary_file.display()))?;
+                Outcome::Ran { cfg, summary, dir, seconds: t0.elapsed().as_secs_f64(), reused: done }
+            }
+        };
+        if let Outcome::Ran { summary, .. } = &outcome {
+            let line = format!(
+                "{:<22} test acc {:>7}  ({:.1}s)",
+                summary.name,
+                summary.test_accuracy.map(|a| format!("{:.2}%", 100.0 * a)).unwrap_or_else(|| "-".into()),
+                t0.elapsed().as_secs_f64()
+            );
+            if quiet { eprintln!("{line}") } else { bar.println(line) }
+        }
+        reports.push(ExperimentReport::new(entry, outcome));
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let index = report::write(out, &suite.name, &suite.description, &reports, started.elapsed().as_secs_f64())?;
+    report::print_table(&reports);
+    Ok(index)
+}

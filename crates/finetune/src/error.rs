@@ -1,0 +1,129 @@
+//! The error type of this crate.
+//!
+//! Every fallible function returns [`Result`]. Messages are written for the person
+//! running a command: they name the file, repository or tensor involved and, where
+//! there is one, the way out (e.g. how to pre-download a hub file).
+
+use std::path::PathBuf;
+
+use crate::hub::HubUnavailable;
+use crate::weights::LoadReport;
+
+/// Result alias with [`FinetuneError`].
+pub type Result<T, E = FinetuneError> = std::result::Result<T, E>;
+
+/// Everything that can go wrong while finding, reading or checking pretrained weights.
+#[derive(Debug, thiserror::Error)]
+pub enum FinetuneError {
+    /// A weights-source string (`--weights ...`) could not be understood.
+    #[error("invalid weights source {input:?}: {reason}")]
+    InvalidSource {
+        /// The string as given.
+        input: String,
+        /// What is wrong with it and what is accepted.
+        reason: String,
+    },
+
+    /// The Hugging Face cache directory could not be worked out from the environment.
+    #[error("cannot determine the Hugging Face cache directory: {0}")]
+    CacheDir(String),
+
+    /// A hub file is not in the local cache and could not be downloaded
+    /// (offline, network failure, missing file ...). The message says how to fix it.
+    #[error("{0}")]
+    HubUnavailable(Box<HubUnavailable>),
+
+    /// An I/O error on a given file.
+    #[error("I/O error on {}: {source}", path.display())]
+    Io {
+        /// The file being read.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A file is not a readable PyTorch checkpoint (corrupt zip, bad pickle, sizes
+    /// that do not add up ...).
+    #[error("{}: not a valid PyTorch checkpoint: {reason}", path.display())]
+    InvalidCheckpoint {
+        /// The checkpoint file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// A checkpoint's pickle references a Python callable that is not one of the
+    /// tensor-rebuild callables this crate interprets. Nothing is ever executed; the
+    /// file is refused because it is either malicious or holds arbitrary Python objects.
+    #[error(
+        "{}: refusing to load: its pickle references the Python callable `{callable}`{}, which is \
+         not one of the tensor-rebuild callables this reader allows. The file may be malicious \
+         (loading it with Python's pickle would run that callable) or may hold non-tensor \
+         Python objects. Nothing was executed. If you trust the file, re-save just the tensors \
+         from Python (`torch.save(torch.load(f, weights_only=True), g)` or convert to \
+         .safetensors) and load that instead",
+        path.display(),
+        alias.as_deref().map(|a| format!(" (i.e. `{a}`)")).unwrap_or_default()
+    )]
+    UnsafePickle {
+        /// The checkpoint file.
+        path: PathBuf,
+        /// The callable, as `module.name` (e.g. `posix.system`).
+        callable: String,
+        /// The well-known name of that callable where it differs (e.g. `os.system`).
+        alias: Option<String>,
+    },
+
+    /// A checkpoint in a format this crate does not read (legacy or TorchScript
+    /// archives, unknown dtypes ...).
+    #[error("{}: unsupported checkpoint: {reason}", path.display())]
+    UnsupportedCheckpoint {
+        /// The checkpoint file.
+        path: PathBuf,
+        /// What is unsupported and what to do instead.
+        reason: String,
+    },
+
+    /// A weights file is neither safetensors nor a PyTorch zip checkpoint.
+    #[error(
+        "{}: unknown weights format ({detail}); expected a .safetensors file or a PyTorch \
+         .pth/.pt/.bin checkpoint written by torch.save",
+        path.display()
+    )]
+    UnknownFormat {
+        /// The file.
+        path: PathBuf,
+        /// What was seen.
+        detail: String,
+    },
+
+    /// A safetensors file could not be read.
+    #[error("{}: cannot read safetensors file: {source}", path.display())]
+    Safetensors {
+        /// The file.
+        path: PathBuf,
+        /// The underlying candle / safetensors error.
+        #[source]
+        source: candle_core::Error,
+    },
+
+    /// The checkpoint does not fit the model (missing / unexpected tensors, wrong
+    /// shapes outside the classification head). The report lists all of them.
+    #[error("pretrained weights do not match the model\n{0}")]
+    WeightsMismatch(Box<LoadReport>),
+
+    /// Any other candle error (tensor construction ...).
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+impl FinetuneError {
+    /// Shorthand for [`FinetuneError::Io`].
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Self::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}
