@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 pub enum Outcome {
     Skipped(String),
     Ran { cfg: ExperimentConfig, summary: Summary, dir: PathBuf, seconds: f64, reused: bool },
+    /// The theory lab: how many of its claims held, on which data.
+    Theory { dir: PathBuf, seconds: f64, reused: bool, holds: usize, total: usize, data: String },
 }
 
 pub struct ExperimentReport {
@@ -25,6 +27,7 @@ impl ExperimentReport {
     pub fn new(entry: &SuiteEntry, outcome: Outcome) -> Self {
         let title = match &outcome {
             Outcome::Ran { cfg, .. } => cfg.name.clone(),
+            Outcome::Theory { .. } => "theory".into(),
             Outcome::Skipped(_) => entry.config.trim_end_matches(".toml").to_string(),
         };
         Self { title, question: entry.question.clone(), mode: entry.mode, reported: entry.reported, outcome }
@@ -42,7 +45,7 @@ fn pct(v: Option<f64>) -> String {
 fn result_dir(dir: &Path, mode: Mode) -> PathBuf {
     match mode {
         Mode::Sweep => dir.join("final"),
-        Mode::Train => dir.to_path_buf(),
+        Mode::Train | Mode::Theory => dir.to_path_buf(),
     }
 }
 
@@ -82,6 +85,10 @@ fn markdown(suite: &str, description: &str, reports: &[ExperimentReport], wall: 
             Outcome::Skipped(why) => {
                 let _ = writeln!(md, "| {} | – | skipped: {why} | – | {} | – |", r.title, pct(r.reported));
             }
+            Outcome::Theory { seconds, reused, holds, total, .. } => {
+                let note = if *reused { " (reused)" } else { "" };
+                let _ = writeln!(md, "| [theory lab](#theory) | – | {holds}/{total} claims hold | – | – | {seconds:.1}s{note} |");
+            }
             Outcome::Ran { summary: s, seconds, reused, .. } => {
                 let note = if *reused { " (reused)" } else { "" };
                 let _ = writeln!(
@@ -107,6 +114,10 @@ fn markdown(suite: &str, description: &str, reports: &[ExperimentReport], wall: 
         match &r.outcome {
             Outcome::Skipped(why) => {
                 let _ = writeln!(md, "Skipped: {why}.\n");
+            }
+            Outcome::Theory { dir, holds, total, data, .. } => {
+                let _ = writeln!(md, "{holds} of {total} claims held. Data: {data}\n");
+                md += &theory_section(dir, img);
             }
             Outcome::Ran { cfg, summary: s, dir, seconds, .. } => {
                 let _ = writeln!(md, "| metric | digitlab | coursework |\n| --- | --- | --- |");
@@ -158,6 +169,49 @@ fn markdown(suite: &str, description: &str, reports: &[ExperimentReport], wall: 
     md
 }
 
+/// The theory lab's `theory.md`, nested under the report's own heading: its title
+/// dropped, its sections as `<h3>` with GitHub-style ids (its table of contents links
+/// to them) and its images rendered by `img`.
+fn theory_section(dir: &Path, img: &dyn Fn(&Path, &str) -> Option<String>) -> String {
+    let Ok(text) = std::fs::read_to_string(dir.join("theory.md")) else {
+        return format!("(missing: {})\n\n", dir.join("theory.md").display());
+    };
+    let mut md = String::new();
+    for line in text.lines() {
+        if line.starts_with("# ") {
+            continue;
+        } else if let Some(h) = line.strip_prefix("## ") {
+            let _ = writeln!(md, "<h3 id=\"{}\">{}</h3>", slug(h), escape(h));
+        } else if let Some((alt, file)) = line.strip_prefix("![").and_then(|l| l.strip_suffix(')')).and_then(|l| l.rsplit_once("](")) {
+            match img(&dir.join(file), alt) {
+                Some(tag) => md += &tag,
+                None => { let _ = write!(md, "(missing image {file})"); }
+            }
+            md.push('\n');
+        } else if let Some(h) = line.strip_prefix("### ") {
+            let _ = writeln!(md, "#### {h}");
+        } else {
+            md += line;
+            md.push('\n');
+        }
+    }
+    md.push('\n');
+    md
+}
+
+/// GitHub's heading anchor: lower case, punctuation dropped, spaces to dashes.
+fn slug(heading: &str) -> String {
+    heading
+        .to_lowercase()
+        .chars()
+        .filter_map(|c| match c {
+            ' ' => Some('-'),
+            c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Writes `report.md` and `report.html`; returns the HTML path.
 pub fn write(out: &Path, suite: &str, description: &str, reports: &[ExperimentReport], wall: f64) -> Result<PathBuf> {
     let rel = |p: &Path, caption: &str| -> Option<String> {
@@ -195,85 +249,12 @@ fn escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
 
-/// Inline Markdown: **bold**, `code`, [text](#anchor). Raw HTML passes through.
-fn inline(s: &str) -> String {
-    if s.trim_start().starts_with('<') {
-        return s.to_string();
-    }
-    let mut out = String::new();
-    let mut rest = s;
-    while let Some(i) = rest.find(['*', '`', '[']) {
-        out += &escape(&rest[..i]);
-        let r = &rest[i..];
-        if let Some(body) = r.strip_prefix("**").and_then(|t| t.split_once("**")) {
-            out += &format!("<strong>{}</strong>", escape(body.0));
-            rest = body.1;
-        } else if let Some(body) = r.strip_prefix('`').and_then(|t| t.split_once('`')) {
-            out += &format!("<code>{}</code>", escape(body.0));
-            rest = body.1;
-        } else if let Some((text, after)) = r.strip_prefix('[').and_then(|t| t.split_once("](")) {
-            if let Some((href, tail)) = after.split_once(')') {
-                out += &format!("<a href=\"{}\">{}</a>", escape(href), escape(text));
-                rest = tail;
-            } else {
-                out += &escape(&r[..1]);
-                rest = &r[1..];
-            }
-        } else {
-            out += &escape(&r[..1]);
-            rest = &r[1..];
-        }
-    }
-    out + &escape(rest)
-}
-
-/// The small Markdown subset the report uses: headings, tables, fenced code,
-/// paragraphs, and raw HTML lines. Hand-written because the report's Markdown is
-/// generated here and fully known; a general Markdown crate is not needed.
+/// Renders the report's Markdown (tables and raw HTML included) with pulldown-cmark.
 fn markdown_to_html(md: &str) -> String {
-    let mut html = String::new();
-    let mut lines = md.lines().peekable();
-    while let Some(line) = lines.next() {
-        if let Some(lang) = line.strip_prefix("```") {
-            let mut code = String::new();
-            for l in lines.by_ref() {
-                if l.starts_with("```") {
-                    break;
-                }
-                code += l;
-                code.push('\n');
-            }
-            let _ = write!(html, "<pre><code class=\"{lang}\">{}</code></pre>\n", escape(&code));
-        } else if line.starts_with('|') {
-            let mut rows = vec![line];
-            while let Some(l) = lines.peek().filter(|l| l.starts_with('|')) {
-                rows.push(l);
-                lines.next();
-            }
-            html += "<table>\n";
-            for (i, row) in rows.iter().enumerate() {
-                if row.contains("---") && i == 1 {
-                    continue;
-                }
-                let tag = if i == 0 && rows.get(1).is_some_and(|r| r.contains("---")) { "th" } else { "td" };
-                let cells: Vec<String> = row.trim().trim_matches('|').split('|').map(|c| format!("<{tag}>{}</{tag}>", inline(c.trim()))).collect();
-                let _ = writeln!(html, "<tr>{}</tr>", cells.join(""));
-            }
-            html += "</table>\n";
-        } else if let Some(h) = line.strip_prefix("# ") {
-            let _ = writeln!(html, "<h1>{}</h1>", inline(h));
-        } else if let Some(h) = line.strip_prefix("## ") {
-            let _ = writeln!(html, "<h2>{}</h2>", inline(h));
-        } else if line.trim().is_empty() {
-            continue;
-        } else if line.starts_with('<') {
-            html += line;
-            html.push('\n');
-        } else {
-            let _ = writeln!(html, "<p>{}</p>", inline(line));
-        }
-    }
-    html
+    use pulldown_cmark::{html, Options, Parser};
+    let mut out = String::new();
+    html::push_html(&mut out, Parser::new_ext(md, Options::ENABLE_TABLES));
+    out
 }
 
 /// The final summary table on the terminal.
@@ -282,6 +263,9 @@ pub fn print_table(reports: &[ExperimentReport]) {
     for r in reports {
         match &r.outcome {
             Outcome::Skipped(why) => println!("{:<24} skipped: {why}", r.title),
+            Outcome::Theory { holds, total, seconds, .. } => {
+                println!("{:<24} {:<26} {:>10} {:>10} {:>9.1}", r.title, "theory lab", format!("{holds}/{total} ok"), "", seconds)
+            }
             Outcome::Ran { summary: s, seconds, .. } => println!(
                 "{:<24} {:<26} {:>10} {:>10} {:>9.1}",
                 r.title,
@@ -299,13 +283,37 @@ mod tests {
     use super::*;
 
     #[test]
-    fn markdown_subset_renders() {
+    fn markdown_renders_tables_code_and_links() {
         let h = markdown_to_html("# T\n\n| a | b |\n| --- | --- |\n| **x** | `y` |\n\n```toml\nk = 1 < 2\n```\npara [l](#x)\n");
         assert!(h.contains("<h1>T</h1>"));
-        assert!(h.contains("<th>a</th><th>b</th>"));
-        assert!(h.contains("<td><strong>x</strong></td><td><code>y</code></td>"));
+        assert!(h.contains("<th>a</th><th>b</th>"), "{h}");
+        assert!(h.contains("<td><strong>x</strong></td><td><code>y</code></td>"), "{h}");
         assert!(h.contains("k = 1 &lt; 2"));
         assert!(h.contains("<a href=\"#x\">l</a>"));
         assert!(!h.contains("---"));
+    }
+}
+
+#[cfg(test)]
+mod theory_tests {
+    use super::*;
+
+    #[test]
+    fn slugs_match_github_anchors() {
+        assert_eq!(slug("1. CE vs MSE for logistic regression"), "1-ce-vs-mse-for-logistic-regression");
+        assert_eq!(slug("6. Gradient of L2-regularised logistic regression"), "6-gradient-of-l2-regularised-logistic-regression");
+    }
+
+    #[test]
+    fn theory_section_nests_headings_and_renders_images() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("theory.md"), "# Title\n\n## 1. A b\n\ntext\n\n![a plot](p.png)\n\n### Sub\n").unwrap();
+        std::fs::write(dir.path().join("p.png"), b"png").unwrap();
+        let img = |p: &Path, alt: &str| p.is_file().then(|| format!("<img alt=\"{alt}\">"));
+        let md = theory_section(dir.path(), &img);
+        assert!(!md.contains("# Title"));
+        assert!(md.contains("<h3 id=\"1-a-b\">1. A b</h3>"), "{md}");
+        assert!(md.contains("<img alt=\"a plot\">"), "{md}");
+        assert!(md.contains("#### Sub"));
     }
 }

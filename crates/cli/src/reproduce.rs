@@ -27,8 +27,12 @@ pub struct Suite {
 #[derive(Debug, Clone, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SuiteEntry {
-    /// Config file, relative to the suite's `configs/` folder.
+    /// Config file, relative to the suite's `configs/` folder (train and sweep).
+    #[serde(default)]
     pub config: String,
+    /// Theory-lab topics for `mode = "theory"` (`all`, a name or a number; default all).
+    #[serde(default)]
+    pub topic: Option<String>,
     #[serde(default)]
     pub mode: Mode,
     /// The question the experiment answers (shown in the report).
@@ -52,6 +56,8 @@ pub enum Mode {
     #[default]
     Train,
     Sweep,
+    /// The theory lab (`digitlab theory`): its report becomes a section.
+    Theory,
 }
 
 /// Finds a suite by name (`quick` -> `configs/suites/quick.toml`) or path.
@@ -107,9 +113,21 @@ pub fn run(suite: &str, data_dir: &Path, out: &Path, device: candle_core::Device
             .progress_chars("=> "),
     );
     bar.set_prefix(format!("reproduce {}", suite.name));
+    for (i, e) in suite.experiments.iter().enumerate() {
+        if e.mode != Mode::Theory && e.config.is_empty() {
+            bail!("{}: experiment {} needs `config = \"<file>.toml\"`", path.display(), i + 1);
+        }
+    }
     let mut reports = Vec::new();
     for entry in &suite.experiments {
         let t0 = Instant::now();
+        if entry.mode == Mode::Theory {
+            bar.set_message("theory lab");
+            let outcome = run_theory(entry, data_dir, out, quiet, &bar)?;
+            reports.push(ExperimentReport::new(entry, outcome));
+            bar.inc(1);
+            continue;
+        }
         let outcome = match resolve(entry, &configs_dir, data_dir)? {
             Err(reason) => {
                 let line = format!("skip {}: {reason}", entry.config);
@@ -150,6 +168,7 @@ pub fn run(suite: &str, data_dir: &Path, out: &Path, device: candle_core::Device
                         Mode::Sweep => {
                             run_sweep(&cfg, data_dir, &opts).with_context(|| format!("sweep {}", cfg.name))?;
                         }
+                        Mode::Theory => bail!("theory entries are run by run_theory"),
                     }
                     digitlab_train::io::write_atomic(&hash_file, hash.as_bytes())?;
                 }
@@ -174,4 +193,59 @@ pub fn run(suite: &str, data_dir: &Path, out: &Path, device: candle_core::Device
     let index = report::write(out, &suite.name, &suite.description, &reports, started.elapsed().as_secs_f64())?;
     report::print_table(&reports);
     Ok(index)
+}
+
+/// What the theory lab recorded beside its `theory.md` (to reuse a finished run).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct TheoryRecord {
+    hash: String,
+    holds: usize,
+    total: usize,
+    data: String,
+}
+
+/// Runs the theory lab into `<out>/theory`, or reuses it when the topics, the data
+/// it would use and the digitlab version are unchanged.
+fn run_theory(entry: &SuiteEntry, data_dir: &Path, out: &Path, quiet: bool, bar: &ProgressBar) -> Result<Outcome> {
+    use digitlab_theory::{report as theory_report, DataChoice, TheoryConfig, Topic};
+    let t0 = Instant::now();
+    let topic = entry.topic.clone().unwrap_or_else(|| "all".into());
+    let topics = Topic::parse_list(&topic)?;
+    let dir = out.join("theory");
+    let mnist = catalog::is_available(digitlab_data::DatasetKind::Mnist, Split::Train, data_dir);
+    let hash = hex::encode(sha2::Sha256::digest(
+        format!("{topic}\n{}\n{mnist}\n{}", data_dir.display(), env!("CARGO_PKG_VERSION")).as_bytes(),
+    ));
+    let record_file = dir.join("theory.json");
+    let previous: Option<TheoryRecord> =
+        std::fs::read(&record_file).ok().and_then(|b| serde_json::from_slice(&b).ok());
+    let (record, reused) = match previous {
+        Some(r) if r.hash == hash && dir.join("theory.md").is_file() => (r, true),
+        _ => {
+            if quiet {
+                eprintln!("running the theory lab ({topic})");
+            }
+            let cfg = TheoryConfig { data: DataChoice::Auto(Some(data_dir.to_path_buf())), ..TheoryConfig::default() };
+            let report = theory_report::run_topics(&topics, &cfg, &dir, |_| {})
+                .with_context(|| format!("theory lab into {}", dir.display()))?;
+            let record = TheoryRecord {
+                hash,
+                holds: report.sections.iter().filter(|s| s.verdict.holds).count(),
+                total: report.sections.len(),
+                data: report.data_description.clone(),
+            };
+            digitlab_train::io::write_atomic(&record_file, &serde_json::to_vec_pretty(&record)?)?;
+            (record, false)
+        }
+    };
+    let line = format!("{:<22} {}/{} claims hold  ({:.1}s)", "theory", record.holds, record.total, t0.elapsed().as_secs_f64());
+    if quiet { eprintln!("{line}") } else { bar.println(line) }
+    Ok(Outcome::Theory {
+        dir,
+        seconds: t0.elapsed().as_secs_f64(),
+        reused,
+        holds: record.holds,
+        total: record.total,
+        data: record.data,
+    })
 }
