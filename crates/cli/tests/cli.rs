@@ -82,3 +82,19 @@ fn datasets_lists_everything() {
     }
     assert!(t.contains("absent"), "{t}");
 }
+
+#[test]
+fn theory_writes_its_page_and_rejects_unknown_topics() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("theory");
+    let o = digitlab(&["theory", "softmax", "--out", out.to_str().unwrap(), "--data-dir", dir.path().join("none").to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let md = std::fs::read_to_string(out.join("theory.md")).unwrap();
+    assert!(md.contains("**Question.**") && md.contains("**Verdict.**"), "{md}");
+    let pngs = std::fs::read_dir(&out).unwrap().filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "png")).count();
+    assert!(pngs >= 2, "{pngs} plots");
+
+    let o = digitlab(&["theory", "convexity-of-everything", "--out", out.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("ce-vs-mse"), "the error should list the topics: {}", text(&o));
+}

@@ -37,31 +37,24 @@ question = "Why subtract the max?"
     )
     .unwrap();
     let out = dir.join("out");
-    let o = Command::new(env!("CARGO_BIN_EXE_digitlab"))
-        .args(["reproduce", "--suite"])
-        .arg(suites.join("tiny.toml"))
-        .arg("--out")
-        .arg(&out)
-        .args(["--quiet", "--data-dir"])
-        .arg(dir.join("no-data"))
-        .output()
-        .expect("run digitlab");
-    let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
-    assert!(o.status.success(), "{text}");
+    let reproduce = || {
+        let o = Command::new(env!("CARGO_BIN_EXE_digitlab"))
+            .args(["reproduce", "--suite"])
+            .arg(suites.join("tiny.toml"))
+            .arg("--out")
+            .arg(&out)
+            .args(["--quiet", "--data-dir"])
+            .arg(dir.join("no-data"))
+            .output()
+            .expect("run digitlab");
+        let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        assert!(o.status.success(), "{text}");
+        text
+    };
+    let text = reproduce();
     assert!(text.contains("1/1 claims hold"), "{text}");
-
     // A second run reuses both finished steps instead of recomputing them.
-    let o = Command::new(env!("CARGO_BIN_EXE_digitlab"))
-        .args(["reproduce", "--suite"])
-        .arg(suites.join("tiny.toml"))
-        .arg("--out")
-        .arg(&out)
-        .args(["--quiet", "--data-dir"])
-        .arg(dir.join("no-data"))
-        .output()
-        .expect("run digitlab");
-    let text = String::from_utf8_lossy(&o.stderr).to_string();
-    assert!(o.status.success(), "{text}");
+    let text = reproduce();
     assert!(text.contains("unchanged and complete"), "{text}");
     assert!(!text.contains("running the theory lab"), "{text}");
     out.join("report.html")
