@@ -1,4 +1,6 @@
-//! Shared helpers for the benchmarks.
+//! Shared helpers for the benchmarks, and the workloads of `cargo xtask bench`
+//! ([`workloads`]).
+pub mod workloads;
 
 /// Peak resident set size of this process in MiB (Linux `VmHWM`), if known.
 pub fn peak_rss_mib() -> Option<f64> {
@@ -14,4 +16,15 @@ pub fn report_peak_rss(name: &str) {
         Some(m) => println!("{name}: peak RSS {m:.1} MiB"),
         None => println!("{name}: peak RSS unknown on this platform"),
     }
+}
+
+/// CPU time (user + system, all threads) this process has used, in seconds, from
+/// `/proc/self/stat` (Linux; 10 ms resolution), if known.
+pub fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
 }

@@ -183,6 +183,13 @@ mod tests {
     /// A one-file HTTP server on loopback that honours `Range: bytes=N-`, serving
     /// `body` for `requests` requests, then stopping.
     fn serve(body: Vec<u8>, requests: usize) -> String {
+        serve_with(body, requests, true, None)
+    }
+
+    /// [`serve`], optionally ignoring `Range` (always `200 OK` and the whole body),
+    /// and optionally dropping the connection of the first response after
+    /// `cut_after` bytes of its body (while announcing the full length).
+    fn serve_with(body: Vec<u8>, requests: usize, honour_range: bool, mut cut_after: Option<usize>) -> String {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         std::thread::spawn(move || {
@@ -196,14 +203,24 @@ mod tests {
                         break;
                     }
                     if let Some(r) = line.to_ascii_lowercase().strip_prefix("range: bytes=") {
-                        from = r.trim().trim_end_matches('-').parse().unwrap();
+                        if honour_range {
+                            from = r.trim().trim_end_matches('-').parse().unwrap();
+                        }
                     }
                 }
                 let status = if from > 0 { "206 Partial Content" } else { "200 OK" };
                 let part = &body[from..];
                 let head = format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", part.len());
                 stream.write_all(head.as_bytes()).unwrap();
-                stream.write_all(part).unwrap();
+                match cut_after.take() {
+                    Some(n) => {
+                        // The connection drops mid-body.
+                        let _ = stream.write_all(&part[..n.min(part.len())]);
+                        let _ = stream.flush();
+                        let _ = stream.shutdown(std::net::Shutdown::Both);
+                    }
+                    None => stream.write_all(part).unwrap(),
+                }
             }
         });
         format!("http://{addr}/")
@@ -258,7 +275,40 @@ mod tests {
         let target = dir.path().join(file.name);
         let e = format!("{:#}", fetch_url(&agent(), &format!("{url}x"), file, &target, &QUIET).unwrap_err());
         assert!(e.contains("checksum mismatch") && e.contains(file.checksum_hex()) && e.contains("deleted"), "{e}");
+        // The digest of what actually arrived is shown too.
+        let actual = hex::encode(sha2::Sha256::digest(b"corrupted bytes"));
+        assert!(e.contains(&actual), "actual digest {actual} missing: {e}");
         assert!(!target.exists() && !part_path(&target).exists());
+    }
+
+    #[test]
+    fn interrupted_download_keeps_the_part_file_and_resumes() {
+        let payload: Vec<u8> = (0..50_000u32).map(|v| (v % 253) as u8).collect();
+        // First request: the connection drops after 20 000 bytes; second: resumed with Range.
+        let url = serve_with(payload.clone(), 2, true, Some(20_000));
+        let dir = tempfile::tempdir().unwrap();
+        let file = leak_file("interrupted.bin", &payload);
+        let target = dir.path().join(file.name);
+        let e = format!("{:#}", fetch_url(&agent(), &format!("{url}x"), file, &target, &QUIET).unwrap_err());
+        assert!(!target.exists(), "an interrupted download was renamed into place: {e}");
+        let kept = fs::read(part_path(&target)).unwrap();
+        assert!(!kept.is_empty() && kept.len() < payload.len() && payload.starts_with(&kept), "{} bytes kept", kept.len());
+        fetch_url(&agent(), &format!("{url}x"), file, &target, &QUIET).unwrap();
+        assert_eq!(fs::read(&target).unwrap(), payload);
+        assert!(!part_path(&target).exists());
+    }
+
+    #[test]
+    fn restarts_from_scratch_when_the_server_ignores_range() {
+        let payload: Vec<u8> = (0..5000u32).map(|v| (v % 241) as u8).collect();
+        let url = serve_with(payload.clone(), 1, false, None);
+        let dir = tempfile::tempdir().unwrap();
+        let file = leak_file("restart.bin", &payload);
+        let target = dir.path().join(file.name);
+        // A stale partial file whose bytes are not a prefix of the payload.
+        fs::write(part_path(&target), vec![0xEEu8; 1234]).unwrap();
+        fetch_url(&agent(), &format!("{url}x"), file, &target, &QUIET).unwrap();
+        assert_eq!(fs::read(&target).unwrap(), payload, "the stale prefix was kept instead of restarting");
     }
 
     #[test]

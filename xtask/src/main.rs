@@ -1,4 +1,5 @@
-//! `cargo xtask`: developer tasks for digitlab (dataset downloads, CI helpers).
+//! `cargo xtask`: developer tasks for digitlab (dataset downloads, benchmarks).
+mod bench;
 mod download;
 
 use anyhow::Result;
@@ -32,6 +33,38 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
+    /// Run the benchmark workloads (each in its own process), optionally side by side
+    /// with the PyTorch reference (benches/reference/bench.py); print one table and
+    /// write benches/results/<date>.json.
+    Bench {
+        /// Only workloads whose name contains one of these comma-separated substrings.
+        #[arg(long)]
+        filter: Option<String>,
+        /// Also run the PyTorch reference (needs python3 with torch and numpy).
+        #[arg(long)]
+        compare_pytorch: bool,
+        /// Timed seconds per run (after the warm-up steps).
+        #[arg(long, default_value_t = 2.0)]
+        seconds: f64,
+        /// Untimed warm-up steps per run.
+        #[arg(long, default_value_t = 3)]
+        warmup: usize,
+        /// Rounds; sides alternate which goes first, the table shows the median.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Threads for both sides.
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+        /// Python interpreter of the reference side (default: $DIGITLAB_PYTHON, else python3).
+        #[arg(long)]
+        python: Option<String>,
+        /// Directory of the results file (default: benches/results).
+        #[arg(long)]
+        results_dir: Option<PathBuf>,
+        /// Print the table only, write no results file.
+        #[arg(long)]
+        no_save: bool,
+    },
 }
 
 fn main() -> Result<()> {
@@ -55,6 +88,9 @@ fn main() -> Result<()> {
             }
             anyhow::ensure!(failures.is_empty(), "could not get: {}", failures.join(", "));
             Ok(())
+        }
+        Command::Bench { filter, compare_pytorch, seconds, warmup, rounds, threads, python, results_dir, no_save } => {
+            bench::run(bench::Options { filter, compare_pytorch, seconds, warmup, rounds, threads, python, results_dir, no_save })
         }
     }
 }

@@ -2,11 +2,10 @@
 use crate::device::parse_device;
 use crate::Common;
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, ModuleT, Tensor};
-use candle_nn::VarMap;
+use candle_core::{ModuleT, Tensor};
 use digitlab_data::catalog::{self, FileState};
 use digitlab_data::{resolve_data_dir, DatasetKind};
-use digitlab_models::{build_model, InputShape, OutputKind, SeededVarMap};
+use digitlab_models::OutputKind;
 use digitlab_train::checkpoint;
 use digitlab_train::experiment::{run_experiment, Summary};
 use digitlab_train::sweep::run_sweep;
@@ -81,18 +80,10 @@ pub fn sweep(config: &Path, overrides: &[String], out: Option<PathBuf>, common: 
     Ok(())
 }
 
-/// Rebuilds the model a sidecar describes and loads its verified weights.
+/// Rebuilds the model a sidecar describes from its verified weights.
 fn load_checkpoint(path: &Path, device: &candle_core::Device) -> Result<(ExperimentConfig, checkpoint::Sidecar, digitlab_models::Model)> {
     let sidecar_path = checkpoint::resolve(path)?;
-    let sidecar = checkpoint::read_sidecar(&sidecar_path)?;
-    let cfg: ExperimentConfig = serde_json::from_value(sidecar.config.clone())
-        .with_context(|| format!("{}: the stored config is not valid for this digitlab version", sidecar_path.display()))?;
-    let [c, h, w] = sidecar.input_shape;
-    let map = VarMap::new();
-    let vb = SeededVarMap::var_builder(&map, cfg.seed, DType::F32, device);
-    let model = build_model(&cfg.model, InputShape { channels: c, height: h, width: w }, sidecar.class_names.len(), vb)?;
-    checkpoint::load_model(&sidecar_path, &sidecar, &map, device)?;
-    Ok((cfg, sidecar, model))
+    Ok(checkpoint::load_inference_model(&sidecar_path, device)?)
 }
 
 pub fn eval(path: &Path, split: &str, common: &Common) -> Result<()> {

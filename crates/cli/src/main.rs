@@ -1,10 +1,13 @@
 //! `digitlab`: train, search, evaluate and run digit-recognition experiments
 //! from TOML configs.
 mod commands;
+mod compare;
 mod device;
 mod report;
 mod reproduce;
+mod reproduce_transfer;
 mod theory;
+mod transfer;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -104,6 +107,34 @@ enum Command {
         #[command(flatten)]
         common: Common,
     },
+    /// Frozen-backbone transfer learning: per backbone, cached features and a new
+    /// head (see configs/*transfer*.toml); writes one folder per backbone and compare.md.
+    Transfer {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Override a config value: --set transfer.epochs=2 (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+        /// Output folder (default: runs/<name>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Feature cache folder (default: transfer.cache_dir, else runs/feature-cache).
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// One table (compare.md, compare.csv, compare.png) of the summary.json of any runs.
+    Compare {
+        /// Run folders (or their summary.json); a folder of run folders counts as all of them.
+        #[arg(required = true)]
+        runs: Vec<PathBuf>,
+        #[arg(long)]
+        out: PathBuf,
+        /// Train minus validation accuracy above which a run is flagged as over-fitting.
+        #[arg(long, default_value_t = 0.05)]
+        overfit_gap: f64,
+    },
     /// List datasets and whether their files are present and valid.
     Datasets {
         /// Verify checksums (reads every file).
@@ -128,6 +159,10 @@ fn main() -> Result<()> {
             theory::run(&topic, &out, common.data_dir.as_deref())
         }
         Command::Datasets { verify, common } => commands::datasets(verify, &common),
+        Command::Transfer { config, overrides, out, cache_dir, common } => {
+            transfer::run(&config, &overrides, out, cache_dir, &common)
+        }
+        Command::Compare { runs, out, overfit_gap } => compare::run(&runs, &out, overfit_gap),
         Command::Reproduce { suite, out, common } => {
             let name = std::path::Path::new(&suite).file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or(suite.clone());
             let out = out.unwrap_or_else(|| PathBuf::from("runs").join(format!("reproduce-{name}")));

@@ -3,6 +3,7 @@
 use crate::reproduce::{Mode, SuiteEntry};
 use anyhow::Result;
 use base64::Engine;
+use digitlab_finetune::{TransferConfig, TransferSummary};
 use digitlab_train::{ExperimentConfig, Summary};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -13,6 +14,16 @@ pub enum Outcome {
     Ran { cfg: ExperimentConfig, summary: Summary, dir: PathBuf, seconds: f64, reused: bool },
     /// The theory lab: how many of its claims held, on which data.
     Theory { dir: PathBuf, seconds: f64, reused: bool, holds: usize, total: usize, data: String },
+    /// Frozen-backbone transfer: one summary per backbone that ran, and the
+    /// backbones skipped (label, reason).
+    Transfer {
+        cfg: Box<TransferConfig>,
+        dir: PathBuf,
+        rows: Vec<TransferSummary>,
+        skipped: Vec<(String, String)>,
+        seconds: f64,
+        reused: bool,
+    },
 }
 
 pub struct ExperimentReport {
@@ -20,6 +31,8 @@ pub struct ExperimentReport {
     pub question: String,
     pub mode: Mode,
     pub reported: Option<f64>,
+    /// Coursework results per transfer backbone label.
+    pub reported_backbones: std::collections::BTreeMap<String, f64>,
     pub outcome: Outcome,
 }
 
@@ -28,9 +41,17 @@ impl ExperimentReport {
         let title = match &outcome {
             Outcome::Ran { cfg, .. } => cfg.name.clone(),
             Outcome::Theory { .. } => "theory".into(),
+            Outcome::Transfer { cfg, .. } => cfg.name.clone(),
             Outcome::Skipped(_) => entry.config.trim_end_matches(".toml").to_string(),
         };
-        Self { title, question: entry.question.clone(), mode: entry.mode, reported: entry.reported, outcome }
+        Self {
+            title,
+            question: entry.question.clone(),
+            mode: entry.mode,
+            reported: entry.reported,
+            reported_backbones: entry.reported_backbones.clone(),
+            outcome,
+        }
     }
     pub fn skipped(entry: &SuiteEntry, reason: String) -> Self {
         Self::new(entry, Outcome::Skipped(reason))
@@ -45,7 +66,7 @@ fn pct(v: Option<f64>) -> String {
 fn result_dir(dir: &Path, mode: Mode) -> PathBuf {
     match mode {
         Mode::Sweep => dir.join("final"),
-        Mode::Train | Mode::Theory => dir.to_path_buf(),
+        Mode::Train | Mode::Theory | Mode::Transfer => dir.to_path_buf(),
     }
 }
 
@@ -89,6 +110,26 @@ fn markdown(suite: &str, description: &str, reports: &[ExperimentReport], wall: 
                 let note = if *reused { " (reused)" } else { "" };
                 let _ = writeln!(md, "| [theory lab](#theory) | – | {holds}/{total} claims hold | – | – | {seconds:.1}s{note} |");
             }
+            Outcome::Transfer { rows, skipped, reused, .. } => {
+                let note = if *reused { " (reused)" } else { "" };
+                for s in rows {
+                    let _ = writeln!(
+                        md,
+                        "| [{}](#{}) / {} | {} | {} | {} | {} | {:.1}s{note} |",
+                        r.title,
+                        r.title,
+                        s.name,
+                        s.dataset,
+                        pct(s.test_accuracy),
+                        s.test_macro_f1.map(|v| format!("{v:.4}")).unwrap_or_else(|| "–".into()),
+                        pct(r.reported_backbones.get(&s.name).copied()),
+                        s.wall_seconds
+                    );
+                }
+                for (label, why) in skipped {
+                    let _ = writeln!(md, "| {} / {label} | – | skipped: {why} | – | {} | – |", r.title, pct(r.reported_backbones.get(label).copied()));
+                }
+            }
             Outcome::Ran { summary: s, seconds, reused, .. } => {
                 let note = if *reused { " (reused)" } else { "" };
                 let _ = writeln!(
@@ -118,6 +159,9 @@ fn markdown(suite: &str, description: &str, reports: &[ExperimentReport], wall: 
             Outcome::Theory { dir, holds, total, data, .. } => {
                 let _ = writeln!(md, "{holds} of {total} claims held. Data: {data}\n");
                 md += &theory_section(dir, img);
+            }
+            Outcome::Transfer { cfg, dir, rows, skipped, seconds, .. } => {
+                md += &transfer_section(cfg, dir, rows, skipped, *seconds, &r.reported_backbones, img);
             }
             Outcome::Ran { cfg, summary: s, dir, seconds, .. } => {
                 let _ = writeln!(md, "| metric | digitlab | coursework |\n| --- | --- | --- |");
@@ -162,10 +206,75 @@ fn markdown(suite: &str, description: &str, reports: &[ExperimentReport], wall: 
         .iter()
         .filter_map(|r| match &r.outcome {
             Outcome::Ran { cfg, .. } => Some(format!("{}={}", cfg.name, cfg.seed)),
+            Outcome::Transfer { cfg, .. } => Some(format!("{}={}", cfg.name, cfg.seed)),
             _ => None,
         })
         .collect();
     let _ = writeln!(md, "| seeds | {} |", seeds.join(", "));
+    md
+}
+
+/// A transfer entry: one row per backbone (frozen features, new linear head), the
+/// skipped backbones with their reasons, the comparison chart and confusion matrices.
+fn transfer_section(
+    cfg: &TransferConfig,
+    dir: &Path,
+    rows: &[TransferSummary],
+    skipped: &[(String, String)],
+    seconds: f64,
+    reported: &std::collections::BTreeMap<String, f64>,
+    img: &dyn Fn(&Path, &str) -> Option<String>,
+) -> String {
+    let mut md = String::new();
+    if !rows.is_empty() {
+        let s0 = &rows[0];
+        let _ = writeln!(
+            md,
+            "Backbones frozen (eval-mode features computed once and cached), a new linear head trained for {} epochs; \
+             {} train / {} validation / {} test images of {}.\n",
+            s0.epochs, s0.train_images, s0.val_images, s0.test_images, s0.dataset
+        );
+        let _ = writeln!(md, "| backbone | weights | input | feature dim | train acc | val acc | test acc | test macro-F1 | coursework | backbone / head time |");
+        let _ = writeln!(md, "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+        for s in rows {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {}x{}x{} | {} | {} | {} | {} | {} | {} | {:.1}s / {:.1}s |",
+                s.name,
+                if s.pretrained == "none" { "random".to_string() } else { format!("`{}`", s.pretrained) },
+                s.input_channels,
+                s.input_height,
+                s.input_width,
+                s.feature_dim,
+                pct(Some(s.train_accuracy)),
+                pct(s.val_accuracy),
+                pct(s.test_accuracy),
+                s.test_macro_f1.map(|v| format!("{v:.4}")).unwrap_or_else(|| "–".into()),
+                pct(reported.get(&s.name).copied()),
+                s.backbone_seconds,
+                s.head_seconds
+            );
+        }
+        md.push('\n');
+    }
+    if !skipped.is_empty() {
+        let _ = writeln!(md, "Skipped backbones:\n");
+        for (label, why) in skipped {
+            let _ = writeln!(md, "- **{label}**: {why}");
+        }
+        md.push('\n');
+    }
+    let _ = writeln!(md, "Step wall time: {seconds:.1}s.\n");
+    if let Some(tag) = img(&dir.join("compare.png"), "Backbones compared") {
+        let _ = writeln!(md, "{tag}\n");
+    }
+    for s in rows {
+        if let Some(tag) = img(&dir.join(&s.name).join("confusion.png"), &format!("Confusion matrix, {}", s.name)) {
+            let _ = writeln!(md, "{tag}\n");
+        }
+    }
+    let toml = toml::to_string_pretty(cfg).unwrap_or_default();
+    let _ = writeln!(md, "<details><summary>Configuration</summary>\n\n```toml\n{toml}```\n\n</details>\n");
     md
 }
 
@@ -265,6 +374,21 @@ pub fn print_table(reports: &[ExperimentReport]) {
             Outcome::Skipped(why) => println!("{:<24} skipped: {why}", r.title),
             Outcome::Theory { holds, total, seconds, .. } => {
                 println!("{:<24} {:<26} {:>10} {:>10} {:>9.1}", r.title, "theory lab", format!("{holds}/{total} ok"), "", seconds)
+            }
+            Outcome::Transfer { rows, skipped, .. } => {
+                for s in rows {
+                    println!(
+                        "{:<24} {:<26} {:>10} {:>10} {:>9.1}",
+                        r.title,
+                        s.name,
+                        pct(s.test_accuracy),
+                        pct(r.reported_backbones.get(&s.name).copied()),
+                        s.wall_seconds
+                    )
+                }
+                for (label, why) in skipped {
+                    println!("{:<24} {label} skipped: {why}", r.title)
+                }
             }
             Outcome::Ran { summary: s, seconds, .. } => println!(
                 "{:<24} {:<26} {:>10} {:>10} {:>9.1}",

@@ -41,6 +41,9 @@ pub struct SuiteEntry {
     /// Test accuracy reported in the coursework, for comparison.
     #[serde(default)]
     pub reported: Option<f64>,
+    /// Per-backbone coursework results of a transfer entry (`label = accuracy`).
+    #[serde(default)]
+    pub reported_backbones: std::collections::BTreeMap<String, f64>,
     /// Overrides always applied.
     #[serde(default)]
     pub set: Vec<String>,
@@ -58,6 +61,10 @@ pub enum Mode {
     Sweep,
     /// The theory lab (`digitlab theory`): its report becomes a section.
     Theory,
+    /// Frozen-backbone transfer learning (`digitlab transfer`): every backbone whose
+    /// weights are reachable (random weights, local files, the Hugging Face cache)
+    /// runs; the others are skipped with a reason each.
+    Transfer,
 }
 
 /// Finds a suite by name (`quick` -> `configs/suites/quick.toml`) or path.
@@ -128,6 +135,13 @@ pub fn run(suite: &str, data_dir: &Path, out: &Path, device: candle_core::Device
             bar.inc(1);
             continue;
         }
+        if entry.mode == Mode::Transfer {
+            bar.set_message(format!("transfer {}", entry.config));
+            let outcome = crate::reproduce_transfer::run(entry, &configs_dir, data_dir, out, device.clone(), quiet, &bar)?;
+            reports.push(ExperimentReport::new(entry, outcome));
+            bar.inc(1);
+            continue;
+        }
         let outcome = match resolve(entry, &configs_dir, data_dir)? {
             Err(reason) => {
                 let line = format!("skip {}: {reason}", entry.config);
@@ -168,7 +182,7 @@ pub fn run(suite: &str, data_dir: &Path, out: &Path, device: candle_core::Device
                         Mode::Sweep => {
                             run_sweep(&cfg, data_dir, &opts).with_context(|| format!("sweep {}", cfg.name))?;
                         }
-                        Mode::Theory => bail!("theory entries are run by run_theory"),
+                        Mode::Theory | Mode::Transfer => bail!("theory and transfer entries have their own runners"),
                     }
                     digitlab_train::io::write_atomic(&hash_file, hash.as_bytes())?;
                 }

@@ -20,18 +20,96 @@ pub struct IdxArray {
     pub data: Vec<u8>,
 }
 
+/// Largest decompressed / compressed size ratio deflate can reach (about 1032:1);
+/// used to bound allocations while inflating.
+pub const MAX_GZIP_RATIO: usize = 1032;
+
 /// Reads the payload of `path`, decompressing it if it starts with the gzip magic.
 pub fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
     let raw = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
-    if raw.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::with_capacity(raw.len() * 4);
-        flate2::read::MultiGzDecoder::new(&raw[..])
-            .read_to_end(&mut out)
-            .map_err(|e| DataError::format(path, format!("corrupt or truncated gzip stream: {e}")))?;
-        Ok(out)
-    } else {
-        Ok(raw)
+    decode_maybe_gz(raw, path)
+}
+
+/// Returns `raw` itself, or its decompressed content if it starts with the gzip
+/// magic; `path` is only used in error messages.
+///
+/// Memory: the output is never pre-sized beyond [`MAX_GZIP_RATIO`] times the
+/// compressed length. When the decompressed data starts with an IDX header,
+/// inflating stops as soon as the data its dimensions call for has arrived: a
+/// stream that goes on beyond that (a "gzip bomb" behind a small header, or
+/// trailing garbage) is refused without being inflated further.
+pub fn decode_maybe_gz(raw: Vec<u8>, path: &Path) -> Result<Vec<u8>> {
+    if !raw.starts_with(&[0x1f, 0x8b]) {
+        return Ok(raw);
     }
+    let gzip_err = |e: std::io::Error| DataError::format(path, format!("corrupt or truncated gzip stream: {e}"));
+    let mut dec = flate2::read::MultiGzDecoder::new(&raw[..]);
+    let mut out = Vec::new();
+    read_up_to(&mut dec, &mut out, 4).map_err(gzip_err)?;
+    if out.len() < 4 {
+        return Ok(out); // too short for a header: `parse_idx` says so
+    }
+    let header = 4 + 4 * out[3] as usize;
+    read_up_to(&mut dec, &mut out, header).map_err(gzip_err)?;
+    if out.len() < header {
+        return Ok(out);
+    }
+    let total = out[4..header]
+        .chunks_exact(4)
+        .try_fold(1usize, |acc, d| acc.checked_mul(u32::from_be_bytes([d[0], d[1], d[2], d[3]]) as usize))
+        .and_then(|numel| numel.checked_add(header));
+    let Some(total) = total else {
+        return Ok(out); // dimensions overflow: `parse_idx` says so
+    };
+    let cap = total.min(raw.len().saturating_mul(MAX_GZIP_RATIO));
+    out.try_reserve_exact(cap.saturating_sub(out.len()))
+        .map_err(|_| DataError::format(path, format!("cannot allocate {cap} bytes for the decompressed data")))?;
+    read_up_to(&mut dec, &mut out, total).map_err(gzip_err)?;
+    if out.len() == total {
+        // Anything after the data the dimensions call for is an error; reading to
+        // the end also verifies the gzip checksum.
+        let mut probe = [0u8; 1];
+        if read_up_to_slice(&mut dec, &mut probe).map_err(gzip_err)? > 0 {
+            return Err(DataError::format(
+                path,
+                format!(
+                    "the decompressed data continues past the {} bytes that its header's dimensions call for (trailing bytes)",
+                    total
+                ),
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// Appends bytes from `r` to `out` until it holds `target` bytes or `r` ends.
+fn read_up_to(r: &mut impl Read, out: &mut Vec<u8>, target: usize) -> std::io::Result<()> {
+    const STEP: usize = 1 << 16;
+    while out.len() < target {
+        let old = out.len();
+        let want = STEP.min(target - old);
+        out.resize(old + want, 0);
+        let n = read_up_to_slice(r, &mut out[old..])?;
+        out.truncate(old + n);
+        if n < want {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Fills `buf` from `r` as far as it goes; returns the bytes read (less at the end).
+fn read_up_to_slice(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match r.read(&mut buf[done..]) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
 }
 
 /// Parses an IDX byte buffer that must carry `expected_magic`; `path` is for messages.
@@ -75,9 +153,31 @@ pub fn parse_idx(bytes: &[u8], expected_magic: u32, path: &Path) -> Result<IdxAr
 /// Errors name the file and say what was expected: wrong magic, truncation,
 /// or image and label counts that disagree.
 pub fn load_idx_pair(images: &Path, labels: &Path, name: &str, class_names: Vec<String>) -> Result<Dataset> {
-    let img = parse_idx(&read_maybe_gz(images)?, IMAGES_MAGIC, images)?;
-    let lab = parse_idx(&read_maybe_gz(labels)?, LABELS_MAGIC, labels)?;
+    let img = read_maybe_gz(images)?;
+    let lab = read_maybe_gz(labels)?;
+    idx_pair_from_bytes((&img, images), (&lab, labels), name, class_names)
+}
+
+/// [`load_idx_pair`] on decompressed file contents; each path only names its
+/// bytes in error messages.
+pub fn idx_pair_from_bytes(
+    (images, images_path): (&[u8], &Path),
+    (labels, labels_path): (&[u8], &Path),
+    name: &str,
+    class_names: Vec<String>,
+) -> Result<Dataset> {
+    let img = parse_idx(images, IMAGES_MAGIC, images_path)?;
+    let lab = parse_idx(labels, LABELS_MAGIC, labels_path)?;
+    let (images, labels) = (images_path, labels_path);
     let (n, rows, cols) = (img.dims[0], img.dims[1], img.dims[2]);
+    if n == 0 || rows == 0 || cols == 0 {
+        // With a zero anywhere the payload is empty and says nothing about the
+        // other dimensions, which could then be anything up to 2^32 - 1.
+        return Err(DataError::format(
+            images,
+            format!("expected at least one image of at least 1x1 pixels, found dimensions {n}x{rows}x{cols}"),
+        ));
+    }
     if lab.dims[0] != n {
         return Err(DataError::format(
             labels,

@@ -366,8 +366,12 @@ pub fn read_mat_variables_from<R: Read + Seek>(mut reader: R, source: &Path, wan
 /// reading any array data.
 pub fn list_mat_variables(path: &Path) -> Result<Vec<MatVarInfo>> {
     let file = File::open(path).map_err(|e| DataError::io(path, e))?;
-    let mut reader = BufReader::with_capacity(1 << 16, file);
-    Ok(scan(&mut reader, path, None)?.0)
+    list_mat_variables_from(BufReader::with_capacity(1 << 16, file), path)
+}
+
+/// [`list_mat_variables`] on any seekable reader; `source` names the data in errors.
+pub fn list_mat_variables_from<R: Read + Seek>(mut reader: R, source: &Path) -> Result<Vec<MatVarInfo>> {
+    Ok(scan(&mut reader, source, None)?.0)
 }
 
 fn not_found(source: &Path, name: &str, infos: &[MatVarInfo]) -> DataError {

@@ -6,7 +6,8 @@
 //! of labels `1..=10`, where `10` stands for the digit 0.
 use crate::dataset::{Dataset, ImageShape};
 use crate::error::{DataError, Result};
-use crate::mat::{read_mat_variables, MatArray, MatClass, MatData};
+use crate::mat::{read_mat_variables, read_mat_variables_from, MatArray, MatClass, MatData};
+use std::io::{Read, Seek};
 use std::path::Path;
 
 const SIDE: usize = 32;
@@ -36,7 +37,19 @@ const PLANE: usize = SIDE * SIDE;
 /// compressed) peaked at 224 500 kB resident (`VmHWM`, test harness included) and
 /// took 1.2 s; see the ignored `real_file_from_env` test in `tests/svhn.rs`.
 pub fn load_svhn_mat(path: &Path) -> Result<Dataset> {
-    let mut vars = read_mat_variables(path, &["X", "y"])?.into_iter();
+    let vars = read_mat_variables(path, &["X", "y"])?;
+    svhn_from_variables(path, vars)
+}
+
+/// [`load_svhn_mat`] on any seekable reader (an in-memory `Cursor`, for
+/// instance); `source` names the data in errors and gives the dataset its name.
+pub fn load_svhn_mat_from<R: Read + Seek>(reader: R, source: &Path) -> Result<Dataset> {
+    let vars = read_mat_variables_from(reader, source, &["X", "y"])?;
+    svhn_from_variables(source, vars)
+}
+
+fn svhn_from_variables(path: &Path, vars: Vec<MatArray>) -> Result<Dataset> {
+    let mut vars = vars.into_iter();
     let (Some(x), Some(y)) = (vars.next(), vars.next()) else {
         return Err(DataError::format(path, "expected variables `X` and `y`"));
     };

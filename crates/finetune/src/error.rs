@@ -113,6 +113,58 @@ pub enum FinetuneError {
     #[error("pretrained weights do not match the model\n{0}")]
     WeightsMismatch(Box<LoadReport>),
 
+    /// A model name that [`crate::zoo`] does not know; the message lists the valid ones.
+    #[error("unknown model `{name}`; valid names: {valid}")]
+    UnknownModel {
+        /// The name as given.
+        name: String,
+        /// Comma-separated valid names.
+        valid: String,
+    },
+
+    /// Pretrained weights were loaded but do not fit the named model (the report
+    /// lists every missing, unexpected and mis-shaped tensor).
+    #[error("{model}: pretrained weights {} do not match the model\n{report}", path.display())]
+    ModelWeightsMismatch {
+        /// The model name.
+        model: String,
+        /// The weights file.
+        path: PathBuf,
+        /// Every problem at once.
+        report: Box<LoadReport>,
+    },
+
+    /// A transfer config is invalid; the message names the file and the field.
+    #[error("config: {0}")]
+    Config(String),
+
+    /// A feature-cache file could not be written (reading problems are not errors:
+    /// the features are recomputed).
+    #[error("feature cache {}: {message}", path.display())]
+    Cache {
+        /// The cache file.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+
+    /// A run folder given to `compare` has no readable `summary.json`.
+    #[error("{}: {message}", path.display())]
+    Summary {
+        /// The folder or file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+
+    /// An error from the data crate (missing dataset files, bad splits ...).
+    #[error(transparent)]
+    Data(#[from] digitlab_data::DataError),
+
+    /// An error from the training crate (atomic writes, plots, optimizer config ...).
+    #[error(transparent)]
+    Train(#[from] digitlab_train::TrainError),
+
     /// Any other candle error (tensor construction ...).
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

@@ -1,7 +1,8 @@
 //! # digitlab-finetune
 //!
-//! Pretrained weights for fine-tuning digit models: where they come from, how they
-//! are read, and whether they fit the model.
+//! Pretrained weights and frozen-backbone transfer learning for digit models: where
+//! weights come from, how they are read, whether they fit the model, and how a new
+//! head is trained on cached backbone features.
 //!
 //! - [`source`]: [`WeightsSource`] — `none`, a Hugging Face hub repo
 //!   (`hf:timm/resnet18.a1_in1k[@revision][:file]`), or a local file — parsed from
@@ -17,6 +18,17 @@
 //!   [`check_against`] / [`LoadReport`] listing every missing, unexpected or
 //!   mis-shaped tensor at once (with classification-head tensors re-initialised
 //!   rather than failing), and [`strip_common_prefixes`] for `module.` / `model.`.
+//! - [`zoo`]: [`create_model`]`(name, pretrained, num_classes, options)` — ResNet,
+//!   VGG, EfficientNet-Lite0, the ccexam SVHN CNN, LeNet-5 by name, torchvision and
+//!   timm layouts, every mismatch reported at once, the head re-initialised.
+//! - [`features`]: eval-mode backbone embeddings computed once and kept in a
+//!   [`FeatureCache`] (safetensors, keyed by model, weights, data and preprocessing).
+//! - [`head`]: [`train_head`] — a new linear head trained on cached features with
+//!   digitlab-train's optimizers, losses and metrics; the backbone stays frozen.
+//! - [`transfer`]: [`TransferConfig`] (TOML) and [`run_transfer`] — several backbones
+//!   under one frozen-head protocol, one `summary.json` each (`digitlab transfer`).
+//! - [`compare`]: one Markdown / CSV / PNG table of any runs' `summary.json`
+//!   (`digitlab compare`).
 //! - [`error`]: [`FinetuneError`] and [`Result`].
 //!
 //! ```no_run
@@ -35,20 +47,30 @@
 //! # }
 //! ```
 
+pub mod compare;
 pub mod error;
+pub mod features;
+pub mod head;
 pub mod hub;
 pub mod pth;
 pub mod source;
+pub mod transfer;
 pub mod weights;
-// Planned next to these (not written yet): `pub mod backbone;` (pretrained backbones
-// built from `digitlab-models` with loaded weights) and `pub mod features;` (frozen-
-// backbone feature caching).
+pub mod zoo;
 
+pub use compare::{compare, RunRow};
 pub use error::{FinetuneError, Result};
+pub use features::{CacheStats, FeatureCache, FeatureKey};
+pub use head::{train_head, HeadConfig, HeadRun, LabeledFeatures, Standardizer};
 pub use hub::{HubConfig, HubUnavailable, DEFAULT_FILE, FALLBACK_FILES};
 pub use pth::{read_pth, read_pth_with, PthOptions};
 pub use source::WeightsSource;
+pub use transfer::{
+    run_transfer, BackboneSpec, TransferConfig, TransferOutcome, TransferRunOptions,
+    TransferSummary,
+};
 pub use weights::{
     check_against, detect_format, load_weights, strip_common_prefixes, LoadReport, LoadedWeights,
     WeightsFormat,
 };
+pub use zoo::{create_model, CreateOptions, CreatedModel, MODEL_NAMES};

@@ -66,6 +66,9 @@ pub fn log_softmax<D: Dim>(logits: &Tensor, dim: D) -> Result<Tensor> {
 ///
 /// Unreduced shape `[batch]`. Always `≥ 0` and finite for finite logits. The gradient
 /// w.r.t. the logits is `softmax(z) - onehot(y)` (divided by `batch` for `Mean`).
+///
+/// On the CPU this is one fused op (`digitlab_kernels::softmax_cross_entropy`);
+/// elsewhere the composition `-log_softmax(z)[y]` with the max shift detached.
 pub fn softmax_cross_entropy(
     logits: &Tensor,
     labels: &Tensor,
@@ -75,8 +78,9 @@ pub fn softmax_cross_entropy(
     let logits = float_input(OP, "logits", logits)?;
     let (batch, classes) = batch_classes(OP, "logits", &logits)?;
     let labels = class_labels(OP, labels, batch, classes)?;
-    let log_probs = log_softmax(&logits, 1)?;
-    let losses = log_probs.gather(&labels, 1)?.squeeze(1)?.neg()?;
+    // One fused op on the CPU (the same value and gradient as the log-softmax
+    // composition below, which other devices run).
+    let losses = digitlab_kernels::softmax_cross_entropy(&logits, &labels.squeeze(1)?)?;
     reduction.apply(&losses)
 }
 

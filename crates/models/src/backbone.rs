@@ -12,8 +12,8 @@
 //! 4. assemble the classifier with [`crate::Model::with_head`]; to save it, write the
 //!    backbone's variables minus those under `head_prefix`, plus the new head's.
 //!    The result loads into `build_model(cfg, input, k, ..)` by name.
-use crate::layers::linear;
-use candle_core::{Module, ModuleT, Result, Tensor};
+use crate::layers::{linear, FusedActivation, LinearExt};
+use candle_core::{ModuleT, Result, Tensor};
 use candle_nn::{Dropout, Linear, VarBuilder};
 use std::sync::Arc;
 
@@ -54,8 +54,8 @@ impl Head {
 impl ModuleT for Head {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
         match &self.dropout {
-            Some(d) => self.linear.forward(&d.forward_t(xs, train)?),
-            None => self.linear.forward(xs),
+            Some(d) => self.linear.forward_act(&d.forward_t(xs, train)?, FusedActivation::Identity),
+            None => self.linear.forward_act(xs, FusedActivation::Identity),
         }
     }
 }

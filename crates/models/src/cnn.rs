@@ -1,8 +1,9 @@
 //! Small convolutional networks for digits: [`LeNet5`] and [`SmallCnn`].
 use crate::backbone::{Backbone, Head};
-use crate::conv::{bn, conv2d, ConvInit};
-use crate::layers::linear;
-use candle_core::{Module, ModuleT, Result, Tensor};
+use crate::conv::{bn, bn_act, conv2d, Conv2dExt, ConvInit};
+use crate::layers::{linear, FusedActivation, LinearExt};
+use crate::pool::max_pool2d;
+use candle_core::{ModuleT, Result, Tensor};
 use candle_nn::{BatchNorm, Conv2d, Dropout, Linear, VarBuilder};
 
 /// Classic LeNet-5 (ReLU and max pooling instead of tanh and subsampling).
@@ -47,10 +48,11 @@ impl LeNet5 {
 
 impl Backbone for LeNet5 {
     fn features(&self, xs: &Tensor, _train: bool) -> Result<Tensor> {
-        let x = self.conv1.forward(xs)?.relu()?.max_pool2d(2)?;
-        let x = self.conv2.forward(&x)?.relu()?.max_pool2d(2)?;
-        let x = self.fc1.forward(&x.flatten_from(1)?)?.relu()?;
-        self.fc2.forward(&x)?.relu()
+        let relu = FusedActivation::Relu;
+        let x = max_pool2d(&self.conv1.forward_act(xs, relu)?, 2, 2, 0)?;
+        let x = max_pool2d(&self.conv2.forward_act(&x, relu)?, 2, 2, 0)?;
+        let x = self.fc1.forward_act(&x.flatten_from(1)?, relu)?;
+        self.fc2.forward_act(&x, relu)
     }
     fn feature_dim(&self) -> usize {
         84
@@ -88,9 +90,10 @@ impl ConvBlock {
 
 impl ModuleT for ConvBlock {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
-        let x = self.bn1.forward_t(&self.conv1.forward(xs)?, train)?.relu()?;
-        let x = self.bn2.forward_t(&self.conv2.forward(&x)?, train)?.relu()?;
-        x.max_pool2d(2)
+        let (id, relu) = (FusedActivation::Identity, FusedActivation::Relu);
+        let x = bn_act(&self.bn1, &self.conv1.forward_act(xs, id)?, train, relu)?;
+        let x = bn_act(&self.bn2, &self.conv2.forward_act(&x, id)?, train, relu)?;
+        max_pool2d(&x, 2, 2, 0)
     }
 }
 
@@ -144,7 +147,7 @@ impl Backbone for SmallCnn {
             x = b.forward_t(&x, train)?;
         }
         let x = self.dropout.forward_t(&x.flatten_from(1)?, train)?;
-        self.fc1.forward(&x)?.relu()
+        self.fc1.forward_act(&x, FusedActivation::Relu)
     }
     fn feature_dim(&self) -> usize {
         256

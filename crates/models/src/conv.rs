@@ -3,8 +3,14 @@
 //! Every weight is created through the `VarBuilder` (so [`crate::SeededVarMap`]
 //! seeds it) under the torch names `weight` `[out, in / groups, k, k]` and `bias`
 //! `[out]`; batch norm uses `weight`, `bias`, `running_mean`, `running_var`.
+//!
+//! The layers stay candle-nn types; the models run them through [`Conv2dExt`] and
+//! [`bn_act`], which use digitlab's CPU kernels (im2col + gemm convolution with a
+//! fused bias and ReLU, one-pass eval-mode batch norm) and candle's own ops on
+//! other devices.
+use crate::layers::FusedActivation;
 use crate::pool::{window_views, Window};
-use candle_core::{Module, Result, Tensor};
+use candle_core::{Module, ModuleT, Result, Tensor};
 use candle_nn::init::{FanInOut, NonLinearity, NormalOrUniform};
 use candle_nn::{BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, Init, VarBuilder};
 
@@ -36,6 +42,35 @@ impl ConvInit {
             ConvInit::KaimingFanOut => Init::Const(0.0),
         }
     }
+}
+
+/// Forward of a `candle_nn::Conv2d` through digitlab's convolution kernel.
+pub trait Conv2dExt {
+    /// `act(conv(x) + b)`: the same as `Module::forward` followed by `act`, in one op
+    /// on the CPU.
+    fn forward_act(&self, xs: &Tensor, act: FusedActivation) -> Result<Tensor>;
+}
+
+impl Conv2dExt for Conv2d {
+    fn forward_act(&self, xs: &Tensor, act: FusedActivation) -> Result<Tensor> {
+        let c = self.config();
+        let p = digitlab_kernels::Conv2dParams { padding: c.padding, stride: c.stride, dilation: c.dilation, groups: c.groups };
+        digitlab_kernels::conv2d(xs, self.weight(), self.bias(), p, act)
+    }
+}
+
+/// `act(bn(x))`. In eval mode with nothing to differentiate (frozen feature
+/// extraction) this is one fused per-channel pass on the CPU; otherwise it is
+/// candle_nn's batch norm followed by the activation.
+pub fn bn_act(bn: &BatchNorm, xs: &Tensor, train: bool, act: FusedActivation) -> Result<Tensor> {
+    if train {
+        let y = bn.forward_t(xs, true)?;
+        return match act {
+            FusedActivation::Relu => crate::layers::relu(&y),
+            FusedActivation::Identity => Ok(y),
+        };
+    }
+    digitlab_kernels::batch_norm_eval(xs, bn.running_mean(), bn.running_var(), bn.weight_and_bias(), bn.eps(), act)
 }
 
 /// A square `kernel` x `kernel` convolution (`groups = 1`) with symmetric padding.
@@ -98,7 +133,7 @@ impl Module for SameConv2d {
         let wy = Window::tf_same(self.kernel, self.stride, h);
         let wx = Window::tf_same(self.kernel, self.stride, w);
         let xs = xs.pad_with_zeros(2, wy.pad_before, wy.pad_after)?.pad_with_zeros(3, wx.pad_before, wx.pad_after)?;
-        self.conv.forward(&xs)
+        self.conv.forward_act(&xs, FusedActivation::Identity)
     }
 }
 

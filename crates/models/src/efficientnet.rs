@@ -33,7 +33,8 @@
 //! For other sizes (e.g. 28 px) this follows TensorFlow rather than the static
 //! 224 px pads, which would not fit.
 use crate::backbone::{Backbone, Head};
-use crate::conv::{batch_norm2d, conv2d, ConvInit, DepthwiseConv2d, DepthwisePadding, SameConv2d};
+use crate::conv::{batch_norm2d, conv2d, Conv2dExt, ConvInit, DepthwiseConv2d, DepthwisePadding, SameConv2d};
+use crate::layers::FusedActivation;
 use crate::pool::global_avg_pool;
 use candle_core::{Module, ModuleT, Result, Tensor};
 use candle_nn::{BatchNorm, Conv2d, VarBuilder};
@@ -97,10 +98,10 @@ impl ModuleT for MbConv {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
         let mut x = xs.clone();
         if let Some((conv, norm)) = &self.expand {
-            x = relu6(&norm.forward_t(&conv.forward(&x)?, train)?)?;
+            x = relu6(&norm.forward_t(&conv.forward_act(&x, FusedActivation::Identity)?, train)?)?;
         }
         x = relu6(&self.bn1.forward_t(&self.depthwise.forward(&x)?, train)?)?;
-        x = self.bn2.forward_t(&self.project.forward(&x)?, train)?;
+        x = self.bn2.forward_t(&self.project.forward_act(&x, FusedActivation::Identity)?, train)?;
         if !self.skip {
             return Ok(x);
         }
@@ -162,7 +163,7 @@ impl EfficientNetLite0 {
         for b in &self.blocks {
             x = b.forward_t(&x, train)?;
         }
-        relu6(&self.bn1.forward_t(&self.conv_head.forward(&x)?, train)?)
+        relu6(&self.bn1.forward_t(&self.conv_head.forward_act(&x, FusedActivation::Identity)?, train)?)
     }
 }
 

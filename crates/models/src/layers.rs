@@ -1,6 +1,30 @@
 //! Small building blocks shared by the models.
+//!
+//! The layers stay candle-nn types (`candle_nn::Linear`), but the models run them
+//! through [`LinearExt::forward_act`], which uses the fused CPU kernel of
+//! [`digitlab_kernels::linear`] (candle's own ops on other devices), with the
+//! activation fused in when it is a ReLU.
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Init, Linear, VarBuilder};
+pub use digitlab_kernels::Activation as FusedActivation;
+
+/// Forward of a `candle_nn::Linear` through digitlab's fused kernel.
+pub trait LinearExt {
+    /// `act(x @ w^T + b)`: the same as `Module::forward` followed by `act`, in one op
+    /// on the CPU.
+    fn forward_act(&self, xs: &Tensor, act: FusedActivation) -> Result<Tensor>;
+}
+
+impl LinearExt for Linear {
+    fn forward_act(&self, xs: &Tensor, act: FusedActivation) -> Result<Tensor> {
+        digitlab_kernels::linear(xs, self.weight(), self.bias(), act)
+    }
+}
+
+/// `max(x, 0)` through digitlab's one-pass kernel on the CPU (candle's `relu` elsewhere).
+pub fn relu(xs: &Tensor) -> Result<Tensor> {
+    digitlab_kernels::relu(xs)
+}
 
 /// A linear layer initialised like PyTorch's `nn.Linear` (weight and bias uniform
 /// in ±1/sqrt(fan_in)), with torch tensor names `weight` [out, in] and `bias` [out].
@@ -31,10 +55,21 @@ pub enum Activation {
     Relu6,
 }
 
+impl Activation {
+    /// The same activation as a kernel epilogue, when one exists (ReLU, identity).
+    pub fn fused(self) -> Option<FusedActivation> {
+        match self {
+            Activation::Relu => Some(FusedActivation::Relu),
+            Activation::Identity => Some(FusedActivation::Identity),
+            _ => None,
+        }
+    }
+}
+
 impl Module for Activation {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         match self {
-            Activation::Relu => xs.relu(),
+            Activation::Relu => relu(xs),
             Activation::Sigmoid => candle_nn::ops::sigmoid(xs),
             Activation::Tanh => xs.tanh(),
             Activation::Identity => Ok(xs.clone()),

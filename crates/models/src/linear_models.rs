@@ -1,6 +1,6 @@
 //! Logistic regression (binary, one logit) and softmax regression (K logits).
-use crate::layers::{flatten, linear_zeros};
-use candle_core::{Module, ModuleT, Result, Tensor};
+use crate::layers::{flatten, linear_zeros, FusedActivation, LinearExt};
+use candle_core::{ModuleT, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
 /// Binary logistic regression: `z = w·x + b`, p(y=1|x) = sigmoid(z).
@@ -26,7 +26,7 @@ impl LogisticRegression {
 
 impl ModuleT for LogisticRegression {
     fn forward_t(&self, xs: &Tensor, _train: bool) -> Result<Tensor> {
-        self.linear.forward(&flatten(xs)?)?.squeeze(1)
+        self.linear.forward_act(&flatten(xs)?, FusedActivation::Identity)?.squeeze(1)
     }
 }
 
@@ -49,6 +49,6 @@ impl SoftmaxRegression {
 
 impl ModuleT for SoftmaxRegression {
     fn forward_t(&self, xs: &Tensor, _train: bool) -> Result<Tensor> {
-        self.linear.forward(&flatten(xs)?)
+        self.linear.forward_act(&flatten(xs)?, FusedActivation::Identity)
     }
 }

@@ -1,5 +1,5 @@
 //! Multi-layer perceptron with configurable widths, activation, dropout and batch norm.
-use crate::layers::{flatten, linear, Activation};
+use crate::layers::{flatten, linear, Activation, FusedActivation, LinearExt};
 use candle_core::{Module, ModuleT, Result, Tensor};
 use candle_nn::{BatchNorm, Dropout, Linear, VarBuilder};
 
@@ -66,12 +66,22 @@ impl ModuleT for Mlp {
         let mut x = flatten(xs)?;
         let last = self.layers.len() - 1;
         for (i, layer) in self.layers.iter().enumerate() {
-            x = layer.forward(&x)?;
-            if i < last {
-                if let Some(bn) = self.norms.get(i) {
-                    x = bn.forward_t(&x, train)?;
+            if i == last {
+                x = layer.forward_act(&x, FusedActivation::Identity)?;
+            } else {
+                // Without batch norm between them, the activation is fused into the
+                // linear kernel when it can be (ReLU, identity).
+                let fused = if self.norms.is_empty() { self.activation.fused() } else { None };
+                match fused {
+                    Some(act) => x = layer.forward_act(&x, act)?,
+                    None => {
+                        x = layer.forward_act(&x, FusedActivation::Identity)?;
+                        if let Some(bn) = self.norms.get(i) {
+                            x = bn.forward_t(&x, train)?;
+                        }
+                        x = self.activation.forward(&x)?;
+                    }
                 }
-                x = self.activation.forward(&x)?;
                 if let Some(d) = &self.dropout {
                     x = d.forward_t(&x, train)?;
                 }

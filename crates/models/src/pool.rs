@@ -1,9 +1,11 @@
 //! Pooling operations that candle lacks or cannot differentiate.
 //!
-//! candle's `max_pool2d` has a backward pass only when kernel == stride, and it has
-//! no padding. [`max_pool2d`] here takes any kernel, stride and padding (padding
-//! counts as `-inf`, as in PyTorch) and is built from strided views combined with
-//! `maximum`, so gradients flow through it. [`adaptive_avg_pool2d`] matches
+//! candle's `max_pool2d` has a backward pass only when kernel == stride (and that
+//! backward scales the gradient by 1/kernel², see `digitlab_kernels::pool`), and
+//! it has no padding. [`max_pool2d`] here takes any kernel, stride and padding
+//! (padding counts as `-inf`, as in PyTorch): on the CPU it is digitlab's kernel
+//! (`digitlab_kernels::max_pool2d`), elsewhere it is built from strided views
+//! combined with `maximum`, so gradients flow through it on every device. [`adaptive_avg_pool2d`] matches
 //! PyTorch's `AdaptiveAvgPool2d` for every input size (overlapping bins included);
 //! [`global_avg_pool`] is the `[B, C, H, W] -> [B, C]` special case.
 use candle_core::{DType, Result, Tensor, D};
@@ -111,9 +113,22 @@ pub fn window_views(x: &Tensor, wy: Window, wx: Window, value: f64) -> Result<(V
 
 /// Max pooling `[B, C, H, W] -> [B, C, OH, OW]` with square `kernel`, `stride` and
 /// symmetric `padding` (PyTorch `nn.MaxPool2d(kernel, stride, padding)`, floor
-/// mode). Padding never wins the max. Differentiable for any geometry; on ties the
-/// gradient is shared between the tied inputs (PyTorch gives it to one of them).
+/// mode). Padding never wins the max. Differentiable for any geometry. On ties the
+/// CPU kernel gives the gradient to the first maximal input, as PyTorch does; the
+/// strided-view path of other devices shares it between the tied inputs.
 pub fn max_pool2d(x: &Tensor, kernel: usize, stride: usize, padding: usize) -> Result<Tensor> {
+    if padding * 2 > kernel {
+        candle_core::bail!("max_pool2d padding {padding} must be at most half of kernel {kernel}")
+    }
+    if x.device().is_cpu() && x.dtype() == DType::F32 {
+        return digitlab_kernels::max_pool2d(x, kernel, stride, padding);
+    }
+    max_pool2d_views(x, kernel, stride, padding)
+}
+
+/// [`max_pool2d`] from strided views and `maximum` (any device and dtype; the
+/// path for non-CPU devices, and the reference the kernel is tested against).
+pub fn max_pool2d_views(x: &Tensor, kernel: usize, stride: usize, padding: usize) -> Result<Tensor> {
     if padding * 2 > kernel {
         candle_core::bail!("max_pool2d padding {padding} must be at most half of kernel {kernel}")
     }
@@ -224,6 +239,22 @@ mod tests {
                 assert_eq!(got.dims(), &[2, 3, oh, ow], "h{h} w{w} k{k} s{s} p{p}");
                 assert_eq!(got.flatten_all().unwrap().to_vec1::<f32>().unwrap(), want, "h{h} w{w} k{k} s{s} p{p}");
             }
+        }
+    }
+
+    #[test]
+    fn kernel_and_strided_views_agree() {
+        for &(h, k, s, p) in &[(8usize, 3usize, 2usize, 1usize), (7, 2, 2, 0), (112, 3, 2, 1), (5, 3, 1, 1)] {
+            let x = Var::from_tensor(&input(2, 3, h, h)).unwrap();
+            let a = max_pool2d(x.as_tensor(), k, s, p).unwrap();
+            let b = max_pool2d_views(x.as_tensor(), k, s, p).unwrap();
+            assert_eq!(a.flatten_all().unwrap().to_vec1::<f32>().unwrap(), b.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+            // No ties in this input, so the two gradients are identical too.
+            let ga = a.sum_all().unwrap().backward().unwrap();
+            let gb = b.sum_all().unwrap().backward().unwrap();
+            let (ga, gb) = (ga.get(x.as_tensor()).unwrap(), gb.get(x.as_tensor()).unwrap());
+            let d: f32 = (ga - gb).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+            assert_eq!(d, 0.0, "h{h} k{k} s{s} p{p}");
         }
     }
 

@@ -10,9 +10,10 @@
 //! `[64, C, 3, 3]`) and there is no max-pool: the usual setup for training on
 //! 32 px images from scratch. Other names are unchanged.
 use crate::backbone::{Backbone, Head};
-use crate::conv::{bn, conv2d, ConvInit};
+use crate::conv::{bn, bn_act, conv2d, Conv2dExt, ConvInit};
+use crate::layers::{relu, FusedActivation};
 use crate::pool::{global_avg_pool, max_pool2d};
-use candle_core::{Module, ModuleT, Result, Tensor};
+use candle_core::{ModuleT, Result, Tensor};
 use candle_nn::{BatchNorm, Conv2d, VarBuilder};
 
 /// `resnet { depth = 18 | 34 | 50 | 101, cifar_stem = false }`.
@@ -53,7 +54,8 @@ struct Downsample {
 
 impl ModuleT for Downsample {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
-        self.bn.forward_t(&self.conv.forward(xs)?, train)
+        let id = FusedActivation::Identity;
+        bn_act(&self.bn, &self.conv.forward_act(xs, id)?, train, id)
     }
 }
 
@@ -73,9 +75,10 @@ impl ConvBn {
     }
 }
 
-impl ModuleT for ConvBn {
-    fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
-        self.bn.forward_t(&self.conv.forward(xs)?, train)
+impl ConvBn {
+    /// `act(bn(conv(x)))`.
+    fn forward_act(&self, xs: &Tensor, train: bool, act: FusedActivation) -> Result<Tensor> {
+        bn_act(&self.bn, &self.conv.forward_act(xs, FusedActivation::Identity)?, train, act)
     }
 }
 
@@ -118,16 +121,14 @@ impl ModuleT for Block {
         let last = self.convs.len() - 1;
         let mut x = xs.clone();
         for (i, c) in self.convs.iter().enumerate() {
-            x = c.forward_t(&x, train)?;
-            if i < last {
-                x = x.relu()?;
-            }
+            let act = if i < last { FusedActivation::Relu } else { FusedActivation::Identity };
+            x = c.forward_act(&x, train, act)?;
         }
         let shortcut = match &self.downsample {
             Some(d) => d.forward_t(xs, train)?,
             None => xs.clone(),
         };
-        (x + shortcut)?.relu()
+        relu(&(x + shortcut)?)
     }
 }
 
@@ -174,7 +175,8 @@ impl ResNet {
 
     /// The output of `layer4`, `[B, feature_dim, H/32, W/32]` (H/8 with the CIFAR stem).
     pub fn feature_map(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
-        let mut x = self.bn1.forward_t(&self.conv1.forward(xs)?, train)?.relu()?;
+        let conv = self.conv1.forward_act(xs, FusedActivation::Identity)?;
+        let mut x = bn_act(&self.bn1, &conv, train, FusedActivation::Relu)?;
         if self.maxpool {
             x = max_pool2d(&x, 3, 2, 1)?;
         }

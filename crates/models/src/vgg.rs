@@ -13,9 +13,10 @@
 //! Inputs smaller than 32 px (28 px MNIST) are zero-padded to 32 px first, since
 //! five 2x2 max-pools need at least 32 px.
 use crate::backbone::{Backbone, Head};
-use crate::conv::{bn, conv2d, ConvInit};
-use crate::pool::adaptive_avg_pool2d;
-use candle_core::{Module, ModuleT, Result, Tensor};
+use crate::conv::{bn, bn_act, conv2d, Conv2dExt, ConvInit};
+use crate::layers::{FusedActivation, LinearExt};
+use crate::pool::{adaptive_avg_pool2d, max_pool2d};
+use candle_core::{ModuleT, Result, Tensor};
 use candle_nn::{BatchNorm, Conv2d, Dropout, Init, Linear, VarBuilder};
 
 /// `vgg { depth = 11 | 13 | 16 | 19, batch_norm = false }`.
@@ -112,15 +113,11 @@ impl Vgg {
         }
         for layer in &self.layers {
             x = match layer {
-                Layer::Conv(conv, norm) => {
-                    let y = conv.forward(&x)?;
-                    let y = match norm {
-                        Some(n) => n.forward_t(&y, train)?,
-                        None => y,
-                    };
-                    y.relu()?
-                }
-                Layer::MaxPool => x.max_pool2d(2)?,
+                Layer::Conv(conv, norm) => match norm {
+                    Some(n) => bn_act(n, &conv.forward_act(&x, FusedActivation::Identity)?, train, FusedActivation::Relu)?,
+                    None => conv.forward_act(&x, FusedActivation::Relu)?,
+                },
+                Layer::MaxPool => max_pool2d(&x, 2, 2, 0)?,
             };
         }
         adaptive_avg_pool2d(&x, 7, 7)
@@ -130,9 +127,9 @@ impl Vgg {
 impl Backbone for Vgg {
     fn features(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
         let x = self.conv_features(xs, train)?.flatten_from(1)?;
-        let x = self.fc1.forward(&x)?.relu()?;
+        let x = self.fc1.forward_act(&x, FusedActivation::Relu)?;
         let x = self.dropout.forward_t(&x, train)?;
-        self.fc2.forward(&x)?.relu()
+        self.fc2.forward_act(&x, FusedActivation::Relu)
     }
     fn feature_dim(&self) -> usize {
         4096

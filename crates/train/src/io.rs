@@ -12,6 +12,60 @@ pub fn temp_path(path: &Path) -> PathBuf {
     path.with_file_name(name)
 }
 
+/// Test hook for crash-safety tests: when this environment variable holds the
+/// file name of a file being written atomically (`last.json`,
+/// `model-e3.safetensors`, ...), optionally followed by `#N` for its N-th write
+/// in this process (`last.json#3`), the write stops halfway — the temporary file is
+/// cut to half its length, a line naming it is printed to stderr, and the process
+/// sleeps until it is killed — so that a test can SIGKILL it in the middle of a
+/// checkpoint write, deterministically. Unset, it costs one lookup per write.
+pub const HANG_WRITING_ENV: &str = "DIGITLAB_TEST_HANG_WRITING";
+
+fn maybe_hang_halfway(path: &Path, tmp: &Path) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static MATCHES: AtomicUsize = AtomicUsize::new(0);
+    let Some(target) = std::env::var(HANG_WRITING_ENV).ok() else { return };
+    // `NAME` stops the first write of NAME, `NAME#N` the N-th one.
+    let (name, nth) = match target.rsplit_once('#') {
+        Some((name, n)) => (name, n.parse::<usize>().unwrap_or(1)),
+        None => (target.as_str(), 1),
+    };
+    if path.file_name().and_then(|n| n.to_str()) != Some(name) || MATCHES.fetch_add(1, Ordering::SeqCst) + 1 != nth {
+        return;
+    }
+    if let Ok(f) = std::fs::OpenOptions::new().write(true).open(tmp) {
+        if let Ok(m) = f.metadata() {
+            let _ = f.set_len(m.len() / 2);
+            let _ = f.sync_all();
+        }
+    }
+    eprintln!("digitlab: {HANG_WRITING_ENV}: stopped halfway through writing {}", tmp.display());
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(3600));
+    }
+}
+
+/// Removes temporary files (`<name>.tmp<pid>`) that crashed or killed processes
+/// left in `dir`: those of processes that no longer run (on Linux) or, where
+/// that cannot be checked, of any process but this one. Returns how many went.
+pub fn remove_stale_temp_files(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    let me = std::process::id();
+    let can_check = Path::new("/proc/self").exists();
+    let mut removed = 0;
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.rsplit_once(".tmp")).and_then(|(_, p)| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        let alive = pid == me || (can_check && Path::new("/proc").join(pid.to_string()).exists());
+        if !alive && e.file_type().is_ok_and(|t| t.is_file() || t.is_symlink()) && std::fs::remove_file(e.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
 /// Atomically replaces `path` with `bytes`.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
     write_atomic_with(path, |tmp| {
@@ -35,6 +89,7 @@ pub fn write_atomic_with(
         let _ = std::fs::remove_file(&tmp);
         return Err(io(e));
     }
+    maybe_hang_halfway(path, &tmp);
     std::fs::rename(&tmp, path).map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
         io(e)

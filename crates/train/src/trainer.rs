@@ -179,7 +179,9 @@ pub fn train(cfg: &ExperimentConfig, data: &PreparedData, opts: &RunOptions) -> 
                 });
             }
             checkpoint::load_model(&path, &s, &varmap, device)?;
-            optimizer.load_state(checkpoint::load_optim(&path, &s, device)?, s.optimizer_steps);
+            let state = checkpoint::load_optim(&path, &s, device)?;
+            let optim_path = s.optim_file.as_ref().map_or_else(|| path.clone(), |f| dir.join(f));
+            optimizer.load_state(checkpoint::check_optim_state(&optim_path, state, &params)?, s.optimizer_steps);
             start_epoch = s.epoch;
             history = s.history.clone();
             best = s.best_metric;
@@ -375,6 +377,12 @@ pub fn train(cfg: &ExperimentConfig, data: &PreparedData, opts: &RunOptions) -> 
                     val_eval = Some(evaluate_batches(&model, vb, cfg.train.loss)?);
                 }
             }
+        }
+    }
+    // A resumed run that had no epochs left still reports validation metrics.
+    if val_eval.is_none() && !history.is_empty() {
+        if let Some(vb) = &val_batcher {
+            val_eval = Some(evaluate_batches(&model, vb, cfg.train.loss)?);
         }
     }
     Ok(TrainedRun {

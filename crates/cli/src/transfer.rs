@@ -1,0 +1,41 @@
+//! `digitlab transfer`: frozen-backbone transfer learning from a config
+//! (see `digitlab_finetune::transfer`).
+use crate::device::parse_device;
+use crate::Common;
+use anyhow::Result;
+use digitlab_data::resolve_data_dir;
+use digitlab_finetune::{run_transfer, TransferConfig, TransferRunOptions};
+use digitlab_train::Verbosity;
+use std::path::{Path, PathBuf};
+
+pub fn run(
+    config: &Path,
+    overrides: &[String],
+    out: Option<PathBuf>,
+    cache_dir: Option<PathBuf>,
+    common: &Common,
+) -> Result<()> {
+    let cfg = TransferConfig::load(config, overrides)?;
+    let out = out.unwrap_or_else(|| PathBuf::from("runs").join(&cfg.name));
+    let opts = TransferRunOptions {
+        out_dir: Some(out.clone()),
+        device: parse_device(&common.device)?,
+        verbosity: if common.quiet {
+            Verbosity::Lines
+        } else {
+            Verbosity::Bars
+        },
+        cache_dir,
+        ..Default::default()
+    };
+    let outcomes = run_transfer(&cfg, &resolve_data_dir(common.data_dir.as_deref()), &opts)?;
+    let table = std::fs::read_to_string(out.join("compare.md")).unwrap_or_default();
+    println!("{table}");
+    for o in &outcomes {
+        if let Some(dir) = &o.out_dir {
+            println!("{}: {}", o.label, dir.display());
+        }
+    }
+    println!("comparison: {}", out.join("compare.md").display());
+    Ok(())
+}

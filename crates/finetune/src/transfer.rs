@@ -1,0 +1,1107 @@
+//! Frozen-backbone transfer learning from a typed TOML config: several backbones,
+//! one protocol, one `summary.json` per backbone.
+//!
+//! ```toml
+//! name = "svhn_transfer"
+//! seed = 42
+//!
+//! [data]                     # digitlab-train's [data] section
+//! dataset = "svhn"
+//! subset = 0.25              # optional: a seeded 25% of the training split
+//! val_fraction = 0.25        # 75/25 train/validation split
+//!
+//! [transfer]                 # every key optional; defaults shown
+//! epochs = 5
+//! batch_size = 64            # head training
+//! feature_batch_size = 64    # backbone passes
+//! optim = { kind = "adam", lr = 0.001 }
+//! head_dropout = 0.0
+//! standardize = true         # per-dimension (f - mean) / std from the train features
+//! overfit_gap = 0.05         # train - val accuracy above this flags over-fitting
+//! cache = true
+//! cache_dir = "runs/feature-cache"
+//!
+//! [[backbones]]
+//! model = "resnet18"                     # a crate::zoo name
+//! pretrained = "hf:timm/resnet18.a1_in1k"  # none | hf:org/repo[@rev][:file] | path
+//! resize = [224, 224]                    # else [data].resize, else native size of the data
+//! # normalize = "imagenet"               # imagenet | svhn | unit | symmetric | { mean_std = {...} }
+//! # channels = 3
+//! # label = "resnet18-imagenet"          # output folder / table row; default model-pretrained|random
+//! ```
+//!
+//! `pretrained` strings may use `${VAR}` for environment variables (e.g.
+//! `"${DIGITLAB_WEIGHTS}/ccexam-svhn-cnn.safetensors"`); an unset variable is an
+//! error naming the backbone and the variable. Defaults per backbone: channels and
+//! normalisation are those the architecture's pretrained weights expect (3 channels
+//! and ImageNet mean/std for ResNet, VGG and EfficientNet; the SVHN statistics for
+//! `ccexam_svhn_cnn`), then `[data]`'s; random-weight backbones get the same
+//! defaults as their pretrained counterparts so that the two are compared on
+//! identical inputs. `[data].augment` is refused: cached features need a
+//! deterministic pipeline.
+//!
+//! Protocol per backbone ([`run_backbone`]): build with [`create_model`], compute
+//! (or read from the [`FeatureCache`]) the eval-mode embeddings of the train,
+//! validation and test splits — one backbone pass each at most — then train a new
+//! head on the cached features ([`train_head`]) and evaluate it. Outputs in
+//! `<out>/<label>/`: `summary.json` ([`TransferSummary`]), `metrics.csv`,
+//! `per_class.csv`, `weights_report.txt`, `config.toml`, `head.safetensors`,
+//! `loss.png`, `accuracy.png`, `confusion.png` (`head.safetensors` holds the head with the
+//! feature standardisation folded in: one linear layer on raw backbone features); after all backbones, `compare.md`,
+//! `compare.csv` and `compare.png` in `<out>` ([`crate::compare`]).
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::Device;
+use digitlab_data::{catalog, Dataset, Normalization, Pipeline, Split};
+use digitlab_train::experiment::metrics_csv;
+use digitlab_train::io::{write_atomic, write_atomic_with, write_json};
+use digitlab_train::{plots, DataConfig, Evaluation, OptimizerConfig, PreparedData, Verbosity};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{FinetuneError, Result};
+use crate::features::{
+    dataset_digest, features_for, CacheStats, FeatureCache, FeatureKey, CACHE_FORMAT,
+};
+use crate::head::{evaluate_head, train_head, HeadConfig, HeadRun, LabeledFeatures, Standardizer};
+use crate::hub::HubConfig;
+use crate::source::WeightsSource;
+use crate::zoo::{create_model, resolve_arch, svhn_normalization, CreateOptions, CreatedModel};
+
+/// A transfer experiment (see the module docs for the TOML layout).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransferConfig {
+    /// Short name: the default output folder is `runs/<name>`.
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// Seed of the split, subset, random backbones, head initialisation and shuffling.
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    pub data: DataConfig,
+    #[serde(default)]
+    pub transfer: TransferOptions,
+    /// One run per backbone, in order.
+    pub backbones: Vec<BackboneSpec>,
+}
+
+fn default_seed() -> u64 {
+    42
+}
+
+/// Head training and caching options (`[transfer]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransferOptions {
+    #[serde(default = "default_epochs")]
+    pub epochs: usize,
+    /// Head training batch size.
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+    /// Backbone batch size for feature extraction.
+    #[serde(default = "default_batch")]
+    pub feature_batch_size: usize,
+    /// Batch size for evaluating the head.
+    #[serde(default = "default_eval_batch")]
+    pub eval_batch_size: usize,
+    #[serde(default = "default_optim")]
+    pub optim: OptimizerConfig,
+    /// Dropout before the new linear head during training.
+    #[serde(default)]
+    pub head_dropout: f32,
+    /// Standardise each feature dimension with the training features' mean and
+    /// standard deviation before the head (folded into the saved head afterwards);
+    /// see [`Standardizer`].
+    #[serde(default = "yes")]
+    pub standardize: bool,
+    /// Train minus validation accuracy above which a run is flagged as over-fitting.
+    #[serde(default = "default_gap")]
+    pub overfit_gap: f64,
+    /// Keep features on disk between runs (within a run, features are always computed once).
+    #[serde(default = "yes")]
+    pub cache: bool,
+    /// Feature cache folder (default `runs/feature-cache`, or the `--cache-dir` flag).
+    #[serde(default)]
+    pub cache_dir: Option<PathBuf>,
+}
+
+fn default_epochs() -> usize {
+    5
+}
+fn default_batch() -> usize {
+    64
+}
+fn default_eval_batch() -> usize {
+    1000
+}
+fn default_optim() -> OptimizerConfig {
+    HeadConfig::default().optim
+}
+fn default_gap() -> f64 {
+    0.05
+}
+fn yes() -> bool {
+    true
+}
+
+impl Default for TransferOptions {
+    fn default() -> Self {
+        Self {
+            epochs: default_epochs(),
+            batch_size: default_batch(),
+            feature_batch_size: default_batch(),
+            eval_batch_size: default_eval_batch(),
+            optim: default_optim(),
+            head_dropout: 0.0,
+            standardize: true,
+            overfit_gap: default_gap(),
+            cache: true,
+            cache_dir: None,
+        }
+    }
+}
+
+/// Default feature cache folder.
+pub const DEFAULT_CACHE_DIR: &str = "runs/feature-cache";
+
+/// Input normalisation of one backbone.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum NormalizeSpec {
+    /// ImageNet mean (0.485, 0.456, 0.406) and std (0.229, 0.224, 0.225).
+    Imagenet,
+    /// SVHN mean (0.4377, 0.4438, 0.4728) and std (0.1980, 0.2010, 0.1970), as ccexam.
+    Svhn,
+    /// x / 255.
+    Unit,
+    /// x / 127.5 - 1.
+    Symmetric,
+    /// Explicit per-channel statistics.
+    MeanStd { mean: Vec<f32>, std: Vec<f32> },
+}
+
+impl NormalizeSpec {
+    pub fn to_normalization(&self) -> Normalization {
+        match self {
+            NormalizeSpec::Imagenet => Normalization::imagenet(),
+            NormalizeSpec::Svhn => svhn_normalization(),
+            NormalizeSpec::Unit => Normalization::Unit,
+            NormalizeSpec::Symmetric => Normalization::Symmetric,
+            NormalizeSpec::MeanStd { mean, std } => Normalization::MeanStd {
+                mean: mean.clone(),
+                std: std.clone(),
+            },
+        }
+    }
+}
+
+/// One backbone of a transfer config (`[[backbones]]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackboneSpec {
+    /// Model name ([`crate::zoo::MODEL_NAMES`]).
+    pub model: String,
+    /// `none`, `hf:org/repo[@revision][:file]`, or a weights file; `${VAR}` expands.
+    #[serde(default = "none_str")]
+    pub pretrained: String,
+    /// Output folder and table row name (default `<model>-pretrained` / `<model>-random`).
+    #[serde(default)]
+    pub label: Option<String>,
+    #[serde(default)]
+    pub resize: Option<[usize; 2]>,
+    #[serde(default)]
+    pub channels: Option<usize>,
+    #[serde(default)]
+    pub normalize: Option<NormalizeSpec>,
+}
+
+fn none_str() -> String {
+    "none".into()
+}
+
+/// Expands `${NAME}` with `var`; `where_` names the field for errors.
+pub fn expand_vars(
+    text: &str,
+    var: &dyn Fn(&str) -> Option<String>,
+    where_: &str,
+) -> Result<String> {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after.find('}').ok_or_else(|| {
+            FinetuneError::Config(format!("{where_}: unterminated `${{` in {text:?}"))
+        })?;
+        let name = &after[..end];
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(FinetuneError::Config(format!(
+                "{where_}: bad variable name `${{{name}}}` in {text:?}"
+            )));
+        }
+        let value = var(name).filter(|v| !v.is_empty()).ok_or_else(|| {
+            FinetuneError::Config(format!(
+                "{where_}: environment variable {name} is not set (used in {text:?}); set it, e.g. \
+                 `export {name}=/path/to/folder`, or write the path out"
+            ))
+        })?;
+        out.push_str(&value);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+impl BackboneSpec {
+    /// The row / folder name.
+    pub fn label(&self) -> String {
+        match &self.label {
+            Some(l) => l.clone(),
+            None => {
+                let kind = if self.pretrained.trim().eq_ignore_ascii_case("none") {
+                    "random"
+                } else {
+                    "pretrained"
+                };
+                format!("{}-{kind}", self.model)
+            }
+        }
+    }
+
+    /// The weights source, with `${VAR}`s expanded through `var`.
+    pub fn source(&self, var: &dyn Fn(&str) -> Option<String>) -> Result<WeightsSource> {
+        let where_ = format!("backbone `{}`: pretrained", self.label());
+        let text = expand_vars(&self.pretrained, var, &where_)?;
+        WeightsSource::parse_with(&text, |p| p.exists())
+            .map_err(|e| FinetuneError::Config(format!("{where_}: {e}")))
+    }
+}
+
+impl TransferConfig {
+    /// Reads a TOML config, applying `key.path=value` overrides first.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| FinetuneError::io(path, e))?;
+        Self::from_toml_str(&text, overrides).map_err(|e| match e {
+            FinetuneError::Config(m) => FinetuneError::Config(format!("{}: {m}", path.display())),
+            other => other,
+        })
+    }
+
+    /// Parses TOML text with overrides.
+    pub fn from_toml_str(text: &str, overrides: &[String]) -> Result<Self> {
+        let mut value: toml::Value =
+            toml::from_str(text).map_err(|e| FinetuneError::Config(e.to_string()))?;
+        for o in overrides {
+            digitlab_train::config::apply_override(&mut value, o)
+                .map_err(|e| FinetuneError::Config(e.to_string()))?;
+        }
+        let cfg: TransferConfig = value
+            .try_into()
+            .map_err(|e: toml::de::Error| FinetuneError::Config(e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks what types cannot: ranges, model names, unique labels, and that every
+    /// `pretrained` string parses (with unset variables replaced by a placeholder).
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(FinetuneError::Config(m));
+        let t = &self.transfer;
+        if t.epochs == 0 || t.batch_size == 0 || t.feature_batch_size == 0 || t.eval_batch_size == 0
+        {
+            return bad("transfer.epochs, batch_size, feature_batch_size and eval_batch_size must be at least 1".into());
+        }
+        if !(t.overfit_gap >= 0.0 && t.overfit_gap.is_finite()) {
+            return bad(format!(
+                "transfer.overfit_gap must be >= 0, got {}",
+                t.overfit_gap
+            ));
+        }
+        if !(0.0..1.0).contains(&t.head_dropout) {
+            return bad(format!(
+                "transfer.head_dropout must be in [0, 1), got {}",
+                t.head_dropout
+            ));
+        }
+        t.optim
+            .validate()
+            .map_err(|m| FinetuneError::Config(m.replace("optim.", "transfer.optim.")))?;
+        let d = &self.data;
+        if !(d.subset > 0.0 && d.subset <= 1.0) {
+            return bad(format!("data.subset must be in (0, 1], got {}", d.subset));
+        }
+        if !(0.0..1.0).contains(&d.val_fraction) {
+            return bad(format!(
+                "data.val_fraction must be in [0, 1), got {}",
+                d.val_fraction
+            ));
+        }
+        if d.augment.is_some() {
+            return bad("data.augment is not supported by `transfer`: cached backbone features need a deterministic \
+                        pipeline; remove [data.augment] (augmentation needs `digitlab train`)"
+                .into());
+        }
+        if self.backbones.is_empty() {
+            return bad(
+                "no [[backbones]]: add at least one (model = \"resnet18\", pretrained = \"...\")"
+                    .into(),
+            );
+        }
+        let mut labels = BTreeSet::new();
+        for (i, b) in self.backbones.iter().enumerate() {
+            resolve_arch(&b.model)
+                .map_err(|e| FinetuneError::Config(format!("backbones[{i}].model: {e}")))?;
+            let label = b.label();
+            if label.is_empty() || label.contains(['/', '\\']) || label == "." || label == ".." {
+                return bad(format!(
+                    "backbones[{i}].label {label:?} must be a plain folder name"
+                ));
+            }
+            if !labels.insert(label.clone()) {
+                return bad(format!(
+                    "backbones[{i}]: label {label:?} is used twice; give one of them a distinct `label`"
+                ));
+            }
+            if let Some(c) = b.channels {
+                if c != 1 && c != 3 {
+                    return bad(format!("backbones[{i}].channels must be 1 or 3, got {c}"));
+                }
+            }
+            if let Some([h, w]) = b.resize {
+                if h == 0 || w == 0 {
+                    return bad(format!(
+                        "backbones[{i}].resize must be positive, got [{h}, {w}]"
+                    ));
+                }
+            }
+            b.source(&|_| Some("/placeholder".into()))
+                .map_err(|e| FinetuneError::Config(format!("backbones[{i}]: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// The head-training settings.
+    pub fn head_config(&self) -> HeadConfig {
+        HeadConfig {
+            epochs: self.transfer.epochs,
+            batch_size: self.transfer.batch_size,
+            optim: self.transfer.optim.clone(),
+            dropout: self.transfer.head_dropout,
+            seed: self.seed,
+            eval_batch_size: self.transfer.eval_batch_size,
+        }
+    }
+}
+
+/// Loads the train / validation / test splits of a `[data]` section exactly as
+/// `digitlab train` does (class filter, seeded subset, seeded split, test limit).
+pub fn prepare_data(d: &DataConfig, seed: u64, data_dir: &Path) -> Result<PreparedData> {
+    let filter = |ds: Dataset| -> Result<Dataset> {
+        Ok(match &d.classes {
+            Some(c) => ds.filter_classes(c)?,
+            None => ds,
+        })
+    };
+    let mut train = filter(catalog::load(d.dataset, Split::Train, data_dir)?)?;
+    if d.subset < 1.0 {
+        train = train.subset_fraction(d.subset, seed, d.stratified)?;
+    }
+    let (train, val) = if d.val_fraction > 0.0 {
+        let (t, v) = train.split(d.val_fraction, seed, d.stratified)?;
+        (t, Some(v))
+    } else {
+        (train, None)
+    };
+    let test = if catalog::is_available(d.dataset, Split::Test, data_dir) {
+        let t = filter(catalog::load(d.dataset, Split::Test, data_dir)?)?;
+        Some(match d.test_limit {
+            Some(n) => t.take(n)?,
+            None => t,
+        })
+    } else {
+        None
+    };
+    Ok(PreparedData { train, val, test })
+}
+
+/// An environment-variable lookup (`std::env::var` or a fixed map, see [`vars_from`]).
+pub type VarLookup = Box<dyn Fn(&str) -> Option<String>>;
+
+/// How a transfer run is carried out (not part of the experiment).
+pub struct TransferRunOptions {
+    /// Outputs go to `<out_dir>/<label>/`; `None` writes nothing but the cache.
+    pub out_dir: Option<PathBuf>,
+    pub device: Device,
+    pub verbosity: Verbosity,
+    /// Hub settings; `None` reads the `HF_*` environment variables when needed.
+    pub hub: Option<HubConfig>,
+    /// Overrides `transfer.cache_dir`.
+    pub cache_dir: Option<PathBuf>,
+    /// Looks up `${VAR}`s in `pretrained` (default: the process environment).
+    pub vars: VarLookup,
+}
+
+impl Default for TransferRunOptions {
+    fn default() -> Self {
+        Self {
+            out_dir: None,
+            device: Device::Cpu,
+            verbosity: Verbosity::Silent,
+            hub: None,
+            cache_dir: None,
+            vars: Box::new(|name| std::env::var(name).ok()),
+        }
+    }
+}
+
+/// The flat results of one backbone, written as `summary.json`. Shares the keys of
+/// `digitlab train`'s summary (`test_accuracy`, `test_macro_f1`, `val_accuracy`,
+/// `train_accuracy`, `epochs`, `wall_seconds`, `train_samples_per_second`,
+/// `parameters`, ...) and adds the transfer-specific ones.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TransferSummary {
+    /// The backbone's label.
+    pub name: String,
+    /// The experiment (config) name.
+    pub experiment: String,
+    pub kind: String,
+    pub dataset: String,
+    /// Canonical model name.
+    pub model: String,
+    /// The weights source as configured (`none`, `hf:...`, a path).
+    pub pretrained: String,
+    /// SHA-256 of the pretrained file (`None` for random weights).
+    pub weights_sha256: Option<String>,
+    pub weights_loaded: usize,
+    /// Head tensors of the checkpoint re-initialised (shape differs / absent).
+    pub head_reinitialized: Vec<String>,
+    pub seed: u64,
+    pub epochs: usize,
+    pub input_channels: usize,
+    pub input_height: usize,
+    pub input_width: usize,
+    pub normalization: String,
+    pub feature_dim: usize,
+    /// Root mean square of the raw training features (before standardisation).
+    pub feature_rms: f64,
+    /// Whether features were standardised before the head.
+    pub standardize: bool,
+    pub train_images: usize,
+    pub val_images: usize,
+    pub test_images: usize,
+    /// Same as `params_total` (the key `digitlab train` writes).
+    pub parameters: usize,
+    /// Backbone + new head.
+    pub params_total: usize,
+    /// The new head only.
+    pub params_trainable: usize,
+    pub train_accuracy: f64,
+    pub val_accuracy: Option<f64>,
+    pub val_macro_f1: Option<f64>,
+    pub test_accuracy: Option<f64>,
+    pub test_macro_f1: Option<f64>,
+    pub test_loss: Option<f64>,
+    /// `train_accuracy - val_accuracy`.
+    pub train_val_gap: Option<f64>,
+    /// `train_val_gap > overfit_gap`.
+    pub overfit: Option<bool>,
+    pub overfit_gap: f64,
+    /// Whole run, model creation to outputs.
+    pub wall_seconds: f64,
+    /// Backbone passes of this run (0 when every split came from the cache).
+    pub backbone_seconds: f64,
+    /// Head training and evaluation on cached features.
+    pub head_seconds: f64,
+    /// Head optimisation steps only.
+    pub train_seconds: f64,
+    /// Feature vectors per second in head training steps.
+    pub train_samples_per_second: f64,
+    /// Images through the backbone in this run (train + val + test on a cold cache,
+    /// whatever the number of epochs).
+    pub backbone_images: usize,
+    pub backbone_batches: usize,
+    pub cache_hits: usize,
+    pub cache_misses: usize,
+    pub cache_load_seconds: f64,
+    pub device: String,
+}
+
+/// Everything one backbone's run produced.
+pub struct TransferOutcome {
+    pub label: String,
+    pub summary: TransferSummary,
+    pub created: CreatedModel,
+    pub head: HeadRun,
+    /// The feature standardisation the head was trained with.
+    pub standardizer: Option<Standardizer>,
+    pub test: Option<Evaluation>,
+    pub stats: CacheStats,
+    /// `<out>/<label>` when outputs were written.
+    pub out_dir: Option<PathBuf>,
+}
+
+/// Runs every backbone of `cfg` on data from `data_dir`, then (with an output
+/// folder) writes the comparison table of all of them.
+pub fn run_transfer(
+    cfg: &TransferConfig,
+    data_dir: &Path,
+    opts: &TransferRunOptions,
+) -> Result<Vec<TransferOutcome>> {
+    cfg.validate()?;
+    let data = prepare_data(&cfg.data, cfg.seed, data_dir)?;
+    if opts.verbosity != Verbosity::Silent {
+        eprintln!(
+            "{}: {} train, {} validation, {} test images of {}",
+            cfg.name,
+            data.train.len(),
+            data.val.as_ref().map_or(0, |v| v.len()),
+            data.test.as_ref().map_or(0, |t| t.len()),
+            cfg.data.dataset
+        );
+    }
+    let mut outcomes = Vec::with_capacity(cfg.backbones.len());
+    for spec in &cfg.backbones {
+        outcomes.push(run_backbone(cfg, spec, &data, opts)?);
+    }
+    if let Some(out) = &opts.out_dir {
+        let dirs: Vec<PathBuf> = outcomes.iter().filter_map(|o| o.out_dir.clone()).collect();
+        crate::compare::compare(&dirs, out, cfg.transfer.overfit_gap)?;
+    }
+    Ok(outcomes)
+}
+
+fn normalization_name(n: &Normalization) -> String {
+    if *n == Normalization::imagenet() {
+        "imagenet".into()
+    } else if *n == svhn_normalization() {
+        "svhn".into()
+    } else {
+        match n {
+            Normalization::Unit => "unit".into(),
+            Normalization::Symmetric => "symmetric".into(),
+            Normalization::MeanStd { mean, std } => format!("mean {mean:?} std {std:?}"),
+        }
+    }
+}
+
+/// One backbone under the frozen-head protocol (see the module docs).
+pub fn run_backbone(
+    cfg: &TransferConfig,
+    spec: &BackboneSpec,
+    data: &PreparedData,
+    opts: &TransferRunOptions,
+) -> Result<TransferOutcome> {
+    let started = Instant::now();
+    let label = spec.label();
+    let arch = resolve_arch(&spec.model)?;
+    let source = spec.source(opts.vars.as_ref())?;
+    let pipeline = Pipeline {
+        channels: spec.channels.or(arch.channels()).or(cfg.data.channels),
+        resize: spec.resize.or(cfg.data.resize),
+        augment: None,
+        normalize: match (&spec.normalize, &arch.normalization) {
+            (Some(n), _) => n.to_normalization(),
+            (None, Some(n)) => n.clone(),
+            (None, None) => cfg.data.normalize.clone(),
+        },
+    };
+    pipeline
+        .validate(data.train.shape())
+        .map_err(|e| FinetuneError::Config(format!("backbone `{label}`: {e}")))?;
+    let shape = pipeline.output_shape(data.train.shape());
+    let input = digitlab_models::InputShape {
+        channels: shape.channels,
+        height: shape.height,
+        width: shape.width,
+    };
+    let num_classes = data.train.num_classes();
+    if opts.verbosity != Verbosity::Silent {
+        eprintln!(
+            "{label}: {} ({source}) at {}x{}x{}",
+            arch.name, input.channels, input.height, input.width
+        );
+    }
+    let create = CreateOptions {
+        input,
+        seed: cfg.seed,
+        device: opts.device.clone(),
+        hub: opts.hub.clone(),
+    };
+    let created = create_model(&spec.model, &source, num_classes, &create)?;
+    if let (Some(p), true) = (&created.pretrained, opts.verbosity != Verbosity::Silent) {
+        eprintln!("{label}: {}\n{}", p.path.display(), p.report);
+    }
+    let backbone = created.backbone();
+    let weights_id = created.weights_id()?;
+
+    let cache_dir = opts
+        .cache_dir
+        .clone()
+        .or_else(|| cfg.transfer.cache_dir.clone())
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CACHE_DIR));
+    let cache = cfg.transfer.cache.then(|| FeatureCache::new(cache_dir));
+    let d = &cfg.data;
+    let key_for = |split: &str, ds: &Dataset| -> FeatureKey {
+        let trainval = split != "test";
+        FeatureKey {
+            format: CACHE_FORMAT,
+            model: created.name.to_string(),
+            model_config: created.arch.config.clone(),
+            input: [input.channels, input.height, input.width],
+            weights: weights_id.clone(),
+            dataset: d.dataset.name().to_string(),
+            split: split.to_string(),
+            subset: trainval.then_some(d.subset),
+            seed: trainval.then_some(cfg.seed),
+            val_fraction: trainval.then_some(d.val_fraction),
+            stratified: trainval.then_some(d.stratified),
+            classes: d.classes.clone(),
+            test_limit: if trainval { None } else { d.test_limit },
+            resize: pipeline.resize,
+            channels: pipeline.channels,
+            normalize: pipeline.normalize.clone(),
+            images: ds.len(),
+            data_sha256: dataset_digest(ds),
+        }
+    };
+    let mut stats = CacheStats::default();
+    let fb = cfg.transfer.feature_batch_size;
+    let features = |split: &str, ds: &Dataset, stats: &mut CacheStats| -> Result<LabeledFeatures> {
+        let key = key_for(split, ds);
+        let f = features_for(
+            cache.as_ref(),
+            &key,
+            backbone.as_ref(),
+            ds,
+            &pipeline,
+            fb,
+            &opts.device,
+            opts.verbosity,
+            &format!("{label} {split}"),
+            stats,
+        )?;
+        LabeledFeatures::new(f, ds.labels())
+    };
+    let train = features("train", &data.train, &mut stats)?;
+    let val = data
+        .val
+        .as_ref()
+        .map(|v| features("val", v, &mut stats))
+        .transpose()?;
+    let test = data
+        .test
+        .as_ref()
+        .map(|t| features("test", t, &mut stats))
+        .transpose()?;
+    let feature_rms = train
+        .features
+        .sqr()?
+        .mean_all()?
+        .to_dtype(candle_core::DType::F64)?
+        .to_scalar::<f64>()?
+        .sqrt();
+    let standardizer = cfg
+        .transfer
+        .standardize
+        .then(|| Standardizer::fit(&train.features))
+        .transpose()?;
+    let (train, val, test) = match &standardizer {
+        Some(s) => (
+            s.apply_to(&train)?,
+            val.map(|v| s.apply_to(&v)).transpose()?,
+            test.map(|t| s.apply_to(&t)).transpose()?,
+        ),
+        None => (train, val, test),
+    };
+
+    let head_started = Instant::now();
+    let head_cfg = cfg.head_config();
+    let head = train_head(
+        &head_cfg,
+        created.head_prefix(),
+        num_classes,
+        &train,
+        val.as_ref(),
+        opts.verbosity,
+        &label,
+    )?;
+    let eb = cfg.transfer.eval_batch_size;
+    let train_eval = evaluate_head(&head.head, &train, num_classes, eb)?;
+    let test_eval = test
+        .as_ref()
+        .map(|t| evaluate_head(&head.head, t, num_classes, eb))
+        .transpose()?;
+    let head_seconds = head_started.elapsed().as_secs_f64();
+
+    let val_accuracy = head.val.as_ref().map(|e| e.accuracy());
+    let gap = val_accuracy.map(|v| train_eval.accuracy() - v);
+    let params_trainable = head.parameters;
+    let params_total =
+        created.parameter_count() - created.head_parameter_count() + params_trainable;
+    let mut summary = TransferSummary {
+        name: label.clone(),
+        experiment: cfg.name.clone(),
+        kind: "transfer".into(),
+        dataset: data.train.name().to_string(),
+        model: created.name.to_string(),
+        pretrained: source.to_string(),
+        weights_sha256: created.pretrained.as_ref().map(|p| p.sha256.clone()),
+        weights_loaded: created
+            .pretrained
+            .as_ref()
+            .map_or(0, |p| p.report.loaded.len()),
+        head_reinitialized: created
+            .pretrained
+            .as_ref()
+            .map(|p| p.report.reinitialized().map(String::from).collect())
+            .unwrap_or_default(),
+        seed: cfg.seed,
+        epochs: head.history.len(),
+        input_channels: input.channels,
+        input_height: input.height,
+        input_width: input.width,
+        normalization: normalization_name(&pipeline.normalize),
+        feature_dim: train.dim(),
+        feature_rms,
+        standardize: standardizer.is_some(),
+        train_images: data.train.len(),
+        val_images: data.val.as_ref().map_or(0, |v| v.len()),
+        test_images: data.test.as_ref().map_or(0, |t| t.len()),
+        parameters: params_total,
+        params_total,
+        params_trainable,
+        train_accuracy: train_eval.accuracy(),
+        val_accuracy,
+        val_macro_f1: head.val.as_ref().map(|e| e.macro_f1()),
+        test_accuracy: test_eval.as_ref().map(|e| e.accuracy()),
+        test_macro_f1: test_eval.as_ref().map(|e| e.macro_f1()),
+        test_loss: test_eval.as_ref().map(|e| e.loss),
+        train_val_gap: gap,
+        overfit: gap.map(|g| g > cfg.transfer.overfit_gap),
+        overfit_gap: cfg.transfer.overfit_gap,
+        wall_seconds: 0.0,
+        backbone_seconds: stats.backbone_seconds,
+        head_seconds,
+        train_seconds: head.train_seconds,
+        train_samples_per_second: head.train_samples as f64 / head.train_seconds.max(1e-9),
+        backbone_images: stats.backbone_images,
+        backbone_batches: stats.backbone_batches,
+        cache_hits: stats.hits,
+        cache_misses: stats.misses,
+        cache_load_seconds: stats.load_seconds,
+        device: format!("{:?}", opts.device),
+    };
+    let out_dir = opts.out_dir.as_ref().map(|o| o.join(&label));
+    if let Some(dir) = &out_dir {
+        let (weight, bias) = folded_head(&head, standardizer.as_ref(), created.head_prefix())?;
+        let head_tensors: HashMap<String, candle_core::Tensor> = [
+            (format!("{}.weight", created.head_prefix()), weight),
+            (format!("{}.bias", created.head_prefix()), bias),
+        ]
+        .into_iter()
+        .collect();
+        write_outputs(
+            dir,
+            cfg,
+            spec,
+            &created,
+            &head,
+            &head_tensors,
+            test_eval.as_ref(),
+            &data.train,
+            &summary,
+        )?;
+    }
+    summary.wall_seconds = started.elapsed().as_secs_f64();
+    if let Some(dir) = &out_dir {
+        write_json(&dir.join("summary.json"), &summary)?;
+    }
+    if opts.verbosity != Verbosity::Silent {
+        let pct = |v: Option<f64>| {
+            v.map(|v| format!("{:.2}%", 100.0 * v))
+                .unwrap_or_else(|| "-".into())
+        };
+        eprintln!(
+            "{label}: train {} | val {} | test {} (macro-F1 {}) | backbone {:.1}s ({} images), head {:.2}s",
+            pct(Some(summary.train_accuracy)),
+            pct(summary.val_accuracy),
+            pct(summary.test_accuracy),
+            summary.test_macro_f1.map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into()),
+            summary.backbone_seconds,
+            summary.backbone_images,
+            summary.head_seconds
+        );
+    }
+    Ok(TransferOutcome {
+        label,
+        summary,
+        created,
+        head,
+        standardizer,
+        test: test_eval,
+        stats,
+        out_dir,
+    })
+}
+
+/// The trained head's weight and bias with the standardisation folded in: one
+/// linear layer on raw backbone features.
+fn folded_head(
+    head: &HeadRun,
+    standardizer: Option<&Standardizer>,
+    prefix: &str,
+) -> Result<(candle_core::Tensor, candle_core::Tensor)> {
+    let data = head.varmap.data().lock().expect("varmap lock poisoned");
+    let get = |n: &str| {
+        data.get(&format!("{prefix}.{n}"))
+            .map(|v| v.as_tensor().detach())
+            .ok_or_else(|| FinetuneError::Config(format!("head has no {prefix}.{n}")))
+    };
+    let (w, b) = (get("weight")?, get("bias")?);
+    Ok(match standardizer {
+        Some(s) => s.fold(&w, &b)?,
+        None => (w, b),
+    })
+}
+
+impl TransferOutcome {
+    /// The fine-tuned classifier on images: the frozen backbone (shared, not
+    /// copied) and the trained head with the feature standardisation folded in.
+    pub fn classifier(&self) -> Result<digitlab_models::Model> {
+        let (w, b) = folded_head(
+            &self.head,
+            self.standardizer.as_ref(),
+            self.created.head_prefix(),
+        )?;
+        let head = digitlab_models::Head::from_linear(candle_nn::Linear::new(w, Some(b)), 0.0);
+        Ok(self
+            .created
+            .model
+            .with_head(Box::new(head), self.created.num_classes)?)
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn write_outputs(
+    dir: &Path,
+    cfg: &TransferConfig,
+    spec: &BackboneSpec,
+    created: &CreatedModel,
+    head: &HeadRun,
+    head_tensors: &HashMap<String, candle_core::Tensor>,
+    test: Option<&Evaluation>,
+    train: &Dataset,
+    summary: &TransferSummary,
+) -> Result<()> {
+    write_json(&dir.join("summary.json"), summary)?;
+    write_atomic(
+        &dir.join("metrics.csv"),
+        metrics_csv(&head.history).as_bytes(),
+    )?;
+    let one = TransferConfig {
+        backbones: vec![spec.clone()],
+        ..cfg.clone()
+    };
+    let toml_text =
+        toml::to_string_pretty(&one).map_err(|e| FinetuneError::Config(e.to_string()))?;
+    write_atomic(&dir.join("config.toml"), toml_text.as_bytes())?;
+    let report = match &created.pretrained {
+        Some(p) => {
+            let mut s = format!(
+                "weights: {}\nfile: {}\nsha256: {}\n",
+                p.source,
+                p.path.display(),
+                p.sha256
+            );
+            if !p.stripped_prefixes.is_empty() {
+                s += &format!("stripped prefixes: {}\n", p.stripped_prefixes.join(", "));
+            }
+            for (from, to) in &p.renamed {
+                s += &format!("renamed: {from} -> {to}\n");
+            }
+            s + &p.report.to_string() + "\n"
+        }
+        None => format!(
+            "weights: none (random initialisation, seed {})\n",
+            created.seed
+        ),
+    };
+    write_atomic(&dir.join("weights_report.txt"), report.as_bytes())?;
+    write_atomic_with(&dir.join("head.safetensors"), |tmp| {
+        candle_core::safetensors::save(head_tensors, tmp).map_err(std::io::Error::other)
+    })?;
+    let names = train.class_names();
+    let final_eval = test.or(head.val.as_ref());
+    if let Some(e) = final_eval {
+        let mut s = String::from("class,name,precision,recall,f1,support\n");
+        for (c, m) in e.confusion.per_class().iter().enumerate() {
+            let name = names
+                .get(c)
+                .map(|n| n.replace(',', " "))
+                .unwrap_or_default();
+            s += &format!(
+                "{c},{name},{:.6},{:.6},{:.6},{}\n",
+                m.precision, m.recall, m.f1, m.support
+            );
+        }
+        write_atomic(&dir.join("per_class.csv"), s.as_bytes())?;
+    }
+    let curve = |key: &str| -> Vec<(f64, f64)> {
+        head.history
+            .iter()
+            .filter_map(|h| Some((h["epoch"], *h.get(key)?)))
+            .collect()
+    };
+    let plot = |r: std::result::Result<(), plots::PlotError>| -> Result<()> {
+        r.map_err(|e| FinetuneError::Train(e.into()))
+    };
+    for (file, title, key) in [
+        ("loss.png", "Loss", "loss"),
+        ("accuracy.png", "Accuracy", "accuracy"),
+    ] {
+        let tr = curve(&format!("train_{key}"));
+        let va = curve(&format!("val_{key}"));
+        let mut series = vec![plots::Series {
+            label: "train",
+            points: &tr,
+        }];
+        if !va.is_empty() {
+            series.push(plots::Series {
+                label: "validation",
+                points: &va,
+            });
+        }
+        plot(plots::line_chart(
+            &dir.join(file),
+            &format!("{} — head {title}", summary.name),
+            "epoch",
+            key,
+            &series,
+        ))?;
+    }
+    if let Some(e) = final_eval {
+        let which = if test.is_some() { "test" } else { "validation" };
+        plot(plots::confusion_matrix(
+            &dir.join("confusion.png"),
+            &format!(
+                "{} — {which} confusion matrix (acc {:.2}%)",
+                summary.name,
+                100.0 * e.accuracy()
+            ),
+            &e.confusion.rows(),
+            names,
+        ))?;
+    }
+    Ok(())
+}
+
+/// Environment lookup from a fixed map (for tests and embedding).
+pub fn vars_from(map: HashMap<String, String>) -> VarLookup {
+    Box::new(move |name| map.get(name).cloned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+        name = "t"
+        [data]
+        dataset = "digits"
+        [[backbones]]
+        model = "lenet5"
+    "#;
+
+    #[test]
+    fn defaults_and_overrides() {
+        let c = TransferConfig::from_toml_str(BASE, &[]).unwrap();
+        assert_eq!(c.transfer, TransferOptions::default());
+        assert_eq!(c.transfer.epochs, 5);
+        assert_eq!(c.transfer.optim.lr(), 1e-3);
+        assert_eq!(c.backbones[0].label(), "lenet5-random");
+        assert_eq!(
+            c.backbones[0].source(&|_| None).unwrap(),
+            WeightsSource::None
+        );
+        let c = TransferConfig::from_toml_str(
+            BASE,
+            &["transfer.epochs=2".into(), "data.subset=0.5".into()],
+        )
+        .unwrap();
+        assert_eq!((c.transfer.epochs, c.data.subset), (2, 0.5));
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = TransferConfig::from_toml_str(BASE, &["transfer.epoch=3".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("unknown field `epoch`") && e.contains("epochs"),
+            "{e}"
+        );
+        let e = TransferConfig::from_toml_str(BASE, &["backbones=[{model = \"alexnet\"}]".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("backbones[0].model") && e.contains("alexnet"),
+            "{e}"
+        );
+        let e = TransferConfig::from_toml_str(BASE, &["data.augment={crop_padding = 2}".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("data.augment"), "{e}");
+        let two = "backbones=[{model = \"lenet5\"}, {model = \"lenet5\", pretrained = \"none\"}]";
+        let e = TransferConfig::from_toml_str(BASE, &[two.into()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("lenet5-random") && e.contains("twice"), "{e}");
+        let e = TransferConfig::from_toml_str(
+            BASE,
+            &["transfer.optim={kind = \"adam\", lr = -1}".into()],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("transfer.optim.lr"), "{e}");
+        let e = TransferConfig::from_toml_str(
+            BASE,
+            &["backbones=[{model = \"lenet5\", normalize = \"imagenette\"}]".into()],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("imagenette") && e.contains("imagenet"), "{e}");
+    }
+
+    #[test]
+    fn variables_expand_or_fail_with_the_name() {
+        let env = vars_from([("W".to_string(), "/w".to_string())].into_iter().collect());
+        assert_eq!(
+            expand_vars("${W}/a.safetensors", env.as_ref(), "x").unwrap(),
+            "/w/a.safetensors"
+        );
+        assert_eq!(expand_vars("plain", env.as_ref(), "x").unwrap(), "plain");
+        let e = expand_vars("${NOPE}/a.pth", env.as_ref(), "backbone `b`: pretrained")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("NOPE") && e.contains("backbone `b`"), "{e}");
+        assert!(expand_vars("${W", env.as_ref(), "x")
+            .unwrap_err()
+            .to_string()
+            .contains("unterminated"));
+        let spec = BackboneSpec {
+            model: "ccexam_svhn_cnn".into(),
+            pretrained: "${W}/ccexam-svhn-cnn.safetensors".into(),
+            label: None,
+            resize: None,
+            channels: None,
+            normalize: None,
+        };
+        assert_eq!(spec.label(), "ccexam_svhn_cnn-pretrained");
+        assert_eq!(
+            spec.source(env.as_ref()).unwrap(),
+            WeightsSource::Local("/w/ccexam-svhn-cnn.safetensors".into())
+        );
+    }
+}

@@ -1,0 +1,64 @@
+//! # digitlab-kernels
+//!
+//! Hand-written CPU kernels for the layers digitlab's models are made of, as candle
+//! custom ops with a forward **and** a backward pass, so they sit behind the usual
+//! `Module` API and `loss.backward()` works unchanged:
+//!
+//! | function | what it fuses / replaces |
+//! |---|---|
+//! | [`linear`] | `x @ w^T + b` (+ ReLU) in one op; the backward computes only the gradients that are needed, `dW` already in `[out, in]` layout |
+//! | [`conv2d`] | im2col + gemm convolution (+ bias, + ReLU) with an im2col-based weight gradient and a col2im input gradient (candle's CPU backward goes through a direct `conv_transpose2d` loop) |
+//! | [`max_pool2d`] | max pooling with any kernel, stride and padding, forward and backward (candle's backward needs kernel == stride) |
+//! | [`relu`] | one pass forward, one pass backward |
+//! | [`softmax_cross_entropy`] | per-sample `logsumexp(z) - z[y]` in one op, gradient `softmax(z) - onehot(y)` |
+//! | [`batch_norm_eval`] | eval-mode batch norm as one per-channel affine pass (+ ReLU) |
+//!
+//! Every function checks its inputs and falls back to the equivalent composition
+//! of candle's own ops whenever the fast path does not apply: tensors not on the
+//! CPU (so CUDA keeps candle's kernels), dtypes other than f32 (f64 is also
+//! supported by [`softmax_cross_entropy`]), or geometries the kernels do not cover
+//! (grouped or dilated convolutions). The results agree with those references up
+//! to float reassociation (tests in `tests/`).
+//!
+//! Threads: gemm calls and loops stay on the calling thread for small shapes and use
+//! up to [`threading::threads`] threads for big ones (see [`threading`]).
+//! Process-wide settings, applied once on first use ([`runtime`]): denormals are
+//! flushed to zero on the calling thread and candle's and rayon's worker threads
+//! (x86-64; `DIGITLAB_KEEP_DENORMALS=1` keeps them), and glibc's malloc keeps
+//! freed blocks of up to 32 MiB for reuse instead of returning them to the OS
+//! (`DIGITLAB_DEFAULT_MALLOC=1` keeps glibc's defaults).
+pub mod conv;
+pub(crate) mod cpu;
+pub mod denormal;
+pub mod linear;
+pub mod loss;
+pub mod norm;
+pub mod pool;
+pub mod relu;
+pub mod runtime;
+pub mod threading;
+
+pub use conv::{conv2d, Conv2dParams};
+pub use linear::linear;
+pub use loss::softmax_cross_entropy;
+pub use norm::batch_norm_eval;
+pub use pool::max_pool2d;
+pub use relu::relu;
+
+/// Activation fused into the output of [`linear`] and [`conv2d`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Activation {
+    #[default]
+    Identity,
+    Relu,
+}
+
+impl Activation {
+    /// The activation applied with candle's own ops (the reference path).
+    pub fn apply_reference(self, xs: &candle_core::Tensor) -> candle_core::Result<candle_core::Tensor> {
+        match self {
+            Activation::Identity => Ok(xs.clone()),
+            Activation::Relu => xs.relu(),
+        }
+    }
+}

@@ -1,0 +1,66 @@
+//! Process-wide settings the kernels apply once, on first use.
+//!
+//! 1. Denormal flushing ([`crate::denormal::flush_denormals`]).
+//! 2. glibc malloc: tensors of a few hundred KiB (weights, their gradients, the
+//!    optimizer's temporaries) are allocated and freed every step. By default glibc
+//!    serves blocks above its mmap threshold with a fresh `mmap` (and the heap top
+//!    is trimmed back to the OS when more than the trim threshold is free), so every
+//!    step pays page faults and zeroing by the kernel for memory it just released:
+//!    measured here, an MLP batch-1 SGD step went from ~1.7 ms to ~0.55 ms without
+//!    it (`benches/examples`-style phase timing, one thread). [`tune_malloc`] raises
+//!    the mmap threshold to 32 MiB (glibc's maximum) and the trim threshold to
+//!    256 MiB, so freed blocks are reused. Peak RSS is what the program holds at
+//!    once plus at most 256 MiB of free heap kept for reuse.
+//!
+//! Opt out with `DIGITLAB_KEEP_DENORMALS=1` and `DIGITLAB_DEFAULT_MALLOC=1`.
+use std::sync::Once;
+
+/// Applies the settings (once per process; later calls only cover the calling
+/// thread's denormal mode).
+#[inline]
+pub fn init() {
+    static INIT: Once = Once::new();
+    INIT.call_once(|| {
+        tune_malloc();
+    });
+    crate::denormal::flush_denormals();
+}
+
+/// Whether [`tune_malloc`] may change the allocator (`DIGITLAB_DEFAULT_MALLOC` unset or `0`).
+pub fn malloc_tuning_enabled() -> bool {
+    std::env::var("DIGITLAB_DEFAULT_MALLOC").map(|v| v.is_empty() || v == "0").unwrap_or(true)
+}
+
+/// Raises glibc's mmap and trim thresholds (see the module docs); returns whether
+/// both settings were accepted. Does nothing on other C libraries, or when disabled.
+pub fn tune_malloc() -> bool {
+    if !malloc_tuning_enabled() {
+        return false;
+    }
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        const M_TRIM_THRESHOLD: std::os::raw::c_int = -1;
+        const M_MMAP_THRESHOLD: std::os::raw::c_int = -3;
+        extern "C" {
+            fn mallopt(param: std::os::raw::c_int, value: std::os::raw::c_int) -> std::os::raw::c_int;
+        }
+        // SAFETY: mallopt only adjusts allocator parameters; glibc documents both
+        // parameters and returns 0 for values it rejects.
+        unsafe { mallopt(M_MMAP_THRESHOLD, 32 << 20) == 1 && mallopt(M_TRIM_THRESHOLD, 256 << 20) == 1 }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    fn glibc_accepts_the_settings() {
+        if super::malloc_tuning_enabled() {
+            assert!(super::tune_malloc());
+        }
+    }
+}
