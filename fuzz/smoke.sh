@@ -58,8 +58,10 @@ for t in "${TARGETS[@]}"; do
   log="fuzz/artifacts/$t/smoke.log"
   # -rss_limit_mb: no input may make a target use 2 GiB. The targets also abort
   # on any single allocation out of proportion to the input (fuzz/src/lib.rs).
+  # Inputs that once crashed or over-allocated (also replayed by the normal test suite).
+  [ -d "fuzz/regressions/$t" ] && seeds="$seeds fuzz/regressions/$t"
   # shellcheck disable=SC2086
-  if cargo fuzz run "${BUILD_FLAGS[@]}" "$t" "fuzz/corpus/$t" "$seeds" -- \
+  if cargo fuzz run "${BUILD_FLAGS[@]}" "$t" "fuzz/corpus/$t" $seeds -- \
     -max_total_time="$SECS" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
     -artifact_prefix="fuzz/artifacts/$t/" ${FUZZ_ARGS:-} >"$log" 2>&1; then
     runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log")

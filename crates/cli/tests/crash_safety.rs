@@ -3,6 +3,9 @@
 //!
 //! - SIGKILL at arbitrary points of a run, then `--resume`, repeatedly: the end
 //!   result (metrics, summary, checkpoint bytes) equals an uninterrupted run;
+//! - SIGKILL in the middle of an epoch's training steps (checked: the previous
+//!   epoch's checkpoint complete, nothing of the next one written), then
+//!   `--resume`: the same;
 //! - SIGKILL in the middle of writing each checkpoint file (deterministically,
 //!   through the `DIGITLAB_TEST_HANG_WRITING` hook): the half-written file is
 //!   never loaded, and resuming still ends exactly like the uninterrupted run;
@@ -167,6 +170,63 @@ fn sigkill_at_arbitrary_points_then_resume_matches_an_uninterrupted_run() {
         resume = true;
     }
     let out = run_ok(train(&run, EPOCHS, true));
+    assert!(out.contains("resuming quickstart from epoch"), "{out}");
+    assert_eq!(outcome(&run), expected, "resumed run differs from the uninterrupted one");
+    assert!(temp_files(&run).is_empty(), "temporary files left: {:?}", temp_files(&run));
+}
+
+/// The epoch time a `--quiet` progress line reports (`... | 0.3s`), in seconds.
+fn epoch_seconds(line: &str) -> Option<f64> {
+    line.rsplit_once("| ")?.1.trim().strip_suffix('s')?.parse().ok()
+}
+
+#[test]
+fn sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run() {
+    // Batch size 1 and a wider layer make an epoch last long enough (about 0.3 s
+    // on a loaded 2-core machine) for a kill to land inside its training steps.
+    const EPOCHS: usize = 8;
+    let slow = |c: &mut Command| {
+        c.args(["--set", "train.batch_size=1", "--set", "model.hidden=[256]"]);
+    };
+    let ref_dir = tempfile::tempdir().unwrap();
+    let mut c = train(&ref_dir.path().join("run"), EPOCHS, false);
+    slow(&mut c);
+    run_ok(c);
+    let expected = outcome(&ref_dir.path().join("run"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let mut mid_epoch = Vec::new();
+    for (attempt, k) in [2usize, 4, 6].into_iter().enumerate() {
+        let mut c = train(&run, EPOCHS, attempt > 0);
+        slow(&mut c);
+        // Once epoch k is reported, its checkpoint takes milliseconds to write;
+        // then epoch k+1 trains. Half an epoch's time later it is mid-training.
+        let line = kill_when(c, |l| {
+            let hit = epoch_of(l).is_some_and(|e| e >= k);
+            if hit {
+                let half = epoch_seconds(l).unwrap_or(0.2).max(0.1) / 2.0;
+                std::thread::sleep(std::time::Duration::from_secs_f64(half));
+            }
+            hit
+        });
+        let saved = last_checkpoint_is_valid(&run);
+        // Mid-epoch: epoch k's checkpoint is complete and nothing of epoch k+1 is
+        // being written (no temporary file, no epoch k+1 weights).
+        let next = format!("-e{}.safetensors", k + 1);
+        let writing = temp_files(&run).into_iter().any(|f| f.contains(&next)) || run.join(format!("model{next}")).exists();
+        let landed_mid_epoch = saved == k && !writing;
+        eprintln!("killed {:.0} ms into epoch {} (after `{line}`): last.json holds epoch {saved}, mid-epoch: {landed_mid_epoch}",
+            epoch_seconds(&line).unwrap_or(0.2).max(0.1) / 2.0 * 1000.0, k + 1);
+        assert!((k - 1..=k + 1).contains(&saved), "last.json epoch {saved} after a kill after epoch {k}");
+        mid_epoch.push(landed_mid_epoch);
+    }
+    // Timing decides where each kill lands; at least one must have been mid-epoch
+    // for this test to say anything (each one is, on the machines tried).
+    assert!(mid_epoch.iter().any(|&m| m), "no kill landed mid-epoch: {mid_epoch:?}");
+    let mut c = train(&run, EPOCHS, true);
+    slow(&mut c);
+    let out = run_ok(c);
     assert!(out.contains("resuming quickstart from epoch"), "{out}");
     assert_eq!(outcome(&run), expected, "resumed run differs from the uninterrupted one");
     assert!(temp_files(&run).is_empty(), "temporary files left: {:?}", temp_files(&run));

@@ -54,7 +54,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::Device;
-use digitlab_data::{catalog, Dataset, Normalization, Pipeline, Split};
+use digitlab_data::{Dataset, Normalization, Pipeline};
 use digitlab_train::experiment::metrics_csv;
 use digitlab_train::io::{write_atomic, write_atomic_with, write_json};
 use digitlab_train::{plots, DataConfig, Evaluation, OptimizerConfig, PreparedData, Verbosity};
@@ -398,32 +398,7 @@ impl TransferConfig {
 /// Loads the train / validation / test splits of a `[data]` section exactly as
 /// `digitlab train` does (class filter, seeded subset, seeded split, test limit).
 pub fn prepare_data(d: &DataConfig, seed: u64, data_dir: &Path) -> Result<PreparedData> {
-    let filter = |ds: Dataset| -> Result<Dataset> {
-        Ok(match &d.classes {
-            Some(c) => ds.filter_classes(c)?,
-            None => ds,
-        })
-    };
-    let mut train = filter(catalog::load(d.dataset, Split::Train, data_dir)?)?;
-    if d.subset < 1.0 {
-        train = train.subset_fraction(d.subset, seed, d.stratified)?;
-    }
-    let (train, val) = if d.val_fraction > 0.0 {
-        let (t, v) = train.split(d.val_fraction, seed, d.stratified)?;
-        (t, Some(v))
-    } else {
-        (train, None)
-    };
-    let test = if catalog::is_available(d.dataset, Split::Test, data_dir) {
-        let t = filter(catalog::load(d.dataset, Split::Test, data_dir)?)?;
-        Some(match d.test_limit {
-            Some(n) => t.take(n)?,
-            None => t,
-        })
-    } else {
-        None
-    };
-    Ok(PreparedData { train, val, test })
+    Ok(PreparedData::from_data_config(d, seed, data_dir)?)
 }
 
 /// An environment-variable lookup (`std::env::var` or a fixed map, see [`vars_from`]).

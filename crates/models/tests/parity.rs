@@ -194,13 +194,13 @@ fn synthetic_weights_match_torchvision() {
     }
 }
 
-/// The folder of the real weights, or `None` (after printing why the test is skipped).
+/// The folder of the real weights (the tests using it are `#[ignore]`d by default;
+/// run explicitly, they fail without it).
 fn weights_dir(test: &str) -> Option<PathBuf> {
     match std::env::var_os("DIGITLAB_WEIGHTS") {
         Some(d) => Some(PathBuf::from(d)),
         None => {
-            println!("skipping {test}: set DIGITLAB_WEIGHTS to the folder holding the pretrained .safetensors files");
-            None
+            panic!("{test}: set DIGITLAB_WEIGHTS to the folder holding the pretrained .safetensors files")
         }
     }
 }
@@ -230,6 +230,7 @@ fn check_pretrained(test: &str, file: &str, cfg: ModelConfig, input: InputShape,
 }
 
 #[test]
+#[ignore = "needs the real pretrained networks: set DIGITLAB_WEIGHTS=../shared/weights (and DIGITLAB_DATA) and run `cargo test --release --workspace -- --ignored pretrained`"]
 fn pretrained_efficientnet_lite0() {
     check_pretrained(
         "pretrained_efficientnet_lite0",
@@ -243,6 +244,7 @@ fn pretrained_efficientnet_lite0() {
 }
 
 #[test]
+#[ignore = "needs the real pretrained networks: set DIGITLAB_WEIGHTS=../shared/weights (and DIGITLAB_DATA) and run `cargo test --release --workspace -- --ignored pretrained`"]
 fn pretrained_ccexam_svhn_cnn() {
     check_pretrained(
         "pretrained_ccexam_svhn_cnn",

@@ -1,7 +1,7 @@
 //! The training loop: epochs of shuffled minibatches, evaluation, best/last
 //! checkpoints, early stopping, divergence guard and resume.
 use crate::checkpoint::{self, Sidecar};
-use crate::config::{ExperimentConfig, L2Scale, MetricName};
+use crate::config::{DataConfig, ExperimentConfig, L2Scale, MetricName};
 use crate::eval::{compute_loss, evaluate_batches, predict, Evaluation};
 use crate::optim::{clip_grad_norm, Optimizer};
 use crate::{Result, TrainError};
@@ -27,7 +27,11 @@ impl PreparedData {
     /// Loads and prepares the data a config asks for from `data_dir`. The test split
     /// is `None` when its files are absent (the embedded digits always have one).
     pub fn load(cfg: &ExperimentConfig, data_dir: &Path) -> Result<Self> {
-        let d = &cfg.data;
+        Self::from_data_config(&cfg.data, cfg.seed, data_dir)
+    }
+
+    /// [`PreparedData::load`] for any `[data]` section: subset and split with `seed`.
+    pub fn from_data_config(d: &DataConfig, seed: u64, data_dir: &Path) -> Result<Self> {
         let filter = |ds: Dataset| -> Result<Dataset> {
             Ok(match &d.classes {
                 Some(c) => ds.filter_classes(c)?,
@@ -36,10 +40,10 @@ impl PreparedData {
         };
         let mut train = filter(catalog::load(d.dataset, Split::Train, data_dir)?)?;
         if d.subset < 1.0 {
-            train = train.subset_fraction(d.subset, cfg.seed, d.stratified)?;
+            train = train.subset_fraction(d.subset, seed, d.stratified)?;
         }
         let (train, val) = if d.val_fraction > 0.0 {
-            let (t, v) = train.split(d.val_fraction, cfg.seed, d.stratified)?;
+            let (t, v) = train.split(d.val_fraction, seed, d.stratified)?;
             (t, Some(v))
         } else {
             (train, None)
