@@ -116,7 +116,7 @@ pub fn run(
             std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
         }
         if quiet {
-            eprintln!("running {} on {} ({} backbones)", cfg.name, cfg.data.dataset, cfg.backbones.len());
+            eprintln!("running {} on {} ({} backbone(s))", cfg.name, cfg.data.dataset, cfg.backbones.len());
         }
         let opts = TransferRunOptions {
             out_dir: Some(dir.clone()),
