@@ -160,8 +160,8 @@ fn markdown(suite: &str, description: &str, reports: &[ExperimentReport], wall: 
                 let _ = writeln!(md, "{holds} of {total} claims held. Data: {data}\n");
                 md += &theory_section(dir, img);
             }
-            Outcome::Transfer { cfg, dir, rows, skipped, seconds, .. } => {
-                md += &transfer_section(cfg, dir, rows, skipped, *seconds, &r.reported_backbones, img);
+            Outcome::Transfer { cfg, dir, rows, skipped, seconds, reused } => {
+                md += &transfer_section(cfg, dir, rows, skipped, (*seconds, *reused), &r.reported_backbones, img);
             }
             Outcome::Ran { cfg, summary: s, dir, seconds, .. } => {
                 let _ = writeln!(md, "| metric | digitlab | coursework |\n| --- | --- | --- |");
@@ -221,7 +221,7 @@ fn transfer_section(
     dir: &Path,
     rows: &[TransferSummary],
     skipped: &[(String, String)],
-    seconds: f64,
+    (seconds, reused): (f64, bool),
     reported: &std::collections::BTreeMap<String, f64>,
     img: &dyn Fn(&Path, &str) -> Option<String>,
 ) -> String {
@@ -234,14 +234,27 @@ fn transfer_section(
              {} train / {} validation / {} test images of {}.\n",
             s0.epochs, s0.train_images, s0.val_images, s0.test_images, s0.dataset
         );
-        let _ = writeln!(md, "| backbone | weights | input | feature dim | train acc | val acc | test acc | test macro-F1 | coursework | backbone / head time |");
-        let _ = writeln!(md, "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+        // The coursework column only when the suite gives values to compare with.
+        let with_reported = !reported.is_empty();
+        let _ = writeln!(
+            md,
+            "| backbone | weights | input | feature dim | train acc | val acc | test acc | test macro-F1 |{} backbone / head time |",
+            if with_reported { " coursework |" } else { "" }
+        );
+        let _ = writeln!(md, "|{}", " --- |".repeat(if with_reported { 10 } else { 9 }));
         for s in rows {
+            // Local files by name (the full path is in the configuration below).
+            let weights = match s.pretrained.as_str() {
+                "none" => "random".to_string(),
+                p if p.starts_with("hf:") => format!("`{p}`"),
+                p => format!("`{}`", Path::new(p).file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_else(|| p.to_string())),
+            };
+            let coursework = if with_reported { format!(" {} |", pct(reported.get(&s.name).copied())) } else { String::new() };
             let _ = writeln!(
                 md,
-                "| {} | {} | {}x{}x{} | {} | {} | {} | {} | {} | {} | {:.1}s / {:.1}s |",
+                "| {} | {} | {}x{}x{} | {} | {} | {} | {} | {} |{} {:.1}s / {:.1}s |",
                 s.name,
-                if s.pretrained == "none" { "random".to_string() } else { format!("`{}`", s.pretrained) },
+                weights,
                 s.input_channels,
                 s.input_height,
                 s.input_width,
@@ -250,7 +263,7 @@ fn transfer_section(
                 pct(s.val_accuracy),
                 pct(s.test_accuracy),
                 s.test_macro_f1.map(|v| format!("{v:.4}")).unwrap_or_else(|| "–".into()),
-                pct(reported.get(&s.name).copied()),
+                coursework,
                 s.backbone_seconds,
                 s.head_seconds
             );
@@ -264,7 +277,12 @@ fn transfer_section(
         }
         md.push('\n');
     }
-    let _ = writeln!(md, "Step wall time: {seconds:.1}s.\n");
+    if reused {
+        let then: f64 = rows.iter().map(|s| s.wall_seconds).sum();
+        let _ = writeln!(md, "Reused from an earlier run of the same config (its backbones took {then:.1}s then).\n");
+    } else {
+        let _ = writeln!(md, "Step wall time: {seconds:.1}s.\n");
+    }
     if let Some(tag) = img(&dir.join("compare.png"), "Backbones compared") {
         let _ = writeln!(md, "{tag}\n");
     }
