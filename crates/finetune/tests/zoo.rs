@@ -332,7 +332,7 @@ fn timm_vgg_names_map_to_torchvision_layout() {
     );
 }
 
-/// `$DIGITLAB_WEIGHTS` (the test is `#[ignore]`d by default; run explicitly, it fails without it).
+/// `$DIGITLAB_WEIGHTS` (the test is ignored by default; run explicitly, it fails without it).
 fn weights_dir(test: &str) -> Option<PathBuf> {
     match std::env::var_os("DIGITLAB_WEIGHTS").filter(|v| !v.is_empty()) {
         Some(d) => Some(PathBuf::from(d)),

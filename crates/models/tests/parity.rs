@@ -194,7 +194,7 @@ fn synthetic_weights_match_torchvision() {
     }
 }
 
-/// The folder of the real weights (the tests using it are `#[ignore]`d by default;
+/// The folder of the real weights (the tests using it are ignored by default;
 /// run explicitly, they fail without it).
 fn weights_dir(test: &str) -> Option<PathBuf> {
     match std::env::var_os("DIGITLAB_WEIGHTS") {
