@@ -11,7 +11,7 @@ use candle_nn::{Init, VarBuilder, VarMap};
 use digitlab_data::{Batcher, Dataset, ImageShape, Normalization, Pipeline};
 use digitlab_losses::{l2_penalty, softmax_cross_entropy, L2Convention, LossKind, Reduction};
 use digitlab_models::{
-    build_model, is_buffer, Head, InputShape, MlpConfig, Model, ModelConfig, ResNetConfig, SeededVarMap, VggConfig,
+    build_model, Head, InputShape, MlpConfig, Model, ModelConfig, ResNetConfig, SeededVarMap, VggConfig,
 };
 use digitlab_train::optim::{Optimizer, OptimizerConfig};
 use std::time::{Duration, Instant};
@@ -159,16 +159,7 @@ fn model(cfg: &ModelConfig, input: InputShape, classes: usize) -> Result<(Model,
 
 /// The trainable variables of `map`, sorted by name (as the trainer passes them).
 fn params(map: &VarMap) -> Vec<(String, Var)> {
-    let mut p: Vec<(String, Var)> = map
-        .data()
-        .lock()
-        .expect("varmap lock poisoned")
-        .iter()
-        .filter(|(n, _)| !is_buffer(n))
-        .map(|(n, v)| (n.clone(), v.clone()))
-        .collect();
-    p.sort_by(|a, b| a.0.cmp(&b.0));
-    p
+    digitlab_train::trainable_params(map)
 }
 
 /// Plain-tensor weights (no autograd tracking), like a backbone loaded from a

@@ -9,10 +9,10 @@
 //! the epoch, as in `digitlab_data::Batcher`).
 use std::time::Instant;
 
-use candle_core::{DType, Device, ModuleT, Tensor, Var};
+use candle_core::{DType, Device, ModuleT, Tensor};
 use candle_nn::VarMap;
 use digitlab_losses::{LossKind, Reduction};
-use digitlab_models::{is_buffer, Head, OutputKind, SeededVarMap};
+use digitlab_models::{Head, OutputKind, SeededVarMap};
 use digitlab_train::eval::{compute_loss, predict};
 use digitlab_train::trainer::EpochMetrics;
 use digitlab_train::{
@@ -190,15 +190,7 @@ pub fn train_head(
     let varmap = VarMap::new();
     let vb = SeededVarMap::var_builder(&varmap, cfg.seed, DType::F32, &device);
     let head = Head::new(train.dim(), num_classes, cfg.dropout, vb.pp(prefix))?;
-    let mut params: Vec<(String, Var)> = varmap
-        .data()
-        .lock()
-        .expect("varmap lock poisoned")
-        .iter()
-        .filter(|(n, _)| !is_buffer(n))
-        .map(|(n, v)| (n.clone(), v.clone()))
-        .collect();
-    params.sort_by(|a, b| a.0.cmp(&b.0));
+    let params = digitlab_train::trainable_params(&varmap);
     let trainable: Vec<String> = params.iter().map(|(n, _)| n.clone()).collect();
     let parameters = params.iter().map(|(_, v)| v.elem_count()).sum();
     let mut optimizer = Optimizer::new(cfg.optim.clone(), params);

@@ -549,14 +549,7 @@ fn backward(
     let (o, ohw) = (g.o, g.ohw());
     let grad = grad.contiguous()?;
     let gv = View::new(&grad, OP)?;
-    let masked: Option<Vec<f32>> = match act {
-        Activation::Identity => None,
-        Activation::Relu => {
-            let res = res.contiguous()?;
-            let r = View::new(&res, OP)?;
-            Some(gv.get().iter().zip(r.get()).map(|(&g, &y)| if y > 0.0 { g } else { 0.0 }).collect())
-        }
-    };
+    let masked = cpu::activation_grad(act, gv.get(), res, OP)?;
     let dz: &[f32] = masked.as_deref().unwrap_or(gv.get());
     if dz.len() != bn * o * ohw {
         bail!("{OP}: gradient has {} values, expected {}", dz.len(), bn * o * ohw)

@@ -215,3 +215,17 @@ pub(crate) fn gemm(
     }
     Ok(())
 }
+
+/// The gradient at the input of a fused activation: `grad` itself for the identity,
+/// `grad` where the (forward) output `res` was positive for a ReLU. `None` means
+/// "use `grad` unchanged" (no copy).
+pub(crate) fn activation_grad(act: crate::Activation, grad: &[f32], res: &Tensor, op: &str) -> Result<Option<Vec<f32>>> {
+    match act {
+        crate::Activation::Identity => Ok(None),
+        crate::Activation::Relu => {
+            let res = res.contiguous()?;
+            let r = View::new(&res, op)?;
+            Ok(Some(grad.iter().zip(r.get()).map(|(&g, &y)| if y > 0.0 { g } else { 0.0 }).collect()))
+        }
+    }
+}

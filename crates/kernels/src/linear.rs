@@ -131,14 +131,7 @@ fn backward(
     let grad = grad.contiguous()?;
     let g = View::new(&grad, OP)?;
     // dz = dL/d(x w^T + b): the incoming gradient where the ReLU was active.
-    let masked: Option<Vec<f32>> = match act {
-        Activation::Identity => None,
-        Activation::Relu => {
-            let res = res.contiguous()?;
-            let r = View::new(&res, OP)?;
-            Some(g.get().iter().zip(r.get()).map(|(&g, &y)| if y > 0.0 { g } else { 0.0 }).collect())
-        }
-    };
+    let masked = cpu::activation_grad(act, g.get(), res, OP)?;
     let dz: &[f32] = masked.as_deref().unwrap_or(g.get());
     if dz.len() != bsz * n {
         bail!("{OP}: gradient has {} values for a [{bsz}, {n}] output", dz.len())

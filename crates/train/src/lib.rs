@@ -31,4 +31,4 @@ pub use eval::{evaluate, Evaluation};
 pub use experiment::{run_experiment, ExperimentResult, Summary};
 pub use metrics::ConfusionMatrix;
 pub use optim::{Optimizer, OptimizerConfig};
-pub use trainer::{train, PreparedData, RunOptions, TrainedRun, Verbosity};
+pub use trainer::{train, trainable_params, PreparedData, RunOptions, TrainedRun, Verbosity};

@@ -61,6 +61,21 @@ impl PreparedData {
     }
 }
 
+/// The trainable variables of `varmap` (batch-norm buffers excluded), sorted by
+/// name: the order the optimizer and checkpoints see them in.
+pub fn trainable_params(varmap: &VarMap) -> Vec<(String, Var)> {
+    let mut params: Vec<(String, Var)> = varmap
+        .data()
+        .lock()
+        .expect("varmap lock poisoned")
+        .iter()
+        .filter(|(n, _)| !is_buffer(n))
+        .map(|(n, v)| (n.clone(), v.clone()))
+        .collect();
+    params.sort_by(|a, b| a.0.cmp(&b.0));
+    params
+}
+
 /// How much the trainer prints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Verbosity {
@@ -138,15 +153,7 @@ pub fn train(cfg: &ExperimentConfig, data: &PreparedData, opts: &RunOptions) -> 
     let varmap = VarMap::new();
     let vb = SeededVarMap::var_builder(&varmap, cfg.seed, DType::F32, device);
     let model = build_model(&cfg.model, input_shape, num_classes, vb)?;
-    let mut params: Vec<(String, Var)> = varmap
-        .data()
-        .lock()
-        .expect("varmap lock poisoned")
-        .iter()
-        .filter(|(n, _)| !is_buffer(n))
-        .map(|(n, v)| (n.clone(), v.clone()))
-        .collect();
-    params.sort_by(|a, b| a.0.cmp(&b.0));
+    let params = trainable_params(&varmap);
     // L2 applies to weight matrices / kernels, not biases or norm scales.
     let l2_vars: Vec<Var> =
         params.iter().filter(|(n, v)| n.ends_with("weight") && v.rank() >= 2).map(|(_, v)| v.clone()).collect();
