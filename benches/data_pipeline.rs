@@ -9,8 +9,15 @@ use divan::Bencher;
 
 fn dataset() -> (DatasetKind, digitlab_data::Dataset) {
     let dir = digitlab_data::resolve_data_dir(None);
-    let kind = if catalog::is_available(DatasetKind::Mnist, Split::Train, &dir) { DatasetKind::Mnist } else { DatasetKind::Digits };
-    (kind, catalog::load(kind, Split::Train, &dir).expect("load training split"))
+    let kind = if catalog::is_available(DatasetKind::Mnist, Split::Train, &dir) {
+        DatasetKind::Mnist
+    } else {
+        DatasetKind::Digits
+    };
+    (
+        kind,
+        catalog::load(kind, Split::Train, &dir).expect("load training split"),
+    )
 }
 
 fn main() {
@@ -31,9 +38,15 @@ fn load(b: Bencher) {
 #[divan::bench(sample_count = 5)]
 fn epoch_batches_100_converted(b: Bencher) {
     let (_, d) = dataset();
-    let p = Pipeline { normalize: Normalization::Symmetric, ..Default::default() };
+    let p = Pipeline {
+        normalize: Normalization::Symmetric,
+        ..Default::default()
+    };
     b.counter(ItemsCount::new(d.len())).bench(|| {
-        let batcher = Batcher::new(&d, &p, 100, &Device::Cpu).unwrap().training(0).with_cache_limit(0);
+        let batcher = Batcher::new(&d, &p, 100, &Device::Cpu)
+            .unwrap()
+            .training(0)
+            .with_cache_limit(0);
         batcher.epoch(1).map(|x| x.unwrap().indices.len()).sum::<usize>()
     });
 }
@@ -43,7 +56,10 @@ fn epoch_batches_100_converted(b: Bencher) {
 #[divan::bench(sample_count = 5)]
 fn load_normalise_epoch_100(b: Bencher) {
     let n = dataset().1.len();
-    let p = Pipeline { normalize: Normalization::Symmetric, ..Default::default() };
+    let p = Pipeline {
+        normalize: Normalization::Symmetric,
+        ..Default::default()
+    };
     b.counter(ItemsCount::new(n)).bench(|| {
         let (_, d) = dataset();
         let batcher = Batcher::new(&d, &p, 100, &Device::Cpu).unwrap().training(0);

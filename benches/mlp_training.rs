@@ -18,8 +18,23 @@ fn main() {
 fn mlp() -> (Model, VarMap) {
     let map = VarMap::new();
     let vb = SeededVarMap::var_builder(&map, 0, DType::F32, &Device::Cpu);
-    let cfg = ModelConfig::Mlp(MlpConfig { hidden: vec![256, 256, 128, 128], activation: Default::default(), dropout: 0.0, batch_norm: false });
-    let m = build_model(&cfg, InputShape { channels: 1, height: 28, width: 28 }, 10, vb).unwrap();
+    let cfg = ModelConfig::Mlp(MlpConfig {
+        hidden: vec![256, 256, 128, 128],
+        activation: Default::default(),
+        dropout: 0.0,
+        batch_norm: false,
+    });
+    let m = build_model(
+        &cfg,
+        InputShape {
+            channels: 1,
+            height: 28,
+            width: 28,
+        },
+        10,
+        vb,
+    )
+    .unwrap();
     (m, map)
 }
 
@@ -31,7 +46,13 @@ fn batch(n: usize) -> (Tensor, Tensor) {
 
 fn step_bench(b: Bencher, n: usize, optim: OptimizerConfig) {
     let (model, map) = mlp();
-    let params = map.data().lock().unwrap().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let params = map
+        .data()
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     let mut opt = Optimizer::new(optim, params);
     let (x, y) = batch(n);
     b.counter(ItemsCount::new(n)).bench_local(|| {
@@ -43,17 +64,37 @@ fn step_bench(b: Bencher, n: usize, optim: OptimizerConfig) {
 
 #[divan::bench(args = [1, 32, 100, 256])]
 fn train_step_sgd(b: Bencher, n: usize) {
-    step_bench(b, n, OptimizerConfig::Sgd { lr: 0.01, momentum: 0.0, nesterov: false, weight_decay: 0.0 });
+    step_bench(
+        b,
+        n,
+        OptimizerConfig::Sgd {
+            lr: 0.01,
+            momentum: 0.0,
+            nesterov: false,
+            weight_decay: 0.0,
+        },
+    );
 }
 
 #[divan::bench(args = [1, 32, 100, 256])]
 fn train_step_adam(b: Bencher, n: usize) {
-    step_bench(b, n, OptimizerConfig::Adam { lr: 0.001, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 });
+    step_bench(
+        b,
+        n,
+        OptimizerConfig::Adam {
+            lr: 0.001,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        },
+    );
 }
 
 #[divan::bench]
 fn eval_batch_1000(b: Bencher) {
     let (model, _map) = mlp();
     let (x, _) = batch(1000);
-    b.counter(ItemsCount::new(1000usize)).bench_local(|| model.forward_t(&x, false).unwrap().argmax(1).unwrap());
+    b.counter(ItemsCount::new(1000usize))
+        .bench_local(|| model.forward_t(&x, false).unwrap().argmax(1).unwrap());
 }

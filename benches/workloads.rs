@@ -43,12 +43,20 @@ pub struct Workload {
 }
 
 const fn w(name: &'static str, about: &'static str, samples_per_step: usize) -> Workload {
-    Workload { name, about, samples_per_step }
+    Workload {
+        name,
+        about,
+        samples_per_step,
+    }
 }
 
 /// Every workload, in table order.
 pub const WORKLOADS: &[Workload] = &[
-    w("mlp_sgd_b1", "MLP 784-256-256-128-128-10 train step, SGD lr 0.01, batch 1", 1),
+    w(
+        "mlp_sgd_b1",
+        "MLP 784-256-256-128-128-10 train step, SGD lr 0.01, batch 1",
+        1,
+    ),
     w("mlp_sgd_b32", "MLP train step, SGD, batch 32", 32),
     w("mlp_sgd_b100", "MLP train step, SGD, batch 100", 100),
     w("mlp_sgd_b256", "MLP train step, SGD, batch 256", 256),
@@ -57,20 +65,60 @@ pub const WORKLOADS: &[Workload] = &[
     w("mlp_adam_b100", "MLP train step, Adam, batch 100", 100),
     w("mlp_adam_b256", "MLP train step, Adam, batch 256", 256),
     w("mlp_eval_b1000", "MLP forward (eval) + argmax, batch 1000", 1000),
-    w("wide_mlp_sgd_b32", "MLP 784-3136-1568-10 train step, SGD lr 0.1, batch 32", 32),
-    w("logreg_adam_full12000", "logistic regression full-batch step on 12000x784: BCE-with-logits + L2, Adam lr 0.01", 12_000),
-    w("lenet5_adam_b64", "LeNet-5 train step on 3x32x32, Adam lr 1e-3, batch 64", 64),
-    w("resnet18_feat32_b64", "ResNet-18 features (eval, no grad), 3x32x32, batch 64", 64),
-    w("resnet18_feat224_b32", "ResNet-18 features (eval, no grad), 3x224x224, batch 32", 32),
-    w("vgg16_feat32_b64", "VGG-16 features (4096-d, eval, no grad), 3x32x32, batch 64", 64),
-    w("vgg16_feat224_b8", "VGG-16 features (4096-d, eval, no grad), 3x224x224, batch 8", 8),
-    w("head_adam_b64", "linear head 512->10 on cached features (gather + step), Adam lr 1e-3, batch 64", 64),
-    w("data_pipeline_b100", "normalise 60000 u8 28x28 images + one shuffled epoch of batches of 100", 60_000),
+    w(
+        "wide_mlp_sgd_b32",
+        "MLP 784-3136-1568-10 train step, SGD lr 0.1, batch 32",
+        32,
+    ),
+    w(
+        "logreg_adam_full12000",
+        "logistic regression full-batch step on 12000x784: BCE-with-logits + L2, Adam lr 0.01",
+        12_000,
+    ),
+    w(
+        "lenet5_adam_b64",
+        "LeNet-5 train step on 3x32x32, Adam lr 1e-3, batch 64",
+        64,
+    ),
+    w(
+        "resnet18_feat32_b64",
+        "ResNet-18 features (eval, no grad), 3x32x32, batch 64",
+        64,
+    ),
+    w(
+        "resnet18_feat224_b32",
+        "ResNet-18 features (eval, no grad), 3x224x224, batch 32",
+        32,
+    ),
+    w(
+        "vgg16_feat32_b64",
+        "VGG-16 features (4096-d, eval, no grad), 3x32x32, batch 64",
+        64,
+    ),
+    w(
+        "vgg16_feat224_b8",
+        "VGG-16 features (4096-d, eval, no grad), 3x224x224, batch 8",
+        8,
+    ),
+    w(
+        "head_adam_b64",
+        "linear head 512->10 on cached features (gather + step), Adam lr 1e-3, batch 64",
+        64,
+    ),
+    w(
+        "data_pipeline_b100",
+        "normalise 60000 u8 28x28 images + one shuffled epoch of batches of 100",
+        60_000,
+    ),
 ];
 
 /// Looks a workload up by name.
 pub fn workload(name: &str) -> Result<Workload> {
-    WORKLOADS.iter().copied().find(|w| w.name == name).ok_or_else(|| BenchError::UnknownWorkload(name.to_string()))
+    WORKLOADS
+        .iter()
+        .copied()
+        .find(|w| w.name == name)
+        .ok_or_else(|| BenchError::UnknownWorkload(name.to_string()))
 }
 
 /// A prepared workload: `step()` runs one step.
@@ -109,7 +157,11 @@ pub fn measure(p: &mut Prepared, warmup: usize, min_seconds: f64, min_steps: usi
     }
     let seconds = t0.elapsed().as_secs_f64();
     let samples = (steps * p.workload.samples_per_step) as f64;
-    Ok(Measurement { steps, seconds, samples_per_second: samples / seconds.max(1e-12) })
+    Ok(Measurement {
+        steps,
+        seconds,
+        samples_per_second: samples / seconds.max(1e-12),
+    })
 }
 
 /// Deterministic pseudo-random values in [-1, 1): the splitmix64 finaliser of
@@ -130,24 +182,48 @@ pub fn synthetic(n: usize, seed: u64) -> Vec<f32> {
 }
 
 fn images(b: usize, c: usize, h: usize, w: usize) -> Result<Tensor> {
-    Ok(Tensor::from_vec(synthetic(b * c * h * w, 1), (b, c, h, w), &Device::Cpu)?)
+    Ok(Tensor::from_vec(
+        synthetic(b * c * h * w, 1),
+        (b, c, h, w),
+        &Device::Cpu,
+    )?)
 }
 
 /// Labels `i % classes`.
 fn labels(b: usize, classes: u32) -> Result<Tensor> {
-    Ok(Tensor::from_vec((0..b as u32).map(|i| i % classes).collect::<Vec<u32>>(), b, &Device::Cpu)?)
+    Ok(Tensor::from_vec(
+        (0..b as u32).map(|i| i % classes).collect::<Vec<u32>>(),
+        b,
+        &Device::Cpu,
+    )?)
 }
 
 fn sgd(lr: f64) -> OptimizerConfig {
-    OptimizerConfig::Sgd { lr, momentum: 0.0, nesterov: false, weight_decay: 0.0 }
+    OptimizerConfig::Sgd {
+        lr,
+        momentum: 0.0,
+        nesterov: false,
+        weight_decay: 0.0,
+    }
 }
 
 fn adam(lr: f64) -> OptimizerConfig {
-    OptimizerConfig::Adam { lr, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 }
+    OptimizerConfig::Adam {
+        lr,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: 0.0,
+    }
 }
 
 fn mlp_config(hidden: &[usize]) -> ModelConfig {
-    ModelConfig::Mlp(MlpConfig { hidden: hidden.to_vec(), activation: Default::default(), dropout: 0.0, batch_norm: false })
+    ModelConfig::Mlp(MlpConfig {
+        hidden: hidden.to_vec(),
+        activation: Default::default(),
+        dropout: 0.0,
+        batch_norm: false,
+    })
 }
 
 /// A seeded model and its variables.
@@ -171,17 +247,23 @@ struct SyntheticWeights;
 impl SimpleBackend for SyntheticWeights {
     fn get(&self, s: Shape, name: &str, init: Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
         let n = s.elem_count();
-        let seed = name.bytes().fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+        let seed = name
+            .bytes()
+            .fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
         // (mean, half-width) of a uniform with the initialiser's mean and std.
         let (mean, half) = match init {
             Init::Const(c) => (c, 0.0),
             Init::Uniform { lo, up } => ((lo + up) / 2.0, (up - lo) / 2.0),
             Init::Randn { mean, stdev } => (mean, stdev * 3f64.sqrt()),
-            Init::Kaiming { fan, non_linearity, .. } => {
-                (0.0, 3f64.sqrt() * non_linearity.gain() / (fan.for_shape(&s).max(1) as f64).sqrt())
-            }
+            Init::Kaiming { fan, non_linearity, .. } => (
+                0.0,
+                3f64.sqrt() * non_linearity.gain() / (fan.for_shape(&s).max(1) as f64).sqrt(),
+            ),
         };
-        let v: Vec<f32> = synthetic(n, seed).into_iter().map(|u| (mean + half * f64::from(u)) as f32).collect();
+        let v: Vec<f32> = synthetic(n, seed)
+            .into_iter()
+            .map(|u| (mean + half * f64::from(u)) as f32)
+            .collect();
         Tensor::from_vec(v, s, dev)?.to_dtype(dtype)
     }
     fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> candle_core::Result<Tensor> {
@@ -199,7 +281,12 @@ fn frozen_model(cfg: &ModelConfig, input: InputShape, classes: usize) -> Result<
 
 /// Classifier training: forward, softmax cross-entropy (mean), loss read back to the
 /// host (as the trainer does every step), backward, optimizer step.
-fn classifier_step(cfg: ModelConfig, input: InputShape, batch: usize, optim: OptimizerConfig) -> Result<Box<dyn FnMut() -> Result<()>>> {
+fn classifier_step(
+    cfg: ModelConfig,
+    input: InputShape,
+    batch: usize,
+    optim: OptimizerConfig,
+) -> Result<Box<dyn FnMut() -> Result<()>>> {
     let (m, map) = model(&cfg, input, 10)?;
     let mut opt = Optimizer::new(optim, params(&map));
     let x = images(batch, input.channels, input.height, input.width)?;
@@ -213,17 +300,27 @@ fn classifier_step(cfg: ModelConfig, input: InputShape, batch: usize, optim: Opt
     }))
 }
 
-const MNIST: InputShape = InputShape { channels: 1, height: 28, width: 28 };
+const MNIST: InputShape = InputShape {
+    channels: 1,
+    height: 28,
+    width: 28,
+};
 
 fn rgb(side: usize) -> InputShape {
-    InputShape { channels: 3, height: side, width: side }
+    InputShape {
+        channels: 3,
+        height: side,
+        width: side,
+    }
 }
 
 fn features_step(cfg: ModelConfig, side: usize, batch: usize) -> Result<Box<dyn FnMut() -> Result<()>>> {
     let m = frozen_model(&cfg, rgb(side), 10)?;
     let x = images(batch, 3, side, side)?;
     Ok(Box::new(move || {
-        let f = m.features(&x, false)?.ok_or_else(|| BenchError::Invalid("model has no backbone".into()))?;
+        let f = m
+            .features(&x, false)?
+            .ok_or_else(|| BenchError::Invalid("model has no backbone".into()))?;
         // Touch the result so nothing can be skipped.
         let _ = f.i((0, 0))?.to_scalar::<f32>()?;
         Ok(())
@@ -275,10 +372,38 @@ pub fn prepare(name: &str) -> Result<Prepared> {
                 Ok(())
             })
         }
-        "resnet18_feat32_b64" => features_step(ModelConfig::Resnet(ResNetConfig { depth: 18, cifar_stem: false }), 32, 64)?,
-        "resnet18_feat224_b32" => features_step(ModelConfig::Resnet(ResNetConfig { depth: 18, cifar_stem: false }), 224, 32)?,
-        "vgg16_feat32_b64" => features_step(ModelConfig::Vgg(VggConfig { depth: 16, batch_norm: false }), 32, 64)?,
-        "vgg16_feat224_b8" => features_step(ModelConfig::Vgg(VggConfig { depth: 16, batch_norm: false }), 224, 8)?,
+        "resnet18_feat32_b64" => features_step(
+            ModelConfig::Resnet(ResNetConfig {
+                depth: 18,
+                cifar_stem: false,
+            }),
+            32,
+            64,
+        )?,
+        "resnet18_feat224_b32" => features_step(
+            ModelConfig::Resnet(ResNetConfig {
+                depth: 18,
+                cifar_stem: false,
+            }),
+            224,
+            32,
+        )?,
+        "vgg16_feat32_b64" => features_step(
+            ModelConfig::Vgg(VggConfig {
+                depth: 16,
+                batch_norm: false,
+            }),
+            32,
+            64,
+        )?,
+        "vgg16_feat224_b8" => features_step(
+            ModelConfig::Vgg(VggConfig {
+                depth: 16,
+                batch_norm: false,
+            }),
+            224,
+            8,
+        )?,
         "head_adam_b64" => {
             let (rows, dim, batch) = (10_000usize, 512usize, 64usize);
             let feats = Tensor::from_vec(synthetic(rows * dim, 2), (rows, dim), &Device::Cpu)?;
@@ -307,12 +432,22 @@ pub fn prepare(name: &str) -> Result<Prepared> {
         }
         "data_pipeline_b100" => {
             let n = 60_000usize;
-            let shape = ImageShape { channels: 1, height: 28, width: 28 };
-            let pixels: Vec<u8> = synthetic(n * 784, 3).into_iter().map(|v| ((v + 1.0) * 127.5) as u8).collect();
+            let shape = ImageShape {
+                channels: 1,
+                height: 28,
+                width: 28,
+            };
+            let pixels: Vec<u8> = synthetic(n * 784, 3)
+                .into_iter()
+                .map(|v| ((v + 1.0) * 127.5) as u8)
+                .collect();
             let labels: Vec<u8> = (0..n).map(|i| (i % 10) as u8).collect();
             let names = (0..10).map(|i| i.to_string()).collect();
             let data = Dataset::new("synthetic", shape, pixels, labels, names)?;
-            let pipeline = Pipeline { normalize: Normalization::Symmetric, ..Default::default() };
+            let pipeline = Pipeline {
+                normalize: Normalization::Symmetric,
+                ..Default::default()
+            };
             let mut epoch = 0u64;
             Box::new(move || {
                 // A fresh batcher converts (normalises) the whole set once, then
@@ -349,11 +484,20 @@ mod tests {
 
     #[test]
     fn small_workloads_run_and_measure() {
-        for name in ["mlp_sgd_b1", "mlp_adam_b32", "mlp_eval_b1000", "head_adam_b64", "lenet5_adam_b64"] {
+        for name in [
+            "mlp_sgd_b1",
+            "mlp_adam_b32",
+            "mlp_eval_b1000",
+            "head_adam_b64",
+            "lenet5_adam_b64",
+        ] {
             let mut p = prepare(name).unwrap();
             let m = measure(&mut p, 1, 0.0, 2).unwrap();
             assert_eq!(m.steps, 2, "{name}");
-            assert!(m.samples_per_second > 0.0 && m.samples_per_second.is_finite(), "{name}: {m:?}");
+            assert!(
+                m.samples_per_second > 0.0 && m.samples_per_second.is_finite(),
+                "{name}: {m:?}"
+            );
         }
     }
 

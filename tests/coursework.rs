@@ -7,7 +7,9 @@ use digitlab_train::{ExperimentConfig, PreparedData, RunOptions};
 use std::path::{Path, PathBuf};
 
 fn config_path(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs").join(format!("{name}.toml"))
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../configs")
+        .join(format!("{name}.toml"))
 }
 
 /// A small, fast version of a coursework config on the embedded 8x8 digits.
@@ -20,9 +22,18 @@ fn smoke(name: &str, extra: &[&str]) -> ExperimentConfig {
 fn run(cfg: &ExperimentConfig) -> digitlab_train::Summary {
     let out = tempfile::tempdir().unwrap();
     let data = PreparedData::load(cfg, Path::new("/nonexistent")).unwrap();
-    let opts = RunOptions { out_dir: Some(out.path().to_path_buf()), ..Default::default() };
+    let opts = RunOptions {
+        out_dir: Some(out.path().to_path_buf()),
+        ..Default::default()
+    };
     let r = run_experiment(cfg, &data, &opts).unwrap();
-    for f in ["summary.json", "metrics.csv", "loss.png", "accuracy.png", "confusion.png"] {
+    for f in [
+        "summary.json",
+        "metrics.csv",
+        "loss.png",
+        "accuracy.png",
+        "confusion.png",
+    ] {
         assert!(out.path().join(f).is_file(), "{}: missing {f}", cfg.name);
     }
     r.summary
@@ -60,7 +71,10 @@ fn smoke_sweeps_write_trial_tables() {
     ] {
         let cfg = smoke(name, &extra);
         let out = tempfile::tempdir().unwrap();
-        let opts = RunOptions { out_dir: Some(out.path().to_path_buf()), ..Default::default() };
+        let opts = RunOptions {
+            out_dir: Some(out.path().to_path_buf()),
+            ..Default::default()
+        };
         let r = run_sweep(&cfg, Path::new("/nonexistent"), &opts).unwrap();
         assert_eq!(r.trials.len(), 3, "{name}");
         let csv = std::fs::read_to_string(out.path().join("trials.csv")).unwrap();
@@ -70,11 +84,17 @@ fn smoke_sweeps_write_trial_tables() {
 }
 
 #[test]
-#[cfg_attr(not(has_digitlab_data), ignore = "needs real MNIST: run `cargo xtask download mnist` and set DIGITLAB_DATA")]
+#[cfg_attr(
+    not(has_digitlab_data),
+    ignore = "needs real MNIST: run `cargo xtask download mnist` and set DIGITLAB_DATA"
+)]
 fn logreg_3v6_meets_its_target_on_real_mnist() {
     let cfg = ExperimentConfig::load(&config_path("logreg_3v6"), &[]).unwrap();
     let out = tempfile::tempdir().unwrap();
-    let opts = RunOptions { out_dir: Some(out.path().to_path_buf()), ..Default::default() };
+    let opts = RunOptions {
+        out_dir: Some(out.path().to_path_buf()),
+        ..Default::default()
+    };
     let r = run_sweep(&cfg, &digitlab_integration_tests::data_dir(), &opts).unwrap();
     let s = &r.final_run.summary;
     assert_eq!(s.test_images, 1968, "all MNIST test 3s and 6s");

@@ -4,7 +4,10 @@ use digitlab_data::{DatasetKind, ImageShape, Split};
 use digitlab_integration_tests::data_dir;
 
 #[test]
-#[cfg_attr(not(has_digitlab_data), ignore = "needs real MNIST: run `cargo xtask download mnist` and set DIGITLAB_DATA")]
+#[cfg_attr(
+    not(has_digitlab_data),
+    ignore = "needs real MNIST: run `cargo xtask download mnist` and set DIGITLAB_DATA"
+)]
 fn mnist_has_the_published_sizes_and_first_labels() {
     let dir = data_dir();
     let train = catalog::load(DatasetKind::Mnist, Split::Train, &dir).unwrap();
@@ -20,7 +23,10 @@ fn mnist_has_the_published_sizes_and_first_labels() {
 }
 
 #[test]
-#[cfg_attr(not(has_digitlab_data), ignore = "needs real MNIST: run `cargo xtask download mnist` and set DIGITLAB_DATA")]
+#[cfg_attr(
+    not(has_digitlab_data),
+    ignore = "needs real MNIST: run `cargo xtask download mnist` and set DIGITLAB_DATA"
+)]
 fn imported_files_verify_against_published_checksums() {
     let states = catalog::file_states(DatasetKind::Mnist, &data_dir(), true);
     assert_eq!(states.len(), 4);

@@ -12,10 +12,50 @@ fn run(m: usize, n: usize, k: usize, par: gemm::Parallelism, transposed: bool) -
         for _ in 0..iters {
             unsafe {
                 if !transposed {
-                    gemm::gemm(m, n, k, c.as_mut_ptr(), 1, n as isize, false, x.as_ptr(), 1, k as isize, w.as_ptr(), k as isize, 1, 0.0, 1.0, false, false, false, par)
+                    gemm::gemm(
+                        m,
+                        n,
+                        k,
+                        c.as_mut_ptr(),
+                        1,
+                        n as isize,
+                        false,
+                        x.as_ptr(),
+                        1,
+                        k as isize,
+                        w.as_ptr(),
+                        k as isize,
+                        1,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        par,
+                    )
                 } else {
                     // y^T [n, m] = w [n, k] @ x^T [k, m]; dst (i=o, j=b) at b*n + o.
-                    gemm::gemm(n, m, k, c.as_mut_ptr(), n as isize, 1, false, w.as_ptr(), 1, k as isize, x.as_ptr(), k as isize, 1, 0.0, 1.0, false, false, false, par)
+                    gemm::gemm(
+                        n,
+                        m,
+                        k,
+                        c.as_mut_ptr(),
+                        n as isize,
+                        1,
+                        false,
+                        w.as_ptr(),
+                        1,
+                        k as isize,
+                        x.as_ptr(),
+                        k as isize,
+                        1,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        par,
+                    )
                 }
             };
         }
@@ -47,17 +87,53 @@ fn run_t(m: usize, n: usize, k: usize) -> f64 {
         let t = Instant::now();
         for _ in 0..iters {
             transpose(&w, n, k, &mut wt);
-            unsafe { gemm::gemm(m, n, k, c.as_mut_ptr(), 1, n as isize, false, x.as_ptr(), 1, k as isize, wt.as_ptr(), 1, n as isize, 0.0, 1.0, false, false, false, gemm::Parallelism::None) };
+            unsafe {
+                gemm::gemm(
+                    m,
+                    n,
+                    k,
+                    c.as_mut_ptr(),
+                    1,
+                    n as isize,
+                    false,
+                    x.as_ptr(),
+                    1,
+                    k as isize,
+                    wt.as_ptr(),
+                    1,
+                    n as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                )
+            };
         }
         best = best.min(t.elapsed().as_secs_f64() / iters as f64);
     }
     best * 1e6
 }
 fn main() {
-    for &(m, n, k) in &[(32usize, 256usize, 784usize), (256, 256, 784), (1000, 256, 784), (32, 3136, 784), (32, 1568, 3136)] {
+    for &(m, n, k) in &[
+        (32usize, 256usize, 784usize),
+        (256, 256, 784),
+        (1000, 256, 784),
+        (32, 3136, 784),
+        (32, 1568, 3136),
+    ] {
         println!("{m}x{n}x{k}: transpose+gemm {:.1}us", run_t(m, n, k));
     }
-    for &(m, n, k) in &[(32usize, 256usize, 784usize), (256, 256, 784), (1000, 256, 784), (32, 3136, 784), (32, 1568, 3136), (256, 784, 32), (32, 784, 256)] {
+    for &(m, n, k) in &[
+        (32usize, 256usize, 784usize),
+        (256, 256, 784),
+        (1000, 256, 784),
+        (32, 3136, 784),
+        (32, 1568, 3136),
+        (256, 784, 32),
+        (32, 784, 256),
+    ] {
         let a = run(m, n, k, gemm::Parallelism::None, false);
         let b = run(m, n, k, gemm::Parallelism::None, true);
         let c = run(m, n, k, gemm::Parallelism::Rayon(2), false);

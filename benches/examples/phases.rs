@@ -9,10 +9,46 @@ fn main() {
     let adam = std::env::args().nth(2).is_some();
     let map = VarMap::new();
     let vb = SeededVarMap::var_builder(&map, 0, DType::F32, &Device::Cpu);
-    let cfg = ModelConfig::Mlp(MlpConfig { hidden: vec![256, 256, 128, 128], activation: Default::default(), dropout: 0.0, batch_norm: false });
-    let m = build_model(&cfg, InputShape { channels: 1, height: 28, width: 28 }, 10, vb).unwrap();
-    let params = map.data().lock().unwrap().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    let oc = if adam { OptimizerConfig::Adam { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 } } else { OptimizerConfig::Sgd { lr: 0.01, momentum: 0.0, nesterov: false, weight_decay: 0.0 } };
+    let cfg = ModelConfig::Mlp(MlpConfig {
+        hidden: vec![256, 256, 128, 128],
+        activation: Default::default(),
+        dropout: 0.0,
+        batch_norm: false,
+    });
+    let m = build_model(
+        &cfg,
+        InputShape {
+            channels: 1,
+            height: 28,
+            width: 28,
+        },
+        10,
+        vb,
+    )
+    .unwrap();
+    let params = map
+        .data()
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let oc = if adam {
+        OptimizerConfig::Adam {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        }
+    } else {
+        OptimizerConfig::Sgd {
+            lr: 0.01,
+            momentum: 0.0,
+            nesterov: false,
+            weight_decay: 0.0,
+        }
+    };
     let mut opt = Optimizer::new(oc, params);
     let x = Tensor::rand(-1f32, 1f32, (b, 1, 28, 28), &Device::Cpu).unwrap();
     let y = Tensor::from_vec((0..b as u32).map(|i| i % 10).collect::<Vec<u32>>(), b, &Device::Cpu).unwrap();
@@ -32,9 +68,20 @@ fn main() {
         drop(g);
         let t5 = Instant::now();
         if i >= 10 {
-            t[0] += (t1 - t0).as_secs_f64(); t[1] += (t2 - t1).as_secs_f64(); t[2] += (t3 - t2).as_secs_f64(); t[3] += (t4 - t3).as_secs_f64(); t[4] += (t5 - t4).as_secs_f64();
+            t[0] += (t1 - t0).as_secs_f64();
+            t[1] += (t2 - t1).as_secs_f64();
+            t[2] += (t3 - t2).as_secs_f64();
+            t[3] += (t4 - t3).as_secs_f64();
+            t[4] += (t5 - t4).as_secs_f64();
         }
     }
     let k = (n - 10) as f64;
-    println!("b{b} per step us: fwd {:.1} loss {:.1} bwd {:.1} opt {:.1} drop {:.1}", t[0] / k * 1e6, t[1] / k * 1e6, t[2] / k * 1e6, t[3] / k * 1e6, t[4] / k * 1e6);
+    println!(
+        "b{b} per step us: fwd {:.1} loss {:.1} bwd {:.1} opt {:.1} drop {:.1}",
+        t[0] / k * 1e6,
+        t[1] / k * 1e6,
+        t[2] / k * 1e6,
+        t[3] / k * 1e6,
+        t[4] / k * 1e6
+    );
 }

@@ -29,7 +29,9 @@ fuzz_target!(|data: &[u8]| {
         let _ = checkpoint::tensors_from_verified_bytes(weights, &s.model_sha256, wp, &dev);
     }
     let sha = hex::encode(sha2::Sha256::digest(weights));
-    let Ok(tensors) = checkpoint::tensors_from_verified_bytes(weights, &sha, wp, &dev) else { return };
+    let Ok(tensors) = checkpoint::tensors_from_verified_bytes(weights, &sha, wp, &dev) else {
+        return;
+    };
     for t in tensors.values() {
         assert!(t.dtype().is_float());
     }
@@ -51,7 +53,12 @@ fn small_mlp() -> (VarMap, Vec<(String, Var)>) {
     let mut params = Vec::new();
     {
         let mut data = map.data().lock().expect("fresh lock");
-        let shapes = [("layers.0.weight", vec![4, 64]), ("layers.0.bias", vec![4]), ("layers.1.weight", vec![10, 4]), ("layers.1.bias", vec![10])];
+        let shapes = [
+            ("layers.0.weight", vec![4, 64]),
+            ("layers.0.bias", vec![4]),
+            ("layers.1.weight", vec![10, 4]),
+            ("layers.1.bias", vec![10]),
+        ];
         for (name, shape) in shapes {
             let v = Var::zeros(shape, DType::F32, &Device::Cpu).expect("small zeros");
             data.insert(name.to_string(), v.clone());

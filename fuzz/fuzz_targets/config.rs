@@ -17,7 +17,9 @@ fuzz_target!(|data: &[u8]| {
         let _ = split_key_path(o);
         let _ = parse_value(o);
     }
-    let Ok(cfg) = ExperimentConfig::from_toml_str(toml_text, &overrides) else { return };
+    let Ok(cfg) = ExperimentConfig::from_toml_str(toml_text, &overrides) else {
+        return;
+    };
     // What validated once must serialise, and read back to the same config.
     let again = ExperimentConfig::from_value(cfg.to_value()).expect("a valid config survives its own round trip");
     if cfg == cfg {

@@ -10,8 +10,12 @@ fuzz_target!(|data: &[u8]| {
     let _cap = AllocCap::for_input(data.len());
     let (images, labels) = split_two(data);
     let (ip, lp) = (Path::new("fuzz-images.idx"), Path::new("fuzz-labels.idx"));
-    let Ok(images) = decode_maybe_gz(images.to_vec(), ip) else { return };
-    let Ok(labels) = decode_maybe_gz(labels.to_vec(), lp) else { return };
+    let Ok(images) = decode_maybe_gz(images.to_vec(), ip) else {
+        return;
+    };
+    let Ok(labels) = decode_maybe_gz(labels.to_vec(), lp) else {
+        return;
+    };
     for bytes in [&images, &labels] {
         if let Ok(a) = parse_idx(bytes, IMAGES_MAGIC, ip) {
             assert_eq!(a.dims.len(), 3);

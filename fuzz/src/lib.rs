@@ -63,7 +63,9 @@ pub struct AllocCap(());
 
 impl AllocCap {
     pub fn for_input(input_len: usize) -> Self {
-        let cap = input_len.saturating_mul(BYTES_PER_INPUT_BYTE).saturating_add(FIXED_ALLOWANCE);
+        let cap = input_len
+            .saturating_mul(BYTES_PER_INPUT_BYTE)
+            .saturating_add(FIXED_ALLOWANCE);
         LIMIT.store(cap, Ordering::Relaxed);
         AllocCap(())
     }

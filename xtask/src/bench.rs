@@ -65,7 +65,9 @@ impl Row {
         }
     }
     fn peak(runs: &[Run]) -> Option<f64> {
-        runs.iter().filter_map(|r| r.peak_rss_mib).fold(None, |a, b| Some(a.map_or(b, |a: f64| a.max(b))))
+        runs.iter()
+            .filter_map(|r| r.peak_rss_mib)
+            .fold(None, |a, b| Some(a.map_or(b, |a: f64| a.max(b))))
     }
 }
 
@@ -75,11 +77,18 @@ pub fn median(mut v: Vec<f64>) -> Option<f64> {
     }
     v.sort_by(|a, b| a.total_cmp(b));
     let n = v.len();
-    Some(if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 })
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    })
 }
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
 }
 
 /// Builds `digitlab-bench` in release mode and returns the path of the executable.
@@ -88,7 +97,15 @@ fn build_bench_binary(root: &Path) -> Result<PathBuf> {
     eprintln!("building digitlab-bench (release)...");
     let out = Command::new(&cargo)
         .current_dir(root)
-        .args(["build", "--release", "-p", "digitlab-benches", "--bin", "digitlab-bench", "--message-format=json-render-diagnostics"])
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "digitlab-benches",
+            "--bin",
+            "digitlab-bench",
+            "--message-format=json-render-diagnostics",
+        ])
         .stderr(std::process::Stdio::inherit())
         .output()
         .with_context(|| format!("running {cargo} build"))?;
@@ -111,9 +128,16 @@ pub fn executable_from_cargo_messages(messages: &str) -> Option<PathBuf> {
 
 /// `(name, samples_per_step, about)` of every workload, from `digitlab-bench --list`.
 fn list_workloads(exe: &Path) -> Result<Vec<(String, usize, String)>> {
-    let out = Command::new(exe).arg("--list").output().with_context(|| format!("running {} --list", exe.display()))?;
+    let out = Command::new(exe)
+        .arg("--list")
+        .output()
+        .with_context(|| format!("running {} --list", exe.display()))?;
     if !out.status.success() {
-        bail!("{} --list failed: {}", exe.display(), String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "{} --list failed: {}",
+            exe.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     parse_list(&String::from_utf8_lossy(&out.stdout))
 }
@@ -124,7 +148,11 @@ pub fn parse_list(text: &str) -> Result<Vec<(String, usize, String)>> {
         .map(|l| {
             let mut f = l.splitn(3, '\t');
             let name = f.next().unwrap_or_default().to_string();
-            let n = f.next().unwrap_or_default().parse().with_context(|| format!("bad workload line `{l}`"))?;
+            let n = f
+                .next()
+                .unwrap_or_default()
+                .parse()
+                .with_context(|| format!("bad workload line `{l}`"))?;
             Ok((name, n, f.next().unwrap_or_default().to_string()))
         })
         .collect()
@@ -134,7 +162,11 @@ pub fn parse_list(text: &str) -> Result<Vec<(String, usize, String)>> {
 pub fn selected(name: &str, filter: Option<&str>) -> bool {
     match filter {
         None => true,
-        Some(f) => f.split(',').map(str::trim).filter(|s| !s.is_empty()).any(|s| name.contains(s)),
+        Some(f) => f
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .any(|s| name.contains(s)),
     }
 }
 
@@ -148,25 +180,42 @@ fn probe_pytorch(python: &str) -> std::result::Result<String, String> {
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     } else {
         let err = String::from_utf8_lossy(&out.stderr);
-        Err(format!("`{python}` cannot import torch and numpy ({})", err.lines().last().unwrap_or("").trim()))
+        Err(format!(
+            "`{python}` cannot import torch and numpy ({})",
+            err.lines().last().unwrap_or("").trim()
+        ))
     }
 }
 
 /// The last JSON object line a bench process printed.
 pub fn parse_run(stdout: &str) -> Option<Run> {
-    let v: Value = stdout.lines().rev().find_map(|l| serde_json::from_str::<Value>(l.trim()).ok().filter(Value::is_object))?;
+    let v: Value = stdout
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str::<Value>(l.trim()).ok().filter(Value::is_object))?;
     let sps = v["samples_per_second"].as_f64().filter(|x| x.is_finite() && *x > 0.0)?;
-    Some(Run { samples_per_second: sps, peak_rss_mib: v["peak_rss_mib"].as_f64(), raw: v })
+    Some(Run {
+        samples_per_second: sps,
+        peak_rss_mib: v["peak_rss_mib"].as_f64(),
+        raw: v,
+    })
 }
 
 fn run_one(mut cmd: Command, threads: usize, label: &str) -> std::result::Result<Run, String> {
     let t = threads.to_string();
-    cmd.env("RAYON_NUM_THREADS", &t).env("OMP_NUM_THREADS", &t).env("MKL_NUM_THREADS", &t).env("DIGITLAB_BENCH_THREADS", &t);
+    cmd.env("RAYON_NUM_THREADS", &t)
+        .env("OMP_NUM_THREADS", &t)
+        .env("MKL_NUM_THREADS", &t)
+        .env("DIGITLAB_BENCH_THREADS", &t);
     let out = cmd.output().map_err(|e| format!("{label}: could not start ({e})"))?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
-        return Err(format!("{label}: exit {} — {}", out.status, err.lines().last().unwrap_or("").trim()));
+        return Err(format!(
+            "{label}: exit {} — {}",
+            out.status,
+            err.lines().last().unwrap_or("").trim()
+        ));
     }
     parse_run(&stdout).ok_or_else(|| format!("{label}: no result line in its output"))
 }
@@ -178,7 +227,10 @@ fn loadavg() -> Option<Vec<f64>> {
 
 fn cpu_model() -> Option<String> {
     let s = std::fs::read_to_string("/proc/cpuinfo").ok()?;
-    s.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|s| s.trim().to_string())
+    s.lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .map(|s| s.trim().to_string())
 }
 
 /// `YYYY-MM-DD` (UTC) of a Unix time.
@@ -223,7 +275,14 @@ fn fmt_opt(x: Option<f64>, digits: usize) -> String {
 pub fn render_table(rows: &[Row], with_pytorch: bool) -> String {
     let mut lines = Vec::new();
     let header: Vec<&str> = if with_pytorch {
-        vec!["workload", "digitlab samples/s", "PyTorch samples/s", "ratio", "digitlab peak RSS MiB", "PyTorch peak RSS MiB"]
+        vec![
+            "workload",
+            "digitlab samples/s",
+            "PyTorch samples/s",
+            "ratio",
+            "digitlab peak RSS MiB",
+            "PyTorch peak RSS MiB",
+        ]
     } else {
         vec!["workload", "digitlab samples/s", "digitlab peak RSS MiB"]
     };
@@ -240,18 +299,34 @@ pub fn render_table(rows: &[Row], with_pytorch: bool) -> String {
         }
         cells.push(c);
     }
-    let widths: Vec<usize> =
-        (0..cells[0].len()).map(|i| cells.iter().map(|c| c[i].chars().count()).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = (0..cells[0].len())
+        .map(|i| cells.iter().map(|c| c[i].chars().count()).max().unwrap_or(0))
+        .collect();
     for (k, c) in cells.iter().enumerate() {
         let line: Vec<String> = c
             .iter()
             .enumerate()
-            .map(|(i, s)| if i == 0 { format!("{s:<w$}", w = widths[i]) } else { format!("{s:>w$}", w = widths[i]) })
+            .map(|(i, s)| {
+                if i == 0 {
+                    format!("{s:<w$}", w = widths[i])
+                } else {
+                    format!("{s:>w$}", w = widths[i])
+                }
+            })
             .collect();
         lines.push(format!("| {} |", line.join(" | ")));
         if k == 0 {
-            let sep: Vec<String> =
-                widths.iter().enumerate().map(|(i, w)| if i == 0 { "-".repeat(*w) } else { format!("{}:", "-".repeat(w - 1)) }).collect();
+            let sep: Vec<String> = widths
+                .iter()
+                .enumerate()
+                .map(|(i, w)| {
+                    if i == 0 {
+                        "-".repeat(*w)
+                    } else {
+                        format!("{}:", "-".repeat(w - 1))
+                    }
+                })
+                .collect();
             lines.push(format!("| {} |", sep.join(" | ")));
         }
     }
@@ -320,12 +395,19 @@ pub fn run(opts: Options) -> Result<()> {
     let root = workspace_root();
     let exe = build_bench_binary(&root)?;
     let all = list_workloads(&exe)?;
-    let chosen: Vec<_> = all.into_iter().filter(|(n, _, _)| selected(n, opts.filter.as_deref())).collect();
+    let chosen: Vec<_> = all
+        .into_iter()
+        .filter(|(n, _, _)| selected(n, opts.filter.as_deref()))
+        .collect();
     if chosen.is_empty() {
         bail!("no workload matches --filter {}", opts.filter.as_deref().unwrap_or(""));
     }
     let script = root.join("benches/reference/bench.py");
-    let python = opts.python.clone().or_else(|| std::env::var("DIGITLAB_PYTHON").ok()).unwrap_or_else(|| "python3".into());
+    let python = opts
+        .python
+        .clone()
+        .or_else(|| std::env::var("DIGITLAB_PYTHON").ok())
+        .unwrap_or_else(|| "python3".into());
     let torch_version = if opts.compare_pytorch {
         match probe_pytorch(&python) {
             Ok(v) => {
@@ -356,7 +438,12 @@ pub fn run(opts: Options) -> Result<()> {
     }
     let mut rows: Vec<Row> = chosen
         .iter()
-        .map(|(n, s, a)| Row { name: n.clone(), about: a.clone(), samples_per_step: *s, ..Default::default() })
+        .map(|(n, s, a)| Row {
+            name: n.clone(),
+            about: a.clone(),
+            samples_per_step: *s,
+            ..Default::default()
+        })
         .collect();
     let secs = opts.seconds.to_string();
     let warmup = opts.warmup.to_string();
@@ -365,7 +452,11 @@ pub fn run(opts: Options) -> Result<()> {
             let digitlab_first = (round + i) % 2 == 0;
             let mut sides = vec![true];
             if with_pytorch {
-                sides = if digitlab_first { vec![true, false] } else { vec![false, true] };
+                sides = if digitlab_first {
+                    vec![true, false]
+                } else {
+                    vec![false, true]
+                };
             }
             for is_digitlab in sides {
                 let (cmd, label) = if is_digitlab {
@@ -374,7 +465,8 @@ pub fn run(opts: Options) -> Result<()> {
                     (c, format!("digitlab {}", row.name))
                 } else {
                     let mut c = Command::new(&python);
-                    c.arg(&script).args([row.name.as_str(), "--seconds", &secs, "--warmup", &warmup]);
+                    c.arg(&script)
+                        .args([row.name.as_str(), "--seconds", &secs, "--warmup", &warmup]);
                     c.args(["--threads", &opts.threads.to_string()]);
                     (c, format!("pytorch {}", row.name))
                 };
@@ -382,7 +474,11 @@ pub fn run(opts: Options) -> Result<()> {
                 match run_one(cmd, opts.threads, &label) {
                     Ok(r) => {
                         eprintln!("{} samples/s", fmt_rate(Some(r.samples_per_second)));
-                        if is_digitlab { row.digitlab.push(r) } else { row.pytorch.push(r) }
+                        if is_digitlab {
+                            row.digitlab.push(r)
+                        } else {
+                            row.pytorch.push(r)
+                        }
                     }
                     Err(e) => {
                         eprintln!("failed");
@@ -407,7 +503,10 @@ pub fn run(opts: Options) -> Result<()> {
     if opts.no_save {
         return Ok(());
     }
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let dir = opts.results_dir.clone().unwrap_or_else(|| root.join("benches/results"));
     let path = dir.join(format!("{}.json", utc_date(now)));
     let existing = match std::fs::read_to_string(&path) {
@@ -445,7 +544,11 @@ mod tests {
     use super::*;
 
     fn run_of(sps: f64, rss: f64) -> Run {
-        Run { samples_per_second: sps, peak_rss_mib: Some(rss), raw: json!({"samples_per_second": sps}) }
+        Run {
+            samples_per_second: sps,
+            peak_rss_mib: Some(rss),
+            raw: json!({"samples_per_second": sps}),
+        }
     }
 
     #[test]
@@ -461,7 +564,11 @@ mod tests {
         };
         assert_eq!(row.ratio(), Some(2.0));
         assert_eq!(Row::peak(&row.digitlab), Some(12.0));
-        let alone = Row { name: "w".into(), digitlab: vec![run_of(5.0, 1.0)], ..Default::default() };
+        let alone = Row {
+            name: "w".into(),
+            digitlab: vec![run_of(5.0, 1.0)],
+            ..Default::default()
+        };
         assert_eq!(alone.ratio(), None);
     }
 
@@ -498,21 +605,39 @@ mod tests {
             "{\"reason\":\"compiler-artifact\",\"target\":{\"name\":\"digitlab-bench\"},\"executable\":\"/t/release/digitlab-bench\"}\n",
             "{\"reason\":\"build-finished\",\"success\":true}\n"
         );
-        assert_eq!(executable_from_cargo_messages(msgs), Some(PathBuf::from("/t/release/digitlab-bench")));
+        assert_eq!(
+            executable_from_cargo_messages(msgs),
+            Some(PathBuf::from("/t/release/digitlab-bench"))
+        );
     }
 
     #[test]
     fn table_has_one_line_per_workload_and_aligned_columns() {
         let rows = vec![
-            Row { name: "mlp_sgd_b1".into(), digitlab: vec![run_of(4321.0, 10.0)], pytorch: vec![run_of(1400.0, 690.0)], ..Default::default() },
-            Row { name: "x".into(), digitlab: vec![run_of(12.34, 5.0)], ..Default::default() },
+            Row {
+                name: "mlp_sgd_b1".into(),
+                digitlab: vec![run_of(4321.0, 10.0)],
+                pytorch: vec![run_of(1400.0, 690.0)],
+                ..Default::default()
+            },
+            Row {
+                name: "x".into(),
+                digitlab: vec![run_of(12.34, 5.0)],
+                ..Default::default()
+            },
         ];
         let t = render_table(&rows, true);
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines.len(), 4);
-        assert!(lines[2].contains("4,321") && lines[2].contains("1,400") && lines[2].contains("3.09"), "{t}");
+        assert!(
+            lines[2].contains("4,321") && lines[2].contains("1,400") && lines[2].contains("3.09"),
+            "{t}"
+        );
         assert!(lines[3].contains("12.3") && lines[3].contains(" - "), "{t}");
-        assert!(lines.iter().all(|l| l.chars().count() == lines[0].chars().count()), "{t}");
+        assert!(
+            lines.iter().all(|l| l.chars().count() == lines[0].chars().count()),
+            "{t}"
+        );
         let only = render_table(&rows, false);
         assert!(!only.contains("PyTorch"));
     }
@@ -521,11 +646,23 @@ mod tests {
     fn results_merge_and_atomic_write() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("r/2026-01-01.json");
-        let a = Row { name: "a".into(), digitlab: vec![run_of(1.0, 1.0)], ..Default::default() };
-        let b = Row { name: "b".into(), digitlab: vec![run_of(2.0, 1.0)], ..Default::default() };
+        let a = Row {
+            name: "a".into(),
+            digitlab: vec![run_of(1.0, 1.0)],
+            ..Default::default()
+        };
+        let b = Row {
+            name: "b".into(),
+            digitlab: vec![run_of(2.0, 1.0)],
+            ..Default::default()
+        };
         let first = merge_results(Value::Null, json!({"n": 1}), &[a.clone(), b], 10);
         write_atomic(&path, &first).unwrap();
-        let a2 = Row { name: "a".into(), digitlab: vec![run_of(5.0, 1.0)], ..Default::default() };
+        let a2 = Row {
+            name: "a".into(),
+            digitlab: vec![run_of(5.0, 1.0)],
+            ..Default::default()
+        };
         let read: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         let second = merge_results(read, json!({"n": 2}), &[a2], 20);
         write_atomic(&path, &second).unwrap();

@@ -57,12 +57,25 @@ fn import(kind: DatasetKind, file: &RemoteFile, from: &Path, target: &Path) -> R
     let src = candidates
         .iter()
         .find_map(|d| catalog::locate(d, file))
-        .ok_or_else(|| anyhow!("{} not found in {} (nor in {})", file.name, from.display(), kind.dir(from).display()))?;
+        .ok_or_else(|| {
+            anyhow!(
+                "{} not found in {} (nor in {})",
+                file.name,
+                from.display(),
+                kind.dir(from).display()
+            )
+        })?;
     catalog::verify_file(&src, file)?;
-    let dest = if src.extension().is_some_and(|e| e == "gz") { target.to_path_buf() } else { target.with_extension("") };
+    let dest = if src.extension().is_some_and(|e| e == "gz") {
+        target.to_path_buf()
+    } else {
+        target.with_extension("")
+    };
     let part = part_path(&dest);
     fs::copy(&src, &part).with_context(|| format!("copying {} to {}", src.display(), part.display()))?;
-    File::open(&part).and_then(|f| f.sync_all()).with_context(|| format!("syncing {}", part.display()))?;
+    File::open(&part)
+        .and_then(|f| f.sync_all())
+        .with_context(|| format!("syncing {}", part.display()))?;
     fs::rename(&part, &dest).with_context(|| format!("renaming {} to {}", part.display(), dest.display()))?;
     println!("{kind}: imported {} -> {} (verified)", src.display(), dest.display());
     Ok(())
@@ -105,7 +118,13 @@ fn download(kind: DatasetKind, file: &RemoteFile, target: &Path, opts: &Options)
 
 /// Downloads `url` into `<target>.part` (resuming a previous partial download when
 /// the server honours a Range request), verifies it, then renames it to `target`.
-pub(crate) fn fetch_url(agent: &ureq::Agent, url: &str, file: &RemoteFile, target: &Path, opts: &Options) -> Result<()> {
+pub(crate) fn fetch_url(
+    agent: &ureq::Agent,
+    url: &str,
+    file: &RemoteFile,
+    target: &Path,
+    opts: &Options,
+) -> Result<()> {
     let part = part_path(target);
     let have = fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
     let mut req = agent.get(url);
@@ -114,11 +133,18 @@ pub(crate) fn fetch_url(agent: &ureq::Agent, url: &str, file: &RemoteFile, targe
     }
     let mut resp = req.call().map_err(|e| anyhow!("request failed: {e}"))?;
     let resumed = have > 0 && resp.status().as_u16() == 206;
-    let length = resp.headers().get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let length = resp
+        .headers()
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
     let total = length.map(|l| if resumed { l + have } else { l }).or(file.size);
     let limit = file.size.map(|s| s * SIZE_SLACK).unwrap_or(MAX_UNKNOWN_SIZE);
     if total.is_some_and(|t| t > limit) {
-        bail!("server announces {} bytes, more than the limit of {limit}", total.unwrap_or(0));
+        bail!(
+            "server announces {} bytes, more than the limit of {limit}",
+            total.unwrap_or(0)
+        );
     }
     let mut out = if resumed {
         OpenOptions::new().append(true).open(&part)
@@ -140,7 +166,8 @@ pub(crate) fn fetch_url(agent: &ureq::Agent, url: &str, file: &RemoteFile, targe
         if written > limit {
             bail!("download exceeds the size limit of {limit} bytes");
         }
-        out.write_all(&buf[..n]).with_context(|| format!("writing {}", part.display()))?;
+        out.write_all(&buf[..n])
+            .with_context(|| format!("writing {}", part.display()))?;
         bar.set_position(written);
     }
     out.sync_all().with_context(|| format!("syncing {}", part.display()))?;
@@ -210,7 +237,10 @@ mod tests {
                 }
                 let status = if from > 0 { "206 Partial Content" } else { "200 OK" };
                 let part = &body[from..];
-                let head = format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", part.len());
+                let head = format!(
+                    "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    part.len()
+                );
                 stream.write_all(head.as_bytes()).unwrap();
                 match cut_after.take() {
                     Some(n) => {
@@ -238,10 +268,16 @@ mod tests {
     }
 
     fn agent() -> ureq::Agent {
-        ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(10))).build().into()
+        ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(10)))
+            .build()
+            .into()
     }
 
-    const QUIET: Options = Options { quiet: true, include_extra: false };
+    const QUIET: Options = Options {
+        quiet: true,
+        include_extra: false,
+    };
 
     #[test]
     fn downloads_verifies_and_renames() {
@@ -273,8 +309,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = leak_file("bad.bin", b"the real payload");
         let target = dir.path().join(file.name);
-        let e = format!("{:#}", fetch_url(&agent(), &format!("{url}x"), file, &target, &QUIET).unwrap_err());
-        assert!(e.contains("checksum mismatch") && e.contains(file.checksum_hex()) && e.contains("deleted"), "{e}");
+        let e = format!(
+            "{:#}",
+            fetch_url(&agent(), &format!("{url}x"), file, &target, &QUIET).unwrap_err()
+        );
+        assert!(
+            e.contains("checksum mismatch") && e.contains(file.checksum_hex()) && e.contains("deleted"),
+            "{e}"
+        );
         // The digest of what actually arrived is shown too.
         let actual = hex::encode(sha2::Sha256::digest(b"corrupted bytes"));
         assert!(e.contains(&actual), "actual digest {actual} missing: {e}");
@@ -289,10 +331,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = leak_file("interrupted.bin", &payload);
         let target = dir.path().join(file.name);
-        let e = format!("{:#}", fetch_url(&agent(), &format!("{url}x"), file, &target, &QUIET).unwrap_err());
+        let e = format!(
+            "{:#}",
+            fetch_url(&agent(), &format!("{url}x"), file, &target, &QUIET).unwrap_err()
+        );
         assert!(!target.exists(), "an interrupted download was renamed into place: {e}");
         let kept = fs::read(part_path(&target)).unwrap();
-        assert!(!kept.is_empty() && kept.len() < payload.len() && payload.starts_with(&kept), "{} bytes kept", kept.len());
+        assert!(
+            !kept.is_empty() && kept.len() < payload.len() && payload.starts_with(&kept),
+            "{} bytes kept",
+            kept.len()
+        );
         fetch_url(&agent(), &format!("{url}x"), file, &target, &QUIET).unwrap();
         assert_eq!(fs::read(&target).unwrap(), payload);
         assert!(!part_path(&target).exists());
@@ -308,7 +357,11 @@ mod tests {
         // A stale partial file whose bytes are not a prefix of the payload.
         fs::write(part_path(&target), vec![0xEEu8; 1234]).unwrap();
         fetch_url(&agent(), &format!("{url}x"), file, &target, &QUIET).unwrap();
-        assert_eq!(fs::read(&target).unwrap(), payload, "the stale prefix was kept instead of restarting");
+        assert_eq!(
+            fs::read(&target).unwrap(),
+            payload,
+            "the stale prefix was kept instead of restarting"
+        );
     }
 
     #[test]
@@ -316,17 +369,36 @@ mod tests {
         let url = serve(vec![7u8; 10_000], 1);
         let dir = tempfile::tempdir().unwrap();
         let file = leak_file("small.bin", &[1, 2, 3]);
-        let e = format!("{:#}", fetch_url(&agent(), &format!("{url}x"), file, &dir.path().join("small.bin"), &QUIET).unwrap_err());
+        let e = format!(
+            "{:#}",
+            fetch_url(
+                &agent(),
+                &format!("{url}x"),
+                file,
+                &dir.path().join("small.bin"),
+                &QUIET
+            )
+            .unwrap_err()
+        );
         assert!(e.contains("limit"), "{e}");
     }
 
     #[test]
     fn unreachable_host_is_reported_per_mirror() {
         // Port 9 on loopback (discard) is closed here: connection refused.
-        let file = RemoteFile { mirrors: &["http://127.0.0.1:9/"], ..*leak_file("gone.bin", b"x") };
+        let file = RemoteFile {
+            mirrors: &["http://127.0.0.1:9/"],
+            ..*leak_file("gone.bin", b"x")
+        };
         let dir = tempfile::tempdir().unwrap();
-        let e = format!("{:#}", download(DatasetKind::Mnist, &file, &dir.path().join("gone.bin"), &QUIET).unwrap_err());
-        assert!(e.contains("http://127.0.0.1:9/gone.bin") && e.contains("--from DIR"), "{e}");
+        let e = format!(
+            "{:#}",
+            download(DatasetKind::Mnist, &file, &dir.path().join("gone.bin"), &QUIET).unwrap_err()
+        );
+        assert!(
+            e.contains("http://127.0.0.1:9/gone.bin") && e.contains("--from DIR"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -343,7 +415,9 @@ mod tests {
 
         let bad = leak_file("other.gz", b"something else");
         fs::write(src.path().join("other"), b"not it").unwrap();
-        let e = import(DatasetKind::Mnist, bad, src.path(), &dst.path().join("other.gz")).unwrap_err().to_string();
+        let e = import(DatasetKind::Mnist, bad, src.path(), &dst.path().join("other.gz"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("checksum mismatch"), "{e}");
         assert!(!dst.path().join("other").exists());
     }

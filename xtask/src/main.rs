@@ -69,16 +69,28 @@ enum Command {
 
 fn main() -> Result<()> {
     match Cli::parse().command {
-        Command::Download { dataset, data_dir, from, extra, quiet } => {
+        Command::Download {
+            dataset,
+            data_dir,
+            from,
+            extra,
+            quiet,
+        } => {
             let kinds: Vec<DatasetKind> = if dataset == "all" {
                 vec![DatasetKind::Mnist, DatasetKind::FashionMnist, DatasetKind::Svhn]
             } else {
                 let k = DatasetKind::from_name(&dataset)?;
-                anyhow::ensure!(k != DatasetKind::Digits, "the `digits` dataset is embedded in digitlab: nothing to download");
+                anyhow::ensure!(
+                    k != DatasetKind::Digits,
+                    "the `digits` dataset is embedded in digitlab: nothing to download"
+                );
                 vec![k]
             };
             let data_dir = digitlab_data::resolve_data_dir(data_dir.as_deref());
-            let opts = download::Options { quiet, include_extra: extra };
+            let opts = download::Options {
+                quiet,
+                include_extra: extra,
+            };
             let mut failures = Vec::new();
             for kind in kinds {
                 if let Err(e) = download::fetch_dataset(kind, &data_dir, from.as_deref(), &opts) {
@@ -89,8 +101,26 @@ fn main() -> Result<()> {
             anyhow::ensure!(failures.is_empty(), "could not get: {}", failures.join(", "));
             Ok(())
         }
-        Command::Bench { filter, compare_pytorch, seconds, warmup, rounds, threads, python, results_dir, no_save } => {
-            bench::run(bench::Options { filter, compare_pytorch, seconds, warmup, rounds, threads, python, results_dir, no_save })
-        }
+        Command::Bench {
+            filter,
+            compare_pytorch,
+            seconds,
+            warmup,
+            rounds,
+            threads,
+            python,
+            results_dir,
+            no_save,
+        } => bench::run(bench::Options {
+            filter,
+            compare_pytorch,
+            seconds,
+            warmup,
+            rounds,
+            threads,
+            python,
+            results_dir,
+            no_save,
+        }),
     }
 }

@@ -25,7 +25,10 @@ fn pct(v: Option<f64>) -> String {
 }
 
 fn print_summary(s: &Summary, out: &Path) {
-    println!("{}: {} on {} ({} parameters, {} epochs, {:.1}s)", s.name, s.model, s.dataset, s.parameters, s.epochs, s.wall_seconds);
+    println!(
+        "{}: {} on {} ({} parameters, {} epochs, {:.1}s)",
+        s.name, s.model, s.dataset, s.parameters, s.epochs, s.wall_seconds
+    );
     println!(
         "  train acc {} | val acc {} | test acc {} | test macro-F1 {}",
         pct(Some(s.train_accuracy)),
@@ -33,7 +36,11 @@ fn print_summary(s: &Summary, out: &Path) {
         pct(s.test_accuracy),
         s.test_macro_f1.map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into())
     );
-    println!("  {:.0} training images/s; outputs in {}", s.train_samples_per_second, out.display());
+    println!(
+        "  {:.0} training images/s; outputs in {}",
+        s.train_samples_per_second,
+        out.display()
+    );
 }
 
 pub fn train(config: &Path, overrides: &[String], out: Option<PathBuf>, resume: bool, common: &Common) -> Result<()> {
@@ -42,7 +49,11 @@ pub fn train(config: &Path, overrides: &[String], out: Option<PathBuf>, resume: 
     let data_dir = resolve_data_dir(common.data_dir.as_deref());
     let data = PreparedData::load(&cfg, &data_dir)?;
     if data.test.is_none() {
-        eprintln!("note: no test split of {} under {}: reporting validation only", cfg.data.dataset, data_dir.display());
+        eprintln!(
+            "note: no test split of {} under {}: reporting validation only",
+            cfg.data.dataset,
+            data_dir.display()
+        );
     }
     let opts = RunOptions {
         out_dir: Some(out.clone()),
@@ -59,7 +70,10 @@ pub fn train(config: &Path, overrides: &[String], out: Option<PathBuf>, resume: 
 pub fn sweep(config: &Path, overrides: &[String], out: Option<PathBuf>, common: &Common) -> Result<()> {
     let cfg = ExperimentConfig::load(config, overrides)?;
     if cfg.search.is_none() {
-        bail!("{}: no [search] section; add one (see configs/logreg_3v6.toml) or use `digitlab train`", config.display());
+        bail!(
+            "{}: no [search] section; add one (see configs/logreg_3v6.toml) or use `digitlab train`",
+            config.display()
+        );
     }
     let out = out.unwrap_or_else(|| PathBuf::from("runs").join(&cfg.name));
     let opts = RunOptions {
@@ -74,14 +88,23 @@ pub fn sweep(config: &Path, overrides: &[String], out: Option<PathBuf>, common: 
     for t in &r.trials {
         let values: Vec<String> = t.assignment.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let mark = if t.index == r.best { "*" } else { " " };
-        println!("{:>4}{mark}  {:<50} {:>10} {:>10.4}", t.index + 1, values.join(" "), pct(Some(t.val_accuracy)), t.val_loss);
+        println!(
+            "{:>4}{mark}  {:<50} {:>10} {:>10.4}",
+            t.index + 1,
+            values.join(" "),
+            pct(Some(t.val_accuracy)),
+            t.val_loss
+        );
     }
     print_summary(&r.final_run.summary, &out.join("final"));
     Ok(())
 }
 
 /// Rebuilds the model a sidecar describes from its verified weights.
-fn load_checkpoint(path: &Path, device: &candle_core::Device) -> Result<(ExperimentConfig, checkpoint::Sidecar, digitlab_models::Model)> {
+fn load_checkpoint(
+    path: &Path,
+    device: &candle_core::Device,
+) -> Result<(ExperimentConfig, checkpoint::Sidecar, digitlab_models::Model)> {
     let sidecar_path = checkpoint::resolve(path)?;
     Ok(checkpoint::load_inference_model(&sidecar_path, device)?)
 }
@@ -91,16 +114,44 @@ pub fn eval(path: &Path, split: &str, common: &Common) -> Result<()> {
     let (cfg, sidecar, model) = load_checkpoint(path, &device)?;
     let data = PreparedData::load(&cfg, &resolve_data_dir(common.data_dir.as_deref()))?;
     let ds = match split {
-        "test" => data.test.context("the test split's files are not present (see `digitlab datasets`)")?,
-        "val" => data.val.context("this config has no validation split (data.val_fraction = 0)")?,
+        "test" => data
+            .test
+            .context("the test split's files are not present (see `digitlab datasets`)")?,
+        "val" => data
+            .val
+            .context("this config has no validation split (data.val_fraction = 0)")?,
         other => bail!("--split must be test or val, got `{other}`"),
     };
-    let e = evaluate(&model, &ds, &cfg.data.pipeline(), cfg.train.eval_batch_size, cfg.train.loss, &device)?;
-    println!("{} (epoch {}) on {} ({} images)", cfg.name, sidecar.epoch, ds.name(), ds.len());
-    println!("  loss {:.4}  accuracy {:.2}%  macro-F1 {:.4}", e.loss, 100.0 * e.accuracy(), e.macro_f1());
-    println!("  {:<12} {:>9} {:>9} {:>9} {:>8}", "class", "precision", "recall", "f1", "support");
+    let e = evaluate(
+        &model,
+        &ds,
+        &cfg.data.pipeline(),
+        cfg.train.eval_batch_size,
+        cfg.train.loss,
+        &device,
+    )?;
+    println!(
+        "{} (epoch {}) on {} ({} images)",
+        cfg.name,
+        sidecar.epoch,
+        ds.name(),
+        ds.len()
+    );
+    println!(
+        "  loss {:.4}  accuracy {:.2}%  macro-F1 {:.4}",
+        e.loss,
+        100.0 * e.accuracy(),
+        e.macro_f1()
+    );
+    println!(
+        "  {:<12} {:>9} {:>9} {:>9} {:>8}",
+        "class", "precision", "recall", "f1", "support"
+    );
     for (k, m) in e.confusion.per_class().iter().enumerate() {
-        println!("  {:<12} {:>9.4} {:>9.4} {:>9.4} {:>8}", sidecar.class_names[k], m.precision, m.recall, m.f1, m.support);
+        println!(
+            "  {:<12} {:>9.4} {:>9.4} {:>9.4} {:>8}",
+            sidecar.class_names[k], m.precision, m.recall, m.f1, m.support
+        );
     }
     Ok(())
 }
@@ -130,13 +181,20 @@ pub fn predict(path: &Path, images: &[PathBuf], invert: &str, common: &Common) -
             resized.to_luma8().into_raw()
         } else {
             let rgb = resized.to_rgb8();
-            (0..3).flat_map(|ch| rgb.pixels().map(move |p| p.0[ch]).collect::<Vec<_>>()).collect()
+            (0..3)
+                .flat_map(|ch| rgb.pixels().map(move |p| p.0[ch]).collect::<Vec<_>>())
+                .collect()
         };
         if do_invert {
             px.iter_mut().for_each(|v| *v = 255 - *v);
         }
         let shape = digitlab_data::ImageShape::new(c, h, w);
-        let p = digitlab_data::Pipeline { resize: None, channels: None, augment: None, ..pipeline.clone() };
+        let p = digitlab_data::Pipeline {
+            resize: None,
+            channels: None,
+            augment: None,
+            ..pipeline.clone()
+        };
         let mut out = vec![0f32; shape.numel()];
         p.apply::<rand_chacha::ChaCha8Rng>(&px, shape, None, &mut out, &mut Vec::new());
         let x = Tensor::from_vec(out, (1, c, h, w), &device)?;
@@ -150,8 +208,17 @@ pub fn predict(path: &Path, images: &[PathBuf], invert: &str, common: &Common) -
         };
         let mut order: Vec<usize> = (0..probs.len()).collect();
         order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
-        let top: Vec<String> = order.iter().take(3).map(|&k| format!("{} {:.3}", sidecar.class_names[k], probs[k])).collect();
-        println!("{}: {}{}", img_path.display(), top.join(", "), if do_invert { " (inverted)" } else { "" });
+        let top: Vec<String> = order
+            .iter()
+            .take(3)
+            .map(|&k| format!("{} {:.3}", sidecar.class_names[k], probs[k]))
+            .collect();
+        println!(
+            "{}: {}{}",
+            img_path.display(),
+            top.join(", "),
+            if do_invert { " (inverted)" } else { "" }
+        );
     }
     Ok(())
 }
@@ -160,12 +227,29 @@ pub fn datasets(verify: bool, common: &Common) -> Result<()> {
     let data_dir = resolve_data_dir(common.data_dir.as_deref());
     println!("data directory: {}", data_dir.display());
     println!("{:<14} {:<7} {}", "dataset", "status", "details");
-    println!("{:<14} {:<7} embedded UCI 8x8 digits, 1,797 images ({})", "digits", "ready", digitlab_data::digits::DIGITS_ATTRIBUTION);
+    println!(
+        "{:<14} {:<7} embedded UCI 8x8 digits, 1,797 images ({})",
+        "digits",
+        "ready",
+        digitlab_data::digits::DIGITS_ATTRIBUTION
+    );
     for kind in DatasetKind::ALL.into_iter().filter(|k| *k != DatasetKind::Digits) {
         let states = catalog::file_states(kind, &data_dir, verify);
-        let missing: Vec<&str> = states.iter().filter(|(_, s)| *s == FileState::Missing).map(|(f, _)| f.name).collect();
-        let invalid: Vec<String> =
-            states.iter().filter_map(|(_, s)| if let FileState::Invalid(_, e) = s { Some(e.clone()) } else { None }).collect();
+        let missing: Vec<&str> = states
+            .iter()
+            .filter(|(_, s)| *s == FileState::Missing)
+            .map(|(f, _)| f.name)
+            .collect();
+        let invalid: Vec<String> = states
+            .iter()
+            .filter_map(|(_, s)| {
+                if let FileState::Invalid(_, e) = s {
+                    Some(e.clone())
+                } else {
+                    None
+                }
+            })
+            .collect();
         let (status, details) = if !invalid.is_empty() {
             ("invalid", invalid.join("; "))
         } else if missing.len() == states.len() {

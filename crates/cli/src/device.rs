@@ -8,7 +8,9 @@ pub fn parse_device(s: &str) -> Result<Device> {
         "cpu" => Ok(Device::Cpu),
         _ if s == "cuda" || s.starts_with("cuda:") => {
             let ordinal = match s.strip_prefix("cuda:") {
-                Some(n) => n.parse::<usize>().with_context(|| format!("bad CUDA ordinal in `{s}`"))?,
+                Some(n) => n
+                    .parse::<usize>()
+                    .with_context(|| format!("bad CUDA ordinal in `{s}`"))?,
                 None => 0,
             };
             if !candle_core::utils::cuda_is_available() {

@@ -148,23 +148,48 @@ enum Command {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Train { config, overrides, out, resume, common } => {
-            commands::train(&config, &overrides, out, resume, &common)
-        }
-        Command::Sweep { config, overrides, out, common } => commands::sweep(&config, &overrides, out, &common),
-        Command::Eval { checkpoint, split, common } => commands::eval(&checkpoint, &split, &common),
-        Command::Predict { checkpoint, images, invert, common } => commands::predict(&checkpoint, &images, &invert, &common),
+        Command::Train {
+            config,
+            overrides,
+            out,
+            resume,
+            common,
+        } => commands::train(&config, &overrides, out, resume, &common),
+        Command::Sweep {
+            config,
+            overrides,
+            out,
+            common,
+        } => commands::sweep(&config, &overrides, out, &common),
+        Command::Eval {
+            checkpoint,
+            split,
+            common,
+        } => commands::eval(&checkpoint, &split, &common),
+        Command::Predict {
+            checkpoint,
+            images,
+            invert,
+            common,
+        } => commands::predict(&checkpoint, &images, &invert, &common),
         Command::Theory { topic, out, common } => {
             let out = out.unwrap_or_else(|| PathBuf::from("runs").join("theory"));
             theory::run(&topic, &out, common.data_dir.as_deref())
         }
         Command::Datasets { verify, common } => commands::datasets(verify, &common),
-        Command::Transfer { config, overrides, out, cache_dir, common } => {
-            transfer::run(&config, &overrides, out, cache_dir, &common)
-        }
+        Command::Transfer {
+            config,
+            overrides,
+            out,
+            cache_dir,
+            common,
+        } => transfer::run(&config, &overrides, out, cache_dir, &common),
         Command::Compare { runs, out, overfit_gap } => compare::run(&runs, &out, overfit_gap),
         Command::Reproduce { suite, out, common } => {
-            let name = std::path::Path::new(&suite).file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or(suite.clone());
+            let name = std::path::Path::new(&suite)
+                .file_stem()
+                .map(|s| s.to_string_lossy().to_string())
+                .unwrap_or(suite.clone());
             let out = out.unwrap_or_else(|| PathBuf::from("runs").join(format!("reproduce-{name}")));
             let device = device::parse_device(&common.device)?;
             let data_dir = digitlab_data::resolve_data_dir(common.data_dir.as_deref());

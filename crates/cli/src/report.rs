@@ -11,9 +11,22 @@ use std::path::{Path, PathBuf};
 /// What happened to one suite entry.
 pub enum Outcome {
     Skipped(String),
-    Ran { cfg: ExperimentConfig, summary: Summary, dir: PathBuf, seconds: f64, reused: bool },
+    Ran {
+        cfg: ExperimentConfig,
+        summary: Summary,
+        dir: PathBuf,
+        seconds: f64,
+        reused: bool,
+    },
     /// The theory lab: how many of its claims held, on which data.
-    Theory { dir: PathBuf, seconds: f64, reused: bool, holds: usize, total: usize, data: String },
+    Theory {
+        dir: PathBuf,
+        seconds: f64,
+        reused: bool,
+        holds: usize,
+        total: usize,
+        data: String,
+    },
     /// Frozen-backbone transfer: one summary per backbone that ran, and the
     /// backbones skipped (label, reason).
     Transfer {
@@ -81,7 +94,11 @@ const PLOTS: [(&str, &str); 5] = [
 fn environment() -> Vec<(String, String)> {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_else(|| std::env::consts::ARCH.to_string());
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     vec![
@@ -89,28 +106,54 @@ fn environment() -> Vec<(String, String)> {
         ("candle".into(), "0.11".into()),
         ("CPU".into(), cpu),
         ("threads".into(), threads.to_string()),
-        ("OS".into(), format!("{} {}", std::env::consts::OS, std::env::consts::ARCH)),
-        ("CUDA built in".into(), candle_core::utils::cuda_is_available().to_string()),
+        (
+            "OS".into(),
+            format!("{} {}", std::env::consts::OS, std::env::consts::ARCH),
+        ),
+        (
+            "CUDA built in".into(),
+            candle_core::utils::cuda_is_available().to_string(),
+        ),
     ]
 }
 
 /// Markdown body shared by both outputs; `img` renders an image reference.
-fn markdown(suite: &str, description: &str, reports: &[ExperimentReport], wall: f64, img: &dyn Fn(&Path, &str) -> Option<String>) -> String {
+fn markdown(
+    suite: &str,
+    description: &str,
+    reports: &[ExperimentReport],
+    wall: f64,
+    img: &dyn Fn(&Path, &str) -> Option<String>,
+) -> String {
     let mut md = String::new();
     let _ = writeln!(md, "# digitlab report: suite `{suite}`\n\n{description}\n");
     let _ = writeln!(md, "## Summary\n");
-    let _ = writeln!(md, "| experiment | dataset | test accuracy | macro-F1 | coursework reported | wall time |");
+    let _ = writeln!(
+        md,
+        "| experiment | dataset | test accuracy | macro-F1 | coursework reported | wall time |"
+    );
     let _ = writeln!(md, "| --- | --- | --- | --- | --- | --- |");
     for r in reports {
         match &r.outcome {
             Outcome::Skipped(why) => {
                 let _ = writeln!(md, "| {} | – | skipped: {why} | – | {} | – |", r.title, pct(r.reported));
             }
-            Outcome::Theory { seconds, reused, holds, total, .. } => {
+            Outcome::Theory {
+                seconds,
+                reused,
+                holds,
+                total,
+                ..
+            } => {
                 let note = if *reused { " (reused)" } else { "" };
-                let _ = writeln!(md, "| [theory lab](#theory) | – | {holds}/{total} claims hold | – | – | {seconds:.1}s{note} |");
+                let _ = writeln!(
+                    md,
+                    "| [theory lab](#theory) | – | {holds}/{total} claims hold | – | – | {seconds:.1}s{note} |"
+                );
             }
-            Outcome::Transfer { rows, skipped, reused, .. } => {
+            Outcome::Transfer {
+                rows, skipped, reused, ..
+            } => {
                 let note = if *reused { " (reused)" } else { "" };
                 for s in rows {
                     let _ = writeln!(
@@ -127,10 +170,20 @@ fn markdown(suite: &str, description: &str, reports: &[ExperimentReport], wall: 
                     );
                 }
                 for (label, why) in skipped {
-                    let _ = writeln!(md, "| {} / {label} | – | skipped: {why} | – | {} | – |", r.title, pct(r.reported_backbones.get(label).copied()));
+                    let _ = writeln!(
+                        md,
+                        "| {} / {label} | – | skipped: {why} | – | {} | – |",
+                        r.title,
+                        pct(r.reported_backbones.get(label).copied())
+                    );
                 }
             }
-            Outcome::Ran { summary: s, seconds, reused, .. } => {
+            Outcome::Ran {
+                summary: s,
+                seconds,
+                reused,
+                ..
+            } => {
                 let note = if *reused { " (reused)" } else { "" };
                 let _ = writeln!(
                     md,
@@ -156,27 +209,61 @@ fn markdown(suite: &str, description: &str, reports: &[ExperimentReport], wall: 
             Outcome::Skipped(why) => {
                 let _ = writeln!(md, "Skipped: {why}.\n");
             }
-            Outcome::Theory { dir, holds, total, data, .. } => {
+            Outcome::Theory {
+                dir,
+                holds,
+                total,
+                data,
+                ..
+            } => {
                 let _ = writeln!(md, "{holds} of {total} claims held. Data: {data}\n");
                 md += &theory_section(dir, img);
             }
-            Outcome::Transfer { cfg, dir, rows, skipped, seconds, reused } => {
+            Outcome::Transfer {
+                cfg,
+                dir,
+                rows,
+                skipped,
+                seconds,
+                reused,
+            } => {
                 md += &transfer_section(cfg, dir, rows, skipped, (*seconds, *reused), &r.reported_backbones, img);
             }
-            Outcome::Ran { cfg, summary: s, dir, seconds, .. } => {
+            Outcome::Ran {
+                cfg,
+                summary: s,
+                dir,
+                seconds,
+                ..
+            } => {
                 let _ = writeln!(md, "| metric | digitlab | coursework |\n| --- | --- | --- |");
                 let _ = writeln!(md, "| test accuracy | {} | {} |", pct(s.test_accuracy), pct(r.reported));
-                let _ = writeln!(md, "| test macro-F1 | {} | |", s.test_macro_f1.map(|v| format!("{v:.4}")).unwrap_or_else(|| "–".into()));
+                let _ = writeln!(
+                    md,
+                    "| test macro-F1 | {} | |",
+                    s.test_macro_f1.map(|v| format!("{v:.4}")).unwrap_or_else(|| "–".into())
+                );
                 let _ = writeln!(md, "| validation accuracy | {} | |", pct(s.val_accuracy));
                 let _ = writeln!(md, "| train accuracy | {} | |", pct(Some(s.train_accuracy)));
                 let _ = writeln!(md, "| epochs | {} | |", s.epochs);
                 let _ = writeln!(md, "| parameters | {} | |", s.parameters);
-                let _ = writeln!(md, "| images train / val / test | {} / {} / {} | |", s.train_images, s.val_images, s.test_images);
-                let _ = writeln!(md, "| training throughput | {:.0} images/s | |", s.train_samples_per_second);
+                let _ = writeln!(
+                    md,
+                    "| images train / val / test | {} / {} / {} | |",
+                    s.train_images, s.val_images, s.test_images
+                );
+                let _ = writeln!(
+                    md,
+                    "| training throughput | {:.0} images/s | |",
+                    s.train_samples_per_second
+                );
                 let _ = writeln!(md, "| wall time | {seconds:.1}s | |\n");
                 if r.mode == Mode::Sweep {
                     if let Ok(csv) = std::fs::read_to_string(dir.join("trials.csv")) {
-                        let _ = writeln!(md, "Search trials (validation scores; the best was retrained and tested once):\n");
+                        let _ = writeln!(
+                            md,
+                            "Search trials (validation scores; the best was retrained and tested once):\n"
+                        );
                         for (i, line) in csv.lines().enumerate() {
                             let cells: Vec<&str> = line.split(',').collect();
                             let _ = writeln!(md, "| {} |", cells.join(" | "));
@@ -194,7 +281,10 @@ fn markdown(suite: &str, description: &str, reports: &[ExperimentReport], wall: 
                     }
                 }
                 let toml = toml::to_string_pretty(cfg).unwrap_or_default();
-                let _ = writeln!(md, "<details><summary>Configuration</summary>\n\n```toml\n{toml}```\n\n</details>\n");
+                let _ = writeln!(
+                    md,
+                    "<details><summary>Configuration</summary>\n\n```toml\n{toml}```\n\n</details>\n"
+                );
             }
         }
     }
@@ -247,9 +337,19 @@ fn transfer_section(
             let weights = match s.pretrained.as_str() {
                 "none" => "random".to_string(),
                 p if p.starts_with("hf:") => format!("`{p}`"),
-                p => format!("`{}`", Path::new(p).file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_else(|| p.to_string())),
+                p => format!(
+                    "`{}`",
+                    Path::new(p)
+                        .file_name()
+                        .map(|f| f.to_string_lossy().into_owned())
+                        .unwrap_or_else(|| p.to_string())
+                ),
             };
-            let coursework = if with_reported { format!(" {} |", pct(reported.get(&s.name).copied())) } else { String::new() };
+            let coursework = if with_reported {
+                format!(" {} |", pct(reported.get(&s.name).copied()))
+            } else {
+                String::new()
+            };
             let _ = writeln!(
                 md,
                 "| {} | {} | {}x{}x{} | {} | {} | {} | {} | {} |{} {:.1}s / {:.1}s |",
@@ -279,7 +379,10 @@ fn transfer_section(
     }
     if reused {
         let then: f64 = rows.iter().map(|s| s.wall_seconds).sum();
-        let _ = writeln!(md, "Reused from an earlier run of the same config (its backbones took {then:.1}s then).\n");
+        let _ = writeln!(
+            md,
+            "Reused from an earlier run of the same config (its backbones took {then:.1}s then).\n"
+        );
     } else {
         let _ = writeln!(md, "Step wall time: {seconds:.1}s.\n");
     }
@@ -287,12 +390,18 @@ fn transfer_section(
         let _ = writeln!(md, "{tag}\n");
     }
     for s in rows {
-        if let Some(tag) = img(&dir.join(&s.name).join("confusion.png"), &format!("Confusion matrix, {}", s.name)) {
+        if let Some(tag) = img(
+            &dir.join(&s.name).join("confusion.png"),
+            &format!("Confusion matrix, {}", s.name),
+        ) {
             let _ = writeln!(md, "{tag}\n");
         }
     }
     let toml = toml::to_string_pretty(cfg).unwrap_or_default();
-    let _ = writeln!(md, "<details><summary>Configuration</summary>\n\n```toml\n{toml}```\n\n</details>\n");
+    let _ = writeln!(
+        md,
+        "<details><summary>Configuration</summary>\n\n```toml\n{toml}```\n\n</details>\n"
+    );
     md
 }
 
@@ -309,10 +418,16 @@ fn theory_section(dir: &Path, img: &dyn Fn(&Path, &str) -> Option<String>) -> St
             continue;
         } else if let Some(h) = line.strip_prefix("## ") {
             let _ = writeln!(md, "<h3 id=\"{}\">{}</h3>", slug(h), escape(h));
-        } else if let Some((alt, file)) = line.strip_prefix("![").and_then(|l| l.strip_suffix(')')).and_then(|l| l.rsplit_once("](")) {
+        } else if let Some((alt, file)) = line
+            .strip_prefix("![")
+            .and_then(|l| l.strip_suffix(')'))
+            .and_then(|l| l.rsplit_once("]("))
+        {
             match img(&dir.join(file), alt) {
                 Some(tag) => md += &tag,
-                None => { let _ = write!(md, "(missing image {file})"); }
+                None => {
+                    let _ = write!(md, "(missing image {file})");
+                }
             }
             md.push('\n');
         } else if let Some(h) = line.strip_prefix("### ") {
@@ -342,7 +457,8 @@ fn slug(heading: &str) -> String {
 /// Writes `report.md` and `report.html`; returns the HTML path.
 pub fn write(out: &Path, suite: &str, description: &str, reports: &[ExperimentReport], wall: f64) -> Result<PathBuf> {
     let rel = |p: &Path, caption: &str| -> Option<String> {
-        p.is_file().then(|| format!("![{caption}]({})", p.strip_prefix(out).unwrap_or(p).display()))
+        p.is_file()
+            .then(|| format!("![{caption}]({})", p.strip_prefix(out).unwrap_or(p).display()))
     };
     let md = markdown(suite, description, reports, wall, &rel);
     digitlab_train::io::write_atomic(&out.join("report.md"), md.as_bytes())?;
@@ -386,12 +502,24 @@ fn markdown_to_html(md: &str) -> String {
 
 /// The final summary table on the terminal.
 pub fn print_table(reports: &[ExperimentReport]) {
-    println!("{:<24} {:<26} {:>10} {:>10} {:>9}", "experiment", "dataset", "test acc", "reported", "seconds");
+    println!(
+        "{:<24} {:<26} {:>10} {:>10} {:>9}",
+        "experiment", "dataset", "test acc", "reported", "seconds"
+    );
     for r in reports {
         match &r.outcome {
             Outcome::Skipped(why) => println!("{:<24} skipped: {why}", r.title),
-            Outcome::Theory { holds, total, seconds, .. } => {
-                println!("{:<24} {:<26} {:>10} {:>10} {:>9.1}", r.title, "theory lab", format!("{holds}/{total} ok"), "", seconds)
+            Outcome::Theory {
+                holds, total, seconds, ..
+            } => {
+                println!(
+                    "{:<24} {:<26} {:>10} {:>10} {:>9.1}",
+                    r.title,
+                    "theory lab",
+                    format!("{holds}/{total} ok"),
+                    "",
+                    seconds
+                )
             }
             Outcome::Transfer { rows, skipped, .. } => {
                 for s in rows {
@@ -408,7 +536,9 @@ pub fn print_table(reports: &[ExperimentReport]) {
                     println!("{:<24} {label} skipped: {why}", r.title)
                 }
             }
-            Outcome::Ran { summary: s, seconds, .. } => println!(
+            Outcome::Ran {
+                summary: s, seconds, ..
+            } => println!(
                 "{:<24} {:<26} {:>10} {:>10} {:>9.1}",
                 r.title,
                 s.dataset,
@@ -426,7 +556,9 @@ mod tests {
 
     #[test]
     fn markdown_renders_tables_code_and_links() {
-        let h = markdown_to_html("# T\n\n| a | b |\n| --- | --- |\n| **x** | `y` |\n\n```toml\nk = 1 < 2\n```\npara [l](#x)\n");
+        let h = markdown_to_html(
+            "# T\n\n| a | b |\n| --- | --- |\n| **x** | `y` |\n\n```toml\nk = 1 < 2\n```\npara [l](#x)\n",
+        );
         assert!(h.contains("<h1>T</h1>"));
         assert!(h.contains("<th>a</th><th>b</th>"), "{h}");
         assert!(h.contains("<td><strong>x</strong></td><td><code>y</code></td>"), "{h}");
@@ -442,14 +574,24 @@ mod theory_tests {
 
     #[test]
     fn slugs_match_github_anchors() {
-        assert_eq!(slug("1. CE vs MSE for logistic regression"), "1-ce-vs-mse-for-logistic-regression");
-        assert_eq!(slug("6. Gradient of L2-regularised logistic regression"), "6-gradient-of-l2-regularised-logistic-regression");
+        assert_eq!(
+            slug("1. CE vs MSE for logistic regression"),
+            "1-ce-vs-mse-for-logistic-regression"
+        );
+        assert_eq!(
+            slug("6. Gradient of L2-regularised logistic regression"),
+            "6-gradient-of-l2-regularised-logistic-regression"
+        );
     }
 
     #[test]
     fn theory_section_nests_headings_and_renders_images() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("theory.md"), "# Title\n\n## 1. A b\n\ntext\n\n![a plot](p.png)\n\n### Sub\n").unwrap();
+        std::fs::write(
+            dir.path().join("theory.md"),
+            "# Title\n\n## 1. A b\n\ntext\n\n![a plot](p.png)\n\n### Sub\n",
+        )
+        .unwrap();
         std::fs::write(dir.path().join("p.png"), b"png").unwrap();
         let img = |p: &Path, alt: &str| p.is_file().then(|| format!("<img alt=\"{alt}\">"));
         let md = theory_section(dir.path(), &img);

@@ -78,20 +78,33 @@ fn suite_path(suite: &str) -> PathBuf {
 }
 
 fn load_suite(path: &Path) -> Result<Suite> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("{}: cannot read the suite (suites live in configs/suites/)", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| {
+        format!(
+            "{}: cannot read the suite (suites live in configs/suites/)",
+            path.display()
+        )
+    })?;
     toml::from_str(&text).with_context(|| format!("{}: invalid suite", path.display()))
 }
 
 /// Resolves an entry to its final config, or the reason it is skipped.
-fn resolve(entry: &SuiteEntry, configs_dir: &Path, data_dir: &Path) -> Result<std::result::Result<ExperimentConfig, String>> {
+fn resolve(
+    entry: &SuiteEntry,
+    configs_dir: &Path,
+    data_dir: &Path,
+) -> Result<std::result::Result<ExperimentConfig, String>> {
     let path = configs_dir.join(&entry.config);
     let cfg = ExperimentConfig::load(&path, &entry.set)?;
     if catalog::is_available(cfg.data.dataset, Split::Train, data_dir) {
         return Ok(Ok(cfg));
     }
     if entry.fallback.is_empty() {
-        return Ok(Err(format!("{} is not in {} (cargo xtask download {})", cfg.data.dataset, data_dir.display(), cfg.data.dataset)));
+        return Ok(Err(format!(
+            "{} is not in {} (cargo xtask download {})",
+            cfg.data.dataset,
+            data_dir.display(),
+            cfg.data.dataset
+        )));
     }
     let mut o = entry.set.clone();
     o.extend(entry.fallback.iter().cloned());
@@ -110,19 +123,33 @@ pub fn run(suite: &str, data_dir: &Path, out: &Path, device: candle_core::Device
     if suite.experiments.is_empty() {
         bail!("{}: the suite lists no [[experiment]]", path.display());
     }
-    let configs_dir = path.parent().and_then(Path::parent).unwrap_or(Path::new("configs")).to_path_buf();
+    let configs_dir = path
+        .parent()
+        .and_then(Path::parent)
+        .unwrap_or(Path::new("configs"))
+        .to_path_buf();
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let started = Instant::now();
-    let bar = if quiet { ProgressBar::hidden() } else { ProgressBar::new(suite.experiments.len() as u64) };
+    let bar = if quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(suite.experiments.len() as u64)
+    };
     bar.set_style(
-        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} experiments, {elapsed} elapsed, eta {eta} | {msg}")
-            .expect("valid template")
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{prefix} [{bar:30}] {pos}/{len} experiments, {elapsed} elapsed, eta {eta} | {msg}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
     );
     bar.set_prefix(format!("reproduce {}", suite.name));
     for (i, e) in suite.experiments.iter().enumerate() {
         if e.mode != Mode::Theory && e.config.is_empty() {
-            bail!("{}: experiment {} needs `config = \"<file>.toml\"`", path.display(), i + 1);
+            bail!(
+                "{}: experiment {} needs `config = \"<file>.toml\"`",
+                path.display(),
+                i + 1
+            );
         }
     }
     let mut reports = Vec::new();
@@ -137,7 +164,8 @@ pub fn run(suite: &str, data_dir: &Path, out: &Path, device: candle_core::Device
         }
         if entry.mode == Mode::Transfer {
             bar.set_message(format!("transfer {}", entry.config));
-            let outcome = crate::reproduce_transfer::run(entry, &configs_dir, data_dir, out, device.clone(), quiet, &bar)?;
+            let outcome =
+                crate::reproduce_transfer::run(entry, &configs_dir, data_dir, out, device.clone(), quiet, &bar)?;
             reports.push(ExperimentReport::new(entry, outcome));
             bar.inc(1);
             continue;
@@ -145,7 +173,11 @@ pub fn run(suite: &str, data_dir: &Path, out: &Path, device: candle_core::Device
         let outcome = match resolve(entry, &configs_dir, data_dir)? {
             Err(reason) => {
                 let line = format!("skip {}: {reason}", entry.config);
-                if quiet { eprintln!("{line}") } else { bar.println(line) }
+                if quiet {
+                    eprintln!("{line}")
+                } else {
+                    bar.println(line)
+                }
                 reports.push(ExperimentReport::skipped(entry, reason));
                 bar.inc(1);
                 continue;
@@ -156,10 +188,15 @@ pub fn run(suite: &str, data_dir: &Path, out: &Path, device: candle_core::Device
                 let hash = config_hash(&cfg, entry.mode);
                 let hash_file = dir.join(".config-hash");
                 let summary_file = dir.join("summary.json");
-                let done = std::fs::read_to_string(&hash_file).is_ok_and(|h| h.trim() == hash) && summary_file.is_file();
+                let done =
+                    std::fs::read_to_string(&hash_file).is_ok_and(|h| h.trim() == hash) && summary_file.is_file();
                 if done {
                     let line = format!("{}: unchanged and complete, reusing {}", cfg.name, dir.display());
-                    if quiet { eprintln!("{line}") } else { bar.println(line) }
+                    if quiet {
+                        eprintln!("{line}")
+                    } else {
+                        bar.println(line)
+                    }
                 } else {
                     if dir.exists() {
                         std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
@@ -188,23 +225,42 @@ pub fn run(suite: &str, data_dir: &Path, out: &Path, device: candle_core::Device
                 }
                 let summary: Summary = serde_json::from_slice(&std::fs::read(&summary_file)?)
                     .with_context(|| format!("{}: unreadable summary", summary_file.display()))?;
-                Outcome::Ran { cfg, summary, dir, seconds: t0.elapsed().as_secs_f64(), reused: done }
+                Outcome::Ran {
+                    cfg,
+                    summary,
+                    dir,
+                    seconds: t0.elapsed().as_secs_f64(),
+                    reused: done,
+                }
             }
         };
         if let Outcome::Ran { summary, .. } = &outcome {
             let line = format!(
                 "{:<22} test acc {:>7}  ({:.1}s)",
                 summary.name,
-                summary.test_accuracy.map(|a| format!("{:.2}%", 100.0 * a)).unwrap_or_else(|| "-".into()),
+                summary
+                    .test_accuracy
+                    .map(|a| format!("{:.2}%", 100.0 * a))
+                    .unwrap_or_else(|| "-".into()),
                 t0.elapsed().as_secs_f64()
             );
-            if quiet { eprintln!("{line}") } else { bar.println(line) }
+            if quiet {
+                eprintln!("{line}")
+            } else {
+                bar.println(line)
+            }
         }
         reports.push(ExperimentReport::new(entry, outcome));
         bar.inc(1);
     }
     bar.finish_and_clear();
-    let index = report::write(out, &suite.name, &suite.description, &reports, started.elapsed().as_secs_f64())?;
+    let index = report::write(
+        out,
+        &suite.name,
+        &suite.description,
+        &reports,
+        started.elapsed().as_secs_f64(),
+    )?;
     report::print_table(&reports);
     Ok(index)
 }
@@ -228,18 +284,27 @@ fn run_theory(entry: &SuiteEntry, data_dir: &Path, out: &Path, quiet: bool, bar:
     let dir = out.join("theory");
     let mnist = catalog::is_available(digitlab_data::DatasetKind::Mnist, Split::Train, data_dir);
     let hash = hex::encode(sha2::Sha256::digest(
-        format!("{topic}\n{}\n{mnist}\n{}", data_dir.display(), env!("CARGO_PKG_VERSION")).as_bytes(),
+        format!(
+            "{topic}\n{}\n{mnist}\n{}",
+            data_dir.display(),
+            env!("CARGO_PKG_VERSION")
+        )
+        .as_bytes(),
     ));
     let record_file = dir.join("theory.json");
-    let previous: Option<TheoryRecord> =
-        std::fs::read(&record_file).ok().and_then(|b| serde_json::from_slice(&b).ok());
+    let previous: Option<TheoryRecord> = std::fs::read(&record_file)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
     let (record, reused) = match previous {
         Some(r) if r.hash == hash && dir.join("theory.md").is_file() => (r, true),
         _ => {
             if quiet {
                 eprintln!("running the theory lab ({topic})");
             }
-            let cfg = TheoryConfig { data: DataChoice::Auto(Some(data_dir.to_path_buf())), ..TheoryConfig::default() };
+            let cfg = TheoryConfig {
+                data: DataChoice::Auto(Some(data_dir.to_path_buf())),
+                ..TheoryConfig::default()
+            };
             let report = theory_report::run_topics(&topics, &cfg, &dir, |_| {})
                 .with_context(|| format!("theory lab into {}", dir.display()))?;
             let record = TheoryRecord {
@@ -252,8 +317,18 @@ fn run_theory(entry: &SuiteEntry, data_dir: &Path, out: &Path, quiet: bool, bar:
             (record, false)
         }
     };
-    let line = format!("{:<22} {}/{} claims hold  ({:.1}s)", "theory", record.holds, record.total, t0.elapsed().as_secs_f64());
-    if quiet { eprintln!("{line}") } else { bar.println(line) }
+    let line = format!(
+        "{:<22} {}/{} claims hold  ({:.1}s)",
+        "theory",
+        record.holds,
+        record.total,
+        t0.elapsed().as_secs_f64()
+    );
+    if quiet {
+        eprintln!("{line}")
+    } else {
+        bar.println(line)
+    }
     Ok(Outcome::Theory {
         dir,
         seconds: t0.elapsed().as_secs_f64(),

@@ -19,7 +19,11 @@ use std::path::Path;
 use std::time::Instant;
 
 /// Where a backbone's weights come from, or why they cannot be had offline.
-fn reachable(spec: &BackboneSpec, var: &dyn Fn(&str) -> Option<String>, hub: &HubConfig) -> std::result::Result<String, String> {
+fn reachable(
+    spec: &BackboneSpec,
+    var: &dyn Fn(&str) -> Option<String>,
+    hub: &HubConfig,
+) -> std::result::Result<String, String> {
     match spec.source(var).map_err(|e| e.to_string())? {
         WeightsSource::None => Ok("random weights".into()),
         WeightsSource::Local(p) if p.is_file() => Ok(p.display().to_string()),
@@ -28,7 +32,10 @@ fn reachable(spec: &BackboneSpec, var: &dyn Fn(&str) -> Option<String>, hub: &Hu
             let revision = revision.unwrap_or_else(|| "main".into());
             let files: Vec<String> = match file {
                 Some(f) => vec![f],
-                None => std::iter::once(DEFAULT_FILE).chain(FALLBACK_FILES.iter().copied()).map(String::from).collect(),
+                None => std::iter::once(DEFAULT_FILE)
+                    .chain(FALLBACK_FILES.iter().copied())
+                    .map(String::from)
+                    .collect(),
             };
             for f in &files {
                 let hf = HubFile::new(repo.clone(), revision.clone(), f.clone()).map_err(|e| e.to_string())?;
@@ -78,7 +85,11 @@ pub fn run(
     }
     let var = |name: &str| std::env::var(name).ok();
     // The suite only uses what is already on disk: never the network.
-    let hub = HubConfig { offline: true, progress: false, ..HubConfig::from_env()? };
+    let hub = HubConfig {
+        offline: true,
+        progress: false,
+        ..HubConfig::from_env()?
+    };
     let mut kept = Vec::new();
     let mut sources = Vec::new();
     let mut skipped = Vec::new();
@@ -110,13 +121,22 @@ pub fn run(
     let reused = std::fs::read_to_string(&hash_file).is_ok_and(|h| h.trim() == hash)
         && labels.iter().all(|l| dir.join(l).join("summary.json").is_file());
     if reused {
-        say(format!("{}: unchanged and complete, reusing {}", cfg.name, dir.display()));
+        say(format!(
+            "{}: unchanged and complete, reusing {}",
+            cfg.name,
+            dir.display()
+        ));
     } else if !cfg.backbones.is_empty() {
         if dir.exists() {
             std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
         }
         if quiet {
-            eprintln!("running {} on {} ({} backbone(s))", cfg.name, cfg.data.dataset, cfg.backbones.len());
+            eprintln!(
+                "running {} on {} ({} backbone(s))",
+                cfg.name,
+                cfg.data.dataset,
+                cfg.backbones.len()
+            );
         }
         let opts = TransferRunOptions {
             out_dir: Some(dir.clone()),
@@ -132,15 +152,25 @@ pub fn run(
     let mut rows = Vec::new();
     for label in &labels {
         let file = dir.join(label).join("summary.json");
-        let s: TransferSummary = serde_json::from_slice(&std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?)
-            .with_context(|| format!("{}: unreadable summary", file.display()))?;
+        let s: TransferSummary =
+            serde_json::from_slice(&std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?)
+                .with_context(|| format!("{}: unreadable summary", file.display()))?;
         say(format!(
             "{:<22} test acc {:>7}  ({:.1}s)",
             format!("{} / {}", cfg.name, label),
-            s.test_accuracy.map(|a| format!("{:.2}%", 100.0 * a)).unwrap_or_else(|| "-".into()),
+            s.test_accuracy
+                .map(|a| format!("{:.2}%", 100.0 * a))
+                .unwrap_or_else(|| "-".into()),
             s.wall_seconds
         ));
         rows.push(s);
     }
-    Ok(Outcome::Transfer { cfg: Box::new(cfg), dir, rows, skipped, seconds: t0.elapsed().as_secs_f64(), reused })
+    Ok(Outcome::Transfer {
+        cfg: Box::new(cfg),
+        dir,
+        rows,
+        skipped,
+        seconds: t0.elapsed().as_secs_f64(),
+        reused,
+    })
 }

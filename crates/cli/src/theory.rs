@@ -18,14 +18,26 @@ use std::path::Path;
 /// hold.
 pub fn run(topic: &str, out: &Path, data_dir: Option<&Path>) -> Result<()> {
     let topics = Topic::parse_list(topic)?;
-    let cfg = TheoryConfig { data: DataChoice::Auto(data_dir.map(Path::to_path_buf)), ..TheoryConfig::default() };
+    let cfg = TheoryConfig {
+        data: DataChoice::Auto(data_dir.map(Path::to_path_buf)),
+        ..TheoryConfig::default()
+    };
     let report = report::run_topics(&topics, &cfg, out, |section| println!("{}", section.to_text(out)))
         .with_context(|| format!("digitlab theory {topic} --out {}", out.display()))?;
     println!("data: {}", report.data_description);
     println!("report: {}", report.markdown.display());
-    let failed: Vec<&str> = report.sections.iter().filter(|s| !s.verdict.holds).map(|s| s.topic.name()).collect();
+    let failed: Vec<&str> = report
+        .sections
+        .iter()
+        .filter(|s| !s.verdict.holds)
+        .map(|s| s.topic.name())
+        .collect();
     if !failed.is_empty() {
-        bail!("the claim of {} did not hold; see {}", failed.join(", "), report.markdown.display());
+        bail!(
+            "the claim of {} did not hold; see {}",
+            failed.join(", "),
+            report.markdown.display()
+        );
     }
     Ok(())
 }

@@ -24,14 +24,26 @@ use std::process::{Child, Command, Output, Stdio};
 const HANG: &str = digitlab_train::io::HANG_WRITING_ENV;
 
 fn config() -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/quickstart.toml").display().to_string()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../configs/quickstart.toml")
+        .display()
+        .to_string()
 }
 
 /// `digitlab train` on the quickstart config for `epochs` epochs into `out`.
 fn train(out: &Path, epochs: usize, resume: bool) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_digitlab"));
     let epochs = format!("train.epochs={epochs}");
-    c.args(["train", "--config", &config(), "--out", out.to_str().unwrap(), "--quiet", "--set", &epochs]);
+    c.args([
+        "train",
+        "--config",
+        &config(),
+        "--out",
+        out.to_str().unwrap(),
+        "--quiet",
+        "--set",
+        &epochs,
+    ]);
     if resume {
         c.arg("--resume");
     }
@@ -40,7 +52,11 @@ fn train(out: &Path, epochs: usize, resume: bool) -> Command {
 }
 
 fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 fn run_ok(mut c: Command) -> String {
@@ -62,7 +78,12 @@ impl Drop for Killable {
 /// Spawns `c` with stderr piped and reads its lines until `stop` returns true,
 /// then SIGKILLs it. Returns the line that stopped it.
 fn kill_when(mut c: Command, mut stop: impl FnMut(&str) -> bool) -> String {
-    let mut child = Killable(c.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn digitlab"));
+    let mut child = Killable(
+        c.stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn digitlab"),
+    );
     let mut seen = Vec::new();
     let stderr = child.0.stderr.take().expect("piped stderr");
     for line in BufReader::new(stderr).lines() {
@@ -70,13 +91,20 @@ fn kill_when(mut c: Command, mut stop: impl FnMut(&str) -> bool) -> String {
         if stop(&line) {
             child.0.kill().expect("SIGKILL");
             let status = child.0.wait().expect("wait");
-            assert_eq!(status.signal(), Some(9), "the child was not killed by SIGKILL: {status:?}");
+            assert_eq!(
+                status.signal(),
+                Some(9),
+                "the child was not killed by SIGKILL: {status:?}"
+            );
             return line;
         }
         seen.push(line);
     }
     let status = child.0.wait().expect("wait");
-    panic!("the child ended ({status:?}) before it could be killed; its output:\n{}", seen.join("\n"));
+    panic!(
+        "the child ended ({status:?}) before it could be killed; its output:\n{}",
+        seen.join("\n")
+    );
 }
 
 /// The epoch number of a `--quiet` progress line (`quickstart epoch   3 lr ...`).
@@ -102,10 +130,16 @@ fn outcome(dir: &Path) -> Outcome {
     let header: Vec<&str> = lines.next().expect("csv header").split(',').collect();
     let metrics_csv = lines
         .map(|l| {
-            header.iter().zip(l.split(',')).filter(|(k, _)| !TIMINGS.contains(k)).map(|(k, v)| (k.to_string(), v.to_string())).collect()
+            header
+                .iter()
+                .zip(l.split(','))
+                .filter(|(k, _)| !TIMINGS.contains(k))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
         })
         .collect();
-    let mut summary: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("summary.json")).unwrap()).unwrap();
+    let mut summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("summary.json")).unwrap()).unwrap();
     for k in TIMINGS {
         summary.as_object_mut().unwrap().remove(k);
     }
@@ -117,7 +151,11 @@ fn outcome(dir: &Path) -> Outcome {
             checkpoints.insert(f, bytes);
         }
     }
-    Outcome { metrics_csv, summary, checkpoints }
+    Outcome {
+        metrics_csv,
+        summary,
+        checkpoints,
+    }
 }
 
 /// Checks that `<dir>/last.json` and every file it names load and verify, and
@@ -125,8 +163,10 @@ fn outcome(dir: &Path) -> Outcome {
 fn last_checkpoint_is_valid(dir: &Path) -> usize {
     let p = dir.join("last.json");
     let s = checkpoint::read_sidecar(&p).unwrap_or_else(|e| panic!("last.json unreadable after a kill: {e}"));
-    checkpoint::load_inference_model(&p, &candle_core::Device::Cpu).unwrap_or_else(|e| panic!("last checkpoint invalid: {e}"));
-    checkpoint::load_optim(&p, &s, &candle_core::Device::Cpu).unwrap_or_else(|e| panic!("optimizer state invalid: {e}"));
+    checkpoint::load_inference_model(&p, &candle_core::Device::Cpu)
+        .unwrap_or_else(|e| panic!("last checkpoint invalid: {e}"));
+    checkpoint::load_optim(&p, &s, &candle_core::Device::Cpu)
+        .unwrap_or_else(|e| panic!("optimizer state invalid: {e}"));
     s.epoch
 }
 
@@ -166,13 +206,24 @@ fn sigkill_at_arbitrary_points_then_resume_matches_an_uninterrupted_run() {
         });
         let saved = last_checkpoint_is_valid(&run);
         eprintln!("killed after `{line}` (+{delay_ms} ms); last.json holds epoch {saved}");
-        assert!((k - 1..EPOCHS).contains(&saved), "last.json epoch {saved} after a kill at epoch {k}");
+        assert!(
+            (k - 1..EPOCHS).contains(&saved),
+            "last.json epoch {saved} after a kill at epoch {k}"
+        );
         resume = true;
     }
     let out = run_ok(train(&run, EPOCHS, true));
     assert!(out.contains("resuming quickstart from epoch"), "{out}");
-    assert_eq!(outcome(&run), expected, "resumed run differs from the uninterrupted one");
-    assert!(temp_files(&run).is_empty(), "temporary files left: {:?}", temp_files(&run));
+    assert_eq!(
+        outcome(&run),
+        expected,
+        "resumed run differs from the uninterrupted one"
+    );
+    assert!(
+        temp_files(&run).is_empty(),
+        "temporary files left: {:?}",
+        temp_files(&run)
+    );
 }
 
 /// The epoch time a `--quiet` progress line reports (`... | 0.3s`), in seconds.
@@ -214,11 +265,15 @@ fn sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run() {
         // Mid-epoch: epoch k's checkpoint is complete and nothing of epoch k+1 is
         // being written (no temporary file, no epoch k+1 weights).
         let next = format!("-e{}.safetensors", k + 1);
-        let writing = temp_files(&run).into_iter().any(|f| f.contains(&next)) || run.join(format!("model{next}")).exists();
+        let writing =
+            temp_files(&run).into_iter().any(|f| f.contains(&next)) || run.join(format!("model{next}")).exists();
         let landed_mid_epoch = saved == k && !writing;
         eprintln!("killed {:.0} ms into epoch {} (after `{line}`): last.json holds epoch {saved}, mid-epoch: {landed_mid_epoch}",
             epoch_seconds(&line).unwrap_or(0.2).max(0.1) / 2.0 * 1000.0, k + 1);
-        assert!((k - 1..=k + 1).contains(&saved), "last.json epoch {saved} after a kill after epoch {k}");
+        assert!(
+            (k - 1..=k + 1).contains(&saved),
+            "last.json epoch {saved} after a kill after epoch {k}"
+        );
         mid_epoch.push(landed_mid_epoch);
     }
     // Timing decides where each kill lands; at least one must have been mid-epoch
@@ -228,8 +283,16 @@ fn sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run() {
     slow(&mut c);
     let out = run_ok(c);
     assert!(out.contains("resuming quickstart from epoch"), "{out}");
-    assert_eq!(outcome(&run), expected, "resumed run differs from the uninterrupted one");
-    assert!(temp_files(&run).is_empty(), "temporary files left: {:?}", temp_files(&run));
+    assert_eq!(
+        outcome(&run),
+        expected,
+        "resumed run differs from the uninterrupted one"
+    );
+    assert!(
+        temp_files(&run).is_empty(),
+        "temporary files left: {:?}",
+        temp_files(&run)
+    );
 }
 
 #[test]
@@ -249,16 +312,42 @@ fn sigkill_mid_checkpoint_write_never_loads_the_partial_file() {
         c.env(HANG, hook);
         let line = kill_when(c, |l| l.contains("stopped halfway through writing"));
         // The half-written temporary file is there, and is not what any sidecar names.
-        let tmp: PathBuf = line.rsplit_once("writing ").map(|(_, p)| PathBuf::from(p)).expect("path in the hook's line");
-        assert!(tmp.file_name().unwrap().to_string_lossy().starts_with(&format!("{file}.tmp")), "{line}");
-        let partial = std::fs::metadata(&tmp).unwrap_or_else(|e| panic!("{}: {e}", tmp.display())).len();
-        assert!(!run.join(file).exists() || file == "last.json", "{file} was renamed into place");
-        assert_eq!(last_checkpoint_is_valid(&run), 2, "killed writing {file}: last.json must still be epoch 2");
+        let tmp: PathBuf = line
+            .rsplit_once("writing ")
+            .map(|(_, p)| PathBuf::from(p))
+            .expect("path in the hook's line");
+        assert!(
+            tmp.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(&format!("{file}.tmp")),
+            "{line}"
+        );
+        let partial = std::fs::metadata(&tmp)
+            .unwrap_or_else(|e| panic!("{}: {e}", tmp.display()))
+            .len();
+        assert!(
+            !run.join(file).exists() || file == "last.json",
+            "{file} was renamed into place"
+        );
+        assert_eq!(
+            last_checkpoint_is_valid(&run),
+            2,
+            "killed writing {file}: last.json must still be epoch 2"
+        );
 
         let out = run_ok(train(&run, EPOCHS, true));
         assert!(out.contains("resuming quickstart from epoch 2"), "{out}");
-        assert_eq!(outcome(&run), expected, "killed writing {file} ({partial} bytes written): resumed run differs");
-        assert!(temp_files(&run).is_empty(), "killed writing {file}: temporary files left: {:?}", temp_files(&run));
+        assert_eq!(
+            outcome(&run),
+            expected,
+            "killed writing {file} ({partial} bytes written): resumed run differs"
+        );
+        assert!(
+            temp_files(&run).is_empty(),
+            "killed writing {file}: temporary files left: {:?}",
+            temp_files(&run)
+        );
     }
 }
 
@@ -274,13 +363,17 @@ fn truncated_checkpoints_are_refused_with_the_file_named() {
     std::fs::write(&weights, &good[..good.len() / 2]).unwrap();
     for mut c in [train(&run, 5, true), {
         let mut e = Command::new(env!("CARGO_BIN_EXE_digitlab"));
-        e.args(["eval", "--checkpoint", run.join("last.json").to_str().unwrap()]).env_remove("DIGITLAB_DATA");
+        e.args(["eval", "--checkpoint", run.join("last.json").to_str().unwrap()])
+            .env_remove("DIGITLAB_DATA");
         e
     }] {
         let o = c.output().unwrap();
         let t = text(&o);
         assert!(!o.status.success(), "a truncated weights file was accepted: {t}");
-        assert!(t.contains(&weights.display().to_string()) && t.contains("corrupt or replaced"), "{t}");
+        assert!(
+            t.contains(&weights.display().to_string()) && t.contains("corrupt or replaced"),
+            "{t}"
+        );
         assert!(!t.contains("panicked"), "{t}");
     }
     std::fs::write(&weights, &good).unwrap();
@@ -291,7 +384,10 @@ fn truncated_checkpoints_are_refused_with_the_file_named() {
     let o = train(&run, 5, true).output().unwrap();
     let t = text(&o);
     assert!(!o.status.success(), "a truncated sidecar was accepted: {t}");
-    assert!(t.contains(&sidecar.display().to_string()) && t.contains("invalid sidecar JSON"), "{t}");
+    assert!(
+        t.contains(&sidecar.display().to_string()) && t.contains("invalid sidecar JSON"),
+        "{t}"
+    );
     assert!(!t.contains("panicked"), "{t}");
 }
 
@@ -303,12 +399,17 @@ fn unprivileged(c: Command, probe_dir: &Path) -> Option<Command> {
         return Some(c); // permissions apply to us
     }
     let _ = std::fs::remove_file(&probe);
-    let setpriv = Command::new("setpriv").arg("--version").output().is_ok_and(|o| o.status.success());
+    let setpriv = Command::new("setpriv")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
     if !setpriv {
         return None;
     }
     let mut s = Command::new("setpriv");
-    s.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"]).arg(c.get_program()).args(c.get_args());
+    s.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(c.get_program())
+        .args(c.get_args());
     s.env_remove("DIGITLAB_DATA").env_remove(HANG);
     Some(s)
 }
@@ -341,9 +442,16 @@ fn read_only_output_folder_names_the_path_and_keeps_the_last_checkpoint() {
     let t = text(&o);
     assert!(!o.status.success(), "training into a read-only folder succeeded: {t}");
     let target = run.join("model-e4.safetensors");
-    assert!(t.contains(&target.display().to_string()) && t.contains("Permission denied"), "{t}");
+    assert!(
+        t.contains(&target.display().to_string()) && t.contains("Permission denied"),
+        "{t}"
+    );
     assert!(!t.contains("panicked"), "{t}");
-    assert_eq!(std::fs::read(run.join("last.json")).unwrap(), last_before, "last.json changed");
+    assert_eq!(
+        std::fs::read(run.join("last.json")).unwrap(),
+        last_before,
+        "last.json changed"
+    );
     assert_eq!(last_checkpoint_is_valid(&run), 3);
 
     // Writable again: the run resumes from epoch 3 and ends like an uninterrupted one.
@@ -360,9 +468,15 @@ fn same_config_and_seed_give_bit_identical_checkpoints_and_metrics() {
     let runs: Vec<(tempfile::TempDir, Outcome)> = (0..2).map(|_| reference(5)).collect();
     let (a, b) = (&runs[0].1, &runs[1].1);
     assert!(!a.checkpoints.is_empty());
-    assert_eq!(a.checkpoints.keys().collect::<Vec<_>>(), b.checkpoints.keys().collect::<Vec<_>>());
+    assert_eq!(
+        a.checkpoints.keys().collect::<Vec<_>>(),
+        b.checkpoints.keys().collect::<Vec<_>>()
+    );
     for (name, bytes) in &a.checkpoints {
-        assert!(bytes == &b.checkpoints[name], "{name} differs between two runs with the same seed");
+        assert!(
+            bytes == &b.checkpoints[name],
+            "{name} differs between two runs with the same seed"
+        );
     }
     assert_eq!(a, b);
     // The comparison can fail: another seed gives other weights.
@@ -371,5 +485,8 @@ fn same_config_and_seed_give_bit_identical_checkpoints_and_metrics() {
     c.args(["--set", "seed=43"]);
     run_ok(c);
     let other = outcome(&dir.path().join("run"));
-    assert_ne!(other.checkpoints.values().collect::<Vec<_>>(), a.checkpoints.values().collect::<Vec<_>>());
+    assert_ne!(
+        other.checkpoints.values().collect::<Vec<_>>(),
+        a.checkpoints.values().collect::<Vec<_>>()
+    );
 }

@@ -47,7 +47,11 @@ question = "Why subtract the max?"
             .arg(dir.join("no-data"))
             .output()
             .expect("run digitlab");
-        let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
         assert!(o.status.success(), "{text}");
         text
     };
@@ -64,9 +68,15 @@ fn find_browser() -> Option<PathBuf> {
     if let Ok(p) = std::env::var("CHROMIUM") {
         return Some(PathBuf::from(p));
     }
-    ["chromium", "chromium-browser", "google-chrome"].iter().find_map(|name| {
-        std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(name)).find(|p| p.is_file())
-    })
+    ["chromium", "chromium-browser", "google-chrome"]
+        .iter()
+        .find_map(|name| {
+            std::env::var_os("PATH")?
+                .to_str()?
+                .split(':')
+                .map(|d| Path::new(d).join(name))
+                .find(|p| p.is_file())
+        })
 }
 
 fn attr(body_tag: &str, name: &str) -> Option<usize> {
@@ -86,9 +96,18 @@ fn report_has_every_section_and_every_image_loads_in_chromium() {
     let md = std::fs::read_to_string(report.with_file_name("report.md")).unwrap();
 
     // Every experiment of the summary table has its own section.
-    let summary = md.split("## Summary").nth(1).unwrap().split("Total wall time").next().unwrap();
-    let anchors: Vec<&str> =
-        summary.lines().filter_map(|l| l.split("](#").nth(1)).filter_map(|l| l.split(')').next()).collect();
+    let summary = md
+        .split("## Summary")
+        .nth(1)
+        .unwrap()
+        .split("Total wall time")
+        .next()
+        .unwrap();
+    let anchors: Vec<&str> = summary
+        .lines()
+        .filter_map(|l| l.split("](#").nth(1))
+        .filter_map(|l| l.split(')').next())
+        .collect();
     assert!(!anchors.is_empty(), "no experiments in the summary:\n{summary}");
     for a in &anchors {
         assert!(html.contains(&format!("id=\"{a}\"")), "report.html has no section {a}");
@@ -107,17 +126,46 @@ fn report_has_every_section_and_every_image_loads_in_chromium() {
         return;
     };
     let url = format!("file://{}", report.canonicalize().unwrap().display());
-    let common = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--virtual-time-budget=10000"];
-    let o = Command::new(&browser).args(common).arg("--dump-dom").arg(&url).output().expect("run chromium");
+    let common = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--hide-scrollbars",
+        "--virtual-time-budget=10000",
+    ];
+    let o = Command::new(&browser)
+        .args(common)
+        .arg("--dump-dom")
+        .arg(&url)
+        .output()
+        .expect("run chromium");
     let dom = String::from_utf8_lossy(&o.stdout);
-    let body = dom.split("<body").nth(1).and_then(|b| b.split('>').next()).unwrap_or("");
+    let body = dom
+        .split("<body")
+        .nth(1)
+        .and_then(|b| b.split('>').next())
+        .unwrap_or("");
     let images = attr(body, "data-images").unwrap_or_else(|| {
-        panic!("the page's load handler did not run (no data-images on <body>): {body}\n{}", String::from_utf8_lossy(&o.stderr))
+        panic!(
+            "the page's load handler did not run (no data-images on <body>): {body}\n{}",
+            String::from_utf8_lossy(&o.stderr)
+        )
     });
-    assert_eq!(images, embedded, "the browser saw {images} images, the file embeds {embedded}");
-    assert_eq!(attr(body, "data-broken-images"), Some(0), "broken images in {}: {body}", report.display());
+    assert_eq!(
+        images, embedded,
+        "the browser saw {images} images, the file embeds {embedded}"
+    );
+    assert_eq!(
+        attr(body, "data-broken-images"),
+        Some(0),
+        "broken images in {}: {body}",
+        report.display()
+    );
     for a in &anchors {
-        assert!(dom.contains(&format!("id=\"{a}\"")), "the rendered page has no section {a}");
+        assert!(
+            dom.contains(&format!("id=\"{a}\"")),
+            "the rendered page has no section {a}"
+        );
     }
 
     if let Ok(artifacts) = std::env::var("DIGITLAB_ARTIFACTS") {

@@ -39,7 +39,9 @@ impl Augment {
         ];
         for (name, v, lo, hi) in checks {
             if !(lo..=hi).contains(&v) {
-                return Err(DataError::Invalid(format!("augment.{name} must be in [{lo}, {hi}], got {v}")));
+                return Err(DataError::Invalid(format!(
+                    "augment.{name} must be in [{lo}, {hi}], got {v}"
+                )));
             }
         }
         Ok(())
@@ -139,7 +141,13 @@ mod tests {
         let mut same = img.clone();
         Augment::default().apply(&mut same, 3, 8, 8, &mut ChaCha8Rng::seed_from_u64(0));
         assert_eq!(same, img);
-        let aug = Augment { crop_padding: 2, max_rotation_deg: 10.0, brightness: 0.2, saturation: 0.3, ..Default::default() };
+        let aug = Augment {
+            crop_padding: 2,
+            max_rotation_deg: 10.0,
+            brightness: 0.2,
+            saturation: 0.3,
+            ..Default::default()
+        };
         let (mut a, mut b) = (img.clone(), img.clone());
         aug.apply(&mut a, 3, 8, 8, &mut ChaCha8Rng::seed_from_u64(5));
         aug.apply(&mut b, 3, 8, 8, &mut ChaCha8Rng::seed_from_u64(5));
@@ -160,7 +168,13 @@ mod tests {
 
     #[test]
     fn validate_rejects_out_of_range() {
-        let e = Augment { max_translate: 0.9, ..Default::default() }.validate().unwrap_err().to_string();
+        let e = Augment {
+            max_translate: 0.9,
+            ..Default::default()
+        }
+        .validate()
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("augment.max_translate"), "{e}");
     }
 }

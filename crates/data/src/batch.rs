@@ -49,7 +49,10 @@ impl<'a> Batcher<'a> {
             return Err(DataError::Invalid("batch size must be at least 1".into()));
         }
         if data.is_empty() {
-            return Err(DataError::Invalid(format!("{}: cannot batch an empty dataset", data.name())));
+            return Err(DataError::Invalid(format!(
+                "{}: cannot batch an empty dataset",
+                data.name()
+            )));
         }
         pipeline.validate(data.shape())?;
         let b = Self {
@@ -125,7 +128,13 @@ impl<'a> Batcher<'a> {
         if self.shuffle {
             order.shuffle(&mut rng);
         }
-        BatchIter { batcher: self, order, pos: 0, rng, scratch: Vec::new() }
+        BatchIter {
+            batcher: self,
+            order,
+            pos: 0,
+            rng,
+            scratch: Vec::new(),
+        }
     }
 
     /// The whole dataset as one `[N, C, H, W]` tensor and `[N]` labels, in order,
@@ -144,11 +153,19 @@ impl<'a> Batcher<'a> {
             return self.convert(idx, rng, scratch);
         };
         if idx.len() == self.data.len() && idx.iter().enumerate().all(|(k, &i)| k == i) {
-            return Ok(Batch { images: x.clone(), labels: y.clone(), indices: idx.to_vec() });
+            return Ok(Batch {
+                images: x.clone(),
+                labels: y.clone(),
+                indices: idx.to_vec(),
+            });
         }
         let ids: Vec<u32> = idx.iter().map(|&i| i as u32).collect();
         let ids = Tensor::from_vec(ids, idx.len(), &self.device)?;
-        Ok(Batch { images: x.index_select(&ids, 0)?, labels: y.index_select(&ids, 0)?, indices: idx.to_vec() })
+        Ok(Batch {
+            images: x.index_select(&ids, 0)?,
+            labels: y.index_select(&ids, 0)?,
+            indices: idx.to_vec(),
+        })
     }
 
     /// Converts images `idx` through the pipeline (u8 -> f32, augment, resize, normalise).
@@ -158,12 +175,21 @@ impl<'a> Batcher<'a> {
         let n = oshape.numel();
         let mut buf = vec![0f32; idx.len() * n];
         for (slot, &i) in buf.chunks_exact_mut(n).zip(idx) {
-            self.pipeline.apply(self.data.image(i), ishape, rng.as_deref_mut(), slot, scratch);
+            self.pipeline
+                .apply(self.data.image(i), ishape, rng.as_deref_mut(), slot, scratch);
         }
-        let images = Tensor::from_vec(buf, (idx.len(), oshape.channels, oshape.height, oshape.width), &self.device)?;
+        let images = Tensor::from_vec(
+            buf,
+            (idx.len(), oshape.channels, oshape.height, oshape.width),
+            &self.device,
+        )?;
         let labels: Vec<u32> = idx.iter().map(|&i| self.data.labels()[i] as u32).collect();
         let labels = Tensor::from_vec(labels, idx.len(), &self.device)?;
-        Ok(Batch { images, labels, indices: idx.to_vec() })
+        Ok(Batch {
+            images,
+            labels,
+            indices: idx.to_vec(),
+        })
     }
 }
 
@@ -186,7 +212,11 @@ impl Iterator for BatchIter<'_, '_> {
         let end = (self.pos + self.batcher.batch_size).min(self.order.len());
         let idx = &self.order[self.pos..end];
         self.pos = end;
-        let rng = if self.batcher.augment { Some(&mut self.rng) } else { None };
+        let rng = if self.batcher.augment {
+            Some(&mut self.rng)
+        } else {
+            None
+        };
         Some(self.batcher.build(idx, rng, &mut self.scratch))
     }
 
@@ -206,7 +236,14 @@ mod tests {
     fn toy(n: usize) -> Dataset {
         let images = (0..n * 4).map(|v| (v / 4) as u8).collect();
         let labels = (0..n).map(|i| (i % 3) as u8).collect();
-        Dataset::new("toy", ImageShape::new(1, 2, 2), images, labels, vec!["a".into(), "b".into(), "c".into()]).unwrap()
+        Dataset::new(
+            "toy",
+            ImageShape::new(1, 2, 2),
+            images,
+            labels,
+            vec!["a".into(), "b".into(), "c".into()],
+        )
+        .unwrap()
     }
 
     #[test]
@@ -216,7 +253,10 @@ mod tests {
         let b = Batcher::new(&d, &p, 4, &Device::Cpu).unwrap().training(3);
         assert_eq!(b.num_batches(), 3);
         let batches: Vec<Batch> = b.epoch(0).collect::<Result<_>>().unwrap();
-        assert_eq!(batches.iter().map(|b| b.indices.len()).collect::<Vec<_>>(), vec![4, 4, 2]);
+        assert_eq!(
+            batches.iter().map(|b| b.indices.len()).collect::<Vec<_>>(),
+            vec![4, 4, 2]
+        );
         let mut seen: Vec<usize> = batches.iter().flat_map(|b| b.indices.clone()).collect();
         assert_ne!(seen, (0..10).collect::<Vec<_>>(), "shuffled");
         seen.sort();
@@ -233,7 +273,10 @@ mod tests {
         // Same seed and epoch: same order; next epoch: another order.
         let again: Vec<usize> = b.epoch(0).flat_map(|b| b.unwrap().indices).collect();
         let next: Vec<usize> = b.epoch(1).flat_map(|b| b.unwrap().indices).collect();
-        assert_eq!(again, batches.iter().flat_map(|b| b.indices.clone()).collect::<Vec<_>>());
+        assert_eq!(
+            again,
+            batches.iter().flat_map(|b| b.indices.clone()).collect::<Vec<_>>()
+        );
         assert_ne!(again, next);
     }
 
@@ -275,14 +318,38 @@ mod tests {
     #[test]
     fn augmentation_only_in_training() {
         let d = toy(4);
-        let p = Pipeline { augment: Some(Augment { crop_padding: 1, ..Default::default() }), ..Default::default() };
+        let p = Pipeline {
+            augment: Some(Augment {
+                crop_padding: 1,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
         let eval = Batcher::new(&d, &p, 4, &Device::Cpu).unwrap();
         let (x, _) = eval.all().unwrap();
         let plain: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
         assert!(plain.chunks(4).all(|c| c.iter().all(|v| *v == c[0])));
         let train = Batcher::new(&d, &p, 4, &Device::Cpu).unwrap().training(1);
-        let a: Vec<f32> = train.epoch(0).next().unwrap().unwrap().images.flatten_all().unwrap().to_vec1().unwrap();
-        let b: Vec<f32> = train.epoch(0).next().unwrap().unwrap().images.flatten_all().unwrap().to_vec1().unwrap();
+        let a: Vec<f32> = train
+            .epoch(0)
+            .next()
+            .unwrap()
+            .unwrap()
+            .images
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let b: Vec<f32> = train
+            .epoch(0)
+            .next()
+            .unwrap()
+            .unwrap()
+            .images
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         assert_eq!(a, b, "seeded");
     }
 }

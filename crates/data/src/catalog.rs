@@ -61,29 +61,110 @@ const FASHION_MIRRORS: &[&str] = &["http://fashion-mnist.s3-website.eu-central-1
 const SVHN_MIRRORS: &[&str] = &["http://ufldl.stanford.edu/housenumbers/"];
 
 const MNIST_FILES: &[RemoteFile] = &[
-    RemoteFile { name: "train-images-idx3-ubyte.gz", split: Split::Train, mirrors: MNIST_MIRRORS, checksum: Checksum::PayloadSha256("ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db"), size: Some(9_912_422) },
-    RemoteFile { name: "train-labels-idx1-ubyte.gz", split: Split::Train, mirrors: MNIST_MIRRORS, checksum: Checksum::PayloadSha256("65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5"), size: Some(28_881) },
-    RemoteFile { name: "t10k-images-idx3-ubyte.gz", split: Split::Test, mirrors: MNIST_MIRRORS, checksum: Checksum::PayloadSha256("0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7"), size: Some(1_648_877) },
-    RemoteFile { name: "t10k-labels-idx1-ubyte.gz", split: Split::Test, mirrors: MNIST_MIRRORS, checksum: Checksum::PayloadSha256("ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2"), size: Some(4_542) },
+    RemoteFile {
+        name: "train-images-idx3-ubyte.gz",
+        split: Split::Train,
+        mirrors: MNIST_MIRRORS,
+        checksum: Checksum::PayloadSha256("ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db"),
+        size: Some(9_912_422),
+    },
+    RemoteFile {
+        name: "train-labels-idx1-ubyte.gz",
+        split: Split::Train,
+        mirrors: MNIST_MIRRORS,
+        checksum: Checksum::PayloadSha256("65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5"),
+        size: Some(28_881),
+    },
+    RemoteFile {
+        name: "t10k-images-idx3-ubyte.gz",
+        split: Split::Test,
+        mirrors: MNIST_MIRRORS,
+        checksum: Checksum::PayloadSha256("0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7"),
+        size: Some(1_648_877),
+    },
+    RemoteFile {
+        name: "t10k-labels-idx1-ubyte.gz",
+        split: Split::Test,
+        mirrors: MNIST_MIRRORS,
+        checksum: Checksum::PayloadSha256("ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2"),
+        size: Some(4_542),
+    },
 ];
 const FASHION_FILES: &[RemoteFile] = &[
-    RemoteFile { name: "train-images-idx3-ubyte.gz", split: Split::Train, mirrors: FASHION_MIRRORS, checksum: Checksum::PayloadSha256("c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888"), size: Some(26_421_880) },
-    RemoteFile { name: "train-labels-idx1-ubyte.gz", split: Split::Train, mirrors: FASHION_MIRRORS, checksum: Checksum::PayloadSha256("bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9"), size: Some(29_515) },
-    RemoteFile { name: "t10k-images-idx3-ubyte.gz", split: Split::Test, mirrors: FASHION_MIRRORS, checksum: Checksum::PayloadSha256("5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b"), size: Some(4_422_102) },
-    RemoteFile { name: "t10k-labels-idx1-ubyte.gz", split: Split::Test, mirrors: FASHION_MIRRORS, checksum: Checksum::PayloadSha256("0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34"), size: Some(5_148) },
+    RemoteFile {
+        name: "train-images-idx3-ubyte.gz",
+        split: Split::Train,
+        mirrors: FASHION_MIRRORS,
+        checksum: Checksum::PayloadSha256("c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888"),
+        size: Some(26_421_880),
+    },
+    RemoteFile {
+        name: "train-labels-idx1-ubyte.gz",
+        split: Split::Train,
+        mirrors: FASHION_MIRRORS,
+        checksum: Checksum::PayloadSha256("bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9"),
+        size: Some(29_515),
+    },
+    RemoteFile {
+        name: "t10k-images-idx3-ubyte.gz",
+        split: Split::Test,
+        mirrors: FASHION_MIRRORS,
+        checksum: Checksum::PayloadSha256("5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b"),
+        size: Some(4_422_102),
+    },
+    RemoteFile {
+        name: "t10k-labels-idx1-ubyte.gz",
+        split: Split::Test,
+        mirrors: FASHION_MIRRORS,
+        checksum: Checksum::PayloadSha256("0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34"),
+        size: Some(5_148),
+    },
 ];
 const SVHN_FILES: &[RemoteFile] = &[
-    RemoteFile { name: "train_32x32.mat", split: Split::Train, mirrors: SVHN_MIRRORS, checksum: Checksum::FileMd5("e26dedcc434d2e4c54c9b2d4a06d8373"), size: Some(182_040_794) },
-    RemoteFile { name: "test_32x32.mat", split: Split::Test, mirrors: SVHN_MIRRORS, checksum: Checksum::FileMd5("eb5a983be6a315427106f1b164d9cef3"), size: Some(64_275_384) },
-    RemoteFile { name: "extra_32x32.mat", split: Split::Extra, mirrors: SVHN_MIRRORS, checksum: Checksum::FileMd5("a93ce644f1a588dc4d68dda5feec44a7"), size: Some(1_329_278_602) },
+    RemoteFile {
+        name: "train_32x32.mat",
+        split: Split::Train,
+        mirrors: SVHN_MIRRORS,
+        checksum: Checksum::FileMd5("e26dedcc434d2e4c54c9b2d4a06d8373"),
+        size: Some(182_040_794),
+    },
+    RemoteFile {
+        name: "test_32x32.mat",
+        split: Split::Test,
+        mirrors: SVHN_MIRRORS,
+        checksum: Checksum::FileMd5("eb5a983be6a315427106f1b164d9cef3"),
+        size: Some(64_275_384),
+    },
+    RemoteFile {
+        name: "extra_32x32.mat",
+        split: Split::Extra,
+        mirrors: SVHN_MIRRORS,
+        checksum: Checksum::FileMd5("a93ce644f1a588dc4d68dda5feec44a7"),
+        size: Some(1_329_278_602),
+    },
 ];
 
-const FASHION_CLASSES: [&str; 10] =
-    ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"];
+const FASHION_CLASSES: [&str; 10] = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+];
 
 impl DatasetKind {
     /// Every known dataset.
-    pub const ALL: [DatasetKind; 4] = [DatasetKind::Digits, DatasetKind::Mnist, DatasetKind::FashionMnist, DatasetKind::Svhn];
+    pub const ALL: [DatasetKind; 4] = [
+        DatasetKind::Digits,
+        DatasetKind::Mnist,
+        DatasetKind::FashionMnist,
+        DatasetKind::Svhn,
+    ];
 
     /// The name used in configs, on the command line and as the sub-folder of the data dir.
     pub fn name(self) -> &'static str {
@@ -99,7 +180,10 @@ impl DatasetKind {
     pub fn from_name(name: &str) -> Result<Self> {
         Self::ALL.into_iter().find(|k| k.name() == name).ok_or_else(|| {
             let valid: Vec<&str> = Self::ALL.iter().map(|k| k.name()).collect();
-            DataError::Invalid(format!("unknown dataset `{name}`; valid datasets: {}", valid.join(", ")))
+            DataError::Invalid(format!(
+                "unknown dataset `{name}`; valid datasets: {}",
+                valid.join(", ")
+            ))
         })
     }
 
@@ -159,7 +243,11 @@ pub fn verify_file(path: &Path, file: &RemoteFile) -> Result<()> {
     let (algorithm, expected, actual) = match file.checksum {
         Checksum::PayloadSha256(expected) => {
             let payload = read_maybe_gz(path)?;
-            ("sha256 (decompressed payload)", expected, hex::encode(sha2::Sha256::digest(&payload)))
+            (
+                "sha256 (decompressed payload)",
+                expected,
+                hex::encode(sha2::Sha256::digest(&payload)),
+            )
         }
         Checksum::FileMd5(expected) => {
             let mut f = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
@@ -178,7 +266,12 @@ pub fn verify_file(path: &Path, file: &RemoteFile) -> Result<()> {
     if actual == expected {
         Ok(())
     } else {
-        Err(DataError::Checksum { path: path.to_path_buf(), algorithm, expected: expected.to_string(), actual })
+        Err(DataError::Checksum {
+            path: path.to_path_buf(),
+            algorithm,
+            expected: expected.to_string(),
+            actual,
+        })
     }
 }
 
@@ -214,20 +307,26 @@ pub fn file_states(kind: DatasetKind, data_dir: &Path, verify: bool) -> Vec<(Rem
 /// True when every file of `kind` needed for `split` is present (not verified).
 pub fn is_available(kind: DatasetKind, split: Split, data_dir: &Path) -> bool {
     kind == DatasetKind::Digits
-        || kind.files().iter().filter(|f| f.split == split).all(|f| locate(&kind.dir(data_dir), f).is_some())
+        || kind
+            .files()
+            .iter()
+            .filter(|f| f.split == split)
+            .all(|f| locate(&kind.dir(data_dir), f).is_some())
             && kind.files().iter().any(|f| f.split == split)
 }
 
 /// Loads one split of a dataset from `data_dir` (the embedded digits need none).
 pub fn load(kind: DatasetKind, split: Split, data_dir: &Path) -> Result<Dataset> {
     let name = format!("{kind}/{split}");
-    let missing = |what: &str| DataError::NotFound {
+    let missing = |what: &str| {
+        DataError::NotFound {
         dataset: kind.name().to_string(),
         message: format!(
             "{what} is not in {}; run `cargo xtask download {kind} --data-dir {}` (or `--from DIR` to import local copies)",
             kind.dir(data_dir).display(),
             data_dir.display()
         ),
+    }
     };
     match kind {
         DatasetKind::Digits => {
@@ -241,7 +340,9 @@ pub fn load(kind: DatasetKind, split: Split, data_dir: &Path) -> Result<Dataset>
         DatasetKind::Mnist | DatasetKind::FashionMnist => {
             let files: Vec<&RemoteFile> = kind.files().iter().filter(|f| f.split == split).collect();
             if files.len() != 2 {
-                return Err(DataError::Invalid(format!("{kind} has no `{split}` split (use train or test)")));
+                return Err(DataError::Invalid(format!(
+                    "{kind} has no `{split}` split (use train or test)"
+                )));
             }
             let dir = kind.dir(data_dir);
             let images = locate(&dir, files[0]).ok_or_else(|| missing(files[0].name))?;
@@ -249,7 +350,11 @@ pub fn load(kind: DatasetKind, split: Split, data_dir: &Path) -> Result<Dataset>
             load_idx_pair(&images, &labels, &name, kind.class_names())
         }
         DatasetKind::Svhn => {
-            let file = kind.files().iter().find(|f| f.split == split).expect("every SVHN split has a file");
+            let file = kind
+                .files()
+                .iter()
+                .find(|f| f.split == split)
+                .expect("every SVHN split has a file");
             let path = locate(&kind.dir(data_dir), file).ok_or_else(|| missing(file.name))?;
             Ok(crate::svhn::load_svhn_mat(&path)?.with_name(name))
         }
@@ -272,8 +377,13 @@ mod tests {
     #[test]
     fn missing_files_tell_how_to_download() {
         let dir = tempfile::tempdir().unwrap();
-        let e = load(DatasetKind::Mnist, Split::Train, dir.path()).unwrap_err().to_string();
-        assert!(e.contains("train-images-idx3-ubyte.gz") && e.contains("cargo xtask download mnist"), "{e}");
+        let e = load(DatasetKind::Mnist, Split::Train, dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("train-images-idx3-ubyte.gz") && e.contains("cargo xtask download mnist"),
+            "{e}"
+        );
         assert!(!is_available(DatasetKind::Mnist, Split::Train, dir.path()));
         assert!(is_available(DatasetKind::Digits, Split::Train, dir.path()));
         assert!(load(DatasetKind::Digits, Split::Test, dir.path()).is_ok());
@@ -285,7 +395,10 @@ mod tests {
         let p = dir.path().join("t10k-labels-idx1-ubyte");
         std::fs::write(&p, b"not mnist").unwrap();
         let e = verify_file(&p, &MNIST_FILES[3]).unwrap_err().to_string();
-        assert!(e.contains("expected sha256") && e.contains(MNIST_FILES[3].checksum_hex()) && e.contains("found"), "{e}");
+        assert!(
+            e.contains("expected sha256") && e.contains(MNIST_FILES[3].checksum_hex()) && e.contains("found"),
+            "{e}"
+        );
     }
 }
 

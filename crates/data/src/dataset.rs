@@ -15,7 +15,11 @@ pub struct ImageShape {
 
 impl ImageShape {
     pub const fn new(channels: usize, height: usize, width: usize) -> Self {
-        Self { channels, height, width }
+        Self {
+            channels,
+            height,
+            width,
+        }
     }
     /// Number of u8 values in one image.
     pub const fn numel(&self) -> usize {
@@ -69,13 +73,23 @@ impl Dataset {
                 class_names.len()
             )));
         }
-        if let Some((i, &l)) = labels.iter().enumerate().find(|(_, &l)| l as usize >= class_names.len()) {
+        if let Some((i, &l)) = labels
+            .iter()
+            .enumerate()
+            .find(|(_, &l)| l as usize >= class_names.len())
+        {
             return Err(DataError::Invalid(format!(
                 "{name}: label {l} of image {i} is not below the number of classes {}",
                 class_names.len()
             )));
         }
-        Ok(Self { name, shape, images, labels, class_names })
+        Ok(Self {
+            name,
+            shape,
+            images,
+            labels,
+            class_names,
+        })
     }
 
     /// The dataset's name, e.g. `mnist/train`.
@@ -139,7 +153,13 @@ impl Dataset {
             images.extend_from_slice(self.image(i));
             labels.push(self.labels[i]);
         }
-        Ok(Dataset { name: self.name.clone(), shape: self.shape, images, labels, class_names: self.class_names.clone() })
+        Ok(Dataset {
+            name: self.name.clone(),
+            shape: self.shape,
+            images,
+            labels,
+            class_names: self.class_names.clone(),
+        })
     }
 
     /// Seeded split into (train, validation) with `val_fraction` of the images in
@@ -174,7 +194,9 @@ impl Dataset {
                 self.len()
             )));
         }
-        Ok(self.select(&keep)?.with_name(format!("{}[{:.0}%]", self.name, fraction * 100.0)))
+        Ok(self
+            .select(&keep)?
+            .with_name(format!("{}[{:.0}%]", self.name, fraction * 100.0)))
     }
 
     /// The first `n` images (or all, if fewer).
@@ -199,11 +221,16 @@ impl Dataset {
                 )));
             }
             if map[old as usize] != u8::MAX {
-                return Err(DataError::Invalid(format!("{}: class {old} listed twice in the filter", self.name)));
+                return Err(DataError::Invalid(format!(
+                    "{}: class {old} listed twice in the filter",
+                    self.name
+                )));
             }
             map[old as usize] = new as u8;
         }
-        let idx: Vec<usize> = (0..self.len()).filter(|&i| map[self.labels[i] as usize] != u8::MAX).collect();
+        let idx: Vec<usize> = (0..self.len())
+            .filter(|&i| map[self.labels[i] as usize] != u8::MAX)
+            .collect();
         let mut out = self.select(&idx)?;
         for l in out.labels.iter_mut() {
             *l = map[*l as usize];
@@ -247,9 +274,18 @@ impl Dataset {
                     }
                 }
                 let shape = ImageShape::new(3, self.shape.height, self.shape.width);
-                Dataset::new(self.name.clone(), shape, images, self.labels.clone(), self.class_names.clone())
+                Dataset::new(
+                    self.name.clone(),
+                    shape,
+                    images,
+                    self.labels.clone(),
+                    self.class_names.clone(),
+                )
             }
-            c => Err(DataError::Invalid(format!("{}: cannot convert {c}-channel images to RGB", self.name))),
+            c => Err(DataError::Invalid(format!(
+                "{}: cannot convert {c}-channel images to RGB",
+                self.name
+            ))),
         }
     }
 
@@ -265,13 +301,24 @@ impl Dataset {
                     let (r, rest) = img.split_at(plane);
                     let (g, b) = rest.split_at(plane);
                     images.extend(r.iter().zip(g).zip(b).map(|((&r, &g), &b)| {
-                        (0.299 * r as f32 + 0.587 * g as f32 + 0.114 * b as f32).round().clamp(0.0, 255.0) as u8
+                        (0.299 * r as f32 + 0.587 * g as f32 + 0.114 * b as f32)
+                            .round()
+                            .clamp(0.0, 255.0) as u8
                     }));
                 }
                 let shape = ImageShape::new(1, self.shape.height, self.shape.width);
-                Dataset::new(self.name.clone(), shape, images, self.labels.clone(), self.class_names.clone())
+                Dataset::new(
+                    self.name.clone(),
+                    shape,
+                    images,
+                    self.labels.clone(),
+                    self.class_names.clone(),
+                )
             }
-            c => Err(DataError::Invalid(format!("{}: cannot convert {c}-channel images to grayscale", self.name))),
+            c => Err(DataError::Invalid(format!(
+                "{}: cannot convert {c}-channel images to grayscale",
+                self.name
+            ))),
         }
     }
 
@@ -368,7 +415,12 @@ mod tests {
         assert_ne!(v1.labels().len(), 0);
         assert_ne!(v1.images(), v3.images(), "another seed gives another split");
         // Every image ends up on exactly one side: compare the multiset of first pixels.
-        let mut all: Vec<u8> = t1.images().chunks(4).chain(v1.images().chunks(4)).map(|c| c[0]).collect();
+        let mut all: Vec<u8> = t1
+            .images()
+            .chunks(4)
+            .chain(v1.images().chunks(4))
+            .map(|c| c[0])
+            .collect();
         let mut orig: Vec<u8> = d.images().chunks(4).map(|c| c[0]).collect();
         all.sort();
         orig.sort();

@@ -13,7 +13,8 @@ pub const DIGITS_SPLIT_SEED: u64 = 0;
 /// Fraction of the embedded set held out as its test split.
 pub const DIGITS_TEST_FRACTION: f64 = 0.2;
 /// Attribution that must travel with the embedded data.
-pub const DIGITS_ATTRIBUTION: &str = "UCI Optical Recognition of Handwritten Digits, E. Alpaydin and C. Kaynak (1998), CC BY 4.0";
+pub const DIGITS_ATTRIBUTION: &str =
+    "UCI Optical Recognition of Handwritten Digits, E. Alpaydin and C. Kaynak (1998), CC BY 4.0";
 
 /// All 1,797 embedded images (1x8x8, pixel values 0..16 scaled to 0..255).
 pub fn load_digits() -> Result<Dataset> {
@@ -41,18 +42,29 @@ pub fn parse_digits_csv(text: &str, path: &Path) -> Result<Dataset> {
         if values.len() != 65 {
             return Err(DataError::format(
                 path,
-                format!("line {}: expected 65 comma-separated values, found {}", line_no + 1, values.len()),
+                format!(
+                    "line {}: expected 65 comma-separated values, found {}",
+                    line_no + 1,
+                    values.len()
+                ),
             ));
         }
         for (col, v) in values.iter().enumerate() {
             let x: f64 = v.trim().parse().map_err(|_| {
-                DataError::format(path, format!("line {}, column {}: `{v}` is not a number", line_no + 1, col + 1))
+                DataError::format(
+                    path,
+                    format!("line {}, column {}: `{v}` is not a number", line_no + 1, col + 1),
+                )
             })?;
             let max = if col == 64 { 9.0 } else { 16.0 };
             if !(0.0..=max).contains(&x) || x.fract() != 0.0 {
                 return Err(DataError::format(
                     path,
-                    format!("line {}, column {}: expected an integer in 0..={max}, found {x}", line_no + 1, col + 1),
+                    format!(
+                        "line {}, column {}: expected an integer in 0..={max}, found {x}",
+                        line_no + 1,
+                        col + 1
+                    ),
                 ));
             }
             if col == 64 {
@@ -77,7 +89,11 @@ mod tests {
         assert_eq!(d.shape(), ImageShape::new(1, 8, 8));
         // First rows of the UCI test set are a 0 and a 1; every class has 174..=183 images.
         assert_eq!(&d.labels()[..2], &[0, 1]);
-        assert!(d.class_counts().iter().all(|&c| (174..=183).contains(&c)), "{:?}", d.class_counts());
+        assert!(
+            d.class_counts().iter().all(|&c| (174..=183).contains(&c)),
+            "{:?}",
+            d.class_counts()
+        );
         assert_eq!(d.image(0)[2], (5.0f64 * 255.0 / 16.0).round() as u8);
         let (train, test) = load_digits_split().unwrap();
         assert_eq!(train.len() + test.len(), DIGITS_LEN);
@@ -90,7 +106,9 @@ mod tests {
         assert!(e.contains("x.csv") && e.contains("line 1") && e.contains("65"), "{e}");
         let mut row = vec!["0"; 64];
         row.push("11");
-        let e = parse_digits_csv(&row.join(","), Path::new("y.csv")).unwrap_err().to_string();
+        let e = parse_digits_csv(&row.join(","), Path::new("y.csv"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("column 65") && e.contains("0..=9"), "{e}");
     }
 }

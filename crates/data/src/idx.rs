@@ -56,7 +56,9 @@ pub fn decode_maybe_gz(raw: Vec<u8>, path: &Path) -> Result<Vec<u8>> {
     }
     let total = out[4..header]
         .chunks_exact(4)
-        .try_fold(1usize, |acc, d| acc.checked_mul(u32::from_be_bytes([d[0], d[1], d[2], d[3]]) as usize))
+        .try_fold(1usize, |acc, d| {
+            acc.checked_mul(u32::from_be_bytes([d[0], d[1], d[2], d[3]]) as usize)
+        })
         .and_then(|numel| numel.checked_add(header));
     let Some(total) = total else {
         return Ok(out); // dimensions overflow: `parse_idx` says so
@@ -115,7 +117,10 @@ fn read_up_to_slice(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize>
 /// Parses an IDX byte buffer that must carry `expected_magic`; `path` is for messages.
 pub fn parse_idx(bytes: &[u8], expected_magic: u32, path: &Path) -> Result<IdxArray> {
     if bytes.len() < 4 {
-        return Err(DataError::format(path, format!("file is {} bytes, too short for an IDX header", bytes.len())));
+        return Err(DataError::format(
+            path,
+            format!("file is {} bytes, too short for an IDX header", bytes.len()),
+        ));
     }
     let magic = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
     if magic != expected_magic {
@@ -127,7 +132,10 @@ pub fn parse_idx(bytes: &[u8], expected_magic: u32, path: &Path) -> Result<IdxAr
     let ndim = (magic & 0xff) as usize;
     let header = 4 + 4 * ndim;
     if bytes.len() < header {
-        return Err(DataError::format(path, format!("truncated header: expected {header} bytes, found {}", bytes.len())));
+        return Err(DataError::format(
+            path,
+            format!("truncated header: expected {header} bytes, found {}", bytes.len()),
+        ));
     }
     let dims: Vec<usize> = (0..ndim)
         .map(|d| u32::from_be_bytes(bytes[4 + 4 * d..8 + 4 * d].try_into().expect("4 bytes")) as usize)
@@ -135,7 +143,10 @@ pub fn parse_idx(bytes: &[u8], expected_magic: u32, path: &Path) -> Result<IdxAr
     let numel = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
     let payload = bytes.len() - header;
     match numel {
-        Some(n) if n == payload => Ok(IdxArray { dims, data: bytes[header..].to_vec() }),
+        Some(n) if n == payload => Ok(IdxArray {
+            dims,
+            data: bytes[header..].to_vec(),
+        }),
         Some(n) if n > payload => Err(DataError::format(
             path,
             format!("truncated: dimensions {dims:?} need {n} bytes of data, found {payload}"),
@@ -181,10 +192,19 @@ pub fn idx_pair_from_bytes(
     if lab.dims[0] != n {
         return Err(DataError::format(
             labels,
-            format!("{} labels but {} has {n} images: the counts must agree", lab.dims[0], images.display()),
+            format!(
+                "{} labels but {} has {n} images: the counts must agree",
+                lab.dims[0],
+                images.display()
+            ),
         ));
     }
-    if let Some((i, &l)) = lab.data.iter().enumerate().find(|(_, &l)| l as usize >= class_names.len()) {
+    if let Some((i, &l)) = lab
+        .data
+        .iter()
+        .enumerate()
+        .find(|(_, &l)| l as usize >= class_names.len())
+    {
         return Err(DataError::format(
             labels,
             format!("label {l} at index {i} is outside 0..{}", class_names.len()),
@@ -249,14 +269,20 @@ mod tests {
 
         // Labels file given where images are expected: wrong magic.
         let e = load_idx_pair(&good_l, &good_l, "t", names()).unwrap_err().to_string();
-        assert!(e.contains("good-l") && e.contains("expected 0x00000803, found 0x00000801"), "{e}");
+        assert!(
+            e.contains("good-l") && e.contains("expected 0x00000803, found 0x00000801"),
+            "{e}"
+        );
 
         // Truncated payload.
         let mut t = encode_idx(&[2, 2, 2], &pixels);
         t.truncate(t.len() - 3);
         let trunc = write(dir.path(), "trunc-i", &t, false);
         let e = load_idx_pair(&trunc, &good_l, "t", names()).unwrap_err().to_string();
-        assert!(e.contains("trunc-i") && e.contains("need 8 bytes of data, found 5"), "{e}");
+        assert!(
+            e.contains("trunc-i") && e.contains("need 8 bytes of data, found 5"),
+            "{e}"
+        );
 
         // Truncated gzip stream.
         let gz = write(dir.path(), "gz-i", &encode_idx(&[2, 2, 2], &pixels), true);
@@ -268,7 +294,10 @@ mod tests {
         // Count mismatch.
         let three = write(dir.path(), "three-l", &encode_idx(&[3], &[1, 2, 3]), false);
         let e = load_idx_pair(&good_i, &three, "t", names()).unwrap_err().to_string();
-        assert!(e.contains("three-l") && e.contains("3 labels but") && e.contains("2 images"), "{e}");
+        assert!(
+            e.contains("three-l") && e.contains("3 labels but") && e.contains("2 images"),
+            "{e}"
+        );
 
         // Label out of range.
         let bad = write(dir.path(), "bad-l", &encode_idx(&[2], &[1, 12]), false);

@@ -23,7 +23,10 @@ mod tests {
     #[test]
     fn flag_beats_env_beats_default() {
         let env = Some(PathBuf::from("/env"));
-        assert_eq!(resolve_with(Some(Path::new("/flag")), env.clone()), PathBuf::from("/flag"));
+        assert_eq!(
+            resolve_with(Some(Path::new("/flag")), env.clone()),
+            PathBuf::from("/flag")
+        );
         assert_eq!(resolve_with(None, env), PathBuf::from("/env"));
         assert_eq!(resolve_with(None, Some(PathBuf::new())), PathBuf::from("data"));
         assert_eq!(resolve_with(None, None), PathBuf::from("data"));

@@ -261,7 +261,11 @@ impl MatData {
             v.enumerate()
                 .map(|(i, x)| {
                     // 2^63 is exactly representable; i64 covers [-2^63, 2^63).
-                    if x.is_finite() && x.fract() == 0.0 && x >= -9.223_372_036_854_776e18 && x < 9.223_372_036_854_776e18 {
+                    if x.is_finite()
+                        && x.fract() == 0.0
+                        && x >= -9.223_372_036_854_776e18
+                        && x < 9.223_372_036_854_776e18
+                    {
                         Ok(x as i64)
                     } else {
                         Err((i, x))
@@ -328,7 +332,14 @@ pub struct MatVarInfo {
 
 impl fmt::Display for MatVarInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} ({}{} {})", self.name, if self.complex { "complex " } else { "" }, self.class, dims_string(&self.dims))
+        write!(
+            f,
+            "{} ({}{} {})",
+            self.name,
+            if self.complex { "complex " } else { "" },
+            self.class,
+            dims_string(&self.dims)
+        )
     }
 }
 
@@ -356,7 +367,11 @@ pub fn read_mat_variables_from<R: Read + Seek>(mut reader: R, source: &Path, wan
     for (i, name) in wanted.iter().enumerate() {
         // A name listed twice is read once (into the slot of its first listing).
         let first = wanted.iter().position(|w| w == name).unwrap_or(i);
-        let array = if first == i { found.get_mut(i).and_then(Option::take) } else { out.get(first).cloned() };
+        let array = if first == i {
+            found.get_mut(i).and_then(Option::take)
+        } else {
+            out.get(first).cloned()
+        };
         out.push(array.ok_or_else(|| not_found(source, name, &infos))?);
     }
     Ok(out)
@@ -397,7 +412,11 @@ fn read_header<R: Read>(reader: &mut R, source: &Path, file_len: u64) -> Result<
         b"IM" => Endian::Little,
         b"MI" => Endian::Big,
         other => {
-            let text = if h.starts_with(b"MATLAB") { "" } else { " (and no \"MATLAB\" header text: a level-4 MAT-file or not a MAT-file?)" };
+            let text = if h.starts_with(b"MATLAB") {
+                ""
+            } else {
+                " (and no \"MATLAB\" header text: a level-4 MAT-file or not a MAT-file?)"
+            };
             return Err(DataError::format(
                 source,
                 format!(
@@ -415,7 +434,10 @@ fn read_header<R: Read>(reader: &mut R, source: &Path, file_len: u64) -> Result<
             "this is a MATLAB v7.3 (HDF5) MAT-file, which this reader does not support: expected a level-5 file \
              (version 0x0100); re-save it with `save -v7` or `scipy.io.savemat`",
         )),
-        v => Err(DataError::format(source, format!("unsupported MAT-file version: expected 0x0100, found 0x{v:04x}"))),
+        v => Err(DataError::format(
+            source,
+            format!("unsupported MAT-file version: expected 0x0100, found 0x{v:04x}"),
+        )),
     }
 }
 
@@ -444,13 +466,20 @@ fn scan<R: Read + Seek>(
         if left < 8 {
             return Err(DataError::format(
                 source,
-                format!("file is truncated: expected an 8-byte data element tag at offset {pos}, found only {left} bytes"),
+                format!(
+                    "file is truncated: expected an 8-byte data element tag at offset {pos}, found only {left} bytes"
+                ),
             ));
         }
-        reader.seek(SeekFrom::Start(pos)).map_err(|e| DataError::io(source, e))?;
+        reader
+            .seek(SeekFrom::Start(pos))
+            .map_err(|e| DataError::io(source, e))?;
         let mut tag = [0u8; 8];
         reader.read_exact(&mut tag).map_err(|e| DataError::io(source, e))?;
-        let (dtype, nbytes) = (endian.u32([tag[0], tag[1], tag[2], tag[3]]), endian.u32([tag[4], tag[5], tag[6], tag[7]]));
+        let (dtype, nbytes) = (
+            endian.u32([tag[0], tag[1], tag[2], tag[3]]),
+            endian.u32([tag[4], tag[5], tag[6], tag[7]]),
+        );
         let nbytes = nbytes as u64;
         let body_left = left - 8;
         if nbytes > body_left {
@@ -528,7 +557,11 @@ fn scan<R: Read + Seek>(
 }
 
 fn distinct(names: &[&str]) -> usize {
-    names.iter().enumerate().filter(|(i, n)| !names[..*i].contains(n)).count()
+    names
+        .iter()
+        .enumerate()
+        .filter(|(i, n)| !names[..*i].contains(n))
+        .count()
 }
 
 /// Reads a matrix element's header and, when it is wanted (and not found yet),
@@ -592,11 +625,23 @@ fn read_matrix_header<R: Read>(sub: &mut Sub<'_, R>) -> Result<Option<MatrixHead
     };
     let (ntype, raw) = sub.read_small_element(MAX_NAME_BYTES, "array name")?;
     if ntype != MI_INT8 && ntype != MI_UINT8 && ntype != MI_UTF8 {
-        return Err(sub.err(format!("expected the array name as miINT8 (type 1), found type {ntype}")));
+        return Err(sub.err(format!(
+            "expected the array name as miINT8 (type 1), found type {ntype}"
+        )));
     }
     let name = String::from_utf8_lossy(&raw).into_owned();
     sub.what = format!("variable `{name}`");
-    Ok(Some(MatrixHeader { info: MatVarInfo { name, class, dims, complex, compressed: false, offset: 0 }, logical }))
+    Ok(Some(MatrixHeader {
+        info: MatVarInfo {
+            name,
+            class,
+            dims,
+            complex,
+            compressed: false,
+            offset: 0,
+        },
+        logical,
+    }))
 }
 
 fn read_matrix_data<R: Read>(sub: &mut Sub<'_, R>, header: &MatrixHeader) -> Result<MatArray> {
@@ -610,7 +655,10 @@ fn read_matrix_data<R: Read>(sub: &mut Sub<'_, R>, header: &MatrixHeader) -> Res
         return Err(sub.err(format!("expected a numeric array, found class {} ({hint})", info.class)));
     }
     if info.complex {
-        return Err(sub.err(format!("expected a real array, found a complex {} array (complex data is not supported)", info.class)));
+        return Err(sub.err(format!(
+            "expected a real array, found a complex {} array (complex data is not supported)",
+            info.class
+        )));
     }
     let numel = info
         .dims
@@ -618,11 +666,17 @@ fn read_matrix_data<R: Read>(sub: &mut Sub<'_, R>, header: &MatrixHeader) -> Res
         .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
         .filter(|&n| n <= MAX_NUMEL)
         .ok_or_else(|| {
-            sub.err(format!("dims {} hold more than the {MAX_NUMEL} elements this reader accepts", dims_string(&info.dims)))
+            sub.err(format!(
+                "dims {} hold more than the {MAX_NUMEL} elements this reader accepts",
+                dims_string(&info.dims)
+            ))
         })?;
     let tag = sub.read_tag()?;
     let storage = Storage::from_type(tag.dtype).ok_or_else(|| {
-        sub.err(format!("expected the real part as a numeric data element (types 1-7, 9, 12, 13), found type {}", tag.dtype))
+        sub.err(format!(
+            "expected the real part as a numeric data element (types 1-7, 9, 12, 13), found type {}",
+            tag.dtype
+        ))
     })?;
     let expected = numel * storage.size() as u64;
     if tag.nbytes as u64 != expected {
@@ -634,11 +688,19 @@ fn read_matrix_data<R: Read>(sub: &mut Sub<'_, R>, header: &MatrixHeader) -> Res
             storage.size()
         )));
     }
-    let numel = usize::try_from(numel).map_err(|_| sub.err(format!("{numel} elements do not fit in memory on this platform")))?;
+    let numel = usize::try_from(numel)
+        .map_err(|_| sub.err(format!("{numel} elements do not fit in memory on this platform")))?;
     let data = match tag.inline {
         Some(bytes) => {
             let n = tag.nbytes as usize;
-            let mut inline = Sub::new(&bytes[..n.min(4)], n as u64, n as u64, sub.endian, sub.source, sub.what.clone());
+            let mut inline = Sub::new(
+                &bytes[..n.min(4)],
+                n as u64,
+                n as u64,
+                sub.endian,
+                sub.source,
+                sub.what.clone(),
+            );
             read_values(&mut inline, storage, numel, info.class)?
         }
         None => {
@@ -653,7 +715,13 @@ fn read_matrix_data<R: Read>(sub: &mut Sub<'_, R>, header: &MatrixHeader) -> Res
             data
         }
     };
-    Ok(MatArray { name: info.name.clone(), class: info.class, dims: info.dims.clone(), logical: header.logical, data })
+    Ok(MatArray {
+        name: info.name.clone(),
+        class: info.class,
+        dims: info.dims.clone(),
+        logical: header.logical,
+        data,
+    })
 }
 
 /// Reads `numel` values stored as `storage` and converts them to `class`.
@@ -681,11 +749,13 @@ fn read_values<R: Read>(sub: &mut Sub<'_, R>, storage: Storage, numel: usize, cl
 fn read_bytes<R: Read>(sub: &mut Sub<'_, R>, n: usize) -> Result<Vec<u8>> {
     let mut v: Vec<u8> = Vec::new();
     let initial = (n as u64).min(sub.plausible) as usize;
-    v.try_reserve_exact(initial).map_err(|_| sub.err(format!("cannot allocate {initial} bytes")))?;
+    v.try_reserve_exact(initial)
+        .map_err(|_| sub.err(format!("cannot allocate {initial} bytes")))?;
     while v.len() < n {
         let k = CHUNK.min(n - v.len());
         let old = v.len();
-        v.try_reserve(k).map_err(|_| sub.err(format!("cannot allocate {} bytes", old + k)))?;
+        v.try_reserve(k)
+            .map_err(|_| sub.err(format!("cannot allocate {} bytes", old + k)))?;
         v.resize(old + k, 0);
         sub.read_exact(&mut v[old..])?;
     }
@@ -693,7 +763,12 @@ fn read_bytes<R: Read>(sub: &mut Sub<'_, R>, n: usize) -> Result<Vec<u8>> {
 }
 
 /// Reads `numel` values stored as `storage`, converting each to `T`.
-fn convert<R: Read, T: FromNum>(sub: &mut Sub<'_, R>, storage: Storage, numel: usize, class: MatClass) -> Result<Vec<T>> {
+fn convert<R: Read, T: FromNum>(
+    sub: &mut Sub<'_, R>,
+    storage: Storage,
+    numel: usize,
+    class: MatClass,
+) -> Result<Vec<T>> {
     let size = storage.size();
     let mut out: Vec<T> = Vec::new();
     let initial = (numel as u64).min(sub.plausible / size as u64) as usize;
@@ -706,7 +781,8 @@ fn convert<R: Read, T: FromNum>(sub: &mut Sub<'_, R>, storage: Storage, numel: u
         let k = per_chunk.min(numel - done);
         let bytes = &mut buf[..k * size];
         sub.read_exact(bytes)?;
-        out.try_reserve(k).map_err(|_| sub.err(format!("cannot allocate {} values of class {class}", done + k)))?;
+        out.try_reserve(k)
+            .map_err(|_| sub.err(format!("cannot allocate {} values of class {class}", done + k)))?;
         for (j, b) in bytes.chunks_exact(size).enumerate() {
             let v = storage.decode(b, sub.endian);
             match T::from_num(v) {
@@ -880,9 +956,17 @@ struct Tag {
 fn parse_tag(b: [u8; 8], e: Endian) -> Tag {
     let w0 = e.u32([b[0], b[1], b[2], b[3]]);
     if w0 >> 16 != 0 {
-        Tag { dtype: w0 & 0xffff, nbytes: w0 >> 16, inline: Some([b[4], b[5], b[6], b[7]]) }
+        Tag {
+            dtype: w0 & 0xffff,
+            nbytes: w0 >> 16,
+            inline: Some([b[4], b[5], b[6], b[7]]),
+        }
     } else {
-        Tag { dtype: w0, nbytes: e.u32([b[4], b[5], b[6], b[7]]), inline: None }
+        Tag {
+            dtype: w0,
+            nbytes: e.u32([b[4], b[5], b[6], b[7]]),
+            inline: None,
+        }
     }
 }
 
@@ -902,7 +986,14 @@ struct Sub<'p, R> {
 
 impl<'p, R: Read> Sub<'p, R> {
     fn new(inner: R, remaining: u64, plausible: u64, endian: Endian, source: &'p Path, what: String) -> Self {
-        Self { inner, remaining, plausible, endian, source, what }
+        Self {
+            inner,
+            remaining,
+            plausible,
+            endian,
+            source,
+            what,
+        }
     }
 
     fn err(&self, message: String) -> DataError {
@@ -917,7 +1008,9 @@ impl<'p, R: Read> Sub<'p, R> {
                 self.remaining
             )));
         }
-        self.inner.read_exact(buf).map_err(|e| stream_error(self.source, &self.what, e))?;
+        self.inner
+            .read_exact(buf)
+            .map_err(|e| stream_error(self.source, &self.what, e))?;
         self.remaining -= n;
         self.plausible = self.plausible.saturating_sub(n);
         Ok(())
@@ -967,9 +1060,10 @@ impl<'p, R: Read> Sub<'p, R> {
 /// means corruption, anything else is an I/O error.
 fn stream_error(source: &Path, what: &str, e: io::Error) -> DataError {
     match e.kind() {
-        io::ErrorKind::UnexpectedEof => {
-            DataError::format(source, format!("{what}: unexpected end of data (file truncated or corrupt)"))
-        }
+        io::ErrorKind::UnexpectedEof => DataError::format(
+            source,
+            format!("{what}: unexpected end of data (file truncated or corrupt)"),
+        ),
         io::ErrorKind::InvalidData | io::ErrorKind::InvalidInput => {
             DataError::format(source, format!("{what}: corrupt compressed data: {e}"))
         }
@@ -1087,13 +1181,34 @@ mod tests {
     fn small_element_tag() {
         // Little-endian: type 1 (miINT8), 1 byte, data "X".
         let t = parse_tag([1, 0, 1, 0, b'X', 0, 0, 0], Endian::Little);
-        assert_eq!(t, Tag { dtype: MI_INT8, nbytes: 1, inline: Some([b'X', 0, 0, 0]) });
+        assert_eq!(
+            t,
+            Tag {
+                dtype: MI_INT8,
+                nbytes: 1,
+                inline: Some([b'X', 0, 0, 0])
+            }
+        );
         // Big-endian: the same word byte-swapped.
         let t = parse_tag([0, 3, 0, 2, 7, 8, 9, 0], Endian::Big);
-        assert_eq!(t, Tag { dtype: MI_UINT8, nbytes: 3, inline: Some([7, 8, 9, 0]) });
+        assert_eq!(
+            t,
+            Tag {
+                dtype: MI_UINT8,
+                nbytes: 3,
+                inline: Some([7, 8, 9, 0])
+            }
+        );
         // Normal format: type and size in separate words.
         let t = parse_tag([14, 0, 0, 0, 0x10, 0x27, 0, 0], Endian::Little);
-        assert_eq!(t, Tag { dtype: MI_MATRIX, nbytes: 10_000, inline: None });
+        assert_eq!(
+            t,
+            Tag {
+                dtype: MI_MATRIX,
+                nbytes: 10_000,
+                inline: None
+            }
+        );
     }
 
     fn sample_file(e: Endian, compress: bool) -> Vec<u8> {
@@ -1149,8 +1264,14 @@ mod tests {
     fn rejects_unsupported_and_inconsistent_variables() {
         let b = Builder { e: Endian::Little };
         let cases: Vec<(Vec<u8>, &str)> = vec![
-            (b.matrix(2, 0, &[1, 1], "s", None), "variable `s`: expected a numeric array, found class struct"),
-            (b.matrix(1, 0, &[1, 1], "c", None), "variable `c`: expected a numeric array, found class cell"),
+            (
+                b.matrix(2, 0, &[1, 1], "s", None),
+                "variable `s`: expected a numeric array, found class struct",
+            ),
+            (
+                b.matrix(1, 0, &[1, 1], "c", None),
+                "variable `c`: expected a numeric array, found class cell",
+            ),
             (
                 b.matrix(6, FLAG_COMPLEX, &[1, 1], "z", Some((MI_DOUBLE, b.f64s(&[1.0])))),
                 "variable `z`: expected a real array, found a complex double array",
@@ -1182,7 +1303,10 @@ mod tests {
     fn missing_variable_lists_what_the_file_holds() {
         let f = sample_file(Endian::Little, true);
         let e = read(&f, &["X", "labels"]).unwrap_err().to_string();
-        assert!(e.contains("variable `labels` not found: the file holds meta (struct 1x1), X (uint8 2x3)"), "{e}");
+        assert!(
+            e.contains("variable `labels` not found: the file holds meta (struct 1x1), X (uint8 2x3)"),
+            "{e}"
+        );
         // Duplicates in `wanted` are fine.
         let v = read(&f, &["X", "X"]).unwrap();
         assert_eq!(v[0], v[1]);
@@ -1216,7 +1340,10 @@ mod tests {
             *b ^= 0x5a;
         }
         let e = read(&f, &["zeta_long"]).unwrap_err().to_string();
-        assert!(e.contains("corrupt compressed data") || e.contains("unexpected end of data") || e.contains("zeta_long"), "{e}");
+        assert!(
+            e.contains("corrupt compressed data") || e.contains("unexpected end of data") || e.contains("zeta_long"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -19,9 +19,21 @@ fn axis_weights(in_len: usize, out_len: usize) -> Vec<(usize, usize, f32)> {
 }
 
 /// Resizes `src` (channels x in_h x in_w) into `dst` (channels x out_h x out_w).
-pub fn resize_bilinear(src: &[f32], channels: usize, in_h: usize, in_w: usize, out_h: usize, out_w: usize, dst: &mut [f32]) {
+pub fn resize_bilinear(
+    src: &[f32],
+    channels: usize,
+    in_h: usize,
+    in_w: usize,
+    out_h: usize,
+    out_w: usize,
+    dst: &mut [f32],
+) {
     assert_eq!(src.len(), channels * in_h * in_w, "resize_bilinear: source length");
-    assert_eq!(dst.len(), channels * out_h * out_w, "resize_bilinear: destination length");
+    assert_eq!(
+        dst.len(),
+        channels * out_h * out_w,
+        "resize_bilinear: destination length"
+    );
     let ys = axis_weights(in_h, out_h);
     let xs = axis_weights(in_w, out_w);
     for c in 0..channels {

@@ -56,19 +56,38 @@ fn svhn_from_variables(path: &Path, vars: Vec<MatArray>) -> Result<Dataset> {
     let n = check_x(path, &x)?;
     let labels = check_y(path, &y, n)?;
     let MatData::U8(mut pixels) = x.data else {
-        return Err(DataError::format(path, format!("variable `X`: expected class uint8, found {}", x.data.class())));
+        return Err(DataError::format(
+            path,
+            format!("variable `X`: expected class uint8, found {}", x.data.class()),
+        ));
     };
     column_major_planes_to_row_major(&mut pixels);
-    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "svhn".into());
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "svhn".into());
     let class_names = (0..10).map(|d| d.to_string()).collect();
-    Dataset::new(format!("svhn/{stem}"), ImageShape::new(CHANNELS, SIDE, SIDE), pixels, labels, class_names)
+    Dataset::new(
+        format!("svhn/{stem}"),
+        ImageShape::new(CHANNELS, SIDE, SIDE),
+        pixels,
+        labels,
+        class_names,
+    )
 }
 
 /// Checks `X` and returns the number of images.
 fn check_x(path: &Path, x: &MatArray) -> Result<usize> {
     if x.class != MatClass::Uint8 || x.logical {
-        let found = if x.logical { "logical".to_string() } else { x.class.name() };
-        return Err(DataError::format(path, format!("variable `X`: expected class uint8, found {found}")));
+        let found = if x.logical {
+            "logical".to_string()
+        } else {
+            x.class.name()
+        };
+        return Err(DataError::format(
+            path,
+            format!("variable `X`: expected class uint8, found {found}"),
+        ));
     }
     let n = match x.dims.as_slice() {
         [32, 32, 3, n] => *n,
@@ -81,13 +100,21 @@ fn check_x(path: &Path, x: &MatArray) -> Result<usize> {
         }
     };
     if n == 0 {
-        return Err(DataError::format(path, "variable `X`: expected at least one image, found dims 32x32x3x0"));
+        return Err(DataError::format(
+            path,
+            "variable `X`: expected at least one image, found dims 32x32x3x0",
+        ));
     }
     if x.numel() != n * CHANNELS * PLANE {
         // Cannot happen for a well-formed reader result; checked so slicing below is safe.
         return Err(DataError::format(
             path,
-            format!("variable `X`: dims {} need {} values, found {}", x.dims_string(), n * CHANNELS * PLANE, x.numel()),
+            format!(
+                "variable `X`: dims {} need {} values, found {}",
+                x.dims_string(),
+                n * CHANNELS * PLANE,
+                x.numel()
+            ),
         ));
     }
     Ok(n)
@@ -101,7 +128,10 @@ fn check_y(path: &Path, y: &MatArray, n: usize) -> Result<Vec<u8>> {
         _ => {
             return Err(DataError::format(
                 path,
-                format!("variable `y`: expected dims Nx1 (one label per image), found {}", y.dims_string()),
+                format!(
+                    "variable `y`: expected dims Nx1 (one label per image), found {}",
+                    y.dims_string()
+                ),
             ))
         }
     };
@@ -112,7 +142,13 @@ fn check_y(path: &Path, y: &MatArray, n: usize) -> Result<Vec<u8>> {
         ));
     }
     let values = y.data.to_i64_vec().map_err(|(i, v)| {
-        DataError::format(path, format!("variable `y`: expected integer labels 1..=10, found {v} at row {}", i + 1))
+        DataError::format(
+            path,
+            format!(
+                "variable `y`: expected integer labels 1..=10, found {v} at row {}",
+                i + 1
+            ),
+        )
     })?;
     values
         .iter()

@@ -24,7 +24,10 @@ pub enum Normalization {
 impl Normalization {
     /// ImageNet mean/std used by torchvision and timm backbones.
     pub fn imagenet() -> Self {
-        Normalization::MeanStd { mean: vec![0.485, 0.456, 0.406], std: vec![0.229, 0.224, 0.225] }
+        Normalization::MeanStd {
+            mean: vec![0.485, 0.456, 0.406],
+            std: vec![0.229, 0.224, 0.225],
+        }
     }
 
     fn check(&self, channels: usize) -> Result<()> {
@@ -37,7 +40,9 @@ impl Normalization {
                 )));
             }
             if let Some(s) = std.iter().find(|s| !(**s > 0.0) || !s.is_finite()) {
-                return Err(DataError::Invalid(format!("normalisation std must be positive and finite, found {s}")));
+                return Err(DataError::Invalid(format!(
+                    "normalisation std must be positive and finite, found {s}"
+                )));
             }
         }
         Ok(())
@@ -92,7 +97,10 @@ impl Pipeline {
             }
         }
         if out.height == 0 || out.width == 0 {
-            return Err(DataError::Invalid(format!("resize target {}x{} is empty", out.height, out.width)));
+            return Err(DataError::Invalid(format!(
+                "resize target {}x{} is empty",
+                out.height, out.width
+            )));
         }
         if let Some(a) = &self.augment {
             a.validate()?;
@@ -102,7 +110,14 @@ impl Pipeline {
 
     /// Transforms one u8 CHW image of shape `input` into `out` (length
     /// `output_shape(input).numel()`). Augmentation runs only when `rng` is given.
-    pub fn apply<R: Rng>(&self, src: &[u8], input: ImageShape, rng: Option<&mut R>, out: &mut [f32], scratch: &mut Vec<f32>) {
+    pub fn apply<R: Rng>(
+        &self,
+        src: &[u8],
+        input: ImageShape,
+        rng: Option<&mut R>,
+        out: &mut [f32],
+        scratch: &mut Vec<f32>,
+    ) {
         let oshape = self.output_shape(input);
         debug_assert_eq!(src.len(), input.numel());
         debug_assert_eq!(out.len(), oshape.numel());
@@ -169,10 +184,19 @@ mod tests {
         let s = ImageShape::new(1, 1, 3);
         let src = [0u8, 51, 255];
         assert_eq!(run(&Pipeline::default(), &src, s), vec![0.0, 0.2, 1.0]);
-        let sym = Pipeline { normalize: Normalization::Symmetric, ..Default::default() };
+        let sym = Pipeline {
+            normalize: Normalization::Symmetric,
+            ..Default::default()
+        };
         let v = run(&sym, &src, s);
         assert!((v[0] + 1.0).abs() < 1e-6 && (v[2] - 1.0).abs() < 1e-6, "{v:?}");
-        let ms = Pipeline { normalize: Normalization::MeanStd { mean: vec![0.5], std: vec![0.25] }, ..Default::default() };
+        let ms = Pipeline {
+            normalize: Normalization::MeanStd {
+                mean: vec![0.5],
+                std: vec![0.25],
+            },
+            ..Default::default()
+        };
         let v = run(&ms, &src, s);
         assert!((v[0] + 2.0).abs() < 1e-6 && (v[2] - 2.0).abs() < 1e-6, "{v:?}");
     }
@@ -180,11 +204,18 @@ mod tests {
     #[test]
     fn channel_conversion_and_resize_shapes() {
         let s = ImageShape::new(1, 2, 2);
-        let p = Pipeline { channels: Some(3), resize: Some([4, 4]), ..Default::default() };
+        let p = Pipeline {
+            channels: Some(3),
+            resize: Some([4, 4]),
+            ..Default::default()
+        };
         assert_eq!(p.output_shape(s), ImageShape::new(3, 4, 4));
         let v = run(&p, &[255, 255, 255, 255], s);
         assert!(v.iter().all(|x| (x - 1.0).abs() < 1e-6));
-        let bad = Pipeline { normalize: Normalization::imagenet(), ..Default::default() };
+        let bad = Pipeline {
+            normalize: Normalization::imagenet(),
+            ..Default::default()
+        };
         let e = bad.validate(s).unwrap_err().to_string();
         assert!(e.contains("3 means") && e.contains("1 channels"), "{e}");
     }

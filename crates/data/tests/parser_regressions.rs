@@ -84,7 +84,9 @@ fn images_header(dims: [u32; 3]) -> Vec<u8> {
 }
 
 fn regressions_dir(target: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/regressions").join(target)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fuzz/regressions")
+        .join(target)
 }
 
 /// A zero dimension makes the payload empty whatever the others say; the other
@@ -110,7 +112,10 @@ fn idx_zero_image_count_with_huge_sides_is_an_error() {
     for dims in [[5, 0, 7], [5, 7, 0]] {
         let images = images_header(dims);
         let labels = encode_idx(&[5], &[1; 5]);
-        assert!(idx_pair_from_bytes((&images, ip), (&labels, lp), "t", names()).is_err(), "{dims:?}");
+        assert!(
+            idx_pair_from_bytes((&images, ip), (&labels, lp), "t", names()).is_err(),
+            "{dims:?}"
+        );
     }
 }
 
@@ -125,8 +130,15 @@ fn idx_gzip_bomb_behind_a_small_header_is_refused_early() {
     let p = Path::new("labels.idx.gz");
     let (r, peak) = peak_alloc(|| decode_maybe_gz(gz.clone(), p));
     let e = r.err().expect("trailing data accepted").to_string();
-    assert!(e.contains("labels.idx.gz") && e.contains("continues past the 18 bytes"), "{e}");
-    assert!(peak < 1 << 20, "allocated {peak} bytes while refusing a bomb of {} bytes", gz.len());
+    assert!(
+        e.contains("labels.idx.gz") && e.contains("continues past the 18 bytes"),
+        "{e}"
+    );
+    assert!(
+        peak < 1 << 20,
+        "allocated {peak} bytes while refusing a bomb of {} bytes",
+        gz.len()
+    );
 }
 
 /// A gzipped header that claims 60000x28x28 images but holds a few bytes: the
@@ -140,7 +152,11 @@ fn idx_gzip_header_claiming_more_than_it_holds_allocates_little() {
     let (r, peak) = peak_alloc(|| decode_maybe_gz(gz.clone(), p).and_then(|d| parse_idx(&d, IMAGES_MAGIC, p)));
     let e = r.err().expect("truncated file accepted").to_string();
     assert!(e.contains("images.idx.gz") && e.contains("truncated"), "{e}");
-    assert!(peak <= gz.len() * 1032 + (1 << 16), "allocated {peak} bytes for {} gzipped bytes", gz.len());
+    assert!(
+        peak <= gz.len() * 1032 + (1 << 16),
+        "allocated {peak} bytes for {} gzipped bytes",
+        gz.len()
+    );
     // Labels too.
     let mut bytes = LABELS_MAGIC.to_be_bytes().to_vec();
     bytes.extend_from_slice(&u32::MAX.to_be_bytes());
@@ -184,7 +200,11 @@ fn mat_lying_sizes_allocate_from_the_real_length() {
     let (r, peak) = peak_alloc(|| read_mat_variables_from(Cursor::new(&f), p, &["X"]));
     let e = r.err().expect("a lying file was accepted").to_string();
     assert!(e.starts_with("lying.mat: "), "{e}");
-    assert!(peak < cap(f.len()), "allocated {peak} bytes for a {}-byte file", f.len());
+    assert!(
+        peak < cap(f.len()),
+        "allocated {peak} bytes for a {}-byte file",
+        f.len()
+    );
     let (r, peak) = peak_alloc(|| load_svhn_mat_from(Cursor::new(&f), p));
     assert!(r.is_err() && peak < cap(f.len()), "{peak}");
     let (_, peak) = peak_alloc(|| list_mat_variables_from(Cursor::new(&f), p));
@@ -197,7 +217,9 @@ fn mat_lying_sizes_allocate_from_the_real_length() {
 fn replay_fuzz_regression_inputs() {
     let mut n = 0;
     for target in ["idx", "mat"] {
-        let Ok(entries) = std::fs::read_dir(regressions_dir(target)) else { continue };
+        let Ok(entries) = std::fs::read_dir(regressions_dir(target)) else {
+            continue;
+        };
         for e in entries.flatten() {
             let data = std::fs::read(e.path()).unwrap();
             let name = e.path().display().to_string();
@@ -218,7 +240,11 @@ fn replay_fuzz_regression_inputs() {
                     let _ = load_svhn_mat_from(Cursor::new(&data), p);
                 }
             });
-            assert!(peak <= cap(data.len()), "{name}: allocated {peak} bytes for {} input bytes", data.len());
+            assert!(
+                peak <= cap(data.len()),
+                "{name}: allocated {peak} bytes for {} input bytes",
+                data.len()
+            );
             n += 1;
         }
     }

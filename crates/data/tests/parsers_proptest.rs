@@ -44,7 +44,10 @@ fn svhn_mat(x: &[u8], y: &[f64], compress: bool) -> Vec<u8> {
     f[126..128].copy_from_slice(b"IM");
     let n = y.len() as u32;
     let ybytes: Vec<u8> = y.iter().flat_map(|v| v.to_le_bytes()).collect();
-    for m in [matrix(9, &[32, 32, 3, n], "X", 2, x), matrix(6, &[n, 1], "y", 9, &ybytes)] {
+    for m in [
+        matrix(9, &[32, 32, 3, n], "X", 2, x),
+        matrix(6, &[n, 1], "y", 9, &ybytes),
+    ] {
         if compress {
             let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
             z.write_all(&m).unwrap();

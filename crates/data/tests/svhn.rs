@@ -9,7 +9,9 @@ use std::path::PathBuf;
 const N: usize = 33;
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 /// (NCHW pixels, labels 0..9) as computed by numpy.
@@ -46,17 +48,25 @@ fn mat_reader_reports_classes_and_skips_other_variables() {
     let path = fixture("svhn_small_compressed.mat");
     let infos = list_mat_variables(&path).unwrap();
     let summary: Vec<String> = infos.iter().map(|i| i.to_string()).collect();
-    assert_eq!(summary, ["comment (char 1x29)", "X (uint8 32x32x3x33)", "y (double 33x1)"]);
+    assert_eq!(
+        summary,
+        ["comment (char 1x29)", "X (uint8 32x32x3x33)", "y (double 33x1)"]
+    );
     let vars = read_mat_variables(&path, &["y"]).unwrap();
     assert_eq!(vars[0].class, MatClass::Double);
     assert_eq!(vars[0].dims, vec![N, 1]);
-    let MatData::F64(y) = &vars[0].data else { panic!("y is not double") };
+    let MatData::F64(y) = &vars[0].data else {
+        panic!("y is not double")
+    };
     let (_, labels) = expected();
     for (v, l) in y.iter().zip(&labels) {
         assert_eq!((*v as u8) % 10, *l);
     }
     let err = read_mat_variables(&path, &["comment"]).unwrap_err().to_string();
-    assert!(err.contains("variable `comment`: expected a numeric array, found class char"), "{err}");
+    assert!(
+        err.contains("variable `comment`: expected a numeric array, found class char"),
+        "{err}"
+    );
 }
 
 /// Loads `file`, expecting an error whose message names the file and contains `phrase`.
@@ -73,17 +83,26 @@ fn wrong_dtype_is_rejected() {
 
 #[test]
 fn wrong_shape_is_rejected() {
-    assert_load_error("svhn_bad_shape.mat", "variable `X`: expected dims 32x32x3xN, found 28x28x3x4");
+    assert_load_error(
+        "svhn_bad_shape.mat",
+        "variable `X`: expected dims 32x32x3xN, found 28x28x3x4",
+    );
 }
 
 #[test]
 fn count_mismatch_is_rejected() {
-    assert_load_error("svhn_bad_count.mat", "variable `X` holds 4 images but variable `y` holds 3 labels");
+    assert_load_error(
+        "svhn_bad_count.mat",
+        "variable `X` holds 4 images but variable `y` holds 3 labels",
+    );
 }
 
 #[test]
 fn out_of_range_label_is_rejected() {
-    assert_load_error("svhn_bad_label.mat", "variable `y`: expected labels 1..=10, found 11 at row 3");
+    assert_load_error(
+        "svhn_bad_label.mat",
+        "variable `y`: expected labels 1..=10, found 11 at row 3",
+    );
 }
 
 #[test]

@@ -100,8 +100,7 @@ pub fn read_row(path: &Path, overfit_gap: f64) -> Result<RunRow> {
         message,
     };
     let bytes = std::fs::read(path).map_err(|e| FinetuneError::io(path, e))?;
-    let v: Value =
-        serde_json::from_slice(&bytes).map_err(|e| err(format!("not valid JSON: {e}")))?;
+    let v: Value = serde_json::from_slice(&bytes).map_err(|e| err(format!("not valid JSON: {e}")))?;
     if !v.is_object() {
         return Err(err("expected a JSON object of results".into()));
     }
@@ -112,20 +111,13 @@ pub fn read_row(path: &Path, overfit_gap: f64) -> Result<RunRow> {
     let name = text(&v, "name")
         .or(folder)
         .unwrap_or_else(|| path.display().to_string());
-    let is_transfer =
-        v.get("backbone_seconds").is_some() || text(&v, "kind").as_deref() == Some("transfer");
+    let is_transfer = v.get("backbone_seconds").is_some() || text(&v, "kind").as_deref() == Some("transfer");
     let train_accuracy = num(&v, "train_accuracy");
     let val_accuracy = num(&v, "val_accuracy");
     let gap = train_accuracy.zip(val_accuracy).map(|(t, v)| t - v);
     let count = |key: &str| v.get(key).and_then(Value::as_u64);
     let params_total = count("params_total").or_else(|| count("parameters"));
-    let params_trainable = count("params_trainable").or_else(|| {
-        if is_transfer {
-            None
-        } else {
-            count("parameters")
-        }
-    });
+    let params_trainable = count("params_trainable").or_else(|| if is_transfer { None } else { count("parameters") });
     Ok(RunRow {
         name,
         kind: if is_transfer { "transfer" } else { "train" }.into(),
@@ -156,11 +148,7 @@ pub fn read_rows(runs: &[PathBuf], overfit_gap: f64) -> Result<Vec<RunRow>> {
     let names: Vec<String> = rows.iter().map(|r| r.name.clone()).collect();
     for r in rows.iter_mut() {
         if names.iter().filter(|n| **n == r.name).count() > 1 {
-            let dir = r
-                .path
-                .parent()
-                .map(|p| p.display().to_string())
-                .unwrap_or_default();
+            let dir = r.path.parent().map(|p| p.display().to_string()).unwrap_or_default();
             r.name = format!("{} ({dir})", r.name);
         }
     }
@@ -168,8 +156,7 @@ pub fn read_rows(runs: &[PathBuf], overfit_gap: f64) -> Result<Vec<RunRow>> {
 }
 
 fn pct(v: Option<f64>) -> String {
-    v.map(|v| format!("{:.2}", 100.0 * v))
-        .unwrap_or_else(|| "-".into())
+    v.map(|v| format!("{:.2}", 100.0 * v)).unwrap_or_else(|| "-".into())
 }
 fn f4(v: Option<f64>) -> String {
     v.map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into())
@@ -258,9 +245,7 @@ pub fn csv(rows: &[RunRow]) -> String {
             o(r.head_seconds),
             o(r.wall_seconds),
             r.params_total.map(|v| v.to_string()).unwrap_or_default(),
-            r.params_trainable
-                .map(|v| v.to_string())
-                .unwrap_or_default(),
+            r.params_trainable.map(|v| v.to_string()).unwrap_or_default(),
             csv_field(&r.path.display().to_string()),
         ];
         s += &(fields.join(",") + "\n");
@@ -276,10 +261,7 @@ pub fn compare(runs: &[PathBuf], out: &Path, overfit_gap: f64) -> Result<Vec<Run
         )));
     }
     let rows = read_rows(runs, overfit_gap)?;
-    write_atomic(
-        &out.join("compare.md"),
-        markdown(&rows, overfit_gap).as_bytes(),
-    )?;
+    write_atomic(&out.join("compare.md"), markdown(&rows, overfit_gap).as_bytes())?;
     write_atomic(&out.join("compare.csv"), csv(&rows).as_bytes())?;
     let labels: Vec<String> = rows.iter().map(|r| r.name.clone()).collect();
     let nan = |v: Option<f64>| v.unwrap_or(f64::NAN);
@@ -291,23 +273,15 @@ pub fn compare(runs: &[PathBuf], out: &Path, overfit_gap: f64) -> Result<Vec<Run
             vec![
                 (
                     "test accuracy",
-                    rows.iter()
-                        .map(|r| nan(r.test_accuracy))
-                        .collect::<Vec<_>>(),
+                    rows.iter().map(|r| nan(r.test_accuracy)).collect::<Vec<_>>(),
                 ),
-                (
-                    "test macro-F1",
-                    rows.iter().map(|r| nan(r.test_macro_f1)).collect(),
-                ),
+                ("test macro-F1", rows.iter().map(|r| nan(r.test_macro_f1)).collect()),
             ],
         )
     } else {
         (
             "Validation accuracy per run (no test results)",
-            vec![(
-                "val accuracy",
-                rows.iter().map(|r| nan(r.val_accuracy)).collect(),
-            )],
+            vec![("val accuracy", rows.iter().map(|r| nan(r.val_accuracy)).collect())],
         )
     };
     if series.iter().any(|(_, v)| v.iter().any(|x| x.is_finite())) {

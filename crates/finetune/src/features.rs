@@ -151,8 +151,7 @@ impl CacheStats {
         self.backbone_batches += o.backbone_batches;
         self.backbone_seconds += o.backbone_seconds;
         self.load_seconds += o.load_seconds;
-        self.invalid_reasons
-            .extend(o.invalid_reasons.iter().cloned());
+        self.invalid_reasons.extend(o.invalid_reasons.iter().cloned());
     }
 }
 
@@ -201,41 +200,26 @@ impl FeatureCache {
 
     fn parse(bytes: &[u8], key: &FeatureKey, labels: &[u8]) -> std::result::Result<Tensor, String> {
         use candle_core::safetensors::Load;
-        let (_, meta) = safetensors::SafeTensors::read_metadata(bytes)
-            .map_err(|e| format!("unreadable: {e}"))?;
+        let (_, meta) = safetensors::SafeTensors::read_metadata(bytes).map_err(|e| format!("unreadable: {e}"))?;
         let stored = meta
             .metadata()
             .as_ref()
             .and_then(|m| m.get(KEY_METADATA))
             .ok_or_else(|| format!("no `{KEY_METADATA}` metadata"))?;
-        let stored: FeatureKey =
-            serde_json::from_str(stored).map_err(|e| format!("bad key metadata: {e}"))?;
+        let stored: FeatureKey = serde_json::from_str(stored).map_err(|e| format!("bad key metadata: {e}"))?;
         if &stored != key {
-            return Err(
-                "stored key differs from the requested one (digest collision or edited file)"
-                    .into(),
-            );
+            return Err("stored key differs from the requested one (digest collision or edited file)".into());
         }
-        let st =
-            safetensors::SafeTensors::deserialize(bytes).map_err(|e| format!("unreadable: {e}"))?;
+        let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| format!("unreadable: {e}"))?;
         let features = st
             .tensor("features")
             .map_err(|e| format!("no `features` tensor: {e}"))?;
-        let stored_labels = st
-            .tensor("labels")
-            .map_err(|e| format!("no `labels` tensor: {e}"))?;
-        let features = features
-            .load(&Device::Cpu)
-            .map_err(|e| format!("`features`: {e}"))?;
-        let stored_labels = stored_labels
-            .load(&Device::Cpu)
-            .map_err(|e| format!("`labels`: {e}"))?;
-        let (n, _d) = features.dims2().map_err(|_| {
-            format!(
-                "`features` has shape {:?}, expected [N, D]",
-                features.dims()
-            )
-        })?;
+        let stored_labels = st.tensor("labels").map_err(|e| format!("no `labels` tensor: {e}"))?;
+        let features = features.load(&Device::Cpu).map_err(|e| format!("`features`: {e}"))?;
+        let stored_labels = stored_labels.load(&Device::Cpu).map_err(|e| format!("`labels`: {e}"))?;
+        let (n, _d) = features
+            .dims2()
+            .map_err(|_| format!("`features` has shape {:?}, expected [N, D]", features.dims()))?;
         if n != labels.len() || features.dtype() != DType::F32 {
             return Err(format!(
                 "`features` is {:?} {:?}, expected f32 with {} rows",
@@ -248,12 +232,7 @@ impl FeatureCache {
             .to_dtype(DType::U32)
             .and_then(|t| t.to_vec1())
             .map_err(|e| format!("`labels` is not a vector: {e}"))?;
-        if stored_labels.len() != labels.len()
-            || stored_labels
-                .iter()
-                .zip(labels)
-                .any(|(a, b)| *a != *b as u32)
-        {
+        if stored_labels.len() != labels.len() || stored_labels.iter().zip(labels).any(|(a, b)| *a != *b as u32) {
             return Err("stored labels differ from the dataset's".into());
         }
         Ok(features)
@@ -266,22 +245,17 @@ impl FeatureCache {
             path: path.clone(),
             message,
         };
-        let features = features
-            .to_device(&Device::Cpu)?
-            .to_dtype(DType::F32)?
-            .contiguous()?;
+        let features = features.to_device(&Device::Cpu)?.to_dtype(DType::F32)?.contiguous()?;
         let labels = Tensor::from_vec(
             labels.iter().map(|&l| l as u32).collect::<Vec<u32>>(),
             labels.len(),
             &Device::Cpu,
         )?;
         let key_json = serde_json::to_string(key).map_err(|e| err(e.to_string()))?;
-        let metadata: HashMap<String, String> =
-            [(KEY_METADATA.to_string(), key_json)].into_iter().collect();
+        let metadata: HashMap<String, String> = [(KEY_METADATA.to_string(), key_json)].into_iter().collect();
         digitlab_train::io::write_atomic_with(&path, |tmp| {
             let tensors = [("features", &features), ("labels", &labels)];
-            safetensors::serialize_to_file(tensors, Some(metadata), tmp)
-                .map_err(std::io::Error::other)
+            safetensors::serialize_to_file(tensors, Some(metadata), tmp).map_err(std::io::Error::other)
         })?;
         Ok(path)
     }
@@ -344,9 +318,7 @@ pub fn features_for(
             Lookup::Miss => stats.misses += 1,
             Lookup::Invalid(reason) => {
                 if verbosity != Verbosity::Silent {
-                    eprintln!(
-                        "warning: {label}: ignoring feature cache file: {reason}; recomputing"
-                    );
+                    eprintln!("warning: {label}: ignoring feature cache file: {reason}; recomputing");
                 }
                 stats.invalid += 1;
                 stats.misses += 1;
@@ -359,11 +331,9 @@ pub fn features_for(
         _ => ProgressBar::hidden(),
     };
     bar.set_style(
-        ProgressStyle::with_template(
-            "{prefix} [{bar:25}] {pos}/{len} images {per_sec} {elapsed}<{eta}",
-        )
-        .expect("valid template")
-        .progress_chars("=> "),
+        ProgressStyle::with_template("{prefix} [{bar:25}] {pos}/{len} images {per_sec} {elapsed}<{eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
     );
     bar.set_prefix(format!("{label}: backbone"));
     let t0 = Instant::now();

@@ -15,9 +15,7 @@ use digitlab_losses::{LossKind, Reduction};
 use digitlab_models::{Head, OutputKind, SeededVarMap};
 use digitlab_train::eval::{compute_loss, predict};
 use digitlab_train::trainer::EpochMetrics;
-use digitlab_train::{
-    ConfusionMatrix, Evaluation, Optimizer, OptimizerConfig, TrainError, Verbosity,
-};
+use digitlab_train::{ConfusionMatrix, Evaluation, Optimizer, OptimizerConfig, TrainError, Verbosity};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -77,11 +75,7 @@ impl LabeledFeatures {
                 labels.len()
             )));
         }
-        let labels = Tensor::from_vec(
-            labels.iter().map(|&l| l as u32).collect::<Vec<u32>>(),
-            n,
-            &device,
-        )?;
+        let labels = Tensor::from_vec(labels.iter().map(|&l| l as u32).collect::<Vec<u32>>(), n, &device)?;
         Ok(Self { features, labels })
     }
     pub fn len(&self) -> usize {
@@ -124,9 +118,7 @@ impl Standardizer {
     }
     /// `(features - mean) / std`.
     pub fn apply(&self, features: &Tensor) -> Result<Tensor> {
-        Ok(features
-            .broadcast_sub(&self.mean)?
-            .broadcast_div(&self.std)?)
+        Ok(features.broadcast_sub(&self.mean)?.broadcast_div(&self.std)?)
     }
     /// [`Standardizer::apply`] on labelled features.
     pub fn apply_to(&self, data: &LabeledFeatures) -> Result<LabeledFeatures> {
@@ -202,9 +194,7 @@ pub fn train_head(
     for epoch in 0..cfg.epochs {
         let t0 = Instant::now();
         let mut order: Vec<u32> = (0..n as u32).collect();
-        let mut rng = ChaCha8Rng::seed_from_u64(
-            cfg.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
-        );
+        let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
         order.shuffle(&mut rng);
         let (mut loss_sum, mut correct) = (0.0f64, 0u64);
         for (step, chunk) in order.chunks(cfg.batch_size).enumerate() {
@@ -278,12 +268,7 @@ pub fn train_head(
 
 /// Evaluates `head` (eval mode) on `data`: cross-entropy, confusion matrix and
 /// per-row predictions, in row order.
-pub fn evaluate_head(
-    head: &Head,
-    data: &LabeledFeatures,
-    num_classes: usize,
-    batch_size: usize,
-) -> Result<Evaluation> {
+pub fn evaluate_head(head: &Head, data: &LabeledFeatures, num_classes: usize, batch_size: usize) -> Result<Evaluation> {
     let n = data.len();
     let mut total_loss = 0.0;
     let mut predictions = Vec::with_capacity(n);

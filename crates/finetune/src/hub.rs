@@ -109,16 +109,9 @@ impl HubConfig {
     /// lookup can be tested without changing the process environment.
     pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Self> {
         let get = |name: &str| var(name).filter(|v| !v.trim().is_empty());
-        let home = || {
-            get("HOME")
-                .or_else(|| get("USERPROFILE"))
-                .map(PathBuf::from)
-        };
+        let home = || get("HOME").or_else(|| get("USERPROFILE")).map(PathBuf::from);
         let expand = |value: String| -> PathBuf {
-            match value
-                .strip_prefix("~/")
-                .or_else(|| value.strip_prefix("~\\"))
-            {
+            match value.strip_prefix("~/").or_else(|| value.strip_prefix("~\\")) {
                 Some(rest) => match home() {
                     Some(h) => h.join(rest),
                     None => PathBuf::from(value),
@@ -127,28 +120,23 @@ impl HubConfig {
                 None => PathBuf::from(value),
             }
         };
-        let cache_dir =
-            if let Some(dir) = get("HF_HUB_CACHE").or_else(|| get("HUGGINGFACE_HUB_CACHE")) {
-                expand(dir)
-            } else if let Some(hf_home) = get("HF_HOME") {
-                expand(hf_home).join("hub")
-            } else if let Some(xdg) = get("XDG_CACHE_HOME") {
-                expand(xdg).join("huggingface").join("hub")
-            } else if let Some(home) = home() {
-                home.join(".cache").join("huggingface").join("hub")
-            } else {
-                return Err(FinetuneError::CacheDir(
+        let cache_dir = if let Some(dir) = get("HF_HUB_CACHE").or_else(|| get("HUGGINGFACE_HUB_CACHE")) {
+            expand(dir)
+        } else if let Some(hf_home) = get("HF_HOME") {
+            expand(hf_home).join("hub")
+        } else if let Some(xdg) = get("XDG_CACHE_HOME") {
+            expand(xdg).join("huggingface").join("hub")
+        } else if let Some(home) = home() {
+            home.join(".cache").join("huggingface").join("hub")
+        } else {
+            return Err(FinetuneError::CacheDir(
                 "none of HF_HUB_CACHE, HUGGINGFACE_HUB_CACHE, HF_HOME, XDG_CACHE_HOME or HOME is \
                  set; set HF_HUB_CACHE to the folder holding the models--org--name directories"
                     .into(),
             ));
-            };
-        let offline = get("HF_HUB_OFFLINE").is_some_and(|v| {
-            matches!(
-                v.trim().to_ascii_lowercase().as_str(),
-                "1" | "true" | "yes" | "on"
-            )
-        });
+        };
+        let offline = get("HF_HUB_OFFLINE")
+            .is_some_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"));
         let endpoint = get("HF_ENDPOINT").map(|e| e.trim().trim_end_matches('/').to_string());
         let token = get("HF_TOKEN")
             .or_else(|| get("HUGGING_FACE_HUB_TOKEN"))
@@ -182,11 +170,7 @@ pub struct HubFile {
 
 impl HubFile {
     /// Validates the parts (they become cache paths).
-    pub fn new(
-        repo: impl Into<String>,
-        revision: impl Into<String>,
-        file: impl Into<String>,
-    ) -> Result<Self> {
+    pub fn new(repo: impl Into<String>, revision: impl Into<String>, file: impl Into<String>) -> Result<Self> {
         let (repo, revision, file) = (repo.into(), revision.into(), file.into());
         let check = |r: std::result::Result<(), String>| {
             r.map_err(|reason| FinetuneError::InvalidSource {
@@ -197,11 +181,7 @@ impl HubFile {
         check(validate_repo_id(&repo))?;
         check(validate_revision(&revision))?;
         check(validate_repo_file(&file))?;
-        Ok(Self {
-            repo,
-            revision,
-            file,
-        })
+        Ok(Self { repo, revision, file })
     }
 }
 
@@ -273,11 +253,7 @@ pub struct HubUnavailable {
 
 impl fmt::Display for HubUnavailable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let first = self
-            .files
-            .first()
-            .map(String::as_str)
-            .unwrap_or(DEFAULT_FILE);
+        let first = self.files.first().map(String::as_str).unwrap_or(DEFAULT_FILE);
         write!(
             f,
             "cannot get `{first}` from Hugging Face repo `{}` (revision `{}`)",
@@ -320,10 +296,7 @@ impl fmt::Display for HubUnavailable {
             Repo::new(self.repo.clone(), RepoType::Model).folder_name(),
             self.cache_dir.display()
         )?;
-        writeln!(
-            f,
-            "      (or point HF_HUB_CACHE / HF_HOME at a copy of that cache), or"
-        )?;
+        writeln!(f, "      (or point HF_HUB_CACHE / HF_HOME at a copy of that cache), or")?;
         write!(
             f,
             "    - download the file yourself and pass its local path (e.g. `--weights path/to/{}`) instead of `hf:{}`",
@@ -338,12 +311,7 @@ impl fmt::Display for HubUnavailable {
 ///
 /// With `file: None`, [`DEFAULT_FILE`] is tried, then each of [`FALLBACK_FILES`]:
 /// first all of them in the cache, then all of them on the network.
-pub fn resolve(
-    config: &HubConfig,
-    repo: &str,
-    revision: Option<&str>,
-    file: Option<&str>,
-) -> Result<PathBuf> {
+pub fn resolve(config: &HubConfig, repo: &str, revision: Option<&str>, file: Option<&str>) -> Result<PathBuf> {
     let revision = revision.unwrap_or(DEFAULT_REVISION);
     let files: Vec<&str> = match file {
         Some(f) => vec![f],
@@ -408,11 +376,9 @@ pub fn resolve_source(config: &HubConfig, source: &WeightsSource) -> Result<Opti
                 ))
             }
         }
-        WeightsSource::Hub {
-            repo,
-            revision,
-            file,
-        } => resolve(config, repo, revision.as_deref(), file.as_deref()).map(Some),
+        WeightsSource::Hub { repo, revision, file } => {
+            resolve(config, repo, revision.as_deref(), file.as_deref()).map(Some)
+        }
     }
 }
 
@@ -420,8 +386,7 @@ pub fn resolve_source(config: &HubConfig, source: &WeightsSource) -> Result<Opti
 /// text on failure. hf-hub asserts on some unexpected server behaviour, so the call
 /// is also guarded against panics.
 fn download(config: &HubConfig, file: &HubFile) -> std::result::Result<PathBuf, String> {
-    let mut builder =
-        ApiBuilder::from_cache(Cache::new(config.cache_dir.clone())).with_progress(config.progress);
+    let mut builder = ApiBuilder::from_cache(Cache::new(config.cache_dir.clone())).with_progress(config.progress);
     if let Some(endpoint) = &config.endpoint {
         builder = builder.with_endpoint(endpoint.clone());
     }
@@ -448,10 +413,7 @@ mod tests {
     use std::collections::HashMap;
 
     fn vars(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         move |k| map.get(k).cloned()
     }
 
@@ -473,10 +435,7 @@ mod tests {
         let cfg = HubConfig::from_vars(vars(&all[3..])).unwrap();
         assert_eq!(cfg.cache_dir, PathBuf::from("/d/xdg/huggingface/hub"));
         let cfg = HubConfig::from_vars(vars(&all[4..])).unwrap();
-        assert_eq!(
-            cfg.cache_dir,
-            PathBuf::from("/e/home/.cache/huggingface/hub")
-        );
+        assert_eq!(cfg.cache_dir, PathBuf::from("/e/home/.cache/huggingface/hub"));
         // Empty values are ignored.
         let cfg = HubConfig::from_vars(vars(&[("HF_HUB_CACHE", ""), ("HOME", "/h")])).unwrap();
         assert_eq!(cfg.cache_dir, PathBuf::from("/h/.cache/huggingface/hub"));
@@ -510,10 +469,7 @@ mod tests {
         .unwrap();
         assert_eq!(cfg.endpoint.as_deref(), Some("https://mirror.example"));
         assert_eq!(cfg.token.as_deref(), Some("tok"));
-        assert!(
-            !format!("{cfg:?}").contains("tok\""),
-            "token leaked in Debug"
-        );
+        assert!(!format!("{cfg:?}").contains("tok\""), "token leaked in Debug");
         assert!(!cfg.offline);
     }
 

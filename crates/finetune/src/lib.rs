@@ -65,12 +65,8 @@ pub use head::{train_head, HeadConfig, HeadRun, LabeledFeatures, Standardizer};
 pub use hub::{HubConfig, HubUnavailable, DEFAULT_FILE, FALLBACK_FILES};
 pub use pth::{read_pth, read_pth_with, PthOptions};
 pub use source::WeightsSource;
-pub use transfer::{
-    run_transfer, BackboneSpec, TransferConfig, TransferOutcome, TransferRunOptions,
-    TransferSummary,
-};
+pub use transfer::{run_transfer, BackboneSpec, TransferConfig, TransferOutcome, TransferRunOptions, TransferSummary};
 pub use weights::{
-    check_against, detect_format, load_weights, strip_common_prefixes, LoadReport, LoadedWeights,
-    WeightsFormat,
+    check_against, detect_format, load_weights, strip_common_prefixes, LoadReport, LoadedWeights, WeightsFormat,
 };
 pub use zoo::{create_model, CreateOptions, CreatedModel, MODEL_NAMES};

@@ -131,10 +131,7 @@ pub fn read_pth(path: impl AsRef<Path>) -> Result<Vec<(String, Tensor)>> {
 }
 
 /// [`read_pth`] with options.
-pub fn read_pth_with(
-    path: impl AsRef<Path>,
-    options: &PthOptions,
-) -> Result<Vec<(String, Tensor)>> {
+pub fn read_pth_with(path: impl AsRef<Path>, options: &PthOptions) -> Result<Vec<(String, Tensor)>> {
     let path = path.as_ref();
     let file = File::open(path).map_err(|e| FinetuneError::io(path, e))?;
     read_pth_from(BufReader::new(file), path, options)
@@ -179,8 +176,7 @@ pub fn read_pth_from<R: Read + Seek>(
             &magic[..got]
         )));
     }
-    let mut zip = ZipArchive::new(reader)
-        .map_err(|e| invalid(format!("corrupt or truncated zip archive: {e}")))?;
+    let mut zip = ZipArchive::new(reader).map_err(|e| invalid(format!("corrupt or truncated zip archive: {e}")))?;
 
     let names = zip
         .file_names()
@@ -231,22 +227,20 @@ pub fn read_pth_from<R: Read + Seek>(
             Some(b) => b.clone(),
             None => {
                 let entry = format!("{prefix}data/{}", spec.storage.key);
-                let bytes = read_entry(&mut zip, &entry, archive_len, needed, Some(needed))
-                    .map_err(|e| {
-                        invalid(format!(
-                            "tensor `{name}`: storage `{}` ({} x {}): {e}",
-                            spec.storage.key,
-                            spec.storage.numel,
-                            kind.name()
-                        ))
-                    })?;
+                let bytes = read_entry(&mut zip, &entry, archive_len, needed, Some(needed)).map_err(|e| {
+                    invalid(format!(
+                        "tensor `{name}`: storage `{}` ({} x {}): {e}",
+                        spec.storage.key,
+                        spec.storage.numel,
+                        kind.name()
+                    ))
+                })?;
                 let bytes = Rc::new(bytes);
                 storages.insert(cache_key, bytes.clone());
                 bytes
             }
         };
-        let tensor = materialize(&spec, &bytes, big_endian)
-            .map_err(|e| invalid(format!("tensor `{name}`: {e}")))?;
+        let tensor = materialize(&spec, &bytes, big_endian).map_err(|e| invalid(format!("tensor `{name}`: {e}")))?;
         tensors.push((name, tensor));
     }
     Ok(tensors)
@@ -314,9 +308,9 @@ fn find_prefix(names: &[String]) -> std::result::Result<String, PrefixError> {
             )))
         }
     };
-    let torchscript = names.iter().any(|n| {
-        n == &format!("{prefix}constants.pkl") || n.starts_with(&format!("{prefix}code/"))
-    });
+    let torchscript = names
+        .iter()
+        .any(|n| n == &format!("{prefix}constants.pkl") || n.starts_with(&format!("{prefix}code/")));
     if torchscript {
         return Err(PrefixError::Unsupported(
             "this is a TorchScript archive (torch.jit.save); save `model.state_dict()` with \
@@ -344,12 +338,7 @@ fn check_entry_sizes(
             "stored entry claims {size} bytes but occupies {compressed} bytes"
         )),
         CompressionMethod::Stored => Ok(()),
-        CompressionMethod::Deflated
-            if size
-                > compressed
-                    .saturating_mul(MAX_DEFLATE_RATIO)
-                    .saturating_add(4096) =>
-        {
+        CompressionMethod::Deflated if size > compressed.saturating_mul(MAX_DEFLATE_RATIO).saturating_add(4096) => {
             Err(format!(
                 "deflated entry claims {size} bytes from {compressed} compressed bytes, more than \
                  deflate can produce"
@@ -374,12 +363,7 @@ fn read_entry<R: Read + Seek>(
         .by_name(name)
         .map_err(|e| format!("entry `{name}` missing from the archive ({e})"))?;
     let size = entry.size();
-    check_entry_sizes(
-        entry.compression(),
-        size,
-        entry.compressed_size(),
-        archive_len,
-    )?;
+    check_entry_sizes(entry.compression(), size, entry.compressed_size(), archive_len)?;
     if let Some(exact) = exact {
         if size < exact {
             return Err(format!(
@@ -509,12 +493,8 @@ fn resolve_global(module: &str, name: &str) -> Option<Global> {
         ("torch._utils", "_rebuild_parameter_with_state") => Global::RebuildParameterWithState,
         ("torch._tensor", "_rebuild_from_type_v2") => Global::RebuildFromTypeV2,
         ("torch", "Tensor") | ("torch.nn.parameter", "Parameter") => Global::TensorClass,
-        ("torch", "UntypedStorage") | ("torch.storage", "UntypedStorage") => {
-            Global::Storage(StorageKind::Untyped)
-        }
-        ("torch", class) if class != "UntypedStorage" => {
-            Global::Storage(StorageKind::from_class(class)?)
-        }
+        ("torch", "UntypedStorage") | ("torch.storage", "UntypedStorage") => Global::Storage(StorageKind::Untyped),
+        ("torch", class) if class != "UntypedStorage" => Global::Storage(StorageKind::from_class(class)?),
         _ => return None,
     })
 }
@@ -660,17 +640,13 @@ impl<'a> Unpickler<'a> {
     fn line(&mut self) -> PResult<&'a str> {
         let rest = &self.data[self.pos..];
         let Some(end) = rest.iter().position(|&b| b == b'\n') else {
-            return bad(format!(
-                "truncated pickle: unterminated line at offset {}",
-                self.pos
-            ));
+            return bad(format!("truncated pickle: unterminated line at offset {}", self.pos));
         };
         self.pos += end + 1;
         let line = &rest[..end];
         let line = line.strip_suffix(b"\r").unwrap_or(line);
-        std::str::from_utf8(line).map_err(|_| {
-            PickleError::Invalid(format!("non-UTF-8 text line before offset {}", self.pos))
-        })
+        std::str::from_utf8(line)
+            .map_err(|_| PickleError::Invalid(format!("non-UTF-8 text line before offset {}", self.pos)))
     }
 
     fn push(&mut self, v: Value) {
@@ -717,32 +693,17 @@ impl<'a> Unpickler<'a> {
 
     fn list(&self, items: Vec<Value>) -> PResult<Value> {
         let depth = self.check_depth(1 + items.iter().map(Value::depth).max().unwrap_or(0))?;
-        Ok(Value::List(Rc::new(RefCell::new(Container {
-            items,
-            depth,
-        }))))
+        Ok(Value::List(Rc::new(RefCell::new(Container { items, depth }))))
     }
 
     fn dict(&self, pairs: Pairs) -> PResult<Value> {
-        let depth = self.check_depth(
-            1 + pairs
-                .iter()
-                .map(|(k, v)| k.depth().max(v.depth()))
-                .max()
-                .unwrap_or(0),
-        )?;
-        Ok(Value::Dict(Rc::new(RefCell::new(Container {
-            items: pairs,
-            depth,
-        }))))
+        let depth = self.check_depth(1 + pairs.iter().map(|(k, v)| k.depth().max(v.depth())).max().unwrap_or(0))?;
+        Ok(Value::Dict(Rc::new(RefCell::new(Container { items: pairs, depth }))))
     }
 
     fn pairs(&self, mut flat: Vec<Value>) -> PResult<Pairs> {
         if flat.len() % 2 != 0 {
-            return bad(format!(
-                "odd number of items for a dict at offset {}",
-                self.pos
-            ));
+            return bad(format!("odd number of items for a dict at offset {}", self.pos));
         }
         let mut pairs = Vec::with_capacity(flat.len() / 2);
         let mut it = flat.drain(..);
@@ -763,21 +724,13 @@ impl<'a> Unpickler<'a> {
                 l.items.extend(items);
                 Ok(())
             }
-            other => bad(format!(
-                "APPEND(S) on a {} at offset {}",
-                other.kind(),
-                self.pos
-            )),
+            other => bad(format!("APPEND(S) on a {} at offset {}", other.kind(), self.pos)),
         }
     }
 
     /// Sets items of the dict on top of the stack.
     fn extend_dict(&mut self, pairs: Pairs) -> PResult<()> {
-        let added = pairs
-            .iter()
-            .map(|(k, v)| k.depth().max(v.depth()))
-            .max()
-            .unwrap_or(0);
+        let added = pairs.iter().map(|(k, v)| k.depth().max(v.depth())).max().unwrap_or(0);
         let depth = self.check_depth(added + 1)?;
         match self.top()? {
             Value::Dict(d) => {
@@ -786,11 +739,7 @@ impl<'a> Unpickler<'a> {
                 d.items.extend(pairs);
                 Ok(())
             }
-            other => bad(format!(
-                "SETITEM(S) on a {} at offset {}",
-                other.kind(),
-                self.pos
-            )),
+            other => bad(format!("SETITEM(S) on a {} at offset {}", other.kind(), self.pos)),
         }
     }
 
@@ -826,12 +775,7 @@ impl<'a> Unpickler<'a> {
             "00" | "01" => Ok(Value::Bool),
             d => match d.parse::<i64>() {
                 Ok(v) => Ok(Value::Int(v)),
-                Err(_)
-                    if !d.is_empty()
-                        && d.trim_start_matches('-')
-                            .bytes()
-                            .all(|b| b.is_ascii_digit()) =>
-                {
+                Err(_) if !d.is_empty() && d.trim_start_matches('-').bytes().all(|b| b.is_ascii_digit()) => {
                     Ok(Value::BigInt)
                 }
                 Err(_) => bad(format!("bad integer literal {d:?}")),
@@ -858,10 +802,7 @@ impl<'a> Unpickler<'a> {
     fn string(&self, bytes: &[u8]) -> PResult<Value> {
         match std::str::from_utf8(bytes) {
             Ok(s) => Ok(Value::Str(Rc::from(s))),
-            Err(_) => bad(format!(
-                "invalid UTF-8 in a string before offset {}",
-                self.pos
-            )),
+            Err(_) => bad(format!("invalid UTF-8 in a string before offset {}", self.pos)),
         }
     }
 
@@ -968,9 +909,7 @@ impl<'a> Unpickler<'a> {
                         self.u8()? as u64
                     };
                     let bytes = self.take(n)?;
-                    self.push(Value::Str(Rc::from(
-                        String::from_utf8_lossy(bytes).as_ref(),
-                    )));
+                    self.push(Value::Str(Rc::from(String::from_utf8_lossy(bytes).as_ref())));
                 }
                 // BINBYTES, SHORT_BINBYTES, BINBYTES8, BYTEARRAY8
                 b'B' | b'C' | 0x8e | 0x96 => {
@@ -1095,10 +1034,7 @@ impl<'a> Unpickler<'a> {
                     let args = self.pop()?;
                     let callable = self.pop()?;
                     let Some(args) = args.items() else {
-                        return bad(format!(
-                            "REDUCE arguments are a {}, not a tuple",
-                            args.kind()
-                        ));
+                        return bad(format!("REDUCE arguments are a {}, not a tuple", args.kind()));
                     };
                     let v = self.call_value(callable, args)?;
                     self.push(v);
@@ -1108,10 +1044,7 @@ impl<'a> Unpickler<'a> {
                     let args = self.pop()?;
                     let class = self.pop()?;
                     let Some(args) = args.items() else {
-                        return bad(format!(
-                            "NEWOBJ arguments are a {}, not a tuple",
-                            args.kind()
-                        ));
+                        return bad(format!("NEWOBJ arguments are a {}, not a tuple", args.kind()));
                     };
                     let v = self.call_value(class, args)?;
                     self.push(v);
@@ -1122,10 +1055,7 @@ impl<'a> Unpickler<'a> {
                     let args = self.pop()?;
                     let class = self.pop()?;
                     let Some(args) = args.items() else {
-                        return bad(format!(
-                            "NEWOBJ_EX arguments are a {}, not a tuple",
-                            args.kind()
-                        ));
+                        return bad(format!("NEWOBJ_EX arguments are a {}, not a tuple", args.kind()));
                     };
                     if let Value::Dict(d) = &kwargs {
                         if !d.borrow().items.is_empty() {
@@ -1141,12 +1071,7 @@ impl<'a> Unpickler<'a> {
                         // An OrderedDict's instance attributes (e.g. `_metadata` of a
                         // state dict) and a tensor's Python state are not items: dropped.
                         Value::Dict(_) | Value::Tensor(_) => {}
-                        other => {
-                            return bad(format!(
-                                "BUILD (set object state) on a {} at offset {at}",
-                                other.kind()
-                            ))
-                        }
+                        other => return bad(format!("BUILD (set object state) on a {} at offset {at}", other.kind())),
                     }
                 }
                 // PUT, BINPUT, LONG_BINPUT, MEMOIZE
@@ -1261,10 +1186,7 @@ impl<'a> Unpickler<'a> {
                 }
                 let size = size
                     .into_iter()
-                    .map(|s| {
-                        usize::try_from(s)
-                            .map_err(|_| PickleError::Invalid(format!("tensor dim {s} too large")))
-                    })
+                    .map(|s| usize::try_from(s).map_err(|_| PickleError::Invalid(format!("tensor dim {s} too large"))))
                     .collect::<PResult<Vec<_>>>()?;
                 Ok(Value::Tensor(Rc::new(TensorSpec {
                     storage: storage.clone(),
@@ -1278,9 +1200,7 @@ impl<'a> Unpickler<'a> {
                 _ => bad("_rebuild_parameter data is not a tensor"),
             },
             Global::RebuildFromTypeV2 => {
-                let [Value::Global(func), Value::Global(Global::TensorClass), inner, ..] =
-                    args.as_slice()
-                else {
+                let [Value::Global(func), Value::Global(Global::TensorClass), inner, ..] = args.as_slice() else {
                     return bad("_rebuild_from_type_v2 needs (rebuild function, torch.Tensor/Parameter, args, state)");
                 };
                 let Some(inner) = inner.items() else {
@@ -1303,9 +1223,7 @@ impl<'a> Unpickler<'a> {
             return bad(format!("persistent id is a {}, not a tuple", pid.kind()));
         };
         match items.as_slice() {
-            [Value::Str(tag), Value::Global(Global::Storage(kind)), key, _location, numel]
-                if &**tag == "storage" =>
-            {
+            [Value::Str(tag), Value::Global(Global::Storage(kind)), key, _location, numel] if &**tag == "storage" => {
                 let key = match key {
                     Value::Str(s) => s.to_string(),
                     Value::Int(i) => i.to_string(),
@@ -1337,9 +1255,7 @@ fn int_tuple(v: &Value, what: &str) -> PResult<Vec<u64>> {
         .iter()
         .map(|i| match i {
             Value::Int(n) if *n >= 0 => Ok(*n as u64),
-            _ => bad(format!(
-                "tensor {what} holds a non-integer or negative value"
-            )),
+            _ => bad(format!("tensor {what} holds a non-integer or negative value")),
         })
         .collect()
 }
@@ -1376,10 +1292,7 @@ fn contains_tensor(v: &Value, depth: u32, budget: &mut usize) -> bool {
     }
 }
 
-fn select_tensors(
-    root: &Value,
-    key: Option<&str>,
-) -> std::result::Result<Vec<(String, Rc<TensorSpec>)>, String> {
+fn select_tensors(root: &Value, key: Option<&str>) -> std::result::Result<Vec<(String, Rc<TensorSpec>)>, String> {
     let chosen = match (key, root) {
         (Some(key), Value::Dict(d)) => d
             .borrow()
@@ -1396,10 +1309,7 @@ fn select_tensors(
                     .filter_map(|(k, _)| dict_key(k))
                     .take(10)
                     .collect();
-                format!(
-                    "top-level key `{key}` not found (keys: {})",
-                    keys.join(", ")
-                )
+                format!("top-level key `{key}` not found (keys: {})", keys.join(", "))
             })?,
         (Some(key), other) => {
             return Err(format!(
@@ -1453,9 +1363,7 @@ fn flatten(
     index: &mut HashMap<String, usize>,
 ) -> std::result::Result<(), String> {
     if depth > MAX_NESTING {
-        return Err(format!(
-            "objects nested more than {MAX_NESTING} levels deep (cyclic?)"
-        ));
+        return Err(format!("objects nested more than {MAX_NESTING} levels deep (cyclic?)"));
     }
     if *budget == 0 {
         return Err("too many nested objects to flatten".into());
@@ -1463,11 +1371,7 @@ fn flatten(
     *budget -= 1;
     match v {
         Value::Tensor(t) => {
-            let name = if name.is_empty() {
-                "tensor".to_string()
-            } else {
-                name
-            };
+            let name = if name.is_empty() { "tensor".to_string() } else { name };
             match index.get(&name) {
                 Some(&i) => out[i].1 = t.clone(),
                 None => {
@@ -1485,14 +1389,7 @@ fn flatten(
         }
         Value::Tuple(_) | Value::List(_) => {
             for (i, v) in v.items().unwrap_or_default().iter().enumerate() {
-                flatten(
-                    v,
-                    join(&name, &i.to_string()),
-                    depth + 1,
-                    budget,
-                    out,
-                    index,
-                )?;
+                flatten(v, join(&name, &i.to_string()), depth + 1, budget, out, index)?;
             }
         }
         _ => {}
@@ -1503,11 +1400,7 @@ fn flatten(
 // ---------------------------------------------------------------------------------
 // Building candle tensors
 
-fn materialize(
-    spec: &TensorSpec,
-    bytes: &[u8],
-    big_endian: bool,
-) -> std::result::Result<Tensor, String> {
+fn materialize(spec: &TensorSpec, bytes: &[u8], big_endian: bool) -> std::result::Result<Tensor, String> {
     let kind = spec.storage.kind;
     let elem = kind.elem_size() as usize;
     let storage_numel = spec.storage.numel;
@@ -1544,9 +1437,7 @@ fn materialize(
             spec.offset, spec.size, spec.stride
         ));
     }
-    let out_bytes = numel
-        .checked_mul(elem as u64)
-        .ok_or("byte count overflows")?;
+    let out_bytes = numel.checked_mul(elem as u64).ok_or("byte count overflows")?;
     if numel > storage_numel && out_bytes > MAX_EXPANDED_VIEW_BYTES {
         return Err(format!(
             "view of size {:?} repeats a storage of {storage_numel} elements into {out_bytes} bytes \
@@ -1675,16 +1566,16 @@ mod tests {
         let cases: &[&[u8]] = &[
             b"",
             b"\x80\x02",
-            b"X\xff\xff\xff\xff", // huge BINUNICODE length, no data
+            b"X\xff\xff\xff\xff",                    // huge BINUNICODE length, no data
             b"\x8d\xff\xff\xff\xff\xff\xff\xff\xff", // BINUNICODE8 huge
-            b"t.",                // TUPLE without MARK
-            b"a.",                // APPEND on empty stack
-            b"]N(a.",             // APPEND across a MARK
-            b"h\x05.",            // GET of a missing memo
-            b"NNR.",              // REDUCE of None
-            b"}Ns.",              // SETITEM with missing value
-            b"\x8b\xff\xff\xff\xff.", // negative LONG4
-            b"\xff",              // unknown opcode
+            b"t.",                                   // TUPLE without MARK
+            b"a.",                                   // APPEND on empty stack
+            b"]N(a.",                                // APPEND across a MARK
+            b"h\x05.",                               // GET of a missing memo
+            b"NNR.",                                 // REDUCE of None
+            b"}Ns.",                                 // SETITEM with missing value
+            b"\x8b\xff\xff\xff\xff.",                // negative LONG4
+            b"\xff",                                 // unknown opcode
             b"\x80\x09.",
         ];
         for c in cases {

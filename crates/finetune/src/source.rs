@@ -114,10 +114,7 @@ fn accepted_forms() -> String {
 }
 
 fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
-    if s.len() >= prefix.len()
-        && s.is_char_boundary(prefix.len())
-        && s[..prefix.len()].eq_ignore_ascii_case(prefix)
-    {
+    if s.len() >= prefix.len() && s.is_char_boundary(prefix.len()) && s[..prefix.len()].eq_ignore_ascii_case(prefix) {
         Some(&s[prefix.len()..])
     } else {
         None
@@ -182,9 +179,7 @@ pub fn validate_repo_id(repo: &str) -> std::result::Result<(), String> {
             ));
         }
         if part.contains("--") || part.contains("..") {
-            return Err(format!(
-                "hub repo id `{repo}`: `--` and `..` are not allowed"
-            ));
+            return Err(format!("hub repo id `{repo}`: `--` and `..` are not allowed"));
         }
     }
     Ok(())
@@ -197,14 +192,10 @@ pub fn validate_revision(rev: &str) -> std::result::Result<(), String> {
         return Err("empty revision after `@`".into());
     }
     if rev.len() > 256
-        || rev
-            .chars()
-            .any(|c| c.is_whitespace() || c.is_control() || c == '\\')
+        || rev.chars().any(|c| c.is_whitespace() || c.is_control() || c == '\\')
         || rev.starts_with('/')
         || rev.ends_with('/')
-        || rev
-            .split('/')
-            .any(|p| p.is_empty() || p == "." || p == "..")
+        || rev.split('/').any(|p| p.is_empty() || p == "." || p == "..")
     {
         return Err(format!("invalid revision `{rev}`"));
     }
@@ -218,9 +209,7 @@ pub fn validate_repo_file(file: &str) -> std::result::Result<(), String> {
     }
     if file.len() > 1024
         || file.chars().any(|c| c.is_control() || c == '\\')
-        || file
-            .split('/')
-            .any(|p| p.is_empty() || p == "." || p == "..")
+        || file.split('/').any(|p| p.is_empty() || p == "." || p == "..")
     {
         return Err(format!(
             "invalid file name `{file}` (must be a relative path inside the repo)"
@@ -256,11 +245,7 @@ impl fmt::Display for WeightsSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::None => f.write_str("none"),
-            Self::Hub {
-                repo,
-                revision,
-                file,
-            } => {
+            Self::Hub { repo, revision, file } => {
                 write!(f, "hf:{repo}")?;
                 if let Some(rev) = revision {
                     write!(f, "@{rev}")?;
@@ -306,10 +291,7 @@ mod tests {
     #[test]
     fn parses_hub_forms() {
         let r = "timm/resnet18.a1_in1k";
-        assert_eq!(
-            parse("hf:timm/resnet18.a1_in1k").unwrap(),
-            hub(r, None, None)
-        );
+        assert_eq!(parse("hf:timm/resnet18.a1_in1k").unwrap(), hub(r, None, None));
         assert_eq!(
             parse("hf:timm/resnet18.a1_in1k@main").unwrap(),
             hub(r, Some("main"), None)
@@ -327,18 +309,10 @@ mod tests {
 
     #[test]
     fn parses_local_paths() {
-        for s in [
-            "w.safetensors",
-            "dir/x.pth",
-            "/abs/y.PT",
-            "pytorch_model.bin",
-        ] {
+        for s in ["w.safetensors", "dir/x.pth", "/abs/y.PT", "pytorch_model.bin"] {
             assert_eq!(parse(s).unwrap(), WeightsSource::Local(s.into()), "{s}");
         }
-        assert_eq!(
-            parse("file:some/dir").unwrap(),
-            WeightsSource::Local("some/dir".into())
-        );
+        assert_eq!(parse("file:some/dir").unwrap(), WeightsSource::Local("some/dir".into()));
         // An existing path wins over the `org/name` reading.
         let src = WeightsSource::parse_with("timm/resnet18", |_| true).unwrap();
         assert_eq!(src, WeightsSource::Local("timm/resnet18".into()));

@@ -61,9 +61,7 @@ use digitlab_train::{plots, DataConfig, Evaluation, OptimizerConfig, PreparedDat
 use serde::{Deserialize, Serialize};
 
 use crate::error::{FinetuneError, Result};
-use crate::features::{
-    dataset_digest, features_for, CacheStats, FeatureCache, FeatureKey, CACHE_FORMAT,
-};
+use crate::features::{dataset_digest, features_for, CacheStats, FeatureCache, FeatureKey, CACHE_FORMAT};
 use crate::head::{evaluate_head, train_head, HeadConfig, HeadRun, LabeledFeatures, Standardizer};
 use crate::hub::HubConfig;
 use crate::source::WeightsSource;
@@ -222,19 +220,15 @@ fn none_str() -> String {
 }
 
 /// Expands `${NAME}` with `var`; `where_` names the field for errors.
-pub fn expand_vars(
-    text: &str,
-    var: &dyn Fn(&str) -> Option<String>,
-    where_: &str,
-) -> Result<String> {
+pub fn expand_vars(text: &str, var: &dyn Fn(&str) -> Option<String>, where_: &str) -> Result<String> {
     let mut out = String::new();
     let mut rest = text;
     while let Some(start) = rest.find("${") {
         out.push_str(&rest[..start]);
         let after = &rest[start + 2..];
-        let end = after.find('}').ok_or_else(|| {
-            FinetuneError::Config(format!("{where_}: unterminated `${{` in {text:?}"))
-        })?;
+        let end = after
+            .find('}')
+            .ok_or_else(|| FinetuneError::Config(format!("{where_}: unterminated `${{` in {text:?}")))?;
         let name = &after[..end];
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
             return Err(FinetuneError::Config(format!(
@@ -274,8 +268,7 @@ impl BackboneSpec {
     pub fn source(&self, var: &dyn Fn(&str) -> Option<String>) -> Result<WeightsSource> {
         let where_ = format!("backbone `{}`: pretrained", self.label());
         let text = expand_vars(&self.pretrained, var, &where_)?;
-        WeightsSource::parse_with(&text, |p| p.exists())
-            .map_err(|e| FinetuneError::Config(format!("{where_}: {e}")))
+        WeightsSource::parse_with(&text, |p| p.exists()).map_err(|e| FinetuneError::Config(format!("{where_}: {e}")))
     }
 }
 
@@ -291,11 +284,9 @@ impl TransferConfig {
 
     /// Parses TOML text with overrides.
     pub fn from_toml_str(text: &str, overrides: &[String]) -> Result<Self> {
-        let mut value: toml::Value =
-            toml::from_str(text).map_err(|e| FinetuneError::Config(e.to_string()))?;
+        let mut value: toml::Value = toml::from_str(text).map_err(|e| FinetuneError::Config(e.to_string()))?;
         for o in overrides {
-            digitlab_train::config::apply_override(&mut value, o)
-                .map_err(|e| FinetuneError::Config(e.to_string()))?;
+            digitlab_train::config::apply_override(&mut value, o).map_err(|e| FinetuneError::Config(e.to_string()))?;
         }
         let cfg: TransferConfig = value
             .try_into()
@@ -309,15 +300,13 @@ impl TransferConfig {
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(FinetuneError::Config(m));
         let t = &self.transfer;
-        if t.epochs == 0 || t.batch_size == 0 || t.feature_batch_size == 0 || t.eval_batch_size == 0
-        {
-            return bad("transfer.epochs, batch_size, feature_batch_size and eval_batch_size must be at least 1".into());
+        if t.epochs == 0 || t.batch_size == 0 || t.feature_batch_size == 0 || t.eval_batch_size == 0 {
+            return bad(
+                "transfer.epochs, batch_size, feature_batch_size and eval_batch_size must be at least 1".into(),
+            );
         }
         if !(t.overfit_gap >= 0.0 && t.overfit_gap.is_finite()) {
-            return bad(format!(
-                "transfer.overfit_gap must be >= 0, got {}",
-                t.overfit_gap
-            ));
+            return bad(format!("transfer.overfit_gap must be >= 0, got {}", t.overfit_gap));
         }
         if !(0.0..1.0).contains(&t.head_dropout) {
             return bad(format!(
@@ -333,31 +322,24 @@ impl TransferConfig {
             return bad(format!("data.subset must be in (0, 1], got {}", d.subset));
         }
         if !(0.0..1.0).contains(&d.val_fraction) {
-            return bad(format!(
-                "data.val_fraction must be in [0, 1), got {}",
-                d.val_fraction
-            ));
+            return bad(format!("data.val_fraction must be in [0, 1), got {}", d.val_fraction));
         }
         if d.augment.is_some() {
-            return bad("data.augment is not supported by `transfer`: cached backbone features need a deterministic \
-                        pipeline; remove [data.augment] (augmentation needs `digitlab train`)"
-                .into());
-        }
-        if self.backbones.is_empty() {
             return bad(
-                "no [[backbones]]: add at least one (model = \"resnet18\", pretrained = \"...\")"
+                "data.augment is not supported by `transfer`: cached backbone features need a deterministic \
+                        pipeline; remove [data.augment] (augmentation needs `digitlab train`)"
                     .into(),
             );
         }
+        if self.backbones.is_empty() {
+            return bad("no [[backbones]]: add at least one (model = \"resnet18\", pretrained = \"...\")".into());
+        }
         let mut labels = BTreeSet::new();
         for (i, b) in self.backbones.iter().enumerate() {
-            resolve_arch(&b.model)
-                .map_err(|e| FinetuneError::Config(format!("backbones[{i}].model: {e}")))?;
+            resolve_arch(&b.model).map_err(|e| FinetuneError::Config(format!("backbones[{i}].model: {e}")))?;
             let label = b.label();
             if label.is_empty() || label.contains(['/', '\\']) || label == "." || label == ".." {
-                return bad(format!(
-                    "backbones[{i}].label {label:?} must be a plain folder name"
-                ));
+                return bad(format!("backbones[{i}].label {label:?} must be a plain folder name"));
             }
             if !labels.insert(label.clone()) {
                 return bad(format!(
@@ -371,9 +353,7 @@ impl TransferConfig {
             }
             if let Some([h, w]) = b.resize {
                 if h == 0 || w == 0 {
-                    return bad(format!(
-                        "backbones[{i}].resize must be positive, got [{h}, {w}]"
-                    ));
+                    return bad(format!("backbones[{i}].resize must be positive, got [{h}, {w}]"));
                 }
             }
             b.source(&|_| Some("/placeholder".into()))
@@ -519,11 +499,7 @@ pub struct TransferOutcome {
 
 /// Runs every backbone of `cfg` on data from `data_dir`, then (with an output
 /// folder) writes the comparison table of all of them.
-pub fn run_transfer(
-    cfg: &TransferConfig,
-    data_dir: &Path,
-    opts: &TransferRunOptions,
-) -> Result<Vec<TransferOutcome>> {
+pub fn run_transfer(cfg: &TransferConfig, data_dir: &Path, opts: &TransferRunOptions) -> Result<Vec<TransferOutcome>> {
     cfg.validate()?;
     let data = prepare_data(&cfg.data, cfg.seed, data_dir)?;
     if opts.verbosity != Verbosity::Silent {
@@ -660,11 +636,7 @@ pub fn run_backbone(
         LabeledFeatures::new(f, ds.labels())
     };
     let train = features("train", &data.train, &mut stats)?;
-    let val = data
-        .val
-        .as_ref()
-        .map(|v| features("val", v, &mut stats))
-        .transpose()?;
+    let val = data.val.as_ref().map(|v| features("val", v, &mut stats)).transpose()?;
     let test = data
         .test
         .as_ref()
@@ -713,8 +685,7 @@ pub fn run_backbone(
     let val_accuracy = head.val.as_ref().map(|e| e.accuracy());
     let gap = val_accuracy.map(|v| train_eval.accuracy() - v);
     let params_trainable = head.parameters;
-    let params_total =
-        created.parameter_count() - created.head_parameter_count() + params_trainable;
+    let params_total = created.parameter_count() - created.head_parameter_count() + params_trainable;
     let mut summary = TransferSummary {
         name: label.clone(),
         experiment: cfg.name.clone(),
@@ -723,10 +694,7 @@ pub fn run_backbone(
         model: created.name.to_string(),
         pretrained: source.to_string(),
         weights_sha256: created.pretrained.as_ref().map(|p| p.sha256.clone()),
-        weights_loaded: created
-            .pretrained
-            .as_ref()
-            .map_or(0, |p| p.report.loaded.len()),
+        weights_loaded: created.pretrained.as_ref().map_or(0, |p| p.report.loaded.len()),
         head_reinitialized: created
             .pretrained
             .as_ref()
@@ -794,16 +762,16 @@ pub fn run_backbone(
         write_json(&dir.join("summary.json"), &summary)?;
     }
     if opts.verbosity != Verbosity::Silent {
-        let pct = |v: Option<f64>| {
-            v.map(|v| format!("{:.2}%", 100.0 * v))
-                .unwrap_or_else(|| "-".into())
-        };
+        let pct = |v: Option<f64>| v.map(|v| format!("{:.2}%", 100.0 * v)).unwrap_or_else(|| "-".into());
         eprintln!(
             "{label}: train {} | val {} | test {} (macro-F1 {}) | backbone {:.1}s ({} images), head {:.2}s",
             pct(Some(summary.train_accuracy)),
             pct(summary.val_accuracy),
             pct(summary.test_accuracy),
-            summary.test_macro_f1.map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into()),
+            summary
+                .test_macro_f1
+                .map(|v| format!("{v:.4}"))
+                .unwrap_or_else(|| "-".into()),
             summary.backbone_seconds,
             summary.backbone_images,
             summary.head_seconds
@@ -845,16 +813,9 @@ impl TransferOutcome {
     /// The fine-tuned classifier on images: the frozen backbone (shared, not
     /// copied) and the trained head with the feature standardisation folded in.
     pub fn classifier(&self) -> Result<digitlab_models::Model> {
-        let (w, b) = folded_head(
-            &self.head,
-            self.standardizer.as_ref(),
-            self.created.head_prefix(),
-        )?;
+        let (w, b) = folded_head(&self.head, self.standardizer.as_ref(), self.created.head_prefix())?;
         let head = digitlab_models::Head::from_linear(candle_nn::Linear::new(w, Some(b)), 0.0);
-        Ok(self
-            .created
-            .model
-            .with_head(Box::new(head), self.created.num_classes)?)
+        Ok(self.created.model.with_head(Box::new(head), self.created.num_classes)?)
     }
 }
 
@@ -871,16 +832,12 @@ fn write_outputs(
     summary: &TransferSummary,
 ) -> Result<()> {
     write_json(&dir.join("summary.json"), summary)?;
-    write_atomic(
-        &dir.join("metrics.csv"),
-        metrics_csv(&head.history).as_bytes(),
-    )?;
+    write_atomic(&dir.join("metrics.csv"), metrics_csv(&head.history).as_bytes())?;
     let one = TransferConfig {
         backbones: vec![spec.clone()],
         ..cfg.clone()
     };
-    let toml_text =
-        toml::to_string_pretty(&one).map_err(|e| FinetuneError::Config(e.to_string()))?;
+    let toml_text = toml::to_string_pretty(&one).map_err(|e| FinetuneError::Config(e.to_string()))?;
     write_atomic(&dir.join("config.toml"), toml_text.as_bytes())?;
     let report = match &created.pretrained {
         Some(p) => {
@@ -898,10 +855,7 @@ fn write_outputs(
             }
             s + &p.report.to_string() + "\n"
         }
-        None => format!(
-            "weights: none (random initialisation, seed {})\n",
-            created.seed
-        ),
+        None => format!("weights: none (random initialisation, seed {})\n", created.seed),
     };
     write_atomic(&dir.join("weights_report.txt"), report.as_bytes())?;
     write_atomic_with(&dir.join("head.safetensors"), |tmp| {
@@ -912,10 +866,7 @@ fn write_outputs(
     if let Some(e) = final_eval {
         let mut s = String::from("class,name,precision,recall,f1,support\n");
         for (c, m) in e.confusion.per_class().iter().enumerate() {
-            let name = names
-                .get(c)
-                .map(|n| n.replace(',', " "))
-                .unwrap_or_default();
+            let name = names.get(c).map(|n| n.replace(',', " ")).unwrap_or_default();
             s += &format!(
                 "{c},{name},{:.6},{:.6},{:.6},{}\n",
                 m.precision, m.recall, m.f1, m.support
@@ -929,13 +880,9 @@ fn write_outputs(
             .filter_map(|h| Some((h["epoch"], *h.get(key)?)))
             .collect()
     };
-    let plot = |r: std::result::Result<(), plots::PlotError>| -> Result<()> {
-        r.map_err(|e| FinetuneError::Train(e.into()))
-    };
-    for (file, title, key) in [
-        ("loss.png", "Loss", "loss"),
-        ("accuracy.png", "Accuracy", "accuracy"),
-    ] {
+    let plot =
+        |r: std::result::Result<(), plots::PlotError>| -> Result<()> { r.map_err(|e| FinetuneError::Train(e.into())) };
+    for (file, title, key) in [("loss.png", "Loss", "loss"), ("accuracy.png", "Accuracy", "accuracy")] {
         let tr = curve(&format!("train_{key}"));
         let va = curve(&format!("val_{key}"));
         let mut series = vec![plots::Series {
@@ -996,15 +943,8 @@ mod tests {
         assert_eq!(c.transfer.epochs, 5);
         assert_eq!(c.transfer.optim.lr(), 1e-3);
         assert_eq!(c.backbones[0].label(), "lenet5-random");
-        assert_eq!(
-            c.backbones[0].source(&|_| None).unwrap(),
-            WeightsSource::None
-        );
-        let c = TransferConfig::from_toml_str(
-            BASE,
-            &["transfer.epochs=2".into(), "data.subset=0.5".into()],
-        )
-        .unwrap();
+        assert_eq!(c.backbones[0].source(&|_| None).unwrap(), WeightsSource::None);
+        let c = TransferConfig::from_toml_str(BASE, &["transfer.epochs=2".into(), "data.subset=0.5".into()]).unwrap();
         assert_eq!((c.transfer.epochs, c.data.subset), (2, 0.5));
     }
 
@@ -1013,17 +953,11 @@ mod tests {
         let e = TransferConfig::from_toml_str(BASE, &["transfer.epoch=3".into()])
             .unwrap_err()
             .to_string();
-        assert!(
-            e.contains("unknown field `epoch`") && e.contains("epochs"),
-            "{e}"
-        );
+        assert!(e.contains("unknown field `epoch`") && e.contains("epochs"), "{e}");
         let e = TransferConfig::from_toml_str(BASE, &["backbones=[{model = \"alexnet\"}]".into()])
             .unwrap_err()
             .to_string();
-        assert!(
-            e.contains("backbones[0].model") && e.contains("alexnet"),
-            "{e}"
-        );
+        assert!(e.contains("backbones[0].model") && e.contains("alexnet"), "{e}");
         let e = TransferConfig::from_toml_str(BASE, &["data.augment={crop_padding = 2}".into()])
             .unwrap_err()
             .to_string();
@@ -1033,12 +967,9 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("lenet5-random") && e.contains("twice"), "{e}");
-        let e = TransferConfig::from_toml_str(
-            BASE,
-            &["transfer.optim={kind = \"adam\", lr = -1}".into()],
-        )
-        .unwrap_err()
-        .to_string();
+        let e = TransferConfig::from_toml_str(BASE, &["transfer.optim={kind = \"adam\", lr = -1}".into()])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("transfer.optim.lr"), "{e}");
         let e = TransferConfig::from_toml_str(
             BASE,

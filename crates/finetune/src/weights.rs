@@ -91,22 +91,16 @@ pub fn load_weights_on(path: impl AsRef<Path>, device: &Device) -> Result<HashMa
     let path = path.as_ref();
     match detect_format(path)? {
         WeightsFormat::Safetensors => {
-            candle_core::safetensors::load(path, device).map_err(|source| {
-                FinetuneError::Safetensors {
-                    path: path.to_path_buf(),
-                    source,
-                }
+            candle_core::safetensors::load(path, device).map_err(|source| FinetuneError::Safetensors {
+                path: path.to_path_buf(),
+                source,
             })
         }
         WeightsFormat::PyTorch => {
             let tensors = pth::read_pth(path)?;
             let mut map = HashMap::with_capacity(tensors.len());
             for (name, t) in tensors {
-                let t = if device.is_cpu() {
-                    t
-                } else {
-                    t.to_device(device)?
-                };
+                let t = if device.is_cpu() { t } else { t.to_device(device)? };
                 map.insert(name, t);
             }
             Ok(map)
@@ -118,22 +112,17 @@ pub fn load_weights_on(path: impl AsRef<Path>, device: &Device) -> Result<HashMa
 /// `module.model.` goes too). Prefixes shared by only some keys are kept, so names of
 /// real sub-modules called `model` are never damaged. Returns the renamed map and the
 /// prefixes removed, in order.
-pub fn strip_common_prefixes<T>(
-    weights: HashMap<String, T>,
-    prefixes: &[&str],
-) -> (HashMap<String, T>, Vec<String>) {
+pub fn strip_common_prefixes<T>(weights: HashMap<String, T>, prefixes: &[&str]) -> (HashMap<String, T>, Vec<String>) {
     let mut weights = weights;
     let mut removed = Vec::new();
     if weights.is_empty() {
         return (weights, removed);
     }
     loop {
-        let Some(prefix) = prefixes.iter().find(|p| {
-            !p.is_empty()
-                && weights
-                    .keys()
-                    .all(|k| k.starts_with(*p) && k.len() > p.len())
-        }) else {
+        let Some(prefix) = prefixes
+            .iter()
+            .find(|p| !p.is_empty() && weights.keys().all(|k| k.starts_with(*p) && k.len() > p.len()))
+        else {
             return (weights, removed);
         };
         weights = weights
@@ -232,10 +221,7 @@ impl fmt::Display for LoadReport {
             self.ignored.len()
         )?;
         if !self.missing.is_empty() {
-            write!(
-                f,
-                "\n  missing (the model has them, the checkpoint does not):"
-            )?;
+            write!(f, "\n  missing (the model has them, the checkpoint does not):")?;
             for (name, s) in &self.missing {
                 write!(f, "\n    {name} {}", shape(s))?;
             }
@@ -275,12 +261,7 @@ impl fmt::Display for LoadReport {
                         h.name,
                         shape(e)
                     )?,
-                    (None, Some(x)) => write!(
-                        f,
-                        "\n    {}: {} only in the checkpoint -> dropped",
-                        h.name,
-                        shape(x)
-                    )?,
+                    (None, Some(x)) => write!(f, "\n    {}: {} only in the checkpoint -> dropped", h.name, shape(x))?,
                     (None, None) => write!(f, "\n    {}", h.name)?,
                 }
             }
@@ -300,16 +281,8 @@ pub fn check_against(
     found: &HashMap<String, Tensor>,
     head_prefixes: &[&str],
 ) -> LoadReport {
-    let found_shapes: HashMap<&str, Vec<usize>> = found
-        .iter()
-        .map(|(k, t)| (k.as_str(), t.dims().to_vec()))
-        .collect();
-    check_shapes(
-        expected,
-        &found_shapes,
-        head_prefixes,
-        DEFAULT_IGNORED_SUFFIXES,
-    )
+    let found_shapes: HashMap<&str, Vec<usize>> = found.iter().map(|(k, t)| (k.as_str(), t.dims().to_vec())).collect();
+    check_shapes(expected, &found_shapes, head_prefixes, DEFAULT_IGNORED_SUFFIXES)
 }
 
 /// [`check_against`] on shapes only, with explicit ignored suffixes.
@@ -319,11 +292,7 @@ pub fn check_shapes(
     head_prefixes: &[&str],
     ignored_suffixes: &[&str],
 ) -> LoadReport {
-    let is_head = |name: &str| {
-        head_prefixes
-            .iter()
-            .any(|p| !p.is_empty() && name.starts_with(p))
-    };
+    let is_head = |name: &str| head_prefixes.iter().any(|p| !p.is_empty() && name.starts_with(p));
     let mut report = LoadReport::default();
     let mut expected_names = std::collections::HashSet::new();
     for (name, want) in expected {
@@ -407,10 +376,7 @@ mod tests {
     use super::*;
 
     fn shapes(pairs: &[(&str, &[usize])]) -> Vec<(String, Vec<usize>)> {
-        pairs
-            .iter()
-            .map(|(n, s)| (n.to_string(), s.to_vec()))
-            .collect()
+        pairs.iter().map(|(n, s)| (n.to_string(), s.to_vec())).collect()
     }
 
     fn tensors(pairs: &[(&str, &[usize])]) -> HashMap<String, Tensor> {
@@ -443,18 +409,12 @@ mod tests {
         ]);
         let report = check_against(&expected, &found, &["fc."]);
         assert_eq!(report.loaded, vec!["bn1.weight"]);
-        assert_eq!(
-            report.missing,
-            shapes(&[("layer1.0.conv1.weight", &[64, 64, 3, 3])])
-        );
+        assert_eq!(report.missing, shapes(&[("layer1.0.conv1.weight", &[64, 64, 3, 3])]));
         assert_eq!(report.unexpected, shapes(&[("extra.thing", &[3])]));
         assert_eq!(report.shape_mismatches.len(), 1);
         assert_eq!(report.shape_mismatches[0].name, "conv1.weight");
         assert_eq!(report.ignored, vec!["bn1.num_batches_tracked"]);
-        assert_eq!(
-            report.reinitialized().collect::<Vec<_>>(),
-            vec!["fc.bias", "fc.weight"]
-        );
+        assert_eq!(report.reinitialized().collect::<Vec<_>>(), vec!["fc.bias", "fc.weight"]);
         let text = report.to_string();
         for needle in [
             "layer1.0.conv1.weight [64, 64, 3, 3]",
@@ -513,8 +473,7 @@ mod tests {
         assert!(removed.is_empty());
         assert!(m.contains_key("model.a"));
 
-        let (m, removed) =
-            strip_common_prefixes(HashMap::<String, u8>::new(), DEFAULT_STRIP_PREFIXES);
+        let (m, removed) = strip_common_prefixes(HashMap::<String, u8>::new(), DEFAULT_STRIP_PREFIXES);
         assert!(m.is_empty() && removed.is_empty());
     }
 }

@@ -64,8 +64,8 @@ use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{Init, VarBuilder, VarMap};
 use digitlab_data::Normalization;
 use digitlab_models::{
-    build_model, count_parameters, is_buffer, Backbone, InputShape, Model, ModelConfig,
-    ResNetConfig, SeededVarMap, VggConfig,
+    build_model, count_parameters, is_buffer, Backbone, InputShape, Model, ModelConfig, ResNetConfig, SeededVarMap,
+    VggConfig,
 };
 use sha2::{Digest, Sha256};
 
@@ -187,11 +187,7 @@ pub fn resolve_arch(name: &str) -> Result<Arch> {
                 None => (v, false),
             };
             let depth: usize = depth["vgg".len()..].parse().map_err(|_| unknown())?;
-            arch(
-                ModelConfig::Vgg(VggConfig { depth, batch_norm }),
-                rgb(224),
-                imagenet,
-            )
+            arch(ModelConfig::Vgg(VggConfig { depth, batch_norm }), rgb(224), imagenet)
         }
         _ => return Err(unknown()),
     })
@@ -263,10 +259,7 @@ impl std::fmt::Debug for CreatedModel {
             .field("num_classes", &self.num_classes)
             .field(
                 "pretrained",
-                &self
-                    .pretrained
-                    .as_ref()
-                    .map(|p| p.path.display().to_string()),
+                &self.pretrained.as_ref().map(|p| p.path.display().to_string()),
             )
             .finish()
     }
@@ -325,11 +318,7 @@ impl CreatedModel {
     pub fn weights_id(&self) -> Result<String> {
         Ok(match &self.pretrained {
             Some(p) => format!("sha256:{}", p.sha256),
-            None => format!(
-                "random:seed={}:sha256:{}",
-                self.seed,
-                self.backbone_digest()?
-            ),
+            None => format!("random:seed={}:sha256:{}", self.seed, self.backbone_digest()?),
         })
     }
 }
@@ -357,9 +346,7 @@ pub type Renames = Vec<(String, String)>;
 /// `classifier.3` as linear layers, `classifier.6`); see the module docs. A
 /// checkpoint without `pre_logits.fc1.weight` is returned unchanged. Returns the
 /// renamed `(from, to)` pairs too.
-pub fn remap_timm_vgg(
-    tensors: HashMap<String, Tensor>,
-) -> Result<(HashMap<String, Tensor>, Renames)> {
+pub fn remap_timm_vgg(tensors: HashMap<String, Tensor>) -> Result<(HashMap<String, Tensor>, Renames)> {
     if !tensors.contains_key("pre_logits.fc1.weight") {
         return Ok((tensors, vec![]));
     }
@@ -405,14 +392,7 @@ struct LoadingBackend {
 type NamedShape = (String, Vec<usize>);
 
 impl SimpleBackend for LoadingBackend {
-    fn get(
-        &self,
-        s: Shape,
-        name: &str,
-        h: Init,
-        dtype: DType,
-        dev: &Device,
-    ) -> candle_core::Result<Tensor> {
+    fn get(&self, s: Shape, name: &str, h: Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
         self.requested
             .lock()
             .expect("lock poisoned")
@@ -426,11 +406,7 @@ impl SimpleBackend for LoadingBackend {
             .map(|v| v.as_tensor().clone());
         if let Some(t) = existing {
             if t.shape() != &s {
-                candle_core::bail!(
-                    "variable {name} requested with shape {:?} and {:?}",
-                    t.dims(),
-                    s.dims()
-                )
+                candle_core::bail!("variable {name} requested with shape {:?} and {:?}", t.dims(), s.dims())
             }
             return Ok(t);
         }
@@ -461,16 +437,8 @@ impl SimpleBackend for LoadingBackend {
     }
 
     fn contains_tensor(&self, name: &str) -> bool {
-        self.map
-            .data()
-            .lock()
-            .expect("varmap lock poisoned")
-            .contains_key(name)
-            || self
-                .pending
-                .lock()
-                .expect("lock poisoned")
-                .contains_key(name)
+        self.map.data().lock().expect("varmap lock poisoned").contains_key(name)
+            || self.pending.lock().expect("lock poisoned").contains_key(name)
     }
 }
 
@@ -524,10 +492,7 @@ pub fn create_model(
         } else {
             (tensors, vec![])
         };
-        let shapes: HashMap<String, Vec<usize>> = tensors
-            .iter()
-            .map(|(k, t)| (k.clone(), t.dims().to_vec()))
-            .collect();
+        let shapes: HashMap<String, Vec<usize>> = tensors.iter().map(|(k, t)| (k.clone(), t.dims().to_vec())).collect();
         *pending.lock().expect("lock poisoned") = tensors;
         file_info = Some((path.clone(), format, stripped, renamed, shapes));
     }
@@ -538,12 +503,8 @@ pub fn create_model(
         requested: requested.clone(),
     };
     let vb = VarBuilder::from_backend(Box::new(backend), DType::F32, opts.device.clone());
-    let model = build_model(&arch.config, opts.input, num_classes, vb).map_err(|e| {
-        FinetuneError::Config(format!(
-            "{}: cannot build for input {:?}: {e}",
-            arch.name, opts.input
-        ))
-    })?;
+    let model = build_model(&arch.config, opts.input, num_classes, vb)
+        .map_err(|e| FinetuneError::Config(format!("{}: cannot build for input {:?}: {e}", arch.name, opts.input)))?;
     drop(pending);
 
     let head_prefix = model
@@ -553,17 +514,9 @@ pub fn create_model(
         None => None,
         Some((path, format, stripped_prefixes, renamed, shapes)) => {
             let expected = requested.lock().expect("lock poisoned").clone();
-            let found: HashMap<&str, Vec<usize>> = shapes
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.clone()))
-                .collect();
+            let found: HashMap<&str, Vec<usize>> = shapes.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
             let head = format!("{head_prefix}.");
-            let report = check_shapes(
-                &expected,
-                &found,
-                &[head.as_str()],
-                DEFAULT_IGNORED_SUFFIXES,
-            );
+            let report = check_shapes(&expected, &found, &[head.as_str()], DEFAULT_IGNORED_SUFFIXES);
             if !report.is_ok() {
                 return Err(FinetuneError::ModelWeightsMismatch {
                     model: arch.name.to_string(),
@@ -608,10 +561,7 @@ mod tests {
                 cifar_stem: false
             })
         );
-        assert_eq!(
-            resolve_arch("timm/resnet50.a1_in1k").unwrap().name,
-            "resnet50"
-        );
+        assert_eq!(resolve_arch("timm/resnet50.a1_in1k").unwrap().name, "resnet50");
         assert_eq!(resolve_arch("ResNet101").unwrap().name, "resnet101");
         assert_eq!(
             resolve_arch("resnet18_cifar").unwrap().config,

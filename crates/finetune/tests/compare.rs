@@ -30,11 +30,7 @@ fn train_summary(dir: &Path, name: &str, train: f64, val: f64, test: f64) {
         device: "Cpu".into(),
     };
     std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(
-        dir.join("summary.json"),
-        serde_json::to_string_pretty(&s).unwrap(),
-    )
-    .unwrap();
+    std::fs::write(dir.join("summary.json"), serde_json::to_string_pretty(&s).unwrap()).unwrap();
 }
 
 fn transfer_summary(dir: &Path, name: &str) {
@@ -56,14 +52,8 @@ fn one_table_of_train_and_transfer_runs() {
     train_summary(&d.join("svhn_lenet"), "svhn_lenet", 0.95, 0.85, 0.84);
     train_summary(&d.join("svhn_cnn"), "svhn_cnn", 0.90, 0.88, 0.87);
     // A transfer output folder: its backbones are one level down.
-    transfer_summary(
-        &d.join("svhn_transfer/resnet18-pretrained"),
-        "resnet18-pretrained",
-    );
-    transfer_summary(
-        &d.join("svhn_transfer/resnet50-pretrained"),
-        "resnet50-pretrained",
-    );
+    transfer_summary(&d.join("svhn_transfer/resnet18-pretrained"), "resnet18-pretrained");
+    transfer_summary(&d.join("svhn_transfer/resnet50-pretrained"), "resnet50-pretrained");
     let runs = vec![
         d.join("svhn_lenet"),
         d.join("svhn_cnn/summary.json"),
@@ -73,12 +63,7 @@ fn one_table_of_train_and_transfer_runs() {
     let rows = compare(&runs, &out, 0.05).unwrap();
     assert_eq!(
         rows.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
-        [
-            "svhn_lenet",
-            "svhn_cnn",
-            "resnet18-pretrained",
-            "resnet50-pretrained"
-        ]
+        ["svhn_lenet", "svhn_cnn", "resnet18-pretrained", "resnet50-pretrained"]
     );
     let lenet = &rows[0];
     assert_eq!(lenet.kind, "train");
@@ -96,16 +81,12 @@ fn one_table_of_train_and_transfer_runs() {
         (r18.params_total, r18.params_trainable),
         (Some(11_181_642), Some(5_130))
     );
-    assert_eq!(
-        (r18.backbone_seconds, r18.head_seconds),
-        (Some(25.0), Some(0.4))
-    );
+    assert_eq!((r18.backbone_seconds, r18.head_seconds), (Some(25.0), Some(0.4)));
 
     let md = std::fs::read_to_string(out.join("compare.md")).unwrap();
     assert!(md.contains("| svhn_lenet | train | lenet5 | svhn/train_32x32[train] | 84.00 | 0.8300 | 95.00 | 85.00 | +10.00 | yes | - | - | 12.50 | 62006 | 62006 |"), "{md}");
     assert!(
-        md.contains("| resnet18-pretrained | transfer | resnet18 |")
-            && md.contains("| 25.00 | 0.40 |"),
+        md.contains("| resnet18-pretrained | transfer | resnet18 |") && md.contains("| 25.00 | 0.40 |"),
         "{md}"
     );
     let csv = std::fs::read_to_string(out.join("compare.csv")).unwrap();
@@ -153,9 +134,6 @@ fn duplicate_names_get_their_folder_and_bad_inputs_name_the_path() {
     let e = compare(&[d.join("broken")], &d.join("out"), 0.05)
         .unwrap_err()
         .to_string();
-    assert!(
-        e.contains("broken/summary.json") && e.contains("not valid JSON"),
-        "{e}"
-    );
+    assert!(e.contains("broken/summary.json") && e.contains("not valid JSON"), "{e}");
     assert!(compare(&[d.join("a/run")], &d.join("out"), -1.0).is_err());
 }

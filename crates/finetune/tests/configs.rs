@@ -8,9 +8,7 @@ use digitlab_models::{ModelConfig, ResNetConfig};
 use digitlab_train::ExperimentConfig;
 
 fn config(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../configs")
-        .join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs").join(name)
 }
 
 #[test]
@@ -36,8 +34,7 @@ fn svhn_training_configs_parse() {
         ),
     ];
     for (file, model, augment) in expect {
-        let c =
-            ExperimentConfig::load(&config(file), &[]).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let c = ExperimentConfig::load(&config(file), &[]).unwrap_or_else(|e| panic!("{file}: {e}"));
         assert_eq!(c.data.dataset, DatasetKind::Svhn, "{file}");
         assert_eq!(c.data.val_fraction, 0.25, "{file}: 75/25 split");
         assert_eq!(c.model, model, "{file}");
@@ -67,15 +64,9 @@ fn transfer_configs_parse() {
     for model in ["ccexam_svhn_cnn", "efficientnet_lite0"] {
         let runs: Vec<_> = m.backbones.iter().filter(|b| b.model == model).collect();
         assert_eq!(runs.len(), 2, "{model}");
-        assert!(
-            runs[0].pretrained.contains("${DIGITLAB_WEIGHTS}/"),
-            "{model}"
-        );
+        assert!(runs[0].pretrained.contains("${DIGITLAB_WEIGHTS}/"), "{model}");
         assert_eq!(runs[1].pretrained, "none");
-        assert_eq!(
-            runs[0].resize, runs[1].resize,
-            "{model}: same input for both"
-        );
+        assert_eq!(runs[0].resize, runs[1].resize, "{model}: same input for both");
     }
     for b in c.backbones.iter().chain(&n.backbones).chain(&m.backbones) {
         resolve_arch(&b.model).unwrap();
@@ -109,12 +100,7 @@ fn transfer_splits_are_those_of_digitlab_train() {
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let a = digitlab_train::PreparedData::load(&train_cfg, dir.path()).unwrap();
-    let b = digitlab_finetune::transfer::prepare_data(
-        &transfer_cfg.data,
-        transfer_cfg.seed,
-        dir.path(),
-    )
-    .unwrap();
+    let b = digitlab_finetune::transfer::prepare_data(&transfer_cfg.data, transfer_cfg.seed, dir.path()).unwrap();
     assert_eq!(a.train, b.train);
     assert_eq!(a.val, b.val);
     assert_eq!(a.test, b.test);

@@ -13,19 +13,10 @@ const HASH: &str = "0123456789abcdef0123456789abcdef01234567";
 
 /// A tiny real safetensors file: `fc.weight` = [[1, 2], [3, 4]] (f32), `fc.bias` = [0.5, -0.5].
 fn tiny_safetensors() -> Vec<u8> {
-    let w: Vec<u8> = [1.0f32, 2.0, 3.0, 4.0]
-        .iter()
-        .flat_map(|f| f.to_le_bytes())
-        .collect();
-    let b: Vec<u8> = [0.5f32, -0.5]
-        .iter()
-        .flat_map(|f| f.to_le_bytes())
-        .collect();
+    let w: Vec<u8> = [1.0f32, 2.0, 3.0, 4.0].iter().flat_map(|f| f.to_le_bytes()).collect();
+    let b: Vec<u8> = [0.5f32, -0.5].iter().flat_map(|f| f.to_le_bytes()).collect();
     let tensors = vec![
-        (
-            "fc.weight",
-            TensorView::new(Dtype::F32, vec![2, 2], &w).unwrap(),
-        ),
+        ("fc.weight", TensorView::new(Dtype::F32, vec![2, 2], &w).unwrap()),
         ("fc.bias", TensorView::new(Dtype::F32, vec![2], &b).unwrap()),
     ];
     safetensors::serialize(tensors, None).unwrap()
@@ -75,19 +66,13 @@ fn resolves_from_the_cache_and_loads() {
     assert_eq!(path, expected);
 
     let weights = load_weights(&path).unwrap();
-    assert_eq!(
-        weights["fc.weight"].to_vec2::<f32>().unwrap(),
-        [[1.0, 2.0], [3.0, 4.0]]
-    );
+    assert_eq!(weights["fc.weight"].to_vec2::<f32>().unwrap(), [[1.0, 2.0], [3.0, 4.0]]);
     assert_eq!(weights["fc.bias"].to_vec1::<f32>().unwrap(), [0.5, -0.5]);
 
     // Through a parsed source.
     let src: WeightsSource = "hf:timm/resnet18.a1_in1k@main".parse().unwrap();
     assert_eq!(hub::resolve_source(&cfg, &src).unwrap(), Some(expected));
-    assert_eq!(
-        hub::resolve_source(&cfg, &WeightsSource::None).unwrap(),
-        None
-    );
+    assert_eq!(hub::resolve_source(&cfg, &WeightsSource::None).unwrap(), None);
 }
 
 #[test]
@@ -101,10 +86,7 @@ fn resolves_a_revision_given_by_commit_hash() {
         .join("models--timm--resnet18.a1_in1k/refs")
         .join(HASH)
         .exists());
-    assert_eq!(
-        hub::resolve(&cfg, REPO, Some(HASH), None).unwrap(),
-        expected
-    );
+    assert_eq!(hub::resolve(&cfg, REPO, Some(HASH), None).unwrap(), expected);
     let file = HubFile::new(REPO, HASH, "model.safetensors").unwrap();
     assert_eq!(lookup_cache(&cfg, &file), CacheLookup::Found(expected));
 }
@@ -147,13 +129,8 @@ fn unknown_revision_and_repo_list_default_and_fallback_files() {
     build_cache(dir.path());
     let cfg = offline(dir.path());
 
-    let msg = hub::resolve(&cfg, REPO, Some("v2"), None)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        msg.contains("revision `v2`") && msg.contains("--revision v2"),
-        "{msg}"
-    );
+    let msg = hub::resolve(&cfg, REPO, Some("v2"), None).unwrap_err().to_string();
+    assert!(msg.contains("revision `v2`") && msg.contains("--revision v2"), "{msg}");
     assert!(msg.contains("refs/v2") || msg.contains("refs\\v2"), "{msg}");
 
     let msg = hub::resolve(&cfg, "timm/vgg11.tv_in1k", None, None)

@@ -29,11 +29,7 @@ fn pretrained_features_beat_random_features_on_mnist() {
     };
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../configs/mnist_transfer.toml");
     // About 600 training images (~450 train / ~150 validation) and 300 test images.
-    let cfg = TransferConfig::load(
-        &path,
-        &["data.subset=0.01".into(), "data.test_limit=300".into()],
-    )
-    .unwrap();
+    let cfg = TransferConfig::load(&path, &["data.subset=0.01".into(), "data.test_limit=300".into()]).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let opts = TransferRunOptions {
         out_dir: Some(dir.path().join("out")),
@@ -56,10 +52,7 @@ fn pretrained_features_beat_random_features_on_mnist() {
         o.summary.test_accuracy.unwrap()
     };
     for model in ["ccexam_svhn_cnn", "efficientnet_lite0"] {
-        let (pre, rnd) = (
-            acc(&format!("{model}-pretrained")),
-            acc(&format!("{model}-random")),
-        );
+        let (pre, rnd) = (acc(&format!("{model}-pretrained")), acc(&format!("{model}-random")));
         println!(
             "{model}: pretrained {:.2}% vs random {:.2}% test accuracy",
             100.0 * pre,

@@ -98,12 +98,7 @@ fn good_checkpoint_loads_with_exact_values() {
     assert!(t.is_contiguous());
     assert_eq!(
         t.to_vec2::<f32>().unwrap(),
-        [
-            [0.0, 4.0, 8.0],
-            [1.0, 5.0, 9.0],
-            [2.0, 6.0, 10.0],
-            [3.0, 7.0, 11.0]
-        ]
+        [[0.0, 4.0, 8.0], [1.0, 5.0, 9.0], [2.0, 6.0, 10.0], [3.0, 7.0, 11.0]]
     );
     let s = &m["view.sliced"];
     assert_eq!(s.to_vec2::<f32>().unwrap(), [[4.0, 6.0], [8.0, 10.0]]);
@@ -129,13 +124,8 @@ fn explicit_key_selects_a_top_level_entry() {
     let opts = PthOptions {
         key: Some("nope".into()),
     };
-    let e = read_pth_with(fixture("good.pth"), &opts)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("`nope` not found") && e.contains("state_dict"),
-        "{e}"
-    );
+    let e = read_pth_with(fixture("good.pth"), &opts).unwrap_err().to_string();
+    assert!(e.contains("`nope` not found") && e.contains("state_dict"), "{e}");
 }
 
 #[test]
@@ -143,10 +133,7 @@ fn protocol4_and_deflated_entries_load() {
     // Saved with pickle_protocol=4 and re-zipped with DEFLATE; its folder is not `archive`.
     let m = as_map(read_pth(fixture("good_proto4.pth")).unwrap());
     assert_eq!(m.len(), 2);
-    assert_eq!(
-        m["fc.weight"].to_vec2::<f32>().unwrap(),
-        [[1.0, 2.0], [3.0, 4.0]]
-    );
+    assert_eq!(m["fc.weight"].to_vec2::<f32>().unwrap(), [[1.0, 2.0], [3.0, 4.0]]);
     assert_eq!(m["fc.bias"].to_vec1::<f32>().unwrap(), [0.5, -0.5]);
 }
 
@@ -166,9 +153,7 @@ fn assert_refused(path: &Path, callable: &str, alias: Option<&str>) {
     let msg = err.to_string();
     match &err {
         FinetuneError::UnsafePickle {
-            callable: c,
-            alias: a,
-            ..
+            callable: c, alias: a, ..
         } => {
             assert_eq!(c, callable);
             assert_eq!(a.as_deref(), alias);
@@ -221,10 +206,7 @@ fn truncated_and_corrupt_archives_give_clear_errors() {
 
     // Flip one byte inside storage 0 (f32 -1.0 = 00 00 80 bf): the CRC check fails.
     let needle = [0x00, 0x00, 0x80, 0xbf, 0x00, 0x00, 0x00, 0xbf];
-    let at = good
-        .windows(8)
-        .position(|w| w == needle)
-        .expect("storage bytes");
+    let at = good.windows(8).position(|w| w == needle).expect("storage bytes");
     let mut bad = good.clone();
     bad[at + 3] ^= 0x40;
     let p = dir.path().join("flipped.pth");
@@ -244,24 +226,19 @@ fn truncated_and_corrupt_archives_give_clear_errors() {
     std::fs::write(&p, b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19.").unwrap();
     let e = read_pth(&p).unwrap_err();
     assert!(
-        matches!(e, FinetuneError::UnsupportedCheckpoint { .. })
-            && e.to_string().contains("legacy"),
+        matches!(e, FinetuneError::UnsupportedCheckpoint { .. }) && e.to_string().contains("legacy"),
         "{e}"
     );
 
     let missing = dir.path().join("does-not-exist.pth");
-    assert!(matches!(
-        read_pth(&missing).unwrap_err(),
-        FinetuneError::Io { .. }
-    ));
+    assert!(matches!(read_pth(&missing).unwrap_err(), FinetuneError::Io { .. }));
 }
 
 // ---- hand-made archives -----------------------------------------------------------
 
 fn zip_bytes(entries: &[(&str, &[u8])]) -> Vec<u8> {
     let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    let opts =
-        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    let opts = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
     for (name, data) in entries {
         w.start_file(*name, opts).unwrap();
         w.write_all(data).unwrap();
@@ -283,13 +260,7 @@ fn unicode(s: &str) -> Vec<u8> {
 }
 
 /// A protocol-2 pickle of `{"w": _rebuild_tensor_v2(storage, offset, size, stride, False, OrderedDict())}`.
-fn one_tensor_pickle(
-    storage_class: &str,
-    numel: i64,
-    offset: i64,
-    size: &[i64],
-    stride: &[i64],
-) -> Vec<u8> {
+fn one_tensor_pickle(storage_class: &str, numel: i64, offset: i64, size: &[i64], stride: &[i64]) -> Vec<u8> {
     let mut p = b"\x80\x02}(".to_vec();
     p.extend(unicode("w"));
     p.extend_from_slice(b"ctorch._utils\n_rebuild_tensor_v2\n((");
@@ -347,26 +318,17 @@ fn hand_made_archive_round_trip() {
         &one_tensor_pickle("FloatStorage", 6, 0, &[3, 2], &[0, 1]),
         &data,
     );
-    assert_eq!(
-        read_pth(&p).unwrap()[0].1.to_vec2::<f32>().unwrap(),
-        [[1.0, 2.0]; 3]
-    );
+    assert_eq!(read_pth(&p).unwrap()[0].1.to_vec2::<f32>().unwrap(), [[1.0, 2.0]; 3]);
     // Big-endian archives are byte-swapped.
     let be: Vec<u8> = [1.0f32, 2.0].iter().flat_map(|f| f.to_be_bytes()).collect();
     let bytes = zip_bytes(&[
-        (
-            "ckpt/data.pkl",
-            &one_tensor_pickle("FloatStorage", 2, 0, &[2], &[1]),
-        ),
+        ("ckpt/data.pkl", &one_tensor_pickle("FloatStorage", 2, 0, &[2], &[1])),
         ("ckpt/data/0", &be),
         ("ckpt/byteorder", b"big"),
     ]);
     let p = dir.path().join("be.pth");
     std::fs::write(&p, bytes).unwrap();
-    assert_eq!(
-        read_pth(&p).unwrap()[0].1.to_vec1::<f32>().unwrap(),
-        [1.0, 2.0]
-    );
+    assert_eq!(read_pth(&p).unwrap()[0].1.to_vec1::<f32>().unwrap(), [1.0, 2.0]);
 }
 
 #[test]
@@ -377,13 +339,7 @@ fn lying_sizes_are_refused_without_huge_allocations() {
     let p = write_archive(
         dir.path(),
         "numel.pth",
-        &one_tensor_pickle(
-            "FloatStorage",
-            1 << 40,
-            0,
-            &[1 << 20, 1 << 20],
-            &[1 << 20, 1],
-        ),
+        &one_tensor_pickle("FloatStorage", 1 << 40, 0, &[1 << 20, 1 << 20], &[1 << 20, 1]),
         &data,
     );
     let e = invalid_reason(read_pth(&p));
@@ -422,12 +378,7 @@ fn lying_sizes_are_refused_without_huge_allocations() {
     );
     invalid_reason(read_pth(&p));
     // A string length of 4 GiB in the pickle.
-    let p = write_archive(
-        dir.path(),
-        "str.pth",
-        b"\x80\x02X\xff\xff\xff\xffabc",
-        &data,
-    );
+    let p = write_archive(dir.path(), "str.pth", b"\x80\x02X\xff\xff\xff\xffabc", &data);
     let e = invalid_reason(read_pth(&p));
     assert!(e.contains("truncated pickle"), "{e}");
     // Unknown storage class: refused as a callable.
@@ -441,10 +392,7 @@ fn lying_sizes_are_refused_without_huge_allocations() {
         matches!(read_pth(&p).unwrap_err(), FinetuneError::UnsafePickle { ref callable, .. } if callable == "torch.ComplexFloatStorage")
     );
     // Storage entry missing.
-    let bytes = zip_bytes(&[(
-        "ckpt/data.pkl",
-        &one_tensor_pickle("FloatStorage", 6, 0, &[6], &[1]),
-    )]);
+    let bytes = zip_bytes(&[("ckpt/data.pkl", &one_tensor_pickle("FloatStorage", 6, 0, &[6], &[1]))]);
     let p = dir.path().join("nostorage.pth");
     std::fs::write(&p, bytes).unwrap();
     let e = invalid_reason(read_pth(&p));
@@ -456,11 +404,7 @@ fn lying_sizes_are_refused_without_huge_allocations() {
     let e = invalid_reason(read_pth(&p));
     assert!(e.contains("no data.pkl"), "{e}");
     // A TorchScript archive.
-    let bytes = zip_bytes(&[
-        ("m/data.pkl", b"N."),
-        ("m/constants.pkl", b"N."),
-        ("m/code/m.py", b""),
-    ]);
+    let bytes = zip_bytes(&[("m/data.pkl", b"N."), ("m/constants.pkl", b"N."), ("m/code/m.py", b"")]);
     let p = dir.path().join("script.pt");
     std::fs::write(&p, bytes).unwrap();
     let e = read_pth(&p).unwrap_err();

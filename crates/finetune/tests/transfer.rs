@@ -9,9 +9,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, ModuleT, Tensor};
 use digitlab_data::{Batcher, Pipeline};
 use digitlab_finetune::transfer::{run_backbone, vars_from};
-use digitlab_finetune::{
-    run_transfer, HubConfig, TransferConfig, TransferOutcome, TransferRunOptions,
-};
+use digitlab_finetune::{run_transfer, HubConfig, TransferConfig, TransferOutcome, TransferRunOptions};
 use digitlab_models::{InputShape, ModelConfig};
 
 const REPO: &str = "digitlab-test/svhn-small-cnn";
@@ -40,11 +38,10 @@ fn fixture() -> Fixture {
         height: 32,
         width: 32,
     };
-    let checkpoint: HashMap<String, Tensor> =
-        common::seeded_checkpoint(&ModelConfig::SmallCnn, input, 1000, 7)
-            .into_iter()
-            .map(|(k, v)| (format!("module.{k}"), v))
-            .collect();
+    let checkpoint: HashMap<String, Tensor> = common::seeded_checkpoint(&ModelConfig::SmallCnn, input, 1000, 7)
+        .into_iter()
+        .map(|(k, v)| (format!("module.{k}"), v))
+        .collect();
     let cache = root.join("hf-cache");
     common::hub_cache(&cache, REPO, &checkpoint);
     // Through the real environment parsing, without touching the process environment.
@@ -102,10 +99,7 @@ fn options(f: &Fixture, out: Option<PathBuf>, cache: &Path) -> TransferRunOption
 }
 
 fn json(path: &Path) -> serde_json::Value {
-    serde_json::from_slice(
-        &std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
-    )
-    .unwrap()
+    serde_json::from_slice(&std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
 }
 
 #[test]
@@ -113,21 +107,12 @@ fn end_to_end_on_synthetic_svhn_with_an_offline_hub_cache() {
     let f = fixture();
     let out = f.root.join("out");
     let cache = f.root.join("feature-cache");
-    let outcomes = run_transfer(
-        &config(&[]),
-        &f.data,
-        &options(&f, Some(out.clone()), &cache),
-    )
-    .unwrap();
+    let outcomes = run_transfer(&config(&[]), &f.data, &options(&f, Some(out.clone()), &cache)).unwrap();
     assert_eq!(outcomes.len(), 2);
 
     let pre = &outcomes[0];
     assert_eq!(pre.label, "small_cnn-pretrained");
-    let info = pre
-        .created
-        .pretrained
-        .as_ref()
-        .expect("weights were loaded");
+    let info = pre.created.pretrained.as_ref().expect("weights were loaded");
     assert!(
         info.path.starts_with(f.root.join("hf-cache")),
         "{}",
@@ -135,19 +120,10 @@ fn end_to_end_on_synthetic_svhn_with_an_offline_hub_cache() {
     );
     assert_eq!(info.stripped_prefixes, ["module."]);
     // Every backbone tensor loaded; the 1000-class head re-initialised for 10 classes.
-    assert_eq!(
-        info.report.loaded.len(),
-        f.checkpoint.len() - 6 - 2,
-        "{}",
-        info.report
-    );
+    assert_eq!(info.report.loaded.len(), f.checkpoint.len() - 6 - 2, "{}", info.report);
     let reinit: Vec<&str> = info.report.reinitialized().collect();
     assert_eq!(reinit, ["classifier.4.bias", "classifier.4.weight"]);
-    assert_eq!(
-        info.report.ignored.len(),
-        6,
-        "num_batches_tracked of the 6 batch norms"
-    );
+    assert_eq!(info.report.ignored.len(), 6, "num_batches_tracked of the 6 batch norms");
 
     for o in &outcomes {
         let s = &o.summary;
@@ -209,9 +185,11 @@ fn end_to_end_on_synthetic_svhn_with_an_offline_hub_cache() {
         let cfg_back = TransferConfig::load(&dir.join("config.toml"), &[]).unwrap();
         assert_eq!(cfg_back.backbones.len(), 1);
     }
-    let report =
-        std::fs::read_to_string(out.join("small_cnn-pretrained/weights_report.txt")).unwrap();
-    assert!(report.contains("classifier.4.weight: model expects [10, 256], checkpoint has [1000, 256] -> re-initialised"), "{report}");
+    let report = std::fs::read_to_string(out.join("small_cnn-pretrained/weights_report.txt")).unwrap();
+    assert!(
+        report.contains("classifier.4.weight: model expects [10, 256], checkpoint has [1000, 256] -> re-initialised"),
+        "{report}"
+    );
     assert!(
         report.contains(&info.sha256) && report.contains("stripped prefixes: module."),
         "{report}"
@@ -219,8 +197,7 @@ fn end_to_end_on_synthetic_svhn_with_an_offline_hub_cache() {
 
     let md = std::fs::read_to_string(out.join("compare.md")).unwrap();
     assert!(
-        md.contains("| small_cnn-pretrained | transfer | small_cnn |")
-            && md.contains("| small_cnn-random |"),
+        md.contains("| small_cnn-pretrained | transfer | small_cnn |") && md.contains("| small_cnn-random |"),
         "{md}"
     );
     assert_eq!(
@@ -243,27 +220,17 @@ fn backbone_stays_frozen_and_the_classifier_matches_the_cached_head() {
     let o: TransferOutcome = run_backbone(&cfg, &cfg.backbones[0], &data, &opts).unwrap();
 
     // Only the head's two tensors reached the optimizer.
-    assert_eq!(
-        o.head.trainable,
-        ["classifier.4.bias", "classifier.4.weight"]
-    );
+    assert_eq!(o.head.trainable, ["classifier.4.bias", "classifier.4.weight"]);
     // After feature extraction and 5 epochs of head training, every backbone tensor —
     // weights and batch-norm running statistics — is bit-identical to the checkpoint.
     let vars = o.created.varmap.data().lock().unwrap();
     let mut compared = 0;
     for (name, var) in vars.iter().filter(|(n, _)| !n.starts_with("classifier.4.")) {
         let want = &f.checkpoint[&format!("module.{name}")];
-        assert!(
-            common::bit_identical(var.as_tensor(), want),
-            "{name} changed"
-        );
+        assert!(common::bit_identical(var.as_tensor(), want), "{name} changed");
         compared += 1;
     }
-    assert_eq!(
-        compared,
-        6 * 4 + 6 * 2 + 2,
-        "conv w+b, bn w+b+mean+var, fc1 w+b"
-    );
+    assert_eq!(compared, 6 * 4 + 6 * 2 + 2, "conv w+b, bn w+b+mean+var, fc1 w+b");
     drop(vars);
 
     // The test would see a train-mode pass: it updates the running statistics.
@@ -307,26 +274,15 @@ fn feature_cache_hits_misses_and_invalidation() {
     let only_random = "backbones=[{model = \"small_cnn\", normalize = \"svhn\"}]";
     let first = run(&[only_random]);
     assert_eq!(
-        (
-            first.stats.hits,
-            first.stats.misses,
-            first.stats.backbone_images
-        ),
+        (first.stats.hits, first.stats.misses, first.stats.backbone_images),
         (0, 3, 220)
     );
-    assert_eq!(
-        std::fs::read_dir(&cache).unwrap().count(),
-        3,
-        "one file per split"
-    );
+    assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 3, "one file per split");
 
     // Same key: zero backbone passes, identical results.
     let again = run(&[only_random]);
     assert_eq!((again.stats.hits, again.stats.misses), (3, 0));
-    assert_eq!(
-        (again.stats.backbone_images, again.stats.backbone_batches),
-        (0, 0)
-    );
+    assert_eq!((again.stats.backbone_images, again.stats.backbone_batches), (0, 0));
     assert_eq!(again.summary.backbone_seconds, 0.0);
     assert_eq!(again.summary.test_accuracy, first.summary.test_accuracy);
     let metrics = |o: &TransferOutcome| -> Vec<Vec<(String, f64)>> {
@@ -360,8 +316,7 @@ fn feature_cache_hits_misses_and_invalidation() {
     );
 
     // Any key change recomputes: resize, normalisation, channels.
-    let resized =
-        run(&["backbones=[{model = \"small_cnn\", normalize = \"svhn\", resize = [40, 40]}]"]);
+    let resized = run(&["backbones=[{model = \"small_cnn\", normalize = \"svhn\", resize = [40, 40]}]"]);
     assert_eq!((resized.stats.hits, resized.stats.misses), (0, 3));
     let unit = run(&["backbones=[{model = \"small_cnn\", normalize = \"unit\"}]"]);
     assert_eq!((unit.stats.hits, unit.stats.misses), (0, 3));
@@ -401,25 +356,14 @@ fn feature_cache_hits_misses_and_invalidation() {
 
     // A corrupt cache file is reported and recomputed, never trusted.
     let before = first.summary.test_accuracy;
-    for p in std::fs::read_dir(&cache)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-    {
-        if p.file_name()
-            .unwrap()
-            .to_string_lossy()
-            .starts_with("small_cnn-test-")
-        {
+    for p in std::fs::read_dir(&cache).unwrap().map(|e| e.unwrap().path()) {
+        if p.file_name().unwrap().to_string_lossy().starts_with("small_cnn-test-") {
             std::fs::write(&p, b"garbage").unwrap();
         }
     }
     let repaired = run(&[only_random]);
     assert_eq!(
-        (
-            repaired.stats.hits,
-            repaired.stats.misses,
-            repaired.stats.invalid
-        ),
+        (repaired.stats.hits, repaired.stats.misses, repaired.stats.invalid),
         (2, 1, 1)
     );
     assert!(
@@ -443,16 +387,10 @@ fn missing_hub_file_and_mismatched_weights_fail_clearly() {
     let cache = f.root.join("feature-cache");
     let opts = options(&f, None, &cache);
     // A repo that is not in the offline cache: the message says where it looked.
-    let cfg =
-        config(&["backbones=[{model = \"resnet18\", pretrained = \"hf:timm/resnet18.a1_in1k\"}]"]);
-    let e = run_transfer(&cfg, &f.data, &opts)
-        .err()
-        .unwrap()
-        .to_string();
+    let cfg = config(&["backbones=[{model = \"resnet18\", pretrained = \"hf:timm/resnet18.a1_in1k\"}]"]);
+    let e = run_transfer(&cfg, &f.data, &opts).err().unwrap().to_string();
     assert!(
-        e.contains("timm/resnet18.a1_in1k")
-            && e.contains("hf-cache")
-            && e.contains("model.safetensors"),
+        e.contains("timm/resnet18.a1_in1k") && e.contains("hf-cache") && e.contains("model.safetensors"),
         "{e}"
     );
 
@@ -460,10 +398,7 @@ fn missing_hub_file_and_mismatched_weights_fail_clearly() {
     let cfg = config(&[&format!(
         "backbones=[{{model = \"lenet5\", pretrained = \"hf:{REPO}\"}}]"
     )]);
-    let e = run_transfer(&cfg, &f.data, &opts)
-        .err()
-        .unwrap()
-        .to_string();
+    let e = run_transfer(&cfg, &f.data, &opts).err().unwrap().to_string();
     assert!(e.contains("lenet5") && e.contains("do not match"), "{e}");
     assert!(
         e.contains("features.3.weight") && e.contains("classifier.2.weight"),
@@ -475,17 +410,9 @@ fn missing_hub_file_and_mismatched_weights_fail_clearly() {
     );
 
     // An unset ${VAR} names the variable and the backbone.
-    let cfg = config(&[
-        "backbones=[{model = \"small_cnn\", pretrained = \"${NO_SUCH_DIR}/x.safetensors\"}]",
-    ]);
-    let e = run_transfer(&cfg, &f.data, &opts)
-        .err()
-        .unwrap()
-        .to_string();
-    assert!(
-        e.contains("NO_SUCH_DIR") && e.contains("small_cnn-pretrained"),
-        "{e}"
-    );
+    let cfg = config(&["backbones=[{model = \"small_cnn\", pretrained = \"${NO_SUCH_DIR}/x.safetensors\"}]"]);
+    let e = run_transfer(&cfg, &f.data, &opts).err().unwrap().to_string();
+    assert!(e.contains("NO_SUCH_DIR") && e.contains("small_cnn-pretrained"), "{e}");
 }
 
 #[test]
@@ -499,11 +426,7 @@ fn committed_svhn_transfer_config_runs_its_resnet18_entry() {
     let mut cfg = TransferConfig::load(&path, &[]).unwrap();
     cfg.backbones.retain(|b| b.model == "resnet18");
     assert_eq!(cfg.backbones.len(), 1);
-    let repo = cfg.backbones[0]
-        .pretrained
-        .strip_prefix("hf:")
-        .unwrap()
-        .to_string();
+    let repo = cfg.backbones[0].pretrained.strip_prefix("hf:").unwrap().to_string();
     let resnet18 = ModelConfig::Resnet(digitlab_models::ResNetConfig {
         depth: 18,
         cifar_stem: false,
@@ -530,10 +453,7 @@ fn committed_svhn_transfer_config_runs_its_resnet18_entry() {
     let o = run_transfer(&cfg, &data, &opts).unwrap().pop().unwrap();
     let s = &o.summary;
     assert_eq!(s.name, "resnet18-pretrained");
-    assert_eq!(
-        (s.input_channels, s.input_height, s.input_width),
-        (3, 224, 224)
-    );
+    assert_eq!((s.input_channels, s.input_height, s.input_width), (3, 224, 224));
     assert_eq!(
         (s.normalization.as_str(), s.feature_dim, s.epochs),
         ("imagenet", 512, 5)
@@ -548,13 +468,7 @@ fn committed_svhn_transfer_config_runs_its_resnet18_entry() {
         ckpt.len() - 2 - 20,
         "all but fc and 20 num_batches_tracked: {r}"
     );
-    assert_eq!(
-        r.reinitialized().collect::<Vec<_>>(),
-        ["fc.bias", "fc.weight"]
-    );
-    assert_eq!(
-        (s.params_total, s.params_trainable),
-        (11_689_512 - 513 * 990, 5_130)
-    );
+    assert_eq!(r.reinitialized().collect::<Vec<_>>(), ["fc.bias", "fc.weight"]);
+    assert_eq!((s.params_total, s.params_trainable), (11_689_512 - 513 * 990, 5_130));
     assert!(dir.path().join("out/compare.md").is_file());
 }

@@ -8,9 +8,7 @@ use digitlab_finetune::weights::LoadedWeights;
 use digitlab_finetune::{check_against, detect_format, load_weights, FinetuneError, WeightsFormat};
 
 fn fixture(name: &str) -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
 }
 
 #[test]
@@ -35,10 +33,7 @@ fn safetensors_and_pth_load_through_one_function() {
     assert_eq!(loaded.stripped_prefixes, ["module."]);
     assert!(loaded.tensors.contains_key("conv.weight"));
 
-    assert_eq!(
-        detect_format(fixture("good.pth")).unwrap(),
-        WeightsFormat::PyTorch
-    );
+    assert_eq!(detect_format(fixture("good.pth")).unwrap(), WeightsFormat::PyTorch);
 
     // Garbage with a weights extension.
     let junk = dir.path().join("junk.safetensors");
@@ -82,9 +77,7 @@ fn check_a_pth_against_a_model_with_a_new_head() {
     assert_eq!(report.head.len(), 5);
 
     // Without the head prefix, everything is an error, all listed at once.
-    let err = check_against(&expected, &found, &[])
-        .into_result()
-        .unwrap_err();
+    let err = check_against(&expected, &found, &[]).into_result().unwrap_err();
     let msg = err.to_string();
     for needle in [
         "head.half: model expects [10], checkpoint has [3]",

@@ -26,23 +26,14 @@ fn local_safetensors_load_by_name_with_the_head_reinitialised() {
     let ckpt = common::seeded_checkpoint(&ModelConfig::Lenet5, RGB32, 1000, 5);
     let path = dir.path().join("lenet.safetensors");
     candle_core::safetensors::save(&ckpt, &path).unwrap();
-    let m = create_model(
-        "lenet5",
-        &WeightsSource::Local(path.clone()),
-        10,
-        &opts(RGB32),
-    )
-    .unwrap();
+    let m = create_model("lenet5", &WeightsSource::Local(path.clone()), 10, &opts(RGB32)).unwrap();
     let info = m.pretrained.as_ref().unwrap();
     assert_eq!(info.report.loaded.len(), 8, "{}", info.report);
     assert_eq!(
         info.report.reinitialized().collect::<Vec<_>>(),
         ["classifier.4.bias", "classifier.4.weight"]
     );
-    assert_eq!(
-        info.sha256,
-        digitlab_finetune::zoo::file_sha256(&path).unwrap()
-    );
+    assert_eq!(info.sha256, digitlab_finetune::zoo::file_sha256(&path).unwrap());
     assert_eq!(m.head_prefix(), "classifier.4");
     assert_eq!(m.feature_dim(), 84);
     assert_eq!(m.parameter_count(), 62_006, "3-channel LeNet-5");
@@ -69,10 +60,7 @@ fn local_safetensors_load_by_name_with_the_head_reinitialised() {
         "lenet5",
         &WeightsSource::None,
         10,
-        &CreateOptions {
-            seed: 1,
-            ..opts(RGB32)
-        },
+        &CreateOptions { seed: 1, ..opts(RGB32) },
     )
     .unwrap();
     assert_ne!(a.weights_id().unwrap(), c.weights_id().unwrap());
@@ -101,22 +89,12 @@ fn pytorch_checkpoints_load_like_safetensors() {
     .unwrap();
     let info = b.pretrained.as_ref().unwrap();
     assert_eq!(info.format, digitlab_finetune::WeightsFormat::PyTorch);
-    assert!(
-        info.report.is_ok() && info.report.head.is_empty(),
-        "{}",
-        info.report
-    );
+    assert!(info.report.is_ok() && info.report.head.is_empty(), "{}", info.report);
     assert_eq!(info.report.loaded.len(), ckpt.len());
-    let (va, vb) = (
-        a.varmap.data().lock().unwrap(),
-        b.varmap.data().lock().unwrap(),
-    );
+    let (va, vb) = (a.varmap.data().lock().unwrap(), b.varmap.data().lock().unwrap());
     assert_eq!(va.len(), vb.len());
     for (name, v) in va.iter() {
-        assert!(
-            common::bit_identical(v.as_tensor(), vb[name].as_tensor()),
-            "{name}"
-        );
+        assert!(common::bit_identical(v.as_tensor(), vb[name].as_tensor()), "{name}");
         assert!(common::bit_identical(v.as_tensor(), &ckpt[name]), "{name}");
     }
 }
@@ -136,13 +114,7 @@ fn every_mismatch_is_reported_at_once() {
     );
     let path = dir.path().join("bad.safetensors");
     candle_core::safetensors::save(&ckpt, &path).unwrap();
-    let e = create_model(
-        "lenet5",
-        &WeightsSource::Local(path.clone()),
-        10,
-        &opts(RGB32),
-    )
-    .unwrap_err();
+    let e = create_model("lenet5", &WeightsSource::Local(path.clone()), 10, &opts(RGB32)).unwrap_err();
     let FinetuneError::ModelWeightsMismatch { report, .. } = &e else {
         panic!("{e}")
     };
@@ -170,22 +142,14 @@ fn every_mismatch_is_reported_at_once() {
         height: 32,
         width: 32,
     };
-    let e = create_model(
-        "ccexam_svhn_cnn",
-        &WeightsSource::Local(path),
-        10,
-        &opts(gray),
-    )
-    .unwrap_err()
-    .to_string();
+    let e = create_model("ccexam_svhn_cnn", &WeightsSource::Local(path), 10, &opts(gray))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("3 input channels") && e.contains("has 1"), "{e}");
     let e = create_model("alexnet", &WeightsSource::None, 10, &opts(RGB32))
         .unwrap_err()
         .to_string();
-    assert!(
-        e.contains("unknown model `alexnet`") && e.contains("resnet50"),
-        "{e}"
-    );
+    assert!(e.contains("unknown model `alexnet`") && e.contains("resnet50"), "{e}");
 }
 
 #[test]
@@ -216,13 +180,7 @@ fn hub_source_from_a_hand_built_offline_cache() {
         hub: Some(hub.clone()),
         ..opts(input)
     };
-    let m = create_model(
-        "resnet18",
-        &"hf:timm/resnet18.a1_in1k".parse().unwrap(),
-        10,
-        &o,
-    )
-    .unwrap();
+    let m = create_model("resnet18", &"hf:timm/resnet18.a1_in1k".parse().unwrap(), 10, &o).unwrap();
     let info = m.pretrained.as_ref().unwrap();
     assert_eq!(info.path, file);
     assert_eq!(
@@ -246,14 +204,9 @@ fn hub_source_from_a_hand_built_offline_cache() {
         &m2.backbone().features(&x, false).unwrap()
     ));
     // Offline and absent: a clear error.
-    let e = create_model(
-        "resnet50",
-        &"hf:timm/resnet50.a1_in1k".parse().unwrap(),
-        10,
-        &o,
-    )
-    .unwrap_err()
-    .to_string();
+    let e = create_model("resnet50", &"hf:timm/resnet50.a1_in1k".parse().unwrap(), 10, &o)
+        .unwrap_err()
+        .to_string();
     assert!(
         e.contains("timm/resnet50.a1_in1k") && e.contains("HF_HUB_OFFLINE"),
         "{e}"
@@ -284,10 +237,7 @@ fn timm_vgg_names_map_to_torchvision_layout() {
     assert_eq!(shape("classifier.3.weight"), [4096, 4096]);
     assert_eq!(shape("classifier.6.weight"), [1000, 4096]);
     assert_eq!(renamed.len(), 6);
-    assert!(renamed.contains(&(
-        "pre_logits.fc1.weight".to_string(),
-        "classifier.0.weight".to_string()
-    )));
+    assert!(renamed.contains(&("pre_logits.fc1.weight".to_string(), "classifier.0.weight".to_string())));
     // Torchvision checkpoints pass through untouched.
     let plain: HashMap<String, Tensor> = [("classifier.0.weight".to_string(), z(&[4, 25088]))]
         .into_iter()
@@ -298,22 +248,12 @@ fn timm_vgg_names_map_to_torchvision_layout() {
     // Numerically: the 7x7 conv over a 7x7 map equals the linear layer on the
     // flattened map with the reshaped kernel (what torchvision's classifier.0 does).
     let n: usize = 5 * 512 * 49;
-    let w: Vec<f32> = (0..n)
-        .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
-        .collect();
+    let w: Vec<f32> = (0..n).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
     let kernel = Tensor::from_vec(w, (5, 512, 7, 7), &Device::Cpu).unwrap();
-    let xs: Vec<f32> = (0..2 * 512 * 49)
-        .map(|i| ((i * 104729) % 997) as f32 / 997.0)
-        .collect();
+    let xs: Vec<f32> = (0..2 * 512 * 49).map(|i| ((i * 104729) % 997) as f32 / 997.0).collect();
     let x = Tensor::from_vec(xs, (2, 512, 7, 7), &Device::Cpu).unwrap();
-    let conv = x
-        .conv2d(&kernel, 0, 1, 1, 1)
-        .unwrap()
-        .flatten_from(1)
-        .unwrap();
-    let map: HashMap<String, Tensor> = [("pre_logits.fc1.weight".to_string(), kernel)]
-        .into_iter()
-        .collect();
+    let conv = x.conv2d(&kernel, 0, 1, 1, 1).unwrap().flatten_from(1).unwrap();
+    let map: HashMap<String, Tensor> = [("pre_logits.fc1.weight".to_string(), kernel)].into_iter().collect();
     let (map, _) = remap_timm_vgg(map).unwrap();
     let linear = candle_nn::Linear::new(map["classifier.0.weight"].clone(), None);
     let lin = linear.forward(&x.flatten_from(1).unwrap()).unwrap();
@@ -326,10 +266,7 @@ fn timm_vgg_names_map_to_torchvision_layout() {
         .to_scalar()
         .unwrap();
     let scale: f32 = lin.abs().unwrap().max_all().unwrap().to_scalar().unwrap();
-    assert!(
-        diff / scale < 1e-5,
-        "conv vs linear: {diff} (scale {scale})"
-    );
+    assert!(diff / scale < 1e-5, "conv vs linear: {diff} (scale {scale})");
 }
 
 /// `$DIGITLAB_WEIGHTS` (the test is ignored by default; run explicitly, it fails without it).
@@ -350,13 +287,7 @@ fn real_pretrained_networks_load_through_create_model() {
     };
     // ccexam's 10-class SVHN head fits 10 classes: everything loads.
     let path = dir.join("ccexam-svhn-cnn.safetensors");
-    let m = create_model(
-        "ccexam_svhn_cnn",
-        &WeightsSource::Local(path),
-        10,
-        &opts(RGB32),
-    )
-    .unwrap();
+    let m = create_model("ccexam_svhn_cnn", &WeightsSource::Local(path), 10, &opts(RGB32)).unwrap();
     let r = &m.pretrained.as_ref().unwrap().report;
     assert!(r.is_ok() && r.head.is_empty(), "{r}");
     assert_eq!(r.loaded.len(), 40);
@@ -372,18 +303,9 @@ fn real_pretrained_networks_load_through_create_model() {
         height: 64,
         width: 64,
     };
-    let m = create_model(
-        "efficientnet_lite0",
-        &WeightsSource::Local(path),
-        10,
-        &opts(input),
-    )
-    .unwrap();
+    let m = create_model("efficientnet_lite0", &WeightsSource::Local(path), 10, &opts(input)).unwrap();
     let r = &m.pretrained.as_ref().unwrap().report;
-    assert_eq!(
-        r.reinitialized().collect::<Vec<_>>(),
-        ["_fc.bias", "_fc.weight"]
-    );
+    assert_eq!(r.reinitialized().collect::<Vec<_>>(), ["_fc.bias", "_fc.weight"]);
     assert!(r.missing.is_empty() && r.unexpected.is_empty());
     assert_eq!(m.feature_dim(), 1280);
     let x = Tensor::ones((2, 3, 64, 64), DType::F32, &Device::Cpu).unwrap();

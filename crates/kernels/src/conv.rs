@@ -34,7 +34,12 @@ pub struct Conv2dParams {
 
 impl Default for Conv2dParams {
     fn default() -> Self {
-        Self { padding: 0, stride: 1, dilation: 1, groups: 1 }
+        Self {
+            padding: 0,
+            stride: 1,
+            dilation: 1,
+            groups: 1,
+        }
     }
 }
 
@@ -68,7 +73,13 @@ pub fn conv2d(x: &Tensor, w: &Tensor, b: Option<&Tensor>, p: Conv2dParams, act: 
 }
 
 /// candle's `conv2d` plus the bias as candle_nn's `Conv2d` adds it, then `act`.
-pub fn conv2d_reference(x: &Tensor, w: &Tensor, b: Option<&Tensor>, p: Conv2dParams, act: Activation) -> Result<Tensor> {
+pub fn conv2d_reference(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    p: Conv2dParams,
+    act: Activation,
+) -> Result<Tensor> {
     let y = x.conv2d(w, p.padding, p.stride, p.dilation, p.groups)?;
     let y = match b {
         Some(b) => y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?)?,
@@ -110,7 +121,18 @@ impl Geo {
         if h + 2 * p < kh || w + 2 * p < kw {
             bail!("conv2d: kernel {kh}x{kw} does not fit a {h}x{w} input padded by {p}")
         }
-        Ok(Self { c, h, w, o, kh, kw, s, p, oh: (h + 2 * p - kh) / s + 1, ow: (w + 2 * p - kw) / s + 1 })
+        Ok(Self {
+            c,
+            h,
+            w,
+            o,
+            kh,
+            kw,
+            s,
+            p,
+            oh: (h + 2 * p - kh) / s + 1,
+            ow: (w + 2 * p - kw) / s + 1,
+        })
     }
     fn ckk(&self) -> usize {
         self.c * self.kh * self.kw
@@ -204,7 +226,10 @@ impl Geo {
         if self.ow < 16 {
             // Short rows (small feature maps): per-run copies would be mostly
             // overhead, so gather through a table of each pixel's patch origin.
-            let base: Vec<usize> = pix.clone().map(|q| (q / self.ow) * s * wp + (q % self.ow) * s).collect();
+            let base: Vec<usize> = pix
+                .clone()
+                .map(|q| (q / self.ow) * s * wp + (q % self.ow) * s)
+                .collect();
             // Every index read below is at most max(base) + (kh-1)*wp + (kw-1), which
             // is inside a padded channel plane by construction of the geometry.
             let max_read = base.iter().max().copied().unwrap_or(0) + (self.kh - 1) * wp + (self.kw - 1);
@@ -282,7 +307,10 @@ impl Geo {
         for c in 0..self.c {
             for y in 0..h {
                 let from = (c * hp + y + p) * wp + p;
-                for (d, v) in dx[(c * h + y) * w..(c * h + y + 1) * w].iter_mut().zip(&dp[from..from + w]) {
+                for (d, v) in dx[(c * h + y) * w..(c * h + y + 1) * w]
+                    .iter_mut()
+                    .zip(&dp[from..from + w])
+                {
                     *d += v;
                 }
             }
@@ -390,7 +418,19 @@ fn forward_part(
                         g.im2col(&x[img * chw..(img + 1) * chw], &pix, c, n, 0, pad);
                         Mat::new(c, 0, 1, n)
                     };
-                    cpu::gemm(n, o, ckk, out, dst_off, 1, ohw, acc, patches_t, Mat::new(wt, 0, 1, ckk), par)?;
+                    cpu::gemm(
+                        n,
+                        o,
+                        ckk,
+                        out,
+                        dst_off,
+                        1,
+                        ohw,
+                        acc,
+                        patches_t,
+                        Mat::new(wt, 0, 1, ckk),
+                        par,
+                    )?;
                     for oc in 0..o {
                         relu(&mut out[dst_off + oc * ohw..dst_off + oc * ohw + n]);
                     }
@@ -402,7 +442,19 @@ fn forward_part(
                         g.im2col(&x[img * chw..(img + 1) * chw], &(0..ohw), c, n, gi * ohw, pad);
                     }
                     let t = grow(tmp, o * n);
-                    cpu::gemm(n, o, ckk, t, 0, 1, n, false, Mat::new(c, 0, 1, n), Mat::new(wt, 0, 1, ckk), par)?;
+                    cpu::gemm(
+                        n,
+                        o,
+                        ckk,
+                        t,
+                        0,
+                        1,
+                        n,
+                        false,
+                        Mat::new(c, 0, 1, n),
+                        Mat::new(wt, 0, 1, ckk),
+                        par,
+                    )?;
                     for (gi, img) in r.enumerate() {
                         let base = (img - imgs.start) * o * ohw;
                         for oc in 0..o {
@@ -517,7 +569,19 @@ fn backward_part(
                         for (gi, img) in r.clone().enumerate() {
                             g.im2col(&x[img * chw..(img + 1) * chw], &(0..ohw), c, n, gi * ohw, pad);
                         }
-                        cpu::gemm(ckk, o, n, &mut dw, 0, 1, ckk, true, Mat::rows(c, n), Mat::new(t, 0, 1, n), par)?;
+                        cpu::gemm(
+                            ckk,
+                            o,
+                            n,
+                            &mut dw,
+                            0,
+                            1,
+                            ckk,
+                            true,
+                            Mat::rows(c, n),
+                            Mat::new(t, 0, 1, n),
+                            par,
+                        )?;
                     }
                     if need_x {
                         let d = grow(dcols, ckk * n);
@@ -591,8 +655,16 @@ fn backward(
             }
         });
     }
-    let dw = if need_w { dw.map(|d| cpu::tensor(d, (g.o, g.c, g.kh, g.kw))).transpose()? } else { None };
-    let dx = if need_x { Some(cpu::tensor(dx, (bn, g.c, g.h, g.w))?) } else { None };
+    let dw = if need_w {
+        dw.map(|d| cpu::tensor(d, (g.o, g.c, g.kh, g.kw))).transpose()?
+    } else {
+        None
+    };
+    let dx = if need_x {
+        Some(cpu::tensor(dx, (bn, g.c, g.h, g.w))?)
+    } else {
+        None
+    };
     Ok((dx, dw, db))
 }
 
@@ -652,7 +724,12 @@ mod tests {
 
     #[test]
     fn blocks_cover_every_pixel_once() {
-        for &(c, h, k, s, p) in &[(3usize, 32usize, 5usize, 1usize, 0usize), (512, 2, 3, 1, 1), (3, 224, 7, 2, 3), (64, 8, 1, 1, 0)] {
+        for &(c, h, k, s, p) in &[
+            (3usize, 32usize, 5usize, 1usize, 0usize),
+            (512, 2, 3, 1, 1),
+            (3, 224, 7, 2, 3),
+            (64, 8, 1, 1, 0),
+        ] {
             let g = Geo::new(c, h, h, 8, k, k, s, p).unwrap();
             let blocks = g.blocks(2..7);
             let mut seen = vec![0usize; 9 * g.ohw()];
@@ -679,7 +756,10 @@ mod tests {
                     let row = (c * g.kh + ky) * g.kw + kx;
                     for oy in 0..g.oh {
                         for ox in 0..g.ow {
-                            let (iy, ix) = ((oy * g.s + ky) as isize - g.p as isize, (ox * g.s + kx) as isize - g.p as isize);
+                            let (iy, ix) = (
+                                (oy * g.s + ky) as isize - g.p as isize,
+                                (ox * g.s + kx) as isize - g.p as isize,
+                            );
                             if iy >= 0 && ix >= 0 && (iy as usize) < g.h && (ix as usize) < g.w {
                                 out[row * g.ohw() + oy * g.ow + ox] = x[(c * g.h + iy as usize) * g.w + ix as usize];
                             }
@@ -693,7 +773,14 @@ mod tests {
 
     #[test]
     fn im2col_matches_definition_for_any_pixel_range() {
-        for &(c, h, w, k, s, p) in &[(2usize, 7usize, 9usize, 3usize, 1usize, 1usize), (3, 8, 8, 3, 2, 1), (1, 9, 6, 5, 2, 2), (2, 5, 5, 1, 2, 0), (2, 6, 7, 7, 3, 3), (4, 1, 1, 3, 1, 1)] {
+        for &(c, h, w, k, s, p) in &[
+            (2usize, 7usize, 9usize, 3usize, 1usize, 1usize),
+            (3, 8, 8, 3, 2, 1),
+            (1, 9, 6, 5, 2, 2),
+            (2, 5, 5, 1, 2, 0),
+            (2, 6, 7, 7, 3, 3),
+            (4, 1, 1, 3, 1, 1),
+        ] {
             let g = Geo::new(c, h, w, 1, k, k, s, p).unwrap();
             let x: Vec<f32> = (0..c * h * w).map(|i| i as f32 + 1.0).collect();
             let want = naive_im2col(&g, &x);
@@ -706,7 +793,11 @@ mod tests {
                 let mut got = vec![f32::NAN; g.ckk() * (n + 3)];
                 g.im2col(&x, &(a..b), &mut got, n + 3, 2, &mut pad);
                 for row in 0..g.ckk() {
-                    assert_eq!(&got[row * (n + 3) + 2..row * (n + 3) + 2 + n], &want[row * g.ohw() + a..row * g.ohw() + b], "c{c} h{h} w{w} k{k} s{s} p{p} pixels {a}..{b} row {row}");
+                    assert_eq!(
+                        &got[row * (n + 3) + 2..row * (n + 3) + 2 + n],
+                        &want[row * g.ohw() + a..row * g.ohw() + b],
+                        "c{c} h{h} w{w} k{k} s{s} p{p} pixels {a}..{b} row {row}"
+                    );
                 }
                 // col2im is the adjoint: <im2col(x), y> = <x, col2im(y)>.
                 let y: Vec<f32> = (0..g.ckk() * n).map(|i| ((i * 7) % 13) as f32 - 6.0).collect();

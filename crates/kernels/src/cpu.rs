@@ -27,7 +27,12 @@ pub(crate) fn contiguous<'a, T: Copy>(s: &'a [T], l: &Layout) -> Result<Cow<'a, 
     }
     let (dims, stride) = (l.dims(), l.stride());
     let n = l.shape().elem_count();
-    let max = l.start_offset() + dims.iter().zip(stride).map(|(d, s)| d.saturating_sub(1) * s).sum::<usize>();
+    let max = l.start_offset()
+        + dims
+            .iter()
+            .zip(stride)
+            .map(|(d, s)| d.saturating_sub(1) * s)
+            .sum::<usize>();
     if n > 0 && max >= s.len() {
         bail!("layout {l:?} does not fit a storage of {} elements", s.len())
     }
@@ -114,11 +119,17 @@ impl<'a> View<'a> {
     /// `t` must be a contiguous CPU f32 tensor (call `.contiguous()` first).
     pub(crate) fn new(t: &'a Tensor, op: &str) -> Result<Self> {
         let (guard, l) = t.storage_and_layout();
-        let Some((a, b)) = l.contiguous_offsets() else { bail!("{op}: expected a contiguous tensor") };
+        let Some((a, b)) = l.contiguous_offsets() else {
+            bail!("{op}: expected a contiguous tensor")
+        };
         match &*guard {
             Storage::Cpu(CpuStorage::F32(v)) if b <= v.len() => {}
             Storage::Cpu(CpuStorage::F32(_)) => bail!("{op}: layout does not fit its storage"),
-            _ => bail!("{op}: expected a CPU f32 tensor, got {:?} on {:?}", t.dtype(), t.device().location()),
+            _ => bail!(
+                "{op}: expected a CPU f32 tensor, got {:?} on {:?}",
+                t.dtype(),
+                t.device().location()
+            ),
         }
         Ok(Self { guard, range: a..b })
     }
@@ -146,7 +157,12 @@ impl<'a> Mat<'a> {
     }
     /// Row-major `rows x cols` matrix at the start of `data`.
     pub(crate) fn rows(data: &'a [f32], cols: usize) -> Self {
-        Self { data, off: 0, rs: cols, cs: 1 }
+        Self {
+            data,
+            off: 0,
+            rs: cols,
+            cs: 1,
+        }
     }
     /// Whether every element of a `rows x cols` view lies inside `data`.
     fn fits(&self, rows: usize, cols: usize) -> bool {
@@ -219,13 +235,23 @@ pub(crate) fn gemm(
 /// The gradient at the input of a fused activation: `grad` itself for the identity,
 /// `grad` where the (forward) output `res` was positive for a ReLU. `None` means
 /// "use `grad` unchanged" (no copy).
-pub(crate) fn activation_grad(act: crate::Activation, grad: &[f32], res: &Tensor, op: &str) -> Result<Option<Vec<f32>>> {
+pub(crate) fn activation_grad(
+    act: crate::Activation,
+    grad: &[f32],
+    res: &Tensor,
+    op: &str,
+) -> Result<Option<Vec<f32>>> {
     match act {
         crate::Activation::Identity => Ok(None),
         crate::Activation::Relu => {
             let res = res.contiguous()?;
             let r = View::new(&res, op)?;
-            Ok(Some(grad.iter().zip(r.get()).map(|(&g, &y)| if y > 0.0 { g } else { 0.0 }).collect()))
+            Ok(Some(
+                grad.iter()
+                    .zip(r.get())
+                    .map(|(&g, &y)| if y > 0.0 { g } else { 0.0 })
+                    .collect(),
+            ))
         }
     }
 }

@@ -17,7 +17,11 @@ use std::sync::Once;
 /// Whether flushing is enabled (`DIGITLAB_KEEP_DENORMALS` unset or `0`).
 pub fn enabled() -> bool {
     static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ENABLED.get_or_init(|| std::env::var("DIGITLAB_KEEP_DENORMALS").map(|v| v.is_empty() || v == "0").unwrap_or(true))
+    *ENABLED.get_or_init(|| {
+        std::env::var("DIGITLAB_KEEP_DENORMALS")
+            .map(|v| v.is_empty() || v == "0")
+            .unwrap_or(true)
+    })
 }
 
 /// Sets FTZ and DAZ on the calling thread; returns whether it could.
@@ -109,7 +113,10 @@ mod tests {
         std::thread::spawn(|| {
             let tiny = std::hint::black_box(1e-30f32);
             let before = std::hint::black_box(tiny) * std::hint::black_box(1e-10f32);
-            assert!(before > 0.0 && before < f32::MIN_POSITIVE, "IEEE default keeps the denormal: {before:e}");
+            assert!(
+                before > 0.0 && before < f32::MIN_POSITIVE,
+                "IEEE default keeps the denormal: {before:e}"
+            );
             assert!(set_current_thread());
             assert!(is_set_on_current_thread());
             let after = std::hint::black_box(tiny) * std::hint::black_box(1e-10f32);

@@ -55,7 +55,9 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, act: Activation) -> Re
 /// the reference the kernel is tested against.
 pub fn linear_reference(x: &Tensor, w: &Tensor, b: Option<&Tensor>, act: Activation) -> Result<Tensor> {
     let y = match *x.dims() {
-        [b1, b2, m, k] if x.is_contiguous() => x.reshape((b1 * b2 * m, k))?.matmul(&w.t()?)?.reshape((b1, b2, m, ()))?,
+        [b1, b2, m, k] if x.is_contiguous() => {
+            x.reshape((b1 * b2 * m, k))?.matmul(&w.t()?)?.reshape((b1, b2, m, ()))?
+        }
         [b1, b2, _, _] => x.matmul(&w.broadcast_left((b1, b2))?.t()?)?,
         [bsize, m, k] if x.is_contiguous() => x.reshape((bsize * m, k))?.matmul(&w.t()?)?.reshape((bsize, m, ()))?,
         [bsize, _, _] => x.matmul(&w.broadcast_left(bsize)?.t()?)?,
@@ -153,7 +155,14 @@ fn backward(
         let x = x.contiguous()?;
         let xv = View::new(&x, OP)?;
         // dW [n, k] = dz^T [n, bsz] @ x [bsz, k].
-        let dw = cpu::gemm_new(n, k, bsz, Mat::new(dz, 0, 1, n), Mat::rows(xv.get(), k), gemm_parallelism(n, k, bsz))?;
+        let dw = cpu::gemm_new(
+            n,
+            k,
+            bsz,
+            Mat::new(dz, 0, 1, n),
+            Mat::rows(xv.get(), k),
+            gemm_parallelism(n, k, bsz),
+        )?;
         Some(cpu::tensor(dw, (n, k))?)
     } else {
         None
@@ -162,7 +171,14 @@ fn backward(
         let w = w.contiguous()?;
         let wv = View::new(&w, OP)?;
         // dx [bsz, k] = dz [bsz, n] @ w [n, k].
-        let dx = cpu::gemm_new(bsz, k, n, Mat::rows(dz, n), Mat::rows(wv.get(), k), gemm_parallelism(bsz, k, n))?;
+        let dx = cpu::gemm_new(
+            bsz,
+            k,
+            n,
+            Mat::rows(dz, n),
+            Mat::rows(wv.get(), k),
+            gemm_parallelism(bsz, k, n),
+        )?;
         Some(cpu::tensor(dx, (bsz, k))?)
     } else {
         None

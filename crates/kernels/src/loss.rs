@@ -21,7 +21,10 @@ use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Ten
 pub fn softmax_cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
     let (batch, _) = logits.dims2()?;
     if labels.dims() != [batch] {
-        bail!("softmax_cross_entropy: labels must be [{batch}], got {:?}", labels.dims())
+        bail!(
+            "softmax_cross_entropy: labels must be [{batch}], got {:?}",
+            labels.dims()
+        )
     }
     let float_ok = matches!(logits.dtype(), DType::F32 | DType::F64);
     let label_ok = matches!(labels.dtype(), DType::U32 | DType::I64);
@@ -39,7 +42,10 @@ pub fn softmax_cross_entropy_reference(logits: &Tensor, labels: &Tensor) -> Resu
     let shifted = logits.broadcast_sub(&max)?;
     let log_sum = shifted.exp()?.sum_keepdim(1)?.log()?;
     let log_probs = shifted.broadcast_sub(&log_sum)?;
-    log_probs.gather(&labels.reshape((batch, 1))?.contiguous()?, 1)?.squeeze(1)?.neg()
+    log_probs
+        .gather(&labels.reshape((batch, 1))?.contiguous()?, 1)?
+        .squeeze(1)?
+        .neg()
 }
 
 struct SoftmaxCrossEntropy;
@@ -53,11 +59,20 @@ fn label_indices(s: &CpuStorage, l: &Layout, classes: usize) -> Result<Vec<usize
         Ok(v as usize)
     };
     match s {
-        CpuStorage::U32(v) => {
-            cpu::contiguous(v, l)?.iter().enumerate().map(|(i, &x)| check(i, i64::from(x))).collect()
-        }
-        CpuStorage::I64(v) => cpu::contiguous(v, l)?.iter().enumerate().map(|(i, &x)| check(i, x)).collect(),
-        other => bail!("softmax_cross_entropy: labels must be u32 or i64, got {:?}", other.dtype()),
+        CpuStorage::U32(v) => cpu::contiguous(v, l)?
+            .iter()
+            .enumerate()
+            .map(|(i, &x)| check(i, i64::from(x)))
+            .collect(),
+        CpuStorage::I64(v) => cpu::contiguous(v, l)?
+            .iter()
+            .enumerate()
+            .map(|(i, &x)| check(i, x))
+            .collect(),
+        other => bail!(
+            "softmax_cross_entropy: labels must be u32 or i64, got {:?}",
+            other.dtype()
+        ),
     }
 }
 
@@ -79,7 +94,12 @@ macro_rules! ce_impl {
         /// `g_b * (softmax(z_b) - onehot(y_b))`.
         fn $bwd(z: &[$t], y: &[usize], g: &[$t], classes: usize) -> Vec<$t> {
             let mut out = vec![0 as $t; z.len()];
-            for (((row, o), &label), &gb) in z.chunks_exact(classes).zip(out.chunks_exact_mut(classes)).zip(y).zip(g) {
+            for (((row, o), &label), &gb) in z
+                .chunks_exact(classes)
+                .zip(out.chunks_exact_mut(classes))
+                .zip(y)
+                .zip(g)
+            {
                 let m = row.iter().copied().fold(<$t>::NEG_INFINITY, <$t>::max);
                 let mut s: $t = 0.0;
                 for (o, &v) in o.iter_mut().zip(row) {
@@ -118,17 +138,27 @@ impl CustomOp2 for SoftmaxCrossEntropy {
         let out = match s1 {
             CpuStorage::F32(v) => CpuStorage::F32(fwd_f32(&cpu::contiguous(v, l1)?, &y, classes)),
             CpuStorage::F64(v) => CpuStorage::F64(fwd_f64(&cpu::contiguous(v, l1)?, &y, classes)),
-            other => bail!("softmax_cross_entropy: logits must be f32 or f64, got {:?}", other.dtype()),
+            other => bail!(
+                "softmax_cross_entropy: logits must be f32 or f64, got {:?}",
+                other.dtype()
+            ),
         };
         Ok((out, Shape::from(batch)))
     }
 
-    fn bwd(&self, logits: &Tensor, labels: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        logits: &Tensor,
+        labels: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (batch, classes) = logits.dims2()?;
         let (zs, zl) = logits.storage_and_layout();
         let (ys, yl) = labels.storage_and_layout();
         let (gs, gl) = grad.storage_and_layout();
-        let (candle_core::Storage::Cpu(z), candle_core::Storage::Cpu(y), candle_core::Storage::Cpu(g)) = (&*zs, &*ys, &*gs)
+        let (candle_core::Storage::Cpu(z), candle_core::Storage::Cpu(y), candle_core::Storage::Cpu(g)) =
+            (&*zs, &*ys, &*gs)
         else {
             bail!("softmax_cross_entropy backward: expected CPU tensors")
         };
@@ -139,14 +169,22 @@ impl CustomOp2 for SoftmaxCrossEntropy {
                 if g.len() != batch {
                     bail!("softmax_cross_entropy backward: gradient must be [{batch}]")
                 }
-                Tensor::from_vec(bwd_f32(&cpu::contiguous(z, zl)?, &y, &g, classes), (batch, classes), logits.device())?
+                Tensor::from_vec(
+                    bwd_f32(&cpu::contiguous(z, zl)?, &y, &g, classes),
+                    (batch, classes),
+                    logits.device(),
+                )?
             }
             (CpuStorage::F64(z), CpuStorage::F64(g)) => {
                 let g = cpu::contiguous(g, gl)?;
                 if g.len() != batch {
                     bail!("softmax_cross_entropy backward: gradient must be [{batch}]")
                 }
-                Tensor::from_vec(bwd_f64(&cpu::contiguous(z, zl)?, &y, &g, classes), (batch, classes), logits.device())?
+                Tensor::from_vec(
+                    bwd_f64(&cpu::contiguous(z, zl)?, &y, &g, classes),
+                    (batch, classes),
+                    logits.device(),
+                )?
             }
             _ => bail!("softmax_cross_entropy backward: logits and gradient dtypes differ"),
         };

@@ -43,10 +43,17 @@ pub fn batch_norm_eval(
         if [mean.len(), var.len(), w.len(), b.len()].iter().any(|&n| n != c) {
             bail!("batch_norm_eval: statistics and affine parameters must have {c} values")
         }
-        let scale: Vec<f32> = (0..c).map(|i| (f64::from(w[i]) / (f64::from(var[i]) + eps).sqrt()) as f32).collect();
+        let scale: Vec<f32> = (0..c)
+            .map(|i| (f64::from(w[i]) / (f64::from(var[i]) + eps).sqrt()) as f32)
+            .collect();
         let shift: Vec<f32> = (0..c).map(|i| b[i] - mean[i] * scale[i]).collect();
         let inner: usize = x.dims()[2..].iter().product();
-        return x.apply_op1_no_bwd(&Affine { scale, shift, inner, act });
+        return x.apply_op1_no_bwd(&Affine {
+            scale,
+            shift,
+            inner,
+            act,
+        });
     }
     batch_norm_eval_reference(x, running_mean, running_var, weight_and_bias, eps, act)
 }
@@ -60,13 +67,20 @@ pub fn batch_norm_eval_reference(
     eps: f64,
     act: Activation,
 ) -> Result<Tensor> {
-    let target: Vec<usize> = x.dims().iter().enumerate().map(|(i, v)| if i == 1 { *v } else { 1 }).collect();
+    let target: Vec<usize> = x
+        .dims()
+        .iter()
+        .enumerate()
+        .map(|(i, v)| if i == 1 { *v } else { 1 })
+        .collect();
     let y = x
         .broadcast_sub(&running_mean.detach().reshape(target.as_slice())?)?
         .broadcast_div(&(running_var.detach().reshape(target.as_slice())? + eps)?.sqrt()?)?;
     let y = match weight_and_bias {
         None => y,
-        Some((w, b)) => y.broadcast_mul(&w.reshape(target.as_slice())?)?.broadcast_add(&b.reshape(target.as_slice())?)?,
+        Some((w, b)) => y
+            .broadcast_mul(&w.reshape(target.as_slice())?)?
+            .broadcast_add(&b.reshape(target.as_slice())?)?,
     };
     act.apply_reference(&y)
 }

@@ -25,7 +25,11 @@ pub fn max_pool2d(x: &Tensor, kernel: usize, stride: usize, padding: usize) -> R
     if padding == 0 {
         return x.max_pool2d_with_stride(kernel, stride);
     }
-    bail!("max_pool2d with padding needs a CPU f32 tensor here (got {:?} on {:?})", x.dtype(), x.device().location())
+    bail!(
+        "max_pool2d with padding needs a CPU f32 tensor here (got {:?} on {:?})",
+        x.dtype(),
+        x.device().location()
+    )
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -50,7 +54,15 @@ impl Geometry {
         if h + 2 * p < k || w + 2 * p < k {
             bail!("max_pool2d: kernel {k} does not fit a {h}x{w} input padded by {p}")
         }
-        Ok(Self { h, w, k, s, p, oh: (h + 2 * p - k) / s + 1, ow: (w + 2 * p - k) / s + 1 })
+        Ok(Self {
+            h,
+            w,
+            k,
+            s,
+            p,
+            oh: (h + 2 * p - k) / s + 1,
+            ow: (w + 2 * p - k) / s + 1,
+        })
     }
 
     /// Input range covered by output `o` along an axis of length `len`.
@@ -70,7 +82,12 @@ impl Geometry {
     #[inline]
     fn first_max4(&self, r0: &[f32], r1: &[f32], ox: usize) -> (f32, usize) {
         let x0 = 2 * ox;
-        let cands = [(r0[x0], x0), (r0[x0 + 1], x0 + 1), (r1[x0], self.w + x0), (r1[x0 + 1], self.w + x0 + 1)];
+        let cands = [
+            (r0[x0], x0),
+            (r0[x0 + 1], x0 + 1),
+            (r1[x0], self.w + x0),
+            (r1[x0 + 1], self.w + x0 + 1),
+        ];
         let mut best = cands[0];
         for &c in &cands[1..] {
             if c.0 > best.0 || (c.0.is_nan() && !best.0.is_nan()) {
@@ -153,7 +170,11 @@ impl CustomOp1 for MaxPool {
         let planes = b * c;
         let (plane_in, plane_out) = (h * w, g.oh * g.ow);
         if gr.len() != planes * plane_out {
-            bail!("{OP}: gradient has {} values, expected {}", gr.len(), planes * plane_out)
+            bail!(
+                "{OP}: gradient has {} values, expected {}",
+                gr.len(),
+                planes * plane_out
+            )
         }
         let n_parts = parts(planes, plane_in, LOOP_SERIAL_MAX_ELEMS);
         let mut dx = cpu::zeros(planes * plane_in);

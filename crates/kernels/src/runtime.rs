@@ -28,7 +28,9 @@ pub fn init() {
 
 /// Whether [`tune_malloc`] may change the allocator (`DIGITLAB_DEFAULT_MALLOC` unset or `0`).
 pub fn malloc_tuning_enabled() -> bool {
-    std::env::var("DIGITLAB_DEFAULT_MALLOC").map(|v| v.is_empty() || v == "0").unwrap_or(true)
+    std::env::var("DIGITLAB_DEFAULT_MALLOC")
+        .map(|v| v.is_empty() || v == "0")
+        .unwrap_or(true)
 }
 
 /// Raises glibc's mmap and trim thresholds (see the module docs); returns whether

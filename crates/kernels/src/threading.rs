@@ -103,7 +103,10 @@ mod tests {
         assert!(matches!(gemm_parallelism(1, 256, 784), gemm::Parallelism::None));
         let got = map_ranges(10, 3, |i, r| (i, r.len()));
         assert_eq!(got.iter().map(|g| g.1).sum::<usize>(), 10);
-        assert_eq!(got.iter().map(|g| g.0).collect::<Vec<_>>(), (0..got.len()).collect::<Vec<_>>());
+        assert_eq!(
+            got.iter().map(|g| g.0).collect::<Vec<_>>(),
+            (0..got.len()).collect::<Vec<_>>()
+        );
     }
 }
 

@@ -8,12 +8,20 @@ use digitlab_kernels::conv::conv2d_reference;
 use digitlab_kernels::linear::linear_reference;
 use digitlab_kernels::loss::softmax_cross_entropy_reference;
 use digitlab_kernels::norm::batch_norm_eval_reference;
-use digitlab_kernels::{batch_norm_eval, conv2d, linear, max_pool2d, relu, softmax_cross_entropy, Activation, Conv2dParams};
+use digitlab_kernels::{
+    batch_norm_eval, conv2d, linear, max_pool2d, relu, softmax_cross_entropy, Activation, Conv2dParams,
+};
 
 const TOL: f32 = 2e-5;
 
 /// Forward and gradients (w.r.t. every input) of the kernel and the reference.
-fn compare_grads(inputs: &[Var], seed: u64, what: &str, kernel: impl Fn(&[Tensor]) -> Tensor, reference: impl Fn(&[Tensor]) -> Tensor) {
+fn compare_grads(
+    inputs: &[Var],
+    seed: u64,
+    what: &str,
+    kernel: impl Fn(&[Tensor]) -> Tensor,
+    reference: impl Fn(&[Tensor]) -> Tensor,
+) {
     let ts: Vec<Tensor> = inputs.iter().map(|v| v.as_tensor().clone()).collect();
     let yk = kernel(&ts);
     let yr = reference(&ts);
@@ -22,7 +30,9 @@ fn compare_grads(inputs: &[Var], seed: u64, what: &str, kernel: impl Fn(&[Tensor
     let gk = weighted_sum(&yk, seed).unwrap().backward().unwrap();
     let gr = weighted_sum(&yr, seed).unwrap().backward().unwrap();
     for (i, v) in inputs.iter().enumerate() {
-        let a = gk.get(v.as_tensor()).unwrap_or_else(|| panic!("{what}: kernel gave no gradient for input {i}"));
+        let a = gk
+            .get(v.as_tensor())
+            .unwrap_or_else(|| panic!("{what}: kernel gave no gradient for input {i}"));
         let b = gr.get(v.as_tensor()).unwrap();
         let e = rel_err(a, b);
         assert!(e < TOL, "{what}: gradient {i} rel err {e}");
@@ -31,7 +41,13 @@ fn compare_grads(inputs: &[Var], seed: u64, what: &str, kernel: impl Fn(&[Tensor
 
 #[test]
 fn linear_matches_candle_linear() {
-    for &(b, k, n) in &[(1usize, 784usize, 256usize), (32, 20, 7), (3, 5, 1), (100, 128, 10), (7, 1, 3)] {
+    for &(b, k, n) in &[
+        (1usize, 784usize, 256usize),
+        (32, 20, 7),
+        (3, 5, 1),
+        (100, 128, 10),
+        (7, 1, 3),
+    ] {
         for act in [Activation::Identity, Activation::Relu] {
             let (x, w, bias) = (var(&[b, k], 1), var(&[n, k], 2), var(&[n], 3));
             let what = format!("linear {b}x{k}->{n} {act:?}");
@@ -96,16 +112,38 @@ fn linear_gradients_match_finite_differences() {
         let y = linear(x, w, Some(b), Activation::Relu).unwrap();
         f64::from(weighted_sum(&y, 9).unwrap().to_scalar::<f32>().unwrap())
     };
-    let (xv, wv, bv) = (Var::from_tensor(&x).unwrap(), Var::from_tensor(&w).unwrap(), Var::from_tensor(&b).unwrap());
+    let (xv, wv, bv) = (
+        Var::from_tensor(&x).unwrap(),
+        Var::from_tensor(&w).unwrap(),
+        Var::from_tensor(&b).unwrap(),
+    );
     let y = linear(xv.as_tensor(), wv.as_tensor(), Some(bv.as_tensor()), Activation::Relu).unwrap();
     // No pre-activation may sit on the ReLU kink for finite differences to be valid.
     let pre = linear(&x, &w, Some(&b), Activation::Identity).unwrap();
-    assert!(to_f64(&pre).iter().all(|v| v.abs() > 0.02), "test data too close to the kink");
+    assert!(
+        to_f64(&pre).iter().all(|v| v.abs() > 0.02),
+        "test data too close to the kink"
+    );
     let g = weighted_sum(&y, 9).unwrap().backward().unwrap();
     let eps = 1e-3;
-    assert_close(&to_f64(g.get(xv.as_tensor()).unwrap()), &finite_difference(&x, eps, |t| loss(t, &w, &b)), 1e-3, "dx");
-    assert_close(&to_f64(g.get(wv.as_tensor()).unwrap()), &finite_difference(&w, eps, |t| loss(&x, t, &b)), 1e-3, "dw");
-    assert_close(&to_f64(g.get(bv.as_tensor()).unwrap()), &finite_difference(&b, eps, |t| loss(&x, &w, t)), 1e-3, "db");
+    assert_close(
+        &to_f64(g.get(xv.as_tensor()).unwrap()),
+        &finite_difference(&x, eps, |t| loss(t, &w, &b)),
+        1e-3,
+        "dx",
+    );
+    assert_close(
+        &to_f64(g.get(wv.as_tensor()).unwrap()),
+        &finite_difference(&w, eps, |t| loss(&x, t, &b)),
+        1e-3,
+        "dw",
+    );
+    assert_close(
+        &to_f64(g.get(bv.as_tensor()).unwrap()),
+        &finite_difference(&b, eps, |t| loss(&x, &w, t)),
+        1e-3,
+        "db",
+    );
 }
 
 #[test]
@@ -113,7 +151,10 @@ fn linear_rejects_bad_shapes_and_falls_back_for_f64() {
     let x = tensor(&[2, 3], 1);
     assert!(linear(&x, &tensor(&[4, 5], 2), None, Activation::Identity).is_err());
     assert!(linear(&x, &tensor(&[4, 3], 2), Some(&tensor(&[5], 3)), Activation::Identity).is_err());
-    let (x64, w64) = (x.to_dtype(DType::F64).unwrap(), tensor(&[4, 3], 2).to_dtype(DType::F64).unwrap());
+    let (x64, w64) = (
+        x.to_dtype(DType::F64).unwrap(),
+        tensor(&[4, 3], 2).to_dtype(DType::F64).unwrap(),
+    );
     let y = linear(&x64, &w64, None, Activation::Relu).unwrap();
     assert_eq!(y.dtype(), DType::F64);
     assert!(rel_err(&y, &linear_reference(&x64, &w64, None, Activation::Relu).unwrap()) < 1e-12);
@@ -124,7 +165,13 @@ fn relu_matches_candle_relu() {
     let x = var(&[5, 70_000], 1); // big enough to be split over threads
     compare_grads(&[x], 2, "relu", |t| relu(&t[0]).unwrap(), |t| t[0].relu().unwrap());
     let x = var(&[3, 4], 3);
-    compare_grads(&[x], 4, "relu strided", |t| relu(&t[0].t().unwrap()).unwrap(), |t| t[0].t().unwrap().relu().unwrap());
+    compare_grads(
+        &[x],
+        4,
+        "relu strided",
+        |t| relu(&t[0].t().unwrap()).unwrap(),
+        |t| t[0].t().unwrap().relu().unwrap(),
+    );
 }
 
 #[test]
@@ -132,7 +179,12 @@ fn cross_entropy_matches_log_softmax_composition() {
     for dtype in [DType::F32, DType::F64] {
         for &(b, c) in &[(1usize, 10usize), (64, 10), (5, 1), (3, 1000)] {
             let logits = Var::from_tensor(&(tensor(&[b, c], 1) * 8.0).unwrap().to_dtype(dtype).unwrap()).unwrap();
-            let labels = Tensor::from_vec((0..b as u32).map(|i| (i * 7) % c as u32).collect::<Vec<_>>(), b, &Device::Cpu).unwrap();
+            let labels = Tensor::from_vec(
+                (0..b as u32).map(|i| (i * 7) % c as u32).collect::<Vec<_>>(),
+                b,
+                &Device::Cpu,
+            )
+            .unwrap();
             let what = format!("ce {b}x{c} {dtype:?}");
             compare_grads(
                 &[logits],
@@ -147,7 +199,10 @@ fn cross_entropy_matches_log_softmax_composition() {
     let logits = Tensor::new(&[[1e4f32, 1e4, -1e4], [0.0, 0.0, 0.0]], &Device::Cpu).unwrap();
     let labels = Tensor::new(&[1i64, 2], &Device::Cpu).unwrap();
     let l: Vec<f32> = softmax_cross_entropy(&logits, &labels).unwrap().to_vec1().unwrap();
-    assert!((l[0] - std::f32::consts::LN_2).abs() < 1e-6 && (l[1] - 3f32.ln()).abs() < 1e-6, "{l:?}");
+    assert!(
+        (l[0] - std::f32::consts::LN_2).abs() < 1e-6 && (l[1] - 3f32.ln()).abs() < 1e-6,
+        "{l:?}"
+    );
 }
 
 #[test]
@@ -155,7 +210,12 @@ fn cross_entropy_gradient_matches_finite_differences() {
     let z = (tensor(&[4, 6], 3) * 3.0).unwrap().to_dtype(DType::F64).unwrap();
     let labels = Tensor::new(&[0u32, 5, 2, 2], &Device::Cpu).unwrap();
     let zv = Var::from_tensor(&z).unwrap();
-    let g = softmax_cross_entropy(zv.as_tensor(), &labels).unwrap().sum_all().unwrap().backward().unwrap();
+    let g = softmax_cross_entropy(zv.as_tensor(), &labels)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
     let analytic = to_f64(g.get(zv.as_tensor()).unwrap());
     let base = to_f64(&z);
     let eps = 1e-6;
@@ -165,7 +225,12 @@ fn cross_entropy_gradient_matches_finite_differences() {
                 let mut v = base.clone();
                 v[i] += d;
                 let t = Tensor::from_vec(v, (4, 6), &Device::Cpu).unwrap();
-                softmax_cross_entropy(&t, &labels).unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap()
+                softmax_cross_entropy(&t, &labels)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar::<f64>()
+                    .unwrap()
             };
             (f(eps) - f(-eps)) / (2.0 * eps)
         })
@@ -214,7 +279,12 @@ fn max_pool_matches_naive_and_candle() {
                 continue;
             }
             let x = tensor(&[2, 3, h, w], (h * 31 + k) as u64);
-            let got: Vec<f32> = max_pool2d(&x, k, s, p).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            let got: Vec<f32> = max_pool2d(&x, k, s, p)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
             assert_eq!(got, naive_max_pool(&x, k, s, p), "h{h} w{w} k{k} s{s} p{p}");
         }
     }
@@ -253,14 +323,24 @@ fn naive_max_pool_grad(x: &Tensor, r: &[f32], k: usize, s: usize, p: usize) -> V
 fn max_pool_gradient_sends_each_output_to_its_maximum() {
     // candle's own max_pool2d backward (kernel == stride only) scales the gradient by
     // 1/kernel^2, so it is not a usable reference; compare with the definition.
-    for &(b, c, h, k, s, p) in &[(4usize, 3usize, 28usize, 2usize, 2usize, 0usize), (64, 6, 28, 2, 2, 0), (2, 3, 9, 3, 2, 1), (1, 2, 7, 3, 1, 1)] {
+    for &(b, c, h, k, s, p) in &[
+        (4usize, 3usize, 28usize, 2usize, 2usize, 0usize),
+        (64, 6, 28, 2, 2, 0),
+        (2, 3, 9, 3, 2, 1),
+        (1, 2, 7, 3, 1, 1),
+    ] {
         let x = Var::from_tensor(&tensor(&[b, c, h, h], 5)).unwrap();
         let y = max_pool2d(x.as_tensor(), k, s, p).unwrap();
         let r = values(y.elem_count(), 6);
         let rt = Tensor::from_vec(r.clone(), y.dims(), &Device::Cpu).unwrap();
         let g = (&y * &rt).unwrap().sum_all().unwrap().backward().unwrap();
         let got = to_f64(g.get(x.as_tensor()).unwrap());
-        assert_close(&got, &naive_max_pool_grad(x.as_tensor(), &r, k, s, p), 1e-6, &format!("max_pool b{b} h{h} k{k} s{s} p{p}"));
+        assert_close(
+            &got,
+            &naive_max_pool_grad(x.as_tensor(), &r, k, s, p),
+            1e-6,
+            &format!("max_pool b{b} h{h} k{k} s{s} p{p}"),
+        );
     }
 }
 
@@ -273,7 +353,14 @@ fn max_pool_gradient_matches_finite_differences() {
     let xv = Var::from_tensor(&x).unwrap();
     let y = max_pool2d(xv.as_tensor(), 3, 2, 1).unwrap();
     let g = weighted_sum(&y, 3).unwrap().backward().unwrap();
-    let fd = finite_difference(&x, 2e-2, |t| f64::from(weighted_sum(&max_pool2d(t, 3, 2, 1).unwrap(), 3).unwrap().to_scalar::<f32>().unwrap()));
+    let fd = finite_difference(&x, 2e-2, |t| {
+        f64::from(
+            weighted_sum(&max_pool2d(t, 3, 2, 1).unwrap(), 3)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap(),
+        )
+    });
     assert_close(&to_f64(g.get(xv.as_tensor()).unwrap()), &fd, 1e-3, "max_pool dx");
 }
 
@@ -303,7 +390,11 @@ fn conv2d_matches_candle_conv2d() {
         (9, 16, 4, 24, 3, 2, 1),
     ];
     for &(b, c, h, o, k, s, p) in cases {
-        let params = Conv2dParams { padding: p, stride: s, ..Default::default() };
+        let params = Conv2dParams {
+            padding: p,
+            stride: s,
+            ..Default::default()
+        };
         for act in [Activation::Identity, Activation::Relu] {
             let what = format!("conv b{b} c{c} h{h} o{o} k{k} s{s} p{p} {act:?}");
             // Square inputs: candle's backward (the reference) mis-sizes the input gradient
@@ -330,7 +421,11 @@ fn conv2d_matches_candle_conv2d() {
 
 #[test]
 fn conv2d_big_batches_split_over_threads_agree() {
-    let params = Conv2dParams { padding: 1, stride: 1, ..Default::default() };
+    let params = Conv2dParams {
+        padding: 1,
+        stride: 1,
+        ..Default::default()
+    };
     let (x, w) = (var(&[16, 16, 16, 16], 1), var(&[32, 16, 3, 3], 2));
     compare_grads(
         &[x, w],
@@ -343,18 +438,53 @@ fn conv2d_big_batches_split_over_threads_agree() {
 
 #[test]
 fn conv2d_gradients_match_finite_differences() {
-    let params = Conv2dParams { padding: 1, stride: 2, ..Default::default() };
+    let params = Conv2dParams {
+        padding: 1,
+        stride: 2,
+        ..Default::default()
+    };
     let (x, w, b) = (tensor(&[2, 2, 5, 6], 1), tensor(&[3, 2, 3, 3], 2), tensor(&[3], 3));
     let loss = |x: &Tensor, w: &Tensor, b: &Tensor| -> f64 {
-        f64::from(weighted_sum(&conv2d(x, w, Some(b), params, Activation::Identity).unwrap(), 4).unwrap().to_scalar::<f32>().unwrap())
+        f64::from(
+            weighted_sum(&conv2d(x, w, Some(b), params, Activation::Identity).unwrap(), 4)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap(),
+        )
     };
-    let (xv, wv, bv) = (Var::from_tensor(&x).unwrap(), Var::from_tensor(&w).unwrap(), Var::from_tensor(&b).unwrap());
-    let y = conv2d(xv.as_tensor(), wv.as_tensor(), Some(bv.as_tensor()), params, Activation::Identity).unwrap();
+    let (xv, wv, bv) = (
+        Var::from_tensor(&x).unwrap(),
+        Var::from_tensor(&w).unwrap(),
+        Var::from_tensor(&b).unwrap(),
+    );
+    let y = conv2d(
+        xv.as_tensor(),
+        wv.as_tensor(),
+        Some(bv.as_tensor()),
+        params,
+        Activation::Identity,
+    )
+    .unwrap();
     let g = weighted_sum(&y, 4).unwrap().backward().unwrap();
     let eps = 1e-2;
-    assert_close(&to_f64(g.get(xv.as_tensor()).unwrap()), &finite_difference(&x, eps, |t| loss(t, &w, &b)), 1e-3, "dx");
-    assert_close(&to_f64(g.get(wv.as_tensor()).unwrap()), &finite_difference(&w, eps, |t| loss(&x, t, &b)), 1e-3, "dw");
-    assert_close(&to_f64(g.get(bv.as_tensor()).unwrap()), &finite_difference(&b, eps, |t| loss(&x, &w, t)), 1e-3, "db");
+    assert_close(
+        &to_f64(g.get(xv.as_tensor()).unwrap()),
+        &finite_difference(&x, eps, |t| loss(t, &w, &b)),
+        1e-3,
+        "dx",
+    );
+    assert_close(
+        &to_f64(g.get(wv.as_tensor()).unwrap()),
+        &finite_difference(&w, eps, |t| loss(&x, t, &b)),
+        1e-3,
+        "dw",
+    );
+    assert_close(
+        &to_f64(g.get(bv.as_tensor()).unwrap()),
+        &finite_difference(&b, eps, |t| loss(&x, &w, t)),
+        1e-3,
+        "db",
+    );
 }
 
 #[test]
@@ -366,11 +496,29 @@ fn conv2d_skips_the_data_gradient_and_falls_back_for_groups() {
     assert!(g.get(w.as_tensor()).is_some() && g.get(&x).is_none());
     // Grouped convolution: candle's path, same answer as candle.
     let wg = tensor(&[4, 2, 3, 3], 3);
-    let p = Conv2dParams { groups: 2, padding: 1, ..Default::default() };
+    let p = Conv2dParams {
+        groups: 2,
+        padding: 1,
+        ..Default::default()
+    };
     let got = conv2d(&x, &wg, None, p, Activation::Identity).unwrap();
     assert!(rel_err(&got, &x.conv2d(&wg, 1, 1, 1, 2).unwrap()) < 1e-6);
-    assert!(conv2d(&x, &tensor(&[4, 3, 3, 3], 1), None, Conv2dParams::default(), Activation::Identity).is_err());
-    assert!(conv2d(&x, &tensor(&[4, 4, 9, 9], 1), None, Conv2dParams::default(), Activation::Identity).is_err());
+    assert!(conv2d(
+        &x,
+        &tensor(&[4, 3, 3, 3], 1),
+        None,
+        Conv2dParams::default(),
+        Activation::Identity
+    )
+    .is_err());
+    assert!(conv2d(
+        &x,
+        &tensor(&[4, 4, 9, 9], 1),
+        None,
+        Conv2dParams::default(),
+        Activation::Identity
+    )
+    .is_err());
 }
 
 #[test]

@@ -73,12 +73,7 @@ use crate::util::{count_nonzero, float_input, float_target, same_shape};
 /// prefer [`bce_with_logits`].
 pub const BCE_EPS: f64 = 1e-7;
 
-fn prepare(
-    op: &'static str,
-    preds_name: &str,
-    preds: &Tensor,
-    targets: &Tensor,
-) -> Result<(Tensor, Tensor)> {
+fn prepare(op: &'static str, preds_name: &str, preds: &Tensor, targets: &Tensor) -> Result<(Tensor, Tensor)> {
     let preds = float_input(op, preds_name, preds)?;
     let targets = float_target(op, "targets", targets, preds.dtype())?;
     same_shape(op, preds_name, &preds, "targets", &targets)?;

@@ -32,7 +32,9 @@ pub enum LossError {
     },
 
     /// An integer class label is negative or not smaller than the number of classes.
-    #[error("{op}: label {label} at position {index} is out of range for {num_classes} classes (expected 0..{num_classes})")]
+    #[error(
+        "{op}: label {label} at position {index} is out of range for {num_classes} classes (expected 0..{num_classes})"
+    )]
     LabelOutOfRange {
         /// Name of the loss function that rejected its input.
         op: &'static str,
@@ -78,24 +80,15 @@ pub type Result<T> = std::result::Result<T, LossError>;
 
 impl LossError {
     pub(crate) fn shape(op: &'static str, msg: impl Into<String>) -> Self {
-        Self::Shape {
-            op,
-            msg: msg.into(),
-        }
+        Self::Shape { op, msg: msg.into() }
     }
 
     pub(crate) fn dtype(op: &'static str, msg: impl Into<String>) -> Self {
-        Self::DType {
-            op,
-            msg: msg.into(),
-        }
+        Self::DType { op, msg: msg.into() }
     }
 
     pub(crate) fn invalid(op: &'static str, msg: impl Into<String>) -> Self {
-        Self::InvalidArgument {
-            op,
-            msg: msg.into(),
-        }
+        Self::InvalidArgument { op, msg: msg.into() }
     }
 }
 

@@ -171,15 +171,12 @@ impl FromStr for LossKind {
     /// Parses the snake_case config name (`"bce"`, `"bce_with_logits"`, `"mse"`,
     /// `"cross_entropy"`, `"nll"`).
     fn from_str(s: &str) -> Result<Self> {
-        LossKind::ALL
-            .into_iter()
-            .find(|k| k.as_str() == s)
-            .ok_or_else(|| {
-                let names: Vec<&str> = LossKind::ALL.iter().map(|k| k.as_str()).collect();
-                LossError::invalid(
-                    "LossKind",
-                    format!("unknown loss {s:?}, expected one of {}", names.join(", ")),
-                )
-            })
+        LossKind::ALL.into_iter().find(|k| k.as_str() == s).ok_or_else(|| {
+            let names: Vec<&str> = LossKind::ALL.iter().map(|k| k.as_str()).collect();
+            LossError::invalid(
+                "LossKind",
+                format!("unknown loss {s:?}, expected one of {}", names.join(", ")),
+            )
+        })
     }
 }

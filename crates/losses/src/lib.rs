@@ -53,9 +53,7 @@ pub use binary::{bce, bce_strict, bce_with_logits, BCE_EPS};
 pub use divergence::{cross_entropy_probs, entropy, kl_div};
 pub use error::{LossError, Result};
 pub use kind::LossKind;
-pub use multiclass::{
-    log_softmax, nll, one_hot, softmax_cross_entropy, softmax_cross_entropy_soft,
-};
+pub use multiclass::{log_softmax, nll, one_hot, softmax_cross_entropy, softmax_cross_entropy_soft};
 pub use penalty::{l2_penalty, L2Convention};
 pub use reduction::Reduction;
 pub use regression::mse;

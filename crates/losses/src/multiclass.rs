@@ -28,9 +28,7 @@ use candle_core::{shape::Dim, DType, Tensor};
 
 use crate::error::{dtype_name, LossError, Result};
 use crate::reduction::Reduction;
-use crate::util::{
-    batch_classes, check_range, class_labels, float_input, float_target, label_values, same_shape,
-};
+use crate::util::{batch_classes, check_range, class_labels, float_input, float_target, label_values, same_shape};
 
 /// Numerically stable `log_softmax` along `dim` (max-shifted, see the module docs).
 ///
@@ -69,11 +67,7 @@ pub fn log_softmax<D: Dim>(logits: &Tensor, dim: D) -> Result<Tensor> {
 ///
 /// On the CPU this is one fused op (`digitlab_kernels::softmax_cross_entropy`);
 /// elsewhere the composition `-log_softmax(z)[y]` with the max shift detached.
-pub fn softmax_cross_entropy(
-    logits: &Tensor,
-    labels: &Tensor,
-    reduction: Reduction,
-) -> Result<Tensor> {
+pub fn softmax_cross_entropy(logits: &Tensor, labels: &Tensor, reduction: Reduction) -> Result<Tensor> {
     const OP: &str = "softmax_cross_entropy";
     let logits = float_input(OP, "logits", logits)?;
     let (batch, classes) = batch_classes(OP, "logits", &logits)?;
@@ -92,11 +86,7 @@ pub fn softmax_cross_entropy(
 ///
 /// Unreduced shape `[batch]`. With one-hot targets this equals
 /// [`softmax_cross_entropy`] with the corresponding labels.
-pub fn softmax_cross_entropy_soft(
-    logits: &Tensor,
-    target_probs: &Tensor,
-    reduction: Reduction,
-) -> Result<Tensor> {
+pub fn softmax_cross_entropy_soft(logits: &Tensor, target_probs: &Tensor, reduction: Reduction) -> Result<Tensor> {
     const OP: &str = "softmax_cross_entropy_soft";
     let logits = float_input(OP, "logits", logits)?;
     batch_classes(OP, "logits", &logits)?;
@@ -132,10 +122,7 @@ pub fn one_hot(labels: &Tensor, num_classes: usize, dtype: DType) -> Result<Tens
     if !dtype.is_float() {
         return Err(LossError::dtype(
             OP,
-            format!(
-                "output dtype must be floating point, got {}",
-                dtype_name(dtype)
-            ),
+            format!("output dtype must be floating point, got {}", dtype_name(dtype)),
         ));
     }
     if num_classes == 0 {
@@ -145,7 +132,6 @@ pub fn one_hot(labels: &Tensor, num_classes: usize, dtype: DType) -> Result<Tens
     check_range(OP, &values, num_classes)?;
     let batch = values.len();
     let labels = labels.to_dtype(DType::I64)?.reshape((batch, 1))?;
-    let classes =
-        Tensor::arange(0i64, num_classes as i64, labels.device())?.reshape((1, num_classes))?;
+    let classes = Tensor::arange(0i64, num_classes as i64, labels.device())?.reshape((1, num_classes))?;
     Ok(labels.broadcast_eq(&classes)?.to_dtype(dtype)?)
 }

@@ -22,19 +22,11 @@ pub(crate) fn float_input(op: &'static str, name: &str, t: &Tensor) -> Result<Te
 }
 
 /// Checks that `target` is floating point and casts it to `dtype` (the prediction's).
-pub(crate) fn float_target(
-    op: &'static str,
-    name: &str,
-    t: &Tensor,
-    dtype: DType,
-) -> Result<Tensor> {
+pub(crate) fn float_target(op: &'static str, name: &str, t: &Tensor, dtype: DType) -> Result<Tensor> {
     if !t.dtype().is_float() {
         return Err(LossError::dtype(
             op,
-            format!(
-                "{name} must be a floating point tensor, got {}",
-                dtype_name(t.dtype())
-            ),
+            format!("{name} must be a floating point tensor, got {}", dtype_name(t.dtype())),
         ));
     }
     if t.dtype() == dtype {
@@ -46,13 +38,7 @@ pub(crate) fn float_target(
 
 /// Requires `a` and `b` to have exactly the same shape (no implicit broadcasting: a
 /// `[B]` target against a `[B, 1]` prediction would silently broadcast to `[B, B]`).
-pub(crate) fn same_shape(
-    op: &'static str,
-    a_name: &str,
-    a: &Tensor,
-    b_name: &str,
-    b: &Tensor,
-) -> Result<()> {
+pub(crate) fn same_shape(op: &'static str, a_name: &str, a: &Tensor, b_name: &str, b: &Tensor) -> Result<()> {
     if a.dims() != b.dims() {
         return Err(LossError::shape(
             op,
@@ -98,12 +84,7 @@ pub(crate) fn batch_classes(op: &'static str, name: &str, t: &Tensor) -> Result<
 ///
 /// The range check copies the labels to the host: an out-of-range label would otherwise
 /// be silently mapped to 0 or read out of bounds on some backends.
-pub(crate) fn class_labels(
-    op: &'static str,
-    labels: &Tensor,
-    batch: usize,
-    num_classes: usize,
-) -> Result<Tensor> {
+pub(crate) fn class_labels(op: &'static str, labels: &Tensor, batch: usize, num_classes: usize) -> Result<Tensor> {
     let values = label_values(op, labels)?;
     if values.len() != batch {
         return Err(LossError::shape(

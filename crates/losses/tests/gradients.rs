@@ -31,21 +31,14 @@ fn huge_logits_give_finite_losses_and_gradients() {
         let per = values(&bce_with_logits(&z, &y, Reduction::None).unwrap());
         assert_all_close(&per, &[1e4, 0.0, 0.0, 1e4], 1e-3, "bce_with_logits values");
         // σ(z) - y = 1, 0, 0, -1
-        assert_all_close(
-            &values(&g),
-            &[1.0, 0.0, 0.0, -1.0],
-            1e-6,
-            "bce_with_logits grad",
-        );
+        assert_all_close(&values(&g), &[1.0, 0.0, 0.0, -1.0], 1e-6, "bce_with_logits grad");
 
         // softmax cross-entropy with logits of magnitude 1e4, both signs.
         let logits = t64(&[1e4, -1e4, 0.0, -1e4, -1e4, 1e4, 1e4, 1e4, -1e4], &[3, 3])
             .to_dtype(dtype)
             .unwrap();
         let labels = labels_u32(&[1, 2, 0]);
-        let (loss, g) = grad_of(&logits, |z| {
-            softmax_cross_entropy(z, &labels, Reduction::Mean).unwrap()
-        });
+        let (loss, g) = grad_of(&logits, |z| softmax_cross_entropy(z, &labels, Reduction::Mean).unwrap());
         assert!(
             all_finite(&loss) && all_finite(&g),
             "{dtype:?} CE: loss {loss} grad {g}"
@@ -63,10 +56,7 @@ fn huge_logits_give_finite_losses_and_gradients() {
             .to_dtype(dtype)
             .unwrap();
         let (ls, g) = grad_of(&logits, |z| {
-            (log_softmax(z, 1).unwrap() * &w)
-                .unwrap()
-                .sum_all()
-                .unwrap()
+            (log_softmax(z, 1).unwrap() * &w).unwrap().sum_all().unwrap()
         });
         assert!(all_finite(&ls) && all_finite(&g), "{dtype:?} log_softmax");
         assert!(all_finite(&log_softmax(&logits, 1).unwrap()));
@@ -89,58 +79,36 @@ fn huge_logits_give_finite_losses_and_gradients() {
         let (loss, g) = grad_of(&logits, |z| {
             nll(&log_softmax(z, 1).unwrap(), &labels, Reduction::Mean).unwrap()
         });
-        assert!(
-            all_finite(&loss) && all_finite(&g),
-            "{dtype:?} nll∘log_softmax"
-        );
+        assert!(all_finite(&loss) && all_finite(&g), "{dtype:?} nll∘log_softmax");
     }
 }
 
 #[test]
 fn saturated_probabilities_and_zero_masses_have_finite_gradients() {
     for dtype in [DType::F32, DType::F64] {
-        let p = t64(&[0.0, 1.0, 0.0, 1.0, 0.5], &[5])
-            .to_dtype(dtype)
-            .unwrap();
-        let y = t64(&[1.0, 0.0, 0.0, 1.0, 1.0], &[5])
-            .to_dtype(dtype)
-            .unwrap();
+        let p = t64(&[0.0, 1.0, 0.0, 1.0, 0.5], &[5]).to_dtype(dtype).unwrap();
+        let y = t64(&[1.0, 0.0, 0.0, 1.0, 1.0], &[5]).to_dtype(dtype).unwrap();
         let (loss, g) = grad_of(&p, |p| bce(p, &y, Reduction::Mean).unwrap());
         assert!(all_finite(&loss) && all_finite(&g), "{dtype:?} bce: {g}");
         let (loss, g) = grad_of(&t64(&[0.0, 1.0, 0.5], &[3]).to_dtype(dtype).unwrap(), |p| {
-            bce_strict(
-                p,
-                &t64(&[0.0, 1.0, 1.0], &[3]).to_dtype(dtype).unwrap(),
-                Reduction::Sum,
-            )
-            .unwrap()
+            bce_strict(p, &t64(&[0.0, 1.0, 1.0], &[3]).to_dtype(dtype).unwrap(), Reduction::Sum).unwrap()
         });
-        assert!(
-            all_finite(&loss) && all_finite(&g),
-            "{dtype:?} bce_strict: {g}"
-        );
+        assert!(all_finite(&loss) && all_finite(&g), "{dtype:?} bce_strict: {g}");
         // d/dp = -y/p + (1-y)/(1-p), with the term of weight 0 skipped exactly.
         assert_all_close(&values(&g), &[1.0, -1.0, -2.0], 1e-6, "bce_strict grad");
 
         // KL / entropy / CE with zeros in p (and -inf in log q where p = 0).
         let pd = t64(&[0.5, 0.5, 0.0], &[3]).to_dtype(dtype).unwrap();
         let qd = t64(&[0.25, 0.75, 0.0], &[3]).to_dtype(dtype).unwrap();
-        let (l, g) = grad_of(&qd.log().unwrap(), |lq| {
-            kl_div(&pd, lq, Reduction::Sum).unwrap()
-        });
+        let (l, g) = grad_of(&qd.log().unwrap(), |lq| kl_div(&pd, lq, Reduction::Sum).unwrap());
         assert!(all_finite(&l) && all_finite(&g), "kl wrt log q: {g}");
         assert_all_close(&values(&g), &[-0.5, -0.5, 0.0], 1e-7, "dKL/dlog q = -p");
-        let (l, g) = grad_of(&pd, |p| {
-            kl_div(p, &qd.log().unwrap(), Reduction::Sum).unwrap()
-        });
+        let (l, g) = grad_of(&pd, |p| kl_div(p, &qd.log().unwrap(), Reduction::Sum).unwrap());
         assert!(all_finite(&l) && all_finite(&g), "kl wrt p: {g}");
         let (l, g) = grad_of(&pd, |p| entropy(p).unwrap());
         assert!(all_finite(&l) && all_finite(&g), "entropy: {g}");
         let (l, g) = grad_of(&qd, |q| cross_entropy_probs(&pd, q).unwrap());
-        assert!(
-            all_finite(&l) && all_finite(&g),
-            "cross_entropy_probs wrt q: {g}"
-        );
+        assert!(all_finite(&l) && all_finite(&g), "cross_entropy_probs wrt q: {g}");
         assert_all_close(&values(&g), &[-2.0, -2.0 / 3.0, 0.0], 1e-6, "dH/dq = -p/q");
     }
 }
@@ -160,19 +128,13 @@ fn softmax_ce_gradient_is_softmax_minus_one_hot() {
         .collect();
     for (red, scale) in [(Reduction::Sum, 1.0), (Reduction::Mean, 1.0 / b as f64)] {
         for lab in [labels_u32(&labels), labels_i64(&labels)] {
-            let (_, g) = autograd(&z, &[b, c], |t| {
-                softmax_cross_entropy(t, &lab, red).unwrap()
-            });
+            let (_, g) = autograd(&z, &[b, c], |t| softmax_cross_entropy(t, &lab, red).unwrap());
             let exp_scaled: Vec<f64> = expected.iter().map(|v| v * scale).collect();
             assert_all_close(&g, &exp_scaled, 1e-12, "dCE/dz = softmax - onehot");
-            let (_, g) = autograd(&z, &[b, c], |t| {
-                nll(&log_softmax(t, 1).unwrap(), &lab, red).unwrap()
-            });
+            let (_, g) = autograd(&z, &[b, c], |t| nll(&log_softmax(t, 1).unwrap(), &lab, red).unwrap());
             assert_all_close(&g, &exp_scaled, 1e-12, "d nll(log_softmax)/dz");
             let oh = t64(&one_hot_rows(&labels, c), &[b, c]);
-            let (_, g) = autograd(&z, &[b, c], |t| {
-                softmax_cross_entropy_soft(t, &oh, red).unwrap()
-            });
+            let (_, g) = autograd(&z, &[b, c], |t| softmax_cross_entropy_soft(t, &oh, red).unwrap());
             assert_all_close(&g, &exp_scaled, 1e-12, "d soft CE/dz");
         }
     }
@@ -194,14 +156,7 @@ fn softmax_ce_gradient_with_tied_maxima() {
     });
     let e = (-7f64).exp();
     let s = 2.0 + e;
-    let expected = [
-        1.0 / 3.0 - 1.0,
-        1.0 / 3.0,
-        1.0 / 3.0,
-        1.0 / s,
-        1.0 / s,
-        e / s - 1.0,
-    ];
+    let expected = [1.0 / 3.0 - 1.0, 1.0 / 3.0, 1.0 / 3.0, 1.0 / s, 1.0 / s, e / s - 1.0];
     assert_all_close(&g, &expected, 1e-12, "tied maxima");
 }
 
@@ -213,29 +168,15 @@ fn bce_with_logits_gradient_is_sigmoid_minus_target() {
     z[0] = 0.0; // the kink of max(z, 0) and |z|: the gradient must still be σ(0) - y
     z[1] = 0.0;
     let y: Vec<f64> = (0..n)
-        .map(|i| {
-            if i % 5 == 4 {
-                rng.uniform()
-            } else {
-                (i % 2) as f64
-            }
-        })
+        .map(|i| if i % 5 == 4 { rng.uniform() } else { (i % 2) as f64 })
         .collect();
     let yt = t64(&y, &[n]);
-    let expected: Vec<f64> = z
-        .iter()
-        .zip(&y)
-        .map(|(&zi, &yi)| sigmoid(zi) - yi)
-        .collect();
-    let (_, g) = autograd(&z, &[n], |t| {
-        bce_with_logits(t, &yt, Reduction::Sum).unwrap()
-    });
+    let expected: Vec<f64> = z.iter().zip(&y).map(|(&zi, &yi)| sigmoid(zi) - yi).collect();
+    let (_, g) = autograd(&z, &[n], |t| bce_with_logits(t, &yt, Reduction::Sum).unwrap());
     assert_all_close(&g, &expected, 1e-12, "dBCE/dz = σ(z) - y");
     assert_close(g[0], 0.5, 1e-15, "z = 0, y = 0");
     assert_close(g[1], -0.5, 1e-15, "z = 0, y = 1");
-    let (_, g) = autograd(&z, &[n], |t| {
-        bce_with_logits(t, &yt, Reduction::Mean).unwrap()
-    });
+    let (_, g) = autograd(&z, &[n], |t| bce_with_logits(t, &yt, Reduction::Mean).unwrap());
     let scaled: Vec<f64> = expected.iter().map(|v| v / n as f64).collect();
     assert_all_close(&g, &scaled, 1e-12, "Mean divides by N");
     // [B, 1] shape and f32.
@@ -256,9 +197,7 @@ fn l2_gradients_follow_the_convention() {
     assert_close(v, lambda / 12.0 * 15.5, 1e-14, "value");
     let expected: Vec<f64> = w.iter().map(|x| lambda / 6.0 * x).collect();
     assert_all_close(&g, &expected, 1e-14, "λ/m · w");
-    let (v, g) = autograd(&w, &[2, 2], |t| {
-        l2_penalty(&[t], lambda, L2Convention::Plain).unwrap()
-    });
+    let (v, g) = autograd(&w, &[2, 2], |t| l2_penalty(&[t], lambda, L2Convention::Plain).unwrap());
     assert_close(v, lambda * 15.5, 1e-14, "value");
     let expected: Vec<f64> = w.iter().map(|x| 2.0 * lambda * x).collect();
     assert_all_close(&g, &expected, 1e-14, "2λ · w");
@@ -275,29 +214,19 @@ fn finite_differences_binary() {
     let p = rng.vec(n, 0.05, 0.95);
     let z = rng.vec(n, -6.0, 6.0);
     let y: Vec<f64> = (0..n)
-        .map(|i| {
-            if i % 3 == 0 {
-                rng.uniform()
-            } else {
-                (i % 2) as f64
-            }
-        })
+        .map(|i| if i % 3 == 0 { rng.uniform() } else { (i % 2) as f64 })
         .collect();
     let yt = t64(&y, &[3, 4]);
     for red in REDUCTIONS {
         check_grad("bce", &p, &[3, 4], |t| bce(t, &yt, red).unwrap());
-        check_grad("bce_strict", &p, &[3, 4], |t| {
-            bce_strict(t, &yt, red).unwrap()
-        });
+        check_grad("bce_strict", &p, &[3, 4], |t| bce_strict(t, &yt, red).unwrap());
         check_grad("bce_with_logits", &z, &[3, 4], |t| {
             bce_with_logits(t, &yt, red).unwrap()
         });
         // w.r.t. the (soft) targets as well.
         let pt = t64(&p, &[3, 4]);
         let zt = t64(&z, &[3, 4]);
-        check_grad("bce wrt targets", &y, &[3, 4], |t| {
-            bce(&pt, t, red).unwrap()
-        });
+        check_grad("bce wrt targets", &y, &[3, 4], |t| bce(&pt, t, red).unwrap());
         check_grad("bce_with_logits wrt targets", &y, &[3, 4], |t| {
             bce_with_logits(&zt, t, red).unwrap()
         });
@@ -334,10 +263,7 @@ fn finite_differences_multiclass() {
     }
     for dim in [0, 1] {
         check_grad("log_softmax", &z, &[b, c], |t| {
-            (log_softmax(t, dim).unwrap() * &w)
-                .unwrap()
-                .sum_all()
-                .unwrap()
+            (log_softmax(t, dim).unwrap() * &w).unwrap().sum_all().unwrap()
         });
     }
 }
@@ -354,16 +280,10 @@ fn finite_differences_divergences() {
     let log_q: Vec<f64> = q.iter().map(|v| v.ln()).collect();
     let lqt = t64(&log_q, &[b, c]);
     for red in REDUCTIONS {
-        check_grad("kl_div wrt p", &p, &[b, c], |t| {
-            kl_div(t, &lqt, red).unwrap()
-        });
-        check_grad("kl_div wrt log q", &log_q, &[b, c], |t| {
-            kl_div(&pt, t, red).unwrap()
-        });
+        check_grad("kl_div wrt p", &p, &[b, c], |t| kl_div(t, &lqt, red).unwrap());
+        check_grad("kl_div wrt log q", &log_q, &[b, c], |t| kl_div(&pt, t, red).unwrap());
     }
-    check_grad("entropy", &p, &[b, c], |t| {
-        entropy(t).unwrap().sum_all().unwrap()
-    });
+    check_grad("entropy", &p, &[b, c], |t| entropy(t).unwrap().sum_all().unwrap());
     check_grad("cross_entropy_probs wrt p", &p, &[b, c], |t| {
         cross_entropy_probs(t, &qt).unwrap().sum_all().unwrap()
     });
@@ -389,15 +309,11 @@ fn finite_differences_penalty_and_kinds() {
         LossKind::Mse.compute(t, &labels, Reduction::Mean).unwrap()
     });
     check_grad("LossKind::CrossEntropy", &z, &[b, c], |t| {
-        LossKind::CrossEntropy
-            .compute(t, &labels, Reduction::Mean)
-            .unwrap()
+        LossKind::CrossEntropy.compute(t, &labels, Reduction::Mean).unwrap()
     });
     let bin = labels_u32(&[0, 1, 1, 0]);
     let zb = rng.vec(b, -3.0, 3.0);
     check_grad("LossKind::BceWithLogits", &zb, &[b, 1], |t| {
-        LossKind::BceWithLogits
-            .compute(t, &bin, Reduction::Mean)
-            .unwrap()
+        LossKind::BceWithLogits.compute(t, &bin, Reduction::Mean).unwrap()
     });
 }

@@ -10,10 +10,7 @@ fn ce_case() -> impl Strategy<Value = (usize, usize, Vec<f32>, Vec<u32>)> {
         (
             Just(b),
             Just(c),
-            prop::collection::vec(
-                prop_oneof![-1e4f32..1e4f32, -10f32..10f32, Just(0.0f32)],
-                b * c,
-            ),
+            prop::collection::vec(prop_oneof![-1e4f32..1e4f32, -10f32..10f32, Just(0.0f32)], b * c),
             prop::collection::vec(0u32..c as u32, b),
         )
     })

@@ -21,12 +21,7 @@ fn worked_example_bce_y0_yhat09() {
             let l = bce(&p, &y, red).unwrap();
             assert_eq!(l.dtype(), dtype);
             assert_close(scalar(&l), expected, tol, "bce");
-            assert_close(
-                scalar(&bce_strict(&p, &y, red).unwrap()),
-                expected,
-                tol,
-                "bce_strict",
-            );
+            assert_close(scalar(&bce_strict(&p, &y, red).unwrap()), expected, tol, "bce_strict");
         }
         // Same example through logits: z = ln(0.9/0.1).
         let z = t64(&[(9.0f64).ln()], &[1]).to_dtype(dtype).unwrap();
@@ -91,12 +86,7 @@ fn mse_hand_computed() {
         1e-15,
         "mean over all elements",
     );
-    assert_close(
-        scalar(&mse(&pred, &target, Reduction::Sum).unwrap()),
-        5.0,
-        1e-15,
-        "sum",
-    );
+    assert_close(scalar(&mse(&pred, &target, Reduction::Sum).unwrap()), 5.0, 1e-15, "sum");
     let none = mse(&pred, &target, Reduction::None).unwrap();
     assert_eq!(none.dims(), &[2, 2]);
     assert_all_close(&values(&none), &[1.0, 0.0, 4.0, 0.0], 0.0, "none");
@@ -141,32 +131,18 @@ fn bce_strict_handles_zero_weight_terms_and_reports_log_of_zero() {
     assert_all_close(&v, &[0.0, 0.0, (2f64).ln()], 1e-15, "strict values");
 
     // Certain and wrong: an error, not inf.
-    let err = bce_strict(
-        &t64(&[0.0, 0.5], &[2]),
-        &t64(&[1.0, 1.0], &[2]),
-        Reduction::Mean,
-    )
-    .unwrap_err();
-    assert!(
-        matches!(err, LossError::LogOfZero { count: 1, .. }),
-        "{err}"
-    );
+    let err = bce_strict(&t64(&[0.0, 0.5], &[2]), &t64(&[1.0, 1.0], &[2]), Reduction::Mean).unwrap_err();
+    assert!(matches!(err, LossError::LogOfZero { count: 1, .. }), "{err}");
     // Soft target needs both logs.
     let err = bce_strict(&t64(&[1.0], &[1]), &t64(&[0.9], &[1]), Reduction::Mean).unwrap_err();
-    assert!(
-        matches!(err, LossError::LogOfZero { count: 1, .. }),
-        "{err}"
-    );
+    assert!(matches!(err, LossError::LogOfZero { count: 1, .. }), "{err}");
 
     // The swapped formula: labels passed as probabilities.
     let probs = t32(&[0.9, 0.2, 0.7], &[3]);
     let labels = t32(&[0.0, 1.0, 1.0], &[3]);
     assert!(bce_strict(&probs, &labels, Reduction::Mean).is_ok());
     let err = bce_strict(&labels, &probs, Reduction::Mean).unwrap_err();
-    assert!(
-        matches!(err, LossError::LogOfZero { count: 3, .. }),
-        "{err}"
-    );
+    assert!(matches!(err, LossError::LogOfZero { count: 3, .. }), "{err}");
     let msg = err.to_string();
     assert!(
         msg.starts_with("bce_strict: 3 probabilities are exactly 0 or 1"),
@@ -234,9 +210,7 @@ fn cross_entropy_is_entropy_plus_kl() {
 fn kl_of_distribution_with_itself_is_zero() {
     let mut rng = Rng::new(11);
     for dtype in [DType::F32, DType::F64] {
-        let p = t64(&rng.distributions(6, 5, 0.3), &[6, 5])
-            .to_dtype(dtype)
-            .unwrap();
+        let p = t64(&rng.distributions(6, 5, 0.3), &[6, 5]).to_dtype(dtype).unwrap();
         // ln 0 = -inf in log_q where p = 0: masked by the 0·ln 0 convention.
         let kl = values(&kl_div(&p, &p.log().unwrap(), Reduction::None).unwrap());
         for v in kl {
@@ -280,8 +254,7 @@ fn zero_log_zero_convention() {
         kl_inf.is_finite(),
         "q has a zero where p = 0 only, so KL(q||p) is finite: {kl_inf}"
     );
-    let ce_inf =
-        scalar(&cross_entropy_probs(&t64(&[0.5, 0.5], &[2]), &t64(&[1.0, 0.0], &[2])).unwrap());
+    let ce_inf = scalar(&cross_entropy_probs(&t64(&[0.5, 0.5], &[2]), &t64(&[1.0, 0.0], &[2])).unwrap());
     assert!(ce_inf == f64::INFINITY, "{ce_inf}");
 }
 
@@ -290,13 +263,7 @@ fn bce_with_logits_matches_bce_of_sigmoid() {
     let mut rng = Rng::new(3);
     let z = rng.vec(64, -8.0, 8.0);
     let y: Vec<f64> = (0..64)
-        .map(|i| {
-            if i % 3 == 0 {
-                rng.uniform()
-            } else {
-                (i % 2) as f64
-            }
-        })
+        .map(|i| if i % 3 == 0 { rng.uniform() } else { (i % 2) as f64 })
         .collect();
     let p: Vec<f64> = z.iter().map(|&v| sigmoid(v)).collect();
     for (dtype, tol) in [(DType::F64, 1e-9), (DType::F32, 1e-4)] {
@@ -322,12 +289,7 @@ fn softmax_ce_equals_nll_of_log_softmax_and_soft_with_one_hot() {
             let tol = if dtype == DType::F32 { 1e-5 } else { 1e-12 };
             let zt = t64(&z, &[batch, classes]).to_dtype(dtype).unwrap();
             let onehot = one_hot(&labels_u32(&labels), classes, dtype).unwrap();
-            assert_all_close(
-                &values(&onehot),
-                &one_hot_rows(&labels, classes),
-                0.0,
-                "one_hot",
-            );
+            assert_all_close(&values(&onehot), &one_hot_rows(&labels, classes), 0.0, "one_hot");
             for lab in [labels_u32(&labels), labels_i64(&labels)] {
                 for red in [Reduction::None, Reduction::Mean, Reduction::Sum] {
                     let ce = values(&softmax_cross_entropy(&zt, &lab, red).unwrap());
@@ -344,8 +306,7 @@ fn softmax_ce_equals_nll_of_log_softmax_and_soft_with_one_hot() {
                 .enumerate()
                 .map(|(b, &l)| -sm[b * classes + l as usize].ln())
                 .collect();
-            let ce =
-                values(&softmax_cross_entropy(&zt, &labels_u32(&labels), Reduction::None).unwrap());
+            let ce = values(&softmax_cross_entropy(&zt, &labels_u32(&labels), Reduction::None).unwrap());
             assert_all_close(&ce, &reference, tol, "CE vs host reference");
         }
     }
@@ -358,9 +319,7 @@ fn soft_cross_entropy_matches_distribution_cross_entropy() {
     let z = rng.vec(b * c, -3.0, 3.0);
     let t = rng.distributions(b, c, 0.2);
     let q = softmax_rows(&z, c);
-    let soft = values(
-        &softmax_cross_entropy_soft(&t64(&z, &[b, c]), &t64(&t, &[b, c]), Reduction::None).unwrap(),
-    );
+    let soft = values(&softmax_cross_entropy_soft(&t64(&z, &[b, c]), &t64(&t, &[b, c]), Reduction::None).unwrap());
     let direct = values(&cross_entropy_probs(&t64(&t, &[b, c]), &t64(&q, &[b, c])).unwrap());
     assert_all_close(&soft, &direct, 1e-12, "soft CE = H(t, softmax(z))");
 }
@@ -374,12 +333,7 @@ fn log_softmax_normalises_along_any_dim() {
         let ls = log_softmax(&zt, dim).unwrap();
         assert_eq!(ls.dims(), &[2, 3, 4]);
         let sums = values(&ls.exp().unwrap().sum(dim).unwrap());
-        assert_all_close(
-            &sums,
-            &vec![1.0; sums.len()],
-            1e-12,
-            "exp(log_softmax) sums to 1",
-        );
+        assert_all_close(&sums, &vec![1.0; sums.len()], 1e-12, "exp(log_softmax) sums to 1");
     }
     let last = values(&log_softmax(&zt, candle_core::D::Minus1).unwrap());
     let reference: Vec<f64> = softmax_rows(&z, 4).iter().map(|p| p.ln()).collect();
@@ -421,12 +375,7 @@ fn l2_conventions_hand_computed() {
         1e-18,
         "coefficient",
     );
-    assert_close(
-        L2Convention::Plain.coefficient(2.0).unwrap(),
-        2.0,
-        0.0,
-        "coefficient",
-    );
+    assert_close(L2Convention::Plain.coefficient(2.0).unwrap(), 2.0, 0.0, "coefficient");
     let w1f = w1.to_dtype(DType::F32).unwrap();
     let w2f = w2.to_dtype(DType::F32).unwrap();
     let refs = [&w1f, &w2f];
@@ -470,9 +419,7 @@ fn loss_kind_matches_direct_calls() {
     for red in [Reduction::Mean, Reduction::Sum] {
         for shape in [vec![b], vec![b, 1]] {
             for lab in [labels_u32(&labels01), labels_i64(&labels01)] {
-                let k = LossKind::BceWithLogits
-                    .compute(&t64(&z, &shape), &lab, red)
-                    .unwrap();
+                let k = LossKind::BceWithLogits.compute(&t64(&z, &shape), &lab, red).unwrap();
                 let d = bce_with_logits(&t64(&z, &[b]), &t64(&y01, &[b]), red).unwrap();
                 assert_close(scalar(&k), scalar(&d), 1e-14, "bce_with_logits kind");
                 let k = LossKind::Bce.compute(&t64(&p, &shape), &lab, red).unwrap();
@@ -497,12 +444,7 @@ fn loss_kind_matches_direct_calls() {
         );
         let lp = log_softmax(&logits, 1).unwrap();
         let k = LossKind::Nll.compute(&lp, &lab, red).unwrap();
-        assert_close(
-            scalar(&k),
-            scalar(&nll(&lp, &lab, red).unwrap()),
-            0.0,
-            "nll kind",
-        );
+        assert_close(scalar(&k), scalar(&nll(&lp, &lab, red).unwrap()), 0.0, "nll kind");
         let k = LossKind::Mse.compute(&logits, &lab, red).unwrap();
         let onehot = t64(&one_hot_rows(&labels, c), &[b, c]);
         assert_close(
@@ -525,11 +467,7 @@ fn loss_kind_rejects_bad_shapes_and_labels() {
         "bce: output must be [batch] or [batch, 1] for a binary loss, got [2, 2]"
     );
     let err = LossKind::BceWithLogits
-        .compute(
-            &t64(&[0.3, 0.7], &[2]),
-            &labels_u32(&[0, 2]),
-            Reduction::Mean,
-        )
+        .compute(&t64(&[0.3, 0.7], &[2]), &labels_u32(&[0, 2]), Reduction::Mean)
         .unwrap_err();
     assert!(
         matches!(
@@ -546,29 +484,15 @@ fn loss_kind_rejects_bad_shapes_and_labels() {
     let err = LossKind::Mse
         .compute(&out, &labels_u32(&[0, 5]), Reduction::Mean)
         .unwrap_err();
-    assert!(
-        matches!(err, LossError::LabelOutOfRange { label: 5, .. }),
-        "{err}"
-    );
+    assert!(matches!(err, LossError::LabelOutOfRange { label: 5, .. }), "{err}");
     let err = LossKind::Bce
-        .compute(
-            &t64(&[0.3, 0.7], &[2]),
-            &labels_u32(&[0, 1, 1]),
-            Reduction::Mean,
-        )
+        .compute(&t64(&[0.3, 0.7], &[2]), &labels_u32(&[0, 1, 1]), Reduction::Mean)
         .unwrap_err();
     assert!(matches!(err, LossError::Shape { .. }), "{err}");
     let err = LossKind::Nll
-        .compute(
-            &t64(&[0.3, 0.7], &[2]),
-            &labels_u32(&[0, 1]),
-            Reduction::Mean,
-        )
+        .compute(&t64(&[0.3, 0.7], &[2]), &labels_u32(&[0, 1]), Reduction::Mean)
         .unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        "nll: log_probs must be [batch, classes], got [2]"
-    );
+    assert_eq!(err.to_string(), "nll: log_probs must be [batch, classes], got [2]");
 }
 
 #[test]
@@ -581,21 +505,14 @@ fn serde_names_are_snake_case() {
         (LossKind::Nll, "nll"),
     ] {
         assert_eq!(serde_json::to_string(&kind).unwrap(), format!("\"{name}\""));
-        assert_eq!(
-            serde_json::from_str::<LossKind>(&format!("\"{name}\"")).unwrap(),
-            kind
-        );
+        assert_eq!(serde_json::from_str::<LossKind>(&format!("\"{name}\"")).unwrap(), kind);
         assert_eq!(name.parse::<LossKind>().unwrap(), kind);
         assert_eq!(kind.to_string(), name);
     }
     assert!("cross-entropy".parse::<LossKind>().is_err());
     assert!(serde_json::from_str::<LossKind>("\"CrossEntropy\"").is_err());
     assert_eq!(LossKind::ALL.len(), 5);
-    assert!(
-        LossKind::Bce.is_binary()
-            && LossKind::BceWithLogits.is_binary()
-            && !LossKind::Mse.is_binary()
-    );
+    assert!(LossKind::Bce.is_binary() && LossKind::BceWithLogits.is_binary() && !LossKind::Mse.is_binary());
 
     assert_eq!(Reduction::default(), Reduction::Mean);
     for (r, name) in [
@@ -604,10 +521,7 @@ fn serde_names_are_snake_case() {
         (Reduction::None, "none"),
     ] {
         assert_eq!(serde_json::to_string(&r).unwrap(), format!("\"{name}\""));
-        assert_eq!(
-            serde_json::from_str::<Reduction>(&format!("\"{name}\"")).unwrap(),
-            r
-        );
+        assert_eq!(serde_json::from_str::<Reduction>(&format!("\"{name}\"")).unwrap(), r);
     }
     let c: L2Convention = serde_json::from_str(r#"{"half_over_m":{"m":60000}}"#).unwrap();
     assert_eq!(c, L2Convention::HalfOverM { m: 60000 });
@@ -622,8 +536,7 @@ fn serde_names_are_snake_case() {
 #[test]
 fn clear_error_messages() {
     let labels = labels_u32(&[0, 1, 2]);
-    let err =
-        softmax_cross_entropy(&t32(&[1.0, 2.0, 3.0], &[3]), &labels, Reduction::Mean).unwrap_err();
+    let err = softmax_cross_entropy(&t32(&[1.0, 2.0, 3.0], &[3]), &labels, Reduction::Mean).unwrap_err();
     assert_eq!(
         err.to_string(),
         "softmax_cross_entropy: logits must be [batch, classes], got [3]"
@@ -644,8 +557,7 @@ fn clear_error_messages() {
             ..
         })
     ));
-    let err =
-        softmax_cross_entropy(&logits, &t32(&[0.0, 1.0, 1.0], &[3]), Reduction::Mean).unwrap_err();
+    let err = softmax_cross_entropy(&logits, &t32(&[0.0, 1.0, 1.0], &[3]), Reduction::Mean).unwrap_err();
     assert_eq!(
         err.to_string(),
         "softmax_cross_entropy: labels must be an integer tensor of dtype u32 or i64, got f32"
@@ -655,52 +567,30 @@ fn clear_error_messages() {
         err.to_string(),
         "softmax_cross_entropy: labels must be [batch] = [3] to match the batch size, got [2]"
     );
-    let err = softmax_cross_entropy(&labels.reshape((3, 1)).unwrap(), &labels, Reduction::Mean)
-        .unwrap_err();
+    let err = softmax_cross_entropy(&labels.reshape((3, 1)).unwrap(), &labels, Reduction::Mean).unwrap_err();
     assert_eq!(
         err.to_string(),
         "softmax_cross_entropy: logits must be a floating point tensor (f32 or f64), got u32"
     );
 
-    let err = bce(
-        &t32(&[0.5; 4], &[4, 1]),
-        &t32(&[1.0; 4], &[4]),
-        Reduction::Mean,
-    )
-    .unwrap_err();
+    let err = bce(&t32(&[0.5; 4], &[4, 1]), &t32(&[1.0; 4], &[4]), Reduction::Mean).unwrap_err();
     assert_eq!(
         err.to_string(),
         "bce: probs and targets must have the same shape, got [4, 1] and [4]"
     );
-    let err = bce_with_logits(
-        &t32(&[0.5; 4], &[4]),
-        &labels_u32(&[0, 1, 0, 1]),
-        Reduction::Mean,
-    )
-    .unwrap_err();
+    let err = bce_with_logits(&t32(&[0.5; 4], &[4]), &labels_u32(&[0, 1, 0, 1]), Reduction::Mean).unwrap_err();
     assert_eq!(
         err.to_string(),
         "bce_with_logits: targets must be a floating point tensor, got u32"
     );
-    let err = mse(
-        &t32(&[0.5; 4], &[4]),
-        &t32(&[0.5; 2], &[2]),
-        Reduction::Mean,
-    )
-    .unwrap_err();
+    let err = mse(&t32(&[0.5; 4], &[4]), &t32(&[0.5; 2], &[2]), Reduction::Mean).unwrap_err();
     assert_eq!(
         err.to_string(),
         "mse: pred and target must have the same shape, got [4] and [2]"
     );
-    let err =
-        softmax_cross_entropy_soft(&logits, &t32(&[0.5; 6], &[2, 3]), Reduction::Mean).unwrap_err();
+    let err = softmax_cross_entropy_soft(&logits, &t32(&[0.5; 6], &[2, 3]), Reduction::Mean).unwrap_err();
     assert!(matches!(err, LossError::Shape { .. }), "{err}");
-    let err = kl_div(
-        &t32(&[0.5; 2], &[2]),
-        &t32(&[0.5; 3], &[3]),
-        Reduction::Mean,
-    )
-    .unwrap_err();
+    let err = kl_div(&t32(&[0.5; 2], &[2]), &t32(&[0.5; 3], &[3]), Reduction::Mean).unwrap_err();
     assert_eq!(
         err.to_string(),
         "kl_div: p_target and log_q must have the same shape, got [2] and [3]"
@@ -724,41 +614,25 @@ fn clear_error_messages() {
         err.to_string(),
         "softmax_cross_entropy: logits must have a non-empty batch, got [0, 3]"
     );
-    assert!(matches!(
-        log_softmax(&empty, 1),
-        Err(LossError::Shape { .. })
-    ));
+    assert!(matches!(log_softmax(&empty, 1), Err(LossError::Shape { .. })));
     let e = Tensor::zeros(0, DType::F32, &DEV).unwrap();
     let err = mse(&e, &e, Reduction::Mean).unwrap_err();
     assert_eq!(
         err.to_string(),
         "reduction: cannot take the mean of an empty loss tensor"
     );
-    assert_close(
-        scalar(&mse(&e, &e, Reduction::Sum).unwrap()),
-        0.0,
-        0.0,
-        "empty sum",
-    );
+    assert_close(scalar(&mse(&e, &e, Reduction::Sum).unwrap()), 0.0, 0.0, "empty sum");
 }
 
 #[test]
 fn half_precision_inputs_are_upcast() {
     let z = t64(&[2.0, -1.0, 0.5, 0.0, 1.0, 3.0], &[2, 3]);
     let labels = labels_u32(&[0, 2]);
-    let ref32 = scalar(
-        &softmax_cross_entropy(&z.to_dtype(DType::F32).unwrap(), &labels, Reduction::Mean).unwrap(),
-    );
+    let ref32 = scalar(&softmax_cross_entropy(&z.to_dtype(DType::F32).unwrap(), &labels, Reduction::Mean).unwrap());
     for dtype in [DType::F16, DType::BF16] {
-        let l =
-            softmax_cross_entropy(&z.to_dtype(dtype).unwrap(), &labels, Reduction::Mean).unwrap();
+        let l = softmax_cross_entropy(&z.to_dtype(dtype).unwrap(), &labels, Reduction::Mean).unwrap();
         assert_eq!(l.dtype(), DType::F32);
-        assert_close(
-            scalar(&l),
-            ref32,
-            1e-6,
-            "half CE (inputs exactly representable)",
-        );
+        assert_close(scalar(&l), ref32, 1e-6, "half CE (inputs exactly representable)");
         let p = t64(&[1.0, 0.0], &[2]).to_dtype(dtype).unwrap();
         let y = t64(&[0.0, 1.0], &[2]).to_dtype(dtype).unwrap();
         assert!(scalar(&bce(&p, &y, Reduction::Mean).unwrap()).is_finite());

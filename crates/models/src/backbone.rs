@@ -44,7 +44,10 @@ impl Head {
     }
     /// Wraps an existing linear layer.
     pub fn from_linear(linear: Linear, dropout: f32) -> Self {
-        Self { dropout: (dropout > 0.0).then(|| Dropout::new(dropout)), linear }
+        Self {
+            dropout: (dropout > 0.0).then(|| Dropout::new(dropout)),
+            linear,
+        }
     }
     pub fn linear(&self) -> &Linear {
         &self.linear
@@ -54,7 +57,9 @@ impl Head {
 impl ModuleT for Head {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
         match &self.dropout {
-            Some(d) => self.linear.forward_act(&d.forward_t(xs, train)?, FusedActivation::Identity),
+            Some(d) => self
+                .linear
+                .forward_act(&d.forward_t(xs, train)?, FusedActivation::Identity),
             None => self.linear.forward_act(xs, FusedActivation::Identity),
         }
     }

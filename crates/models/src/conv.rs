@@ -31,9 +31,11 @@ impl ConvInit {
                 let b = 1.0 / (fan_in.max(1) as f64).sqrt();
                 Init::Uniform { lo: -b, up: b }
             }
-            ConvInit::KaimingFanOut => {
-                Init::Kaiming { dist: NormalOrUniform::Normal, fan: FanInOut::FanOut, non_linearity: NonLinearity::ReLU }
-            }
+            ConvInit::KaimingFanOut => Init::Kaiming {
+                dist: NormalOrUniform::Normal,
+                fan: FanInOut::FanOut,
+                non_linearity: NonLinearity::ReLU,
+            },
         }
     }
     fn bias(self, fan_in: usize) -> Init {
@@ -54,7 +56,12 @@ pub trait Conv2dExt {
 impl Conv2dExt for Conv2d {
     fn forward_act(&self, xs: &Tensor, act: FusedActivation) -> Result<Tensor> {
         let c = self.config();
-        let p = digitlab_kernels::Conv2dParams { padding: c.padding, stride: c.stride, dilation: c.dilation, groups: c.groups };
+        let p = digitlab_kernels::Conv2dParams {
+            padding: c.padding,
+            stride: c.stride,
+            dilation: c.dilation,
+            groups: c.groups,
+        };
         digitlab_kernels::conv2d(xs, self.weight(), self.bias(), p, act)
     }
 }
@@ -70,7 +77,14 @@ pub fn bn_act(bn: &BatchNorm, xs: &Tensor, train: bool, act: FusedActivation) ->
             FusedActivation::Identity => Ok(y),
         };
     }
-    digitlab_kernels::batch_norm_eval(xs, bn.running_mean(), bn.running_var(), bn.weight_and_bias(), bn.eps(), act)
+    digitlab_kernels::batch_norm_eval(
+        xs,
+        bn.running_mean(),
+        bn.running_var(),
+        bn.weight_and_bias(),
+        bn.eps(),
+        act,
+    )
 }
 
 /// A square `kernel` x `kernel` convolution (`groups = 1`) with symmetric padding.
@@ -86,16 +100,37 @@ pub fn conv2d(
     vb: VarBuilder,
 ) -> Result<Conv2d> {
     let fan_in = in_channels * kernel * kernel;
-    let w = vb.get_with_hints((out_channels, in_channels, kernel, kernel), "weight", init.weight(fan_in))?;
-    let b = if bias { Some(vb.get_with_hints(out_channels, "bias", init.bias(fan_in))?) } else { None };
-    let cfg = Conv2dConfig { padding, stride, ..Default::default() };
+    let w = vb.get_with_hints(
+        (out_channels, in_channels, kernel, kernel),
+        "weight",
+        init.weight(fan_in),
+    )?;
+    let b = if bias {
+        Some(vb.get_with_hints(out_channels, "bias", init.bias(fan_in))?)
+    } else {
+        None
+    };
+    let cfg = Conv2dConfig {
+        padding,
+        stride,
+        ..Default::default()
+    };
     Ok(Conv2d::new(w, b, cfg))
 }
 
 /// `nn.BatchNorm2d(channels, eps, momentum)`: weight 1, bias 0, running mean 0,
 /// running var 1. `momentum` has PyTorch's meaning (weight of the new batch).
 pub fn batch_norm2d(channels: usize, eps: f64, momentum: f64, vb: VarBuilder) -> Result<BatchNorm> {
-    candle_nn::batch_norm(channels, BatchNormConfig { eps, remove_mean: true, affine: true, momentum }, vb)
+    candle_nn::batch_norm(
+        channels,
+        BatchNormConfig {
+            eps,
+            remove_mean: true,
+            affine: true,
+            momentum,
+        },
+        vb,
+    )
 }
 
 /// Batch norm with PyTorch's defaults (`eps = 1e-5`, `momentum = 0.1`).
@@ -123,7 +158,11 @@ impl SameConv2d {
         init: ConvInit,
         vb: VarBuilder,
     ) -> Result<Self> {
-        Ok(Self { conv: conv2d(in_channels, out_channels, kernel, stride, 0, false, init, vb)?, kernel, stride })
+        Ok(Self {
+            conv: conv2d(in_channels, out_channels, kernel, stride, 0, false, init, vb)?,
+            kernel,
+            stride,
+        })
     }
 }
 
@@ -132,7 +171,9 @@ impl Module for SameConv2d {
         let (_, _, h, w) = xs.dims4()?;
         let wy = Window::tf_same(self.kernel, self.stride, h);
         let wx = Window::tf_same(self.kernel, self.stride, w);
-        let xs = xs.pad_with_zeros(2, wy.pad_before, wy.pad_after)?.pad_with_zeros(3, wx.pad_before, wx.pad_after)?;
+        let xs = xs
+            .pad_with_zeros(2, wy.pad_before, wy.pad_after)?
+            .pad_with_zeros(3, wx.pad_before, wx.pad_after)?;
         self.conv.forward_act(&xs, FusedActivation::Identity)
     }
 }
@@ -171,7 +212,12 @@ impl DepthwiseConv2d {
         vb: VarBuilder,
     ) -> Result<Self> {
         let weight = vb.get_with_hints((channels, 1, kernel, kernel), "weight", init.weight(kernel * kernel))?;
-        Ok(Self { weight, kernel, stride, padding })
+        Ok(Self {
+            weight,
+            kernel,
+            stride,
+            padding,
+        })
     }
     pub fn weight(&self) -> &Tensor {
         &self.weight
@@ -182,12 +228,14 @@ impl Module for DepthwiseConv2d {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let (b, c, h, w) = xs.dims4()?;
         let (wy, wx) = match self.padding {
-            DepthwisePadding::Symmetric(p) => {
-                (Window::symmetric(self.kernel, self.stride, p), Window::symmetric(self.kernel, self.stride, p))
-            }
-            DepthwisePadding::TfSame => {
-                (Window::tf_same(self.kernel, self.stride, h), Window::tf_same(self.kernel, self.stride, w))
-            }
+            DepthwisePadding::Symmetric(p) => (
+                Window::symmetric(self.kernel, self.stride, p),
+                Window::symmetric(self.kernel, self.stride, p),
+            ),
+            DepthwisePadding::TfSame => (
+                Window::tf_same(self.kernel, self.stride, h),
+                Window::tf_same(self.kernel, self.stride, w),
+            ),
         };
         let (views, oh, ow) = window_views(xs, wy, wx, 0.0)?;
         // [C, k*k] -> one [1, C, 1, 1, 1, 1] factor per kernel offset.
@@ -221,13 +269,33 @@ mod tests {
     fn depthwise_matches_grouped_conv() {
         let map = VarMap::new();
         let vb = crate::SeededVarMap::var_builder(&map, 3, DType::F32, &Device::Cpu);
-        for &(k, s, p, h) in &[(3usize, 1usize, 1usize, 7usize), (3, 2, 1, 8), (5, 2, 2, 9), (5, 1, 2, 6)] {
-            let dw = DepthwiseConv2d::new(4, k, s, DepthwisePadding::Symmetric(p), ConvInit::TorchDefault, vb.pp(format!("dw{k}{s}{h}"))).unwrap();
+        for &(k, s, p, h) in &[
+            (3usize, 1usize, 1usize, 7usize),
+            (3, 2, 1, 8),
+            (5, 2, 2, 9),
+            (5, 1, 2, 6),
+        ] {
+            let dw = DepthwiseConv2d::new(
+                4,
+                k,
+                s,
+                DepthwisePadding::Symmetric(p),
+                ConvInit::TorchDefault,
+                vb.pp(format!("dw{k}{s}{h}")),
+            )
+            .unwrap();
             let x = input(2, 4, h, h + 1);
             let got = dw.forward(&x).unwrap();
             let want = x.conv2d(dw.weight(), p, s, 1, 4).unwrap();
             assert_eq!(got.dims(), want.dims());
-            let err: f32 = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+            let err: f32 = (got - want)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar()
+                .unwrap();
             assert!(err < 1e-5, "k{k} s{s} p{p}: {err}");
         }
     }
@@ -241,10 +309,19 @@ mod tests {
         // ceil(10 / 2) = 5 outputs; padding total 1, all of it after.
         let y = conv.forward(&x).unwrap();
         assert_eq!(y.dims(), &[1, 5, 5, 5]);
-        let w = map.get((5, 3, 3, 3), "c.weight", Init::Const(0.), DType::F32, &Device::Cpu).unwrap();
+        let w = map
+            .get((5, 3, 3, 3), "c.weight", Init::Const(0.), DType::F32, &Device::Cpu)
+            .unwrap();
         let xp = x.pad_with_zeros(2, 0, 1).unwrap().pad_with_zeros(3, 0, 1).unwrap();
         let want = xp.conv2d(&w, 0, 2, 1, 1).unwrap();
-        let err: f32 = (y - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+        let err: f32 = (y - want)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
         assert!(err < 1e-6);
     }
 

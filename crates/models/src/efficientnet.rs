@@ -74,11 +74,22 @@ struct MbConv {
 }
 
 impl MbConv {
-    fn new(k: usize, stride: usize, expand: usize, cin: usize, cout: usize, drop_connect: f64, vb: VarBuilder) -> Result<Self> {
+    fn new(
+        k: usize,
+        stride: usize,
+        expand: usize,
+        cin: usize,
+        cout: usize,
+        drop_connect: f64,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         let mid = cin * expand;
         let init = ConvInit::TorchDefault;
         let expand = if expand != 1 {
-            Some((conv2d(cin, mid, 1, 1, 0, false, init, vb.pp("_expand_conv"))?, bn(mid, vb.pp("_bn0"))?))
+            Some((
+                conv2d(cin, mid, 1, 1, 0, false, init, vb.pp("_expand_conv"))?,
+                bn(mid, vb.pp("_bn0"))?,
+            ))
         } else {
             None
         };
@@ -101,7 +112,9 @@ impl ModuleT for MbConv {
             x = relu6(&norm.forward_t(&conv.forward_act(&x, FusedActivation::Identity)?, train)?)?;
         }
         x = relu6(&self.bn1.forward_t(&self.depthwise.forward(&x)?, train)?)?;
-        x = self.bn2.forward_t(&self.project.forward_act(&x, FusedActivation::Identity)?, train)?;
+        x = self
+            .bn2
+            .forward_t(&self.project.forward_act(&x, FusedActivation::Identity)?, train)?;
         if !self.skip {
             return Ok(x);
         }
@@ -154,7 +167,14 @@ impl EfficientNetLite0 {
         let conv_head = conv2d(320, Self::FEATURES, 1, 1, 0, false, init, vb.pp("_conv_head"))?;
         let bn1 = bn(Self::FEATURES, vb.pp("_bn1"))?;
         let fc = Head::new(Self::FEATURES, num_classes, Self::DROPOUT, vb.pp("_fc"))?;
-        Ok(Self { conv_stem, bn0, blocks, conv_head, bn1, fc })
+        Ok(Self {
+            conv_stem,
+            bn0,
+            blocks,
+            conv_head,
+            bn1,
+            fc,
+        })
     }
 
     /// The head convolution's activations, `[B, 1280, ceil(H/32), ceil(W/32)]`.
@@ -163,7 +183,11 @@ impl EfficientNetLite0 {
         for b in &self.blocks {
             x = b.forward_t(&x, train)?;
         }
-        relu6(&self.bn1.forward_t(&self.conv_head.forward_act(&x, FusedActivation::Identity)?, train)?)
+        relu6(
+            &self
+                .bn1
+                .forward_t(&self.conv_head.forward_act(&x, FusedActivation::Identity)?, train)?,
+        )
     }
 }
 

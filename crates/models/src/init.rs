@@ -22,7 +22,10 @@ pub struct SeededVarMap {
 
 impl SeededVarMap {
     pub fn new(map: VarMap, seed: u64) -> Self {
-        Self { map, rng: Mutex::new(ChaCha8Rng::seed_from_u64(seed)) }
+        Self {
+            map,
+            rng: Mutex::new(ChaCha8Rng::seed_from_u64(seed)),
+        }
     }
 
     /// A `VarBuilder` creating variables in `map` with weights drawn from `seed`.
@@ -34,7 +37,9 @@ impl SeededVarMap {
         let n = shape.elem_count();
         let mut rng = self.rng.lock().expect("init rng lock poisoned");
         let uniform = |rng: &mut ChaCha8Rng, lo: f64, up: f64| -> Vec<f64> {
-            (0..n).map(|_| if up > lo { rng.random_range(lo..up) } else { lo }).collect()
+            (0..n)
+                .map(|_| if up > lo { rng.random_range(lo..up) } else { lo })
+                .collect()
         };
         let normal = |rng: &mut ChaCha8Rng, mean: f64, std: f64| -> Vec<f64> {
             match Normal::new(mean, std.max(0.0)) {
@@ -46,7 +51,11 @@ impl SeededVarMap {
             Init::Const(c) => vec![c; n],
             Init::Uniform { lo, up } => uniform(&mut rng, lo, up),
             Init::Randn { mean, stdev } => normal(&mut rng, mean, stdev),
-            Init::Kaiming { dist, fan, non_linearity } => {
+            Init::Kaiming {
+                dist,
+                fan,
+                non_linearity,
+            } => {
                 let std = non_linearity.gain() / (fan.for_shape(shape).max(1) as f64).sqrt();
                 match dist {
                     NormalOrUniform::Uniform => {

@@ -16,7 +16,9 @@ pub struct LogisticRegression {
 
 impl LogisticRegression {
     pub fn new(in_features: usize, vb: VarBuilder) -> Result<Self> {
-        Ok(Self { linear: linear_zeros(in_features, 1, vb.pp("linear"))? })
+        Ok(Self {
+            linear: linear_zeros(in_features, 1, vb.pp("linear"))?,
+        })
     }
     /// The weight vector, `[1, D]` (one template image).
     pub fn weight(&self) -> &Tensor {
@@ -26,7 +28,9 @@ impl LogisticRegression {
 
 impl ModuleT for LogisticRegression {
     fn forward_t(&self, xs: &Tensor, _train: bool) -> Result<Tensor> {
-        self.linear.forward_act(&flatten(xs)?, FusedActivation::Identity)?.squeeze(1)
+        self.linear
+            .forward_act(&flatten(xs)?, FusedActivation::Identity)?
+            .squeeze(1)
     }
 }
 
@@ -39,7 +43,9 @@ pub struct SoftmaxRegression {
 
 impl SoftmaxRegression {
     pub fn new(in_features: usize, num_classes: usize, vb: VarBuilder) -> Result<Self> {
-        Ok(Self { linear: linear_zeros(in_features, num_classes, vb.pp("linear"))? })
+        Ok(Self {
+            linear: linear_zeros(in_features, num_classes, vb.pp("linear"))?,
+        })
     }
     /// One weight row per class, `[K, D]`.
     pub fn weight(&self) -> &Tensor {

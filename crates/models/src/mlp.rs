@@ -57,7 +57,12 @@ impl Mlp {
             Vec::new()
         };
         let dropout = (cfg.dropout > 0.0).then(|| Dropout::new(cfg.dropout));
-        Ok(Self { layers, norms, activation: cfg.activation, dropout })
+        Ok(Self {
+            layers,
+            norms,
+            activation: cfg.activation,
+            dropout,
+        })
     }
 }
 
@@ -71,7 +76,11 @@ impl ModuleT for Mlp {
             } else {
                 // Without batch norm between them, the activation is fused into the
                 // linear kernel when it can be (ReLU, identity).
-                let fused = if self.norms.is_empty() { self.activation.fused() } else { None };
+                let fused = if self.norms.is_empty() {
+                    self.activation.fused()
+                } else {
+                    None
+                };
                 match fused {
                     Some(act) => x = layer.forward_act(&x, act)?,
                     None => {

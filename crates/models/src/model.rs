@@ -57,8 +57,16 @@ pub enum ModelConfig {
 
 impl ModelConfig {
     /// Valid `kind` names, for error messages and `--help`.
-    pub const KINDS: &'static [&'static str] =
-        &["logistic", "softmax", "mlp", "lenet5", "small_cnn", "resnet", "vgg", "efficientnet_lite0"];
+    pub const KINDS: &'static [&'static str] = &[
+        "logistic",
+        "softmax",
+        "mlp",
+        "lenet5",
+        "small_cnn",
+        "resnet",
+        "vgg",
+        "efficientnet_lite0",
+    ];
 
     pub fn kind(&self) -> &'static str {
         match self {
@@ -93,14 +101,23 @@ pub struct Model {
 
 impl std::fmt::Debug for Model {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Model").field("kind", &self.kind).field("output", &self.output).finish()
+        f.debug_struct("Model")
+            .field("kind", &self.kind)
+            .field("output", &self.output)
+            .finish()
     }
 }
 
 impl Model {
     /// Wraps any candle module (e.g. a custom network) as a digitlab model.
     pub fn from_module(net: Box<dyn ModuleT + Send + Sync>, output: OutputKind, kind: &'static str) -> Self {
-        Self { net, backbone: None, output, templates: None, kind }
+        Self {
+            net,
+            backbone: None,
+            output,
+            templates: None,
+            kind,
+        }
     }
     /// Wraps a network that is also a [`Backbone`] (its forward must be
     /// `head(features(x))`); [`Model::features`] then works.
@@ -109,7 +126,13 @@ impl Model {
         T: Backbone + ModuleT + 'static,
     {
         let backbone: Arc<dyn Backbone> = net.clone();
-        Self { net: Box::new(Shared(net)), backbone: Some(backbone), output, templates: None, kind }
+        Self {
+            net: Box::new(Shared(net)),
+            backbone: Some(backbone),
+            output,
+            templates: None,
+            kind,
+        }
     }
     /// `head(backbone.features(x))`: a classifier from a (shared) backbone and any head
     /// taking `[B, backbone.feature_dim()]`, returning `[B, num_classes]`.
@@ -119,8 +142,17 @@ impl Model {
         num_classes: usize,
         kind: &'static str,
     ) -> Self {
-        let net = WithHead { backbone: backbone.clone(), head };
-        Self { net: Box::new(net), backbone: Some(backbone), output: OutputKind::Logits(num_classes), templates: None, kind }
+        let net = WithHead {
+            backbone: backbone.clone(),
+            head,
+        };
+        Self {
+            net: Box::new(net),
+            backbone: Some(backbone),
+            output: OutputKind::Logits(num_classes),
+            templates: None,
+            kind,
+        }
     }
     /// This model's backbone with a new head (sharing the backbone's weights), or an
     /// error for models without a backbone (linear models, MLP).
@@ -180,36 +212,74 @@ pub fn build_model(cfg: &ModelConfig, input: InputShape, num_classes: usize, vb:
             }
             let m = LogisticRegression::new(d, vb)?;
             let templates = Some(m.weight().clone());
-            Ok(Model { net: Box::new(m), backbone: None, output: OutputKind::BinaryLogit, templates, kind: "logistic" })
+            Ok(Model {
+                net: Box::new(m),
+                backbone: None,
+                output: OutputKind::BinaryLogit,
+                templates,
+                kind: "logistic",
+            })
         }
         ModelConfig::Softmax => {
             let m = SoftmaxRegression::new(d, num_classes, vb)?;
             let templates = Some(m.weight().clone());
-            Ok(Model { net: Box::new(m), backbone: None, output: OutputKind::Logits(num_classes), templates, kind: "softmax" })
+            Ok(Model {
+                net: Box::new(m),
+                backbone: None,
+                output: OutputKind::Logits(num_classes),
+                templates,
+                kind: "softmax",
+            })
         }
         ModelConfig::Mlp(c) => {
             let m = Mlp::new(d, num_classes, c, vb)?;
-            Ok(Model { net: Box::new(m), backbone: None, output: OutputKind::Logits(num_classes), templates: None, kind: "mlp" })
+            Ok(Model {
+                net: Box::new(m),
+                backbone: None,
+                output: OutputKind::Logits(num_classes),
+                templates: None,
+                kind: "mlp",
+            })
         }
         ModelConfig::Lenet5 => {
             let m = LeNet5::new(input.channels, input.height, input.width, num_classes, vb)?;
-            Ok(Model::from_backbone_net(Arc::new(m), OutputKind::Logits(num_classes), "lenet5"))
+            Ok(Model::from_backbone_net(
+                Arc::new(m),
+                OutputKind::Logits(num_classes),
+                "lenet5",
+            ))
         }
         ModelConfig::SmallCnn => {
             let m = SmallCnn::new(input.channels, input.height, input.width, num_classes, vb)?;
-            Ok(Model::from_backbone_net(Arc::new(m), OutputKind::Logits(num_classes), "small_cnn"))
+            Ok(Model::from_backbone_net(
+                Arc::new(m),
+                OutputKind::Logits(num_classes),
+                "small_cnn",
+            ))
         }
         ModelConfig::Resnet(c) => {
             let m = ResNet::new(c, input.channels, num_classes, vb)?;
-            Ok(Model::from_backbone_net(Arc::new(m), OutputKind::Logits(num_classes), "resnet"))
+            Ok(Model::from_backbone_net(
+                Arc::new(m),
+                OutputKind::Logits(num_classes),
+                "resnet",
+            ))
         }
         ModelConfig::Vgg(c) => {
             let m = Vgg::new(c, input.channels, num_classes, vb)?;
-            Ok(Model::from_backbone_net(Arc::new(m), OutputKind::Logits(num_classes), "vgg"))
+            Ok(Model::from_backbone_net(
+                Arc::new(m),
+                OutputKind::Logits(num_classes),
+                "vgg",
+            ))
         }
         ModelConfig::EfficientnetLite0 => {
             let m = EfficientNetLite0::new(input.channels, num_classes, vb)?;
-            Ok(Model::from_backbone_net(Arc::new(m), OutputKind::Logits(num_classes), "efficientnet_lite0"))
+            Ok(Model::from_backbone_net(
+                Arc::new(m),
+                OutputKind::Logits(num_classes),
+                "efficientnet_lite0",
+            ))
         }
     }
 }
@@ -239,7 +309,16 @@ mod tests {
     fn build(cfg: &ModelConfig, classes: usize) -> Result<(Model, VarMap)> {
         let map = VarMap::new();
         let vb = SeededVarMap::var_builder(&map, 0, DType::F32, &Device::Cpu);
-        let m = build_model(cfg, InputShape { channels: 1, height: 28, width: 28 }, classes, vb)?;
+        let m = build_model(
+            cfg,
+            InputShape {
+                channels: 1,
+                height: 28,
+                width: 28,
+            },
+            classes,
+            vb,
+        )?;
         Ok((m, map))
     }
 
@@ -252,12 +331,22 @@ mod tests {
         let (m, map) = build(&ModelConfig::Softmax, 10).unwrap();
         assert_eq!(m.forward_t(&x, false).unwrap().dims(), &[5, 10]);
         assert_eq!(count_parameters(&map), 7850);
-        let mlp = ModelConfig::Mlp(MlpConfig { hidden: vec![256, 256, 128, 128], activation: Default::default(), dropout: 0.0, batch_norm: false });
+        let mlp = ModelConfig::Mlp(MlpConfig {
+            hidden: vec![256, 256, 128, 128],
+            activation: Default::default(),
+            dropout: 0.0,
+            batch_norm: false,
+        });
         let (m, map) = build(&mlp, 10).unwrap();
         assert_eq!(m.forward_t(&x, true).unwrap().dims(), &[5, 10]);
         // 784*256+256 + 256*256+256 + 256*128+128 + 128*128+128 + 128*10+10
         assert_eq!(count_parameters(&map), 200_960 + 65_792 + 32_896 + 16_512 + 1_290);
-        let bn = ModelConfig::Mlp(MlpConfig { hidden: vec![16], activation: Default::default(), dropout: 0.5, batch_norm: true });
+        let bn = ModelConfig::Mlp(MlpConfig {
+            hidden: vec![16],
+            activation: Default::default(),
+            dropout: 0.5,
+            batch_norm: true,
+        });
         let (m, map) = build(&bn, 10).unwrap();
         assert_eq!(m.forward_t(&x, true).unwrap().dims(), &[5, 10]);
         assert_eq!(count_parameters(&map), 784 * 16 + 16 + 32 + 16 * 10 + 10);
@@ -265,7 +354,10 @@ mod tests {
 
     #[test]
     fn logistic_needs_two_classes() {
-        let e = build(&ModelConfig::Logistic, 10).err().expect("logistic with 10 classes must fail").to_string();
+        let e = build(&ModelConfig::Logistic, 10)
+            .err()
+            .expect("logistic with 10 classes must fail")
+            .to_string();
         assert!(e.contains("binary") && e.contains("10 classes"), "{e}");
     }
 
@@ -301,7 +393,14 @@ mod tests {
         let shapes = Shapes::default();
         let vb = VarBuilder::from_backend(Box::new(shapes.clone()), DType::F32, Device::Cpu);
         let m = build_model(cfg, input, classes, vb).unwrap();
-        let n = shapes.0.lock().unwrap().iter().filter(|(k, _)| !is_buffer(k)).map(|(_, n)| n).sum();
+        let n = shapes
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(k, _)| !is_buffer(k))
+            .map(|(_, n)| n)
+            .sum();
         (m, n)
     }
 
@@ -318,7 +417,11 @@ mod tests {
     }
 
     const fn shape(channels: usize, side: usize) -> InputShape {
-        InputShape { channels, height: side, width: side }
+        InputShape {
+            channels,
+            height: side,
+            width: side,
+        }
     }
 
     fn resnet(depth: usize, cifar_stem: bool) -> ModelConfig {
@@ -338,7 +441,12 @@ mod tests {
         let cfgs = [
             ModelConfig::Logistic,
             ModelConfig::Softmax,
-            ModelConfig::Mlp(MlpConfig { hidden: vec![], activation: Default::default(), dropout: 0.0, batch_norm: false }),
+            ModelConfig::Mlp(MlpConfig {
+                hidden: vec![],
+                activation: Default::default(),
+                dropout: 0.0,
+                batch_norm: false,
+            }),
             ModelConfig::Lenet5,
             ModelConfig::SmallCnn,
             resnet(18, false),
@@ -405,16 +513,25 @@ mod tests {
         assert_eq!(zero_model(&ModelConfig::Lenet5, shape(1, 28), 10).1, 61_706);
         assert_eq!(zero_model(&ModelConfig::Lenet5, shape(1, 32), 10).1, 61_706);
         // The CIFAR stem's conv1 is 3x3 (not 7x7); fc has 10 outputs (not 1000).
-        assert_eq!(zero_model(&resnet(18, true), shape(3, 32), 10).1, 11_689_512 - 64 * 3 * 40 - 513 * 990);
+        assert_eq!(
+            zero_model(&resnet(18, true), shape(3, 32), 10).1,
+            11_689_512 - 64 * 3 * 40 - 513 * 990
+        );
     }
 
     #[test]
     fn bad_depths_are_rejected() {
         let map = VarMap::new();
         let vb = SeededVarMap::var_builder(&map, 0, DType::F32, &Device::Cpu);
-        let e = build_model(&resnet(20, false), shape(3, 32), 10, vb.clone()).err().unwrap().to_string();
+        let e = build_model(&resnet(20, false), shape(3, 32), 10, vb.clone())
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("18, 34, 50, 101"), "{e}");
-        let e = build_model(&vgg(12, false), shape(3, 32), 10, vb).err().unwrap().to_string();
+        let e = build_model(&vgg(12, false), shape(3, 32), 10, vb)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("11, 13, 16, 19"), "{e}");
     }
 
@@ -437,7 +554,12 @@ mod tests {
         }
         // Train mode updates the running statistics (ResNet's stem batch norm).
         let (m, map) = seeded(&resnet(18, true), shape(3, 32), 10);
-        let stat = |map: &VarMap| -> Vec<f32> { map.data().lock().unwrap()["bn1.running_mean"].as_tensor().to_vec1().unwrap() };
+        let stat = |map: &VarMap| -> Vec<f32> {
+            map.data().lock().unwrap()["bn1.running_mean"]
+                .as_tensor()
+                .to_vec1()
+                .unwrap()
+        };
         let before = stat(&map);
         m.forward_t(&image(2, shape(3, 32)), false).unwrap();
         assert_eq!(before, stat(&map));
@@ -455,8 +577,15 @@ mod tests {
             let loss = candle_nn::loss::cross_entropy(&logits, &labels).unwrap();
             let grads = loss.backward().unwrap();
             let vars = map.data().lock().unwrap();
-            for name in ["conv1.weight", "layer1.0.conv1.weight", "layer4.1.bn2.weight", "fc.weight"] {
-                let g = grads.get(vars[name].as_tensor()).unwrap_or_else(|| panic!("no gradient for {name}"));
+            for name in [
+                "conv1.weight",
+                "layer1.0.conv1.weight",
+                "layer4.1.bn2.weight",
+                "fc.weight",
+            ] {
+                let g = grads
+                    .get(vars[name].as_tensor())
+                    .unwrap_or_else(|| panic!("no gradient for {name}"));
                 let norm: f32 = g.sqr().unwrap().sum_all().unwrap().to_scalar().unwrap();
                 assert!(norm > 0.0 && norm.is_finite(), "{name}: gradient norm {norm}");
             }
@@ -483,7 +612,9 @@ mod tests {
         assert_eq!(m.forward_t(&x, false).unwrap().dims(), &[3, 10]);
         let (soft, _) = build(&ModelConfig::Softmax, 10).unwrap();
         assert!(soft.features(&x, false).unwrap().is_none());
-        assert!(soft.with_head(Box::new(Head::new(1, 1, 0.0, vb.pp("x")).unwrap()), 1).is_err());
+        assert!(soft
+            .with_head(Box::new(Head::new(1, 1, 0.0, vb.pp("x")).unwrap()), 1)
+            .is_err());
         // The backbone outlives the model that made it.
         let backbone = m.backbone().unwrap().clone();
         drop(m);

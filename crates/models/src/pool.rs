@@ -24,7 +24,12 @@ pub struct Window {
 impl Window {
     /// A window with the same padding on both sides (PyTorch's `padding=p`).
     pub fn symmetric(kernel: usize, stride: usize, padding: usize) -> Self {
-        Self { kernel, stride, pad_before: padding, pad_after: padding }
+        Self {
+            kernel,
+            stride,
+            pad_before: padding,
+            pad_after: padding,
+        }
     }
 
     /// TensorFlow "SAME" padding for an input of length `len`: the output has
@@ -33,7 +38,12 @@ impl Window {
     pub fn tf_same(kernel: usize, stride: usize, len: usize) -> Self {
         let out = len.div_ceil(stride);
         let total = ((out.max(1) - 1) * stride + kernel).saturating_sub(len);
-        Self { kernel, stride, pad_before: total / 2, pad_after: total - total / 2 }
+        Self {
+            kernel,
+            stride,
+            pad_before: total / 2,
+            pad_after: total - total / 2,
+        }
     }
 
     /// Number of outputs for an input of length `len` (floor mode, like PyTorch).
@@ -100,7 +110,9 @@ pub fn window_views(x: &Tensor, wy: Window, wx: Window, value: f64) -> Result<(V
     let (hp, wp) = (wy.needed_len(oh), wx.needed_len(ow));
     let xp = pad_const(x, 2, wy.pad_before, hp as isize - (h + wy.pad_before) as isize, value)?;
     let xp = pad_const(&xp, 3, wx.pad_before, wp as isize - (w + wx.pad_before) as isize, value)?;
-    let r = xp.contiguous()?.reshape((b, c, hp / wy.stride, wy.stride, wp / wx.stride, wx.stride))?;
+    let r = xp
+        .contiguous()?
+        .reshape((b, c, hp / wy.stride, wy.stride, wp / wx.stride, wx.stride))?;
     let mut views = Vec::with_capacity(wy.kernel * wx.kernel);
     for dy in 0..wy.kernel {
         let rows = r.narrow(2, dy / wy.stride, oh)?.narrow(3, dy % wy.stride, 1)?;
@@ -176,10 +188,14 @@ pub fn adaptive_avg_pool2d(x: &Tensor, oh: usize, ow: usize) -> Result<Tensor> {
     }
     let pw = adaptive_matrix(w, ow, x.dtype(), x.device())?; // [ow, w]
     let ph = adaptive_matrix(h, oh, x.dtype(), x.device())?; // [oh, h]
-    // Along W: [B*C*H, W] x [W, ow].
+                                                             // Along W: [B*C*H, W] x [W, ow].
     let y = x.contiguous()?.reshape((b * c * h, w))?.matmul(&pw.t()?)?;
     // Along H: [B*C*ow, H] x [H, oh].
-    let y = y.reshape((b, c, h, ow))?.transpose(2, 3)?.contiguous()?.reshape((b * c * ow, h))?;
+    let y = y
+        .reshape((b, c, h, ow))?
+        .transpose(2, 3)?
+        .contiguous()?
+        .reshape((b * c * ow, h))?;
     let y = y.matmul(&ph.t()?)?;
     y.reshape((b, c, ow, oh))?.transpose(2, 3)?.contiguous()
 }
@@ -191,7 +207,9 @@ mod tests {
 
     fn input(b: usize, c: usize, h: usize, w: usize) -> Tensor {
         let n = b * c * h * w;
-        let v: Vec<f32> = (0..n).map(|i| ((i as f32) * 0.731).sin() * 3.0 + ((i * 7 % 11) as f32) * 0.01).collect();
+        let v: Vec<f32> = (0..n)
+            .map(|i| ((i as f32) * 0.731).sin() * 3.0 + ((i * 7 % 11) as f32) * 0.01)
+            .collect();
         Tensor::from_vec(v, (b, c, h, w), &Device::Cpu).unwrap()
     }
 
@@ -237,23 +255,42 @@ mod tests {
                 let oh = (h + 2 * p - k) / s + 1;
                 let ow = (w + 2 * p - k) / s + 1;
                 assert_eq!(got.dims(), &[2, 3, oh, ow], "h{h} w{w} k{k} s{s} p{p}");
-                assert_eq!(got.flatten_all().unwrap().to_vec1::<f32>().unwrap(), want, "h{h} w{w} k{k} s{s} p{p}");
+                assert_eq!(
+                    got.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                    want,
+                    "h{h} w{w} k{k} s{s} p{p}"
+                );
             }
         }
     }
 
     #[test]
     fn kernel_and_strided_views_agree() {
-        for &(h, k, s, p) in &[(8usize, 3usize, 2usize, 1usize), (7, 2, 2, 0), (112, 3, 2, 1), (5, 3, 1, 1)] {
+        for &(h, k, s, p) in &[
+            (8usize, 3usize, 2usize, 1usize),
+            (7, 2, 2, 0),
+            (112, 3, 2, 1),
+            (5, 3, 1, 1),
+        ] {
             let x = Var::from_tensor(&input(2, 3, h, h)).unwrap();
             let a = max_pool2d(x.as_tensor(), k, s, p).unwrap();
             let b = max_pool2d_views(x.as_tensor(), k, s, p).unwrap();
-            assert_eq!(a.flatten_all().unwrap().to_vec1::<f32>().unwrap(), b.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+            assert_eq!(
+                a.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                b.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+            );
             // No ties in this input, so the two gradients are identical too.
             let ga = a.sum_all().unwrap().backward().unwrap();
             let gb = b.sum_all().unwrap().backward().unwrap();
             let (ga, gb) = (ga.get(x.as_tensor()).unwrap(), gb.get(x.as_tensor()).unwrap());
-            let d: f32 = (ga - gb).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+            let d: f32 = (ga - gb)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar()
+                .unwrap();
             assert_eq!(d, 0.0, "h{h} k{k} s{s} p{p}");
         }
     }
@@ -267,7 +304,13 @@ mod tests {
         // Every output sends exactly one unit of gradient to its window's max.
         let total: f32 = gx.sum_all().unwrap().to_scalar().unwrap();
         assert!((total - y.elem_count() as f32).abs() < 1e-4, "{total}");
-        assert!(gx.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().all(|g| *g >= 0.0));
+        assert!(gx
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .iter()
+            .all(|g| *g >= 0.0));
     }
 
     #[test]
@@ -299,7 +342,10 @@ mod tests {
         let one = input(1, 4, 1, 1);
         let rep = adaptive_avg_pool2d(&one, 7, 7).unwrap();
         let want = one.broadcast_as((1, 4, 7, 7)).unwrap();
-        assert_eq!(rep.flatten_all().unwrap().to_vec1::<f32>().unwrap(), want.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        assert_eq!(
+            rep.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            want.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        );
         let seven = input(1, 2, 7, 7);
         assert_eq!(adaptive_avg_pool2d(&seven, 7, 7).unwrap().dims(), &[1, 2, 7, 7]);
         assert_eq!(global_avg_pool(&seven).unwrap().dims(), &[1, 2]);
@@ -308,9 +354,33 @@ mod tests {
     #[test]
     fn tf_same_padding() {
         // 224 px, 3x3 stride 2: output 112, pad (0, 1) — efficientnet's stem.
-        assert_eq!(Window::tf_same(3, 2, 224), Window { kernel: 3, stride: 2, pad_before: 0, pad_after: 1 });
-        assert_eq!(Window::tf_same(5, 2, 112), Window { kernel: 5, stride: 2, pad_before: 1, pad_after: 2 });
-        assert_eq!(Window::tf_same(5, 1, 14), Window { kernel: 5, stride: 1, pad_before: 2, pad_after: 2 });
+        assert_eq!(
+            Window::tf_same(3, 2, 224),
+            Window {
+                kernel: 3,
+                stride: 2,
+                pad_before: 0,
+                pad_after: 1
+            }
+        );
+        assert_eq!(
+            Window::tf_same(5, 2, 112),
+            Window {
+                kernel: 5,
+                stride: 2,
+                pad_before: 1,
+                pad_after: 2
+            }
+        );
+        assert_eq!(
+            Window::tf_same(5, 1, 14),
+            Window {
+                kernel: 5,
+                stride: 1,
+                pad_before: 2,
+                pad_after: 2
+            }
+        );
         assert_eq!(Window::tf_same(3, 2, 7).output_len(7).unwrap(), 4);
     }
 }

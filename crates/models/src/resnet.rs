@@ -69,7 +69,16 @@ struct ConvBn {
 impl ConvBn {
     fn new(cin: usize, cout: usize, k: usize, stride: usize, i: usize, vb: &VarBuilder) -> Result<Self> {
         Ok(Self {
-            conv: conv2d(cin, cout, k, stride, k / 2, false, ConvInit::KaimingFanOut, vb.pp(format!("conv{i}")))?,
+            conv: conv2d(
+                cin,
+                cout,
+                k,
+                stride,
+                k / 2,
+                false,
+                ConvInit::KaimingFanOut,
+                vb.pp(format!("conv{i}")),
+            )?,
             bn: bn(cout, vb.pp(format!("bn{i}")))?,
         })
     }
@@ -78,7 +87,12 @@ impl ConvBn {
 impl ConvBn {
     /// `act(bn(conv(x)))`.
     fn forward_act(&self, xs: &Tensor, train: bool, act: FusedActivation) -> Result<Tensor> {
-        bn_act(&self.bn, &self.conv.forward_act(xs, FusedActivation::Identity)?, train, act)
+        bn_act(
+            &self.bn,
+            &self.conv.forward_act(xs, FusedActivation::Identity)?,
+            train,
+            act,
+        )
     }
 }
 
@@ -101,12 +115,24 @@ impl Block {
                 ConvBn::new(planes, planes * expansion, 1, 1, 3, &vb)?,
             ]
         } else {
-            vec![ConvBn::new(inplanes, planes, 3, stride, 1, &vb)?, ConvBn::new(planes, planes, 3, 1, 2, &vb)?]
+            vec![
+                ConvBn::new(inplanes, planes, 3, stride, 1, &vb)?,
+                ConvBn::new(planes, planes, 3, 1, 2, &vb)?,
+            ]
         };
         let downsample = if stride != 1 || inplanes != planes * expansion {
             let vd = vb.pp("downsample");
             Some(Downsample {
-                conv: conv2d(inplanes, planes * expansion, 1, stride, 0, false, ConvInit::KaimingFanOut, vd.pp("0"))?,
+                conv: conv2d(
+                    inplanes,
+                    planes * expansion,
+                    1,
+                    stride,
+                    0,
+                    false,
+                    ConvInit::KaimingFanOut,
+                    vd.pp("0"),
+                )?,
                 bn: bn(planes * expansion, vd.pp("1"))?,
             })
         } else {
@@ -121,7 +147,11 @@ impl ModuleT for Block {
         let last = self.convs.len() - 1;
         let mut x = xs.clone();
         for (i, c) in self.convs.iter().enumerate() {
-            let act = if i < last { FusedActivation::Relu } else { FusedActivation::Identity };
+            let act = if i < last {
+                FusedActivation::Relu
+            } else {
+                FusedActivation::Identity
+            };
             x = c.forward_act(&x, train, act)?;
         }
         let shortcut = match &self.downsample {
@@ -170,7 +200,14 @@ impl ResNet {
             layers.push(layer);
         }
         let fc = Head::new(inplanes, num_classes, 0.0, vb.pp("fc"))?;
-        Ok(Self { conv1, bn1, maxpool: !cfg.cifar_stem, layers, fc, feature_dim: inplanes })
+        Ok(Self {
+            conv1,
+            bn1,
+            maxpool: !cfg.cifar_stem,
+            layers,
+            fc,
+            feature_dim: inplanes,
+        })
     }
 
     /// The output of `layer4`, `[B, feature_dim, H/32, W/32]` (H/8 with the CIFAR stem).

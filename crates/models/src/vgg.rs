@@ -39,8 +39,12 @@ impl VggConfig {
         Ok(match self.depth {
             11 => &[64, M, 128, M, 256, 256, M, 512, 512, M, 512, 512, M],
             13 => &[64, 64, M, 128, 128, M, 256, 256, M, 512, 512, M, 512, 512, M],
-            16 => &[64, 64, M, 128, 128, M, 256, 256, 256, M, 512, 512, 512, M, 512, 512, 512, M],
-            19 => &[64, 64, M, 128, 128, M, 256, 256, 256, 256, M, 512, 512, 512, 512, M, 512, 512, 512, 512, M],
+            16 => &[
+                64, 64, M, 128, 128, M, 256, 256, 256, M, 512, 512, 512, M, 512, 512, 512, M,
+            ],
+            19 => &[
+                64, 64, M, 128, 128, M, 256, 256, 256, 256, M, 512, 512, 512, 512, M, 512, 512, 512, 512, M,
+            ],
             d => candle_core::bail!("vgg depth must be one of 11, 13, 16, 19, got {d}"),
         })
     }
@@ -89,7 +93,11 @@ impl Vgg {
                 continue;
             }
             let conv = conv2d(cin, v, 3, 1, 1, true, ConvInit::KaimingFanOut, vf.pp(idx.to_string()))?;
-            let norm = if cfg.batch_norm { Some(bn(v, vf.pp((idx + 1).to_string()))?) } else { None };
+            let norm = if cfg.batch_norm {
+                Some(bn(v, vf.pp((idx + 1).to_string()))?)
+            } else {
+                None
+            };
             layers.push(Layer::Conv(conv, norm));
             idx += if cfg.batch_norm { 3 } else { 2 };
             cin = v;
@@ -98,7 +106,13 @@ impl Vgg {
         let fc1 = vgg_linear(512 * 7 * 7, 4096, vc.pp("0"))?;
         let fc2 = vgg_linear(4096, 4096, vc.pp("3"))?;
         let head = Head::from_linear(vgg_linear(4096, num_classes, vc.pp("6"))?, Self::DROPOUT);
-        Ok(Self { layers, fc1, fc2, dropout: Dropout::new(Self::DROPOUT), head })
+        Ok(Self {
+            layers,
+            fc1,
+            fc2,
+            dropout: Dropout::new(Self::DROPOUT),
+            head,
+        })
     }
 
     /// The conv features after adaptive average pooling, `[B, 512, 7, 7]`.
@@ -114,7 +128,12 @@ impl Vgg {
         for layer in &self.layers {
             x = match layer {
                 Layer::Conv(conv, norm) => match norm {
-                    Some(n) => bn_act(n, &conv.forward_act(&x, FusedActivation::Identity)?, train, FusedActivation::Relu)?,
+                    Some(n) => bn_act(
+                        n,
+                        &conv.forward_act(&x, FusedActivation::Identity)?,
+                        train,
+                        FusedActivation::Relu,
+                    )?,
                     None => conv.forward_act(&x, FusedActivation::Relu)?,
                 },
                 Layer::MaxPool => max_pool2d(&x, 2, 2, 0)?,

@@ -12,9 +12,7 @@
 use candle_core::{DType, Device, ModuleT, Result, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{Init, VarBuilder};
-use digitlab_models::{
-    build_model, Backbone, InputShape, ModelConfig, ResNet, ResNetConfig, Vgg, VggConfig,
-};
+use digitlab_models::{build_model, Backbone, InputShape, ModelConfig, ResNet, ResNetConfig, Vgg, VggConfig};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -36,7 +34,11 @@ fn hashed_sin(n: usize, h: u64) -> Vec<f64> {
     (0..n as u64)
         .map(|i| {
             let j = i + 1;
-            let k = j.wrapping_mul(j).wrapping_mul(40503).wrapping_add(j.wrapping_mul(2654435761)).wrapping_add(c)
+            let k = j
+                .wrapping_mul(j)
+                .wrapping_mul(40503)
+                .wrapping_add(j.wrapping_mul(2654435761))
+                .wrapping_add(c)
                 & 0xFFFF_FFFF;
             (2.0 * std::f64::consts::PI * k as f64 / 4294967296.0).sin()
         })
@@ -65,7 +67,10 @@ fn formula(name: &str, shape: &[usize]) -> Tensor {
 
 fn formula_input(shape: &[usize]) -> Tensor {
     let n: usize = shape.iter().product();
-    let v: Vec<f32> = hashed_sin(n, name_hash("input")).into_iter().map(|s| s as f32).collect();
+    let v: Vec<f32> = hashed_sin(n, name_hash("input"))
+        .into_iter()
+        .map(|s| s as f32)
+        .collect();
     Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
 }
 
@@ -105,7 +110,9 @@ impl SimpleBackend for Recorder {
         match &self.source {
             None => Tensor::zeros(s, dtype, dev),
             Some(src) => {
-                let t = src.get(name).ok_or_else(|| candle_core::Error::Msg(format!("missing tensor {name}")))?;
+                let t = src
+                    .get(name)
+                    .ok_or_else(|| candle_core::Error::Msg(format!("missing tensor {name}")))?;
                 if t.shape() != &s {
                     candle_core::bail!("shape mismatch for {name}: file {:?}, model {:?}", t.shape(), s)
                 }
@@ -128,14 +135,20 @@ enum Arch {
 
 fn arch(model: &str) -> Arch {
     if let Some(d) = model.strip_prefix("resnet") {
-        Arch::ResNet(ResNetConfig { depth: d.parse().unwrap(), cifar_stem: false })
+        Arch::ResNet(ResNetConfig {
+            depth: d.parse().unwrap(),
+            cifar_stem: false,
+        })
     } else {
         let rest = model.strip_prefix("vgg").unwrap();
         let (d, bn) = match rest.strip_suffix("_bn") {
             Some(d) => (d, true),
             None => (rest, false),
         };
-        Arch::Vgg(VggConfig { depth: d.parse().unwrap(), batch_norm: bn })
+        Arch::Vgg(VggConfig {
+            depth: d.parse().unwrap(),
+            batch_norm: bn,
+        })
     }
 }
 
@@ -151,7 +164,14 @@ impl<T: Backbone + ModuleT> BackboneNet for T {}
 
 fn rel_err(got: &Tensor, want: &Tensor) -> f32 {
     assert_eq!(got.dims(), want.dims());
-    let diff: f32 = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+    let diff: f32 = (got - want)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar()
+        .unwrap();
     let scale: f32 = want.abs().unwrap().max_all().unwrap().to_scalar().unwrap();
     diff / scale.max(1e-12)
 }
@@ -166,7 +186,10 @@ fn torchvision_keys_and_shapes() {
         let ours = rec.seen();
         let missing: Vec<_> = keys.keys().filter(|k| !ours.contains_key(*k)).collect();
         let extra: Vec<_> = ours.keys().filter(|k| !keys.contains_key(*k)).collect();
-        assert!(missing.is_empty() && extra.is_empty(), "{model}: missing {missing:?}, extra {extra:?}");
+        assert!(
+            missing.is_empty() && extra.is_empty(),
+            "{model}: missing {missing:?}, extra {extra:?}"
+        );
         for (k, shape) in keys {
             assert_eq!(&ours[k], shape, "{model}: shape of {k}");
         }
@@ -178,10 +201,17 @@ fn torchvision_keys_and_shapes() {
 fn synthetic_weights_match_torchvision() {
     let keys = torchvision_keys();
     let expected = candle_core::safetensors::load(fixture("synthetic.safetensors"), &Device::Cpu).unwrap();
-    for (model, input) in [("resnet18", [2, 3, 64, 64]), ("resnet50", [2, 3, 64, 64]), ("vgg11", [1, 3, 32, 32]), ("vgg16", [1, 3, 32, 32])] {
+    for (model, input) in [
+        ("resnet18", [2, 3, 64, 64]),
+        ("resnet50", [2, 3, 64, 64]),
+        ("vgg11", [1, 3, 32, 32]),
+        ("vgg16", [1, 3, 32, 32]),
+    ] {
         // Load by name: every torchvision tensor, filled by the formula.
-        let weights: HashMap<String, Tensor> =
-            keys[model].iter().map(|(k, shape)| (k.clone(), formula(k, shape))).collect();
+        let weights: HashMap<String, Tensor> = keys[model]
+            .iter()
+            .map(|(k, shape)| (k.clone(), formula(k, shape)))
+            .collect();
         let vb = VarBuilder::from_tensors(weights, DType::F32, &Device::Cpu);
         let net = build(model, vb).unwrap();
         let x = formula_input(&input);
@@ -190,7 +220,10 @@ fn synthetic_weights_match_torchvision() {
         let ef = rel_err(&feats, &expected[&format!("{model}.features")]);
         let el = rel_err(&logits, &expected[&format!("{model}.logits")]);
         println!("{model}: relative max error features {ef:.2e}, logits {el:.2e}");
-        assert!(ef <= TOL && el <= TOL, "{model}: features {ef:.2e}, logits {el:.2e} > {TOL:.0e}");
+        assert!(
+            ef <= TOL && el <= TOL,
+            "{model}: features {ef:.2e}, logits {el:.2e} > {TOL:.0e}"
+        );
     }
 }
 
@@ -207,16 +240,34 @@ fn weights_dir(test: &str) -> Option<PathBuf> {
 
 /// Builds `cfg` from the real checkpoint `file` (every tensor must be used, and
 /// nothing may be missing), then compares with the PyTorch reference outputs.
-fn check_pretrained(test: &str, file: &str, cfg: ModelConfig, input: InputShape, classes: usize, batch: usize, prefix: &str) {
+fn check_pretrained(
+    test: &str,
+    file: &str,
+    cfg: ModelConfig,
+    input: InputShape,
+    classes: usize,
+    batch: usize,
+    prefix: &str,
+) {
     let Some(dir) = weights_dir(test) else { return };
     let path = dir.join(file);
-    assert!(path.exists(), "{test}: DIGITLAB_WEIGHTS is set but {} does not exist", path.display());
+    assert!(
+        path.exists(),
+        "{test}: DIGITLAB_WEIGHTS is set but {} does not exist",
+        path.display()
+    );
     let tensors = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
-    let rec = Recorder { source: Some(Arc::new(tensors.clone())), ..Default::default() };
+    let rec = Recorder {
+        source: Some(Arc::new(tensors.clone())),
+        ..Default::default()
+    };
     let model = build_model(&cfg, input, classes, rec.var_builder()).unwrap();
     let used = rec.seen();
     let unused: Vec<_> = tensors.keys().filter(|k| !used.contains_key(*k)).collect();
-    assert!(unused.is_empty(), "{test}: tensors of the file not used by the model: {unused:?}");
+    assert!(
+        unused.is_empty(),
+        "{test}: tensors of the file not used by the model: {unused:?}"
+    );
     assert_eq!(used.len(), tensors.len());
 
     let expected = candle_core::safetensors::load(fixture("real.safetensors"), &Device::Cpu).unwrap();
@@ -225,8 +276,14 @@ fn check_pretrained(test: &str, file: &str, cfg: ModelConfig, input: InputShape,
     let logits = model.forward_t(&x, false).unwrap();
     let ef = rel_err(&feats, &expected[&format!("{prefix}.features")]);
     let el = rel_err(&logits, &expected[&format!("{prefix}.logits")]);
-    println!("{test}: {} tensors matched; relative max error features {ef:.2e}, logits {el:.2e}", tensors.len());
-    assert!(ef <= TOL && el <= TOL, "{test}: features {ef:.2e}, logits {el:.2e} > {TOL:.0e}");
+    println!(
+        "{test}: {} tensors matched; relative max error features {ef:.2e}, logits {el:.2e}",
+        tensors.len()
+    );
+    assert!(
+        ef <= TOL && el <= TOL,
+        "{test}: features {ef:.2e}, logits {el:.2e} > {TOL:.0e}"
+    );
 }
 
 #[test]
@@ -236,7 +293,11 @@ fn pretrained_efficientnet_lite0() {
         "pretrained_efficientnet_lite0",
         "efficientnet-lite0.safetensors",
         ModelConfig::EfficientnetLite0,
-        InputShape { channels: 3, height: 224, width: 224 },
+        InputShape {
+            channels: 3,
+            height: 224,
+            width: 224,
+        },
         1000,
         1,
         "efficientnet_lite0",
@@ -250,7 +311,11 @@ fn pretrained_ccexam_svhn_cnn() {
         "pretrained_ccexam_svhn_cnn",
         "ccexam-svhn-cnn.safetensors",
         ModelConfig::SmallCnn,
-        InputShape { channels: 3, height: 32, width: 32 },
+        InputShape {
+            channels: 3,
+            height: 32,
+            width: 32,
+        },
         10,
         2,
         "ccexam",

@@ -13,7 +13,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let cfg = if embedded {
         TheoryConfig::embedded()
     } else {
-        TheoryConfig { data: DataChoice::Auto(None), ..TheoryConfig::default() }
+        TheoryConfig {
+            data: DataChoice::Auto(None),
+            ..TheoryConfig::default()
+        }
     };
     let report = report::run_topics(&topics, &cfg, &out, |s| println!("{}", s.to_text(&out)))?;
     println!("data: {}", report.data_description);

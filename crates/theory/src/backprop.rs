@@ -102,7 +102,11 @@ impl Activation {
             Some(d) => Matrix::diag(&d),
             None => {
                 let s = softmax(z);
-                Matrix::from_fn(s.len(), s.len(), |i, j| if i == j { s[i] - s[i] * s[j] } else { -s[i] * s[j] })
+                Matrix::from_fn(
+                    s.len(),
+                    s.len(),
+                    |i, j| if i == j { s[i] - s[i] * s[j] } else { -s[i] * s[j] },
+                )
             }
         }
     }
@@ -147,8 +151,16 @@ impl Cost {
     pub fn value(self, a: &[f64], y: &[f64]) -> f64 {
         match self {
             Cost::Mse => 0.5 * a.iter().zip(y).map(|(a, y)| (a - y).powi(2)).sum::<f64>(),
-            Cost::Bce => -a.iter().zip(y).map(|(a, y)| y * a.ln() + (1.0 - y) * (1.0 - a).ln()).sum::<f64>(),
-            Cost::CrossEntropy => -a.iter().zip(y).map(|(a, y)| if *y == 0.0 { 0.0 } else { y * a.ln() }).sum::<f64>(),
+            Cost::Bce => -a
+                .iter()
+                .zip(y)
+                .map(|(a, y)| y * a.ln() + (1.0 - y) * (1.0 - a).ln())
+                .sum::<f64>(),
+            Cost::CrossEntropy => -a
+                .iter()
+                .zip(y)
+                .map(|(a, y)| if *y == 0.0 { 0.0 } else { y * a.ln() })
+                .sum::<f64>(),
         }
     }
 
@@ -250,7 +262,11 @@ impl Net {
             let (fan_in, out) = (sizes[l - 1], sizes[l]);
             let sd = gain / (fan_in as f64).sqrt();
             let w = Matrix::from_fn(out, fan_in, |_, _| sd * gaussian(rng));
-            let b = if bias { (0..out).map(|_| 0.1 * gaussian(rng)).collect() } else { vec![0.0; out] };
+            let b = if bias {
+                (0..out).map(|_| 0.1 * gaussian(rng)).collect()
+            } else {
+                vec![0.0; out]
+            };
             let activation = if l + 1 == sizes.len() { output } else { hidden };
             layers.push(Layer { w, b, activation });
         }
@@ -265,7 +281,10 @@ impl Net {
     }
 
     pub fn num_params(&self) -> usize {
-        self.layers.iter().map(|l| l.w.data.len() + if self.bias { l.b.len() } else { 0 }).sum()
+        self.layers
+            .iter()
+            .map(|l| l.w.data.len() + if self.bias { l.b.len() } else { 0 })
+            .sum()
     }
 
     /// All parameters: per layer `W` row by row, then `b` (if biases are on).
@@ -351,8 +370,11 @@ impl Net {
         let inv_b = 1.0 / batch as f64;
         for i in 0..batch {
             let t = self.forward(&xs[i * ni..(i + 1) * ni]);
-            let grad_a: Vec<f64> =
-                cost.grad_a(t.a.last().expect("output"), &ys[i * no..(i + 1) * no]).iter().map(|g| g * inv_b).collect();
+            let grad_a: Vec<f64> = cost
+                .grad_a(t.a.last().expect("output"), &ys[i * no..(i + 1) * no])
+                .iter()
+                .map(|g| g * inv_b)
+                .collect();
             let deltas: Vec<Vec<f64>> = match form {
                 Form::Hadamard => {
                     let mut d = vec![Vec::new(); nl];
@@ -363,7 +385,10 @@ impl Net {
                     };
                     for l in (0..nl - 1).rev() {
                         let back = self.layers[l + 1].w.matvec_t(&d[l + 1]);
-                        let sp = self.layers[l].activation.derivative(&t.z[l]).expect("hidden layers are elementwise");
+                        let sp = self.layers[l]
+                            .activation
+                            .derivative(&t.z[l])
+                            .expect("hidden layers are elementwise");
                         d[l] = back.iter().zip(&sp).map(|(b, s)| b * s).collect();
                     }
                     d
@@ -432,10 +457,17 @@ impl Net {
         let mut gw = Vec::new();
         let mut gb = Vec::new();
         for ((w, b), l) in vars.iter().zip(&self.layers) {
-            let g =
-                grads.get(w.as_tensor()).ok_or_else(|| TheoryError::invalid("autograd: no gradient for a weight"))?;
-            gw.push(Matrix { rows: l.w.rows, cols: l.w.cols, data: g.flatten_all()?.to_dtype(DType::F64)?.to_vec1()? });
-            let g = grads.get(b.as_tensor()).ok_or_else(|| TheoryError::invalid("autograd: no gradient for a bias"))?;
+            let g = grads
+                .get(w.as_tensor())
+                .ok_or_else(|| TheoryError::invalid("autograd: no gradient for a weight"))?;
+            gw.push(Matrix {
+                rows: l.w.rows,
+                cols: l.w.cols,
+                data: g.flatten_all()?.to_dtype(DType::F64)?.to_vec1()?,
+            });
+            let g = grads
+                .get(b.as_tensor())
+                .ok_or_else(|| TheoryError::invalid("autograd: no gradient for a bias"))?;
             gb.push(g.to_dtype(DType::F64)?.to_vec1()?);
         }
         Ok(Gradients { w: gw, b: gb })
@@ -541,7 +573,9 @@ pub fn check_case(name: &str, net: &Net, xs: &[f64], ys: &[f64], cost: Cost, h: 
         vs_autograd[k] = rel_error(&g, &auto);
         vs_fd[k] = rel_error(&g, &fd);
     }
-    let sizes: Vec<usize> = std::iter::once(net.inputs()).chain(net.layers.iter().map(|l| l.w.rows)).collect();
+    let sizes: Vec<usize> = std::iter::once(net.inputs())
+        .chain(net.layers.iter().map(|l| l.w.rows))
+        .collect();
     Ok(CaseResult {
         name: name.to_string(),
         hidden: net.layers[0].activation,
@@ -567,10 +601,17 @@ pub fn run(data: &TheoryData, cfg: &TheoryConfig) -> Result<BackpropResult> {
     let sizes = [5, 4, 3, 3];
     let batch = 6;
     let mut cases = Vec::new();
-    for hidden in [Activation::Sigmoid, Activation::Relu, Activation::Tanh, Activation::Linear] {
-        for (output, cost) in
-            [(hidden, Cost::Mse), (Activation::Sigmoid, Cost::Bce), (Activation::Softmax, Cost::CrossEntropy)]
-        {
+    for hidden in [
+        Activation::Sigmoid,
+        Activation::Relu,
+        Activation::Tanh,
+        Activation::Linear,
+    ] {
+        for (output, cost) in [
+            (hidden, Cost::Mse),
+            (Activation::Sigmoid, Cost::Bce),
+            (Activation::Softmax, Cost::CrossEntropy),
+        ] {
             // Redraw until no ReLU kink is within 1e-3 of a pre-activation (keeps the
             // finite differences on one side of every kink).
             let (net, xs) = loop {
@@ -620,9 +661,19 @@ pub fn run(data: &TheoryData, cfg: &TheoryConfig) -> Result<BackpropResult> {
             let amy: Vec<f64> = a.iter().zip(&y).map(|(a, y)| a - y).collect();
             worst = worst.max(max_abs_diff(&delta, &amy));
         }
-        output_deltas.push(OutputDeltaCheck { output, cost, max_abs_diff: worst, expected_equal });
+        output_deltas.push(OutputDeltaCheck {
+            output,
+            cost,
+            max_abs_diff: worst,
+            expected_equal,
+        });
     }
-    Ok(BackpropResult { cases, output_deltas, fd_step: h, tolerance: TOLERANCE })
+    Ok(BackpropResult {
+        cases,
+        output_deltas,
+        fd_step: h,
+        tolerance: TOLERANCE,
+    })
 }
 
 impl BackpropResult {
@@ -630,16 +681,28 @@ impl BackpropResult {
         let mut f = Vec::new();
         for c in &self.cases {
             if c.worst_vs_fd() > self.tolerance {
-                f.push(format!("{}: relative error vs finite differences {}", c.name, num(c.worst_vs_fd())));
+                f.push(format!(
+                    "{}: relative error vs finite differences {}",
+                    c.name,
+                    num(c.worst_vs_fd())
+                ));
             }
             if c.worst_vs_autograd() > 1e-10 {
-                f.push(format!("{}: relative error vs autograd {}", c.name, num(c.worst_vs_autograd())));
+                f.push(format!(
+                    "{}: relative error vs autograd {}",
+                    c.name,
+                    num(c.worst_vs_autograd())
+                ));
             }
         }
         for d in &self.output_deltas {
             let equal = d.max_abs_diff < 1e-12;
             if equal != d.expected_equal {
-                f.push(format!("{} + {}: delta^L = a - y is {equal}", d.output.name(), d.cost.name()));
+                f.push(format!(
+                    "{} + {}: delta^L = a - y is {equal}",
+                    d.output.name(),
+                    d.cost.name()
+                ));
             }
         }
         f
@@ -673,7 +736,11 @@ impl TopicResult for BackpropResult {
                 d.output.name(),
                 d.cost.name(),
                 num(d.max_abs_diff),
-                if d.expected_equal { "delta^L = a - y holds" } else { "delta^L = (a - y) ⊙ a(1 - a), NOT a - y" }
+                if d.expected_equal {
+                    "delta^L = a - y holds"
+                } else {
+                    "delta^L = (a - y) ⊙ a(1 - a), NOT a - y"
+                }
             ));
         }
         evidence.extend(failures.iter().map(|f| format!("FAILED check: {f}")));
@@ -731,7 +798,11 @@ impl TopicResult for BackpropResult {
                 o.output.name().into(),
                 o.cost.name().into(),
                 num(o.max_abs_diff),
-                if o.max_abs_diff < 1e-12 { "yes".into() } else { "no: (a - y) ⊙ sigma'(z)".into() },
+                if o.max_abs_diff < 1e-12 {
+                    "yes".into()
+                } else {
+                    "no: (a - y) ⊙ sigma'(z)".into()
+                },
             ]);
         }
         vec![t, d]
@@ -758,8 +829,14 @@ impl TopicResult for BackpropResult {
             "log10 relative error",
             &labels,
             &[
-                ("Hadamard vs autograd", self.cases.iter().map(|c| lg(c.vs_autograd[0])).collect()),
-                ("expanded vs autograd", self.cases.iter().map(|c| lg(c.vs_autograd[2])).collect()),
+                (
+                    "Hadamard vs autograd",
+                    self.cases.iter().map(|c| lg(c.vs_autograd[0])).collect(),
+                ),
+                (
+                    "expanded vs autograd",
+                    self.cases.iter().map(|c| lg(c.vs_autograd[2])).collect(),
+                ),
                 ("Hadamard vs FD", self.cases.iter().map(|c| lg(c.vs_fd[0])).collect()),
             ],
         )?;
@@ -782,9 +859,19 @@ mod tests {
         let r = run(&data, &TheoryConfig::embedded()).unwrap();
         assert_eq!(r.cases.len(), 13);
         for c in &r.cases {
-            assert!(c.worst_vs_fd() <= 1e-5, "{}: {:?} {}", c.name, c.vs_fd, c.autograd_vs_fd);
+            assert!(
+                c.worst_vs_fd() <= 1e-5,
+                "{}: {:?} {}",
+                c.name,
+                c.vs_fd,
+                c.autograd_vs_fd
+            );
             assert!(c.worst_vs_autograd() <= 1e-10, "{}: {:?}", c.name, c.vs_autograd);
-            assert!(c.grad_norm > 1e-6, "{}: gradient vanished, the check would be vacuous", c.name);
+            assert!(
+                c.grad_norm > 1e-6,
+                "{}: gradient vanished, the check would be vacuous",
+                c.name
+            );
         }
         for d in &r.output_deltas {
             if d.expected_equal {
@@ -801,7 +888,15 @@ mod tests {
         // Using the shortcut delta^L = a - y for sigmoid + MSE (it belongs to sigmoid + BCE)
         // gives the BCE gradient, which the finite-difference check must reject.
         let mut rng = ChaCha8Rng::seed_from_u64(1);
-        let net = Net::random(&[4, 3, 2], Activation::Sigmoid, Activation::Sigmoid, true, 1.5, &mut rng).unwrap();
+        let net = Net::random(
+            &[4, 3, 2],
+            Activation::Sigmoid,
+            Activation::Sigmoid,
+            true,
+            1.5,
+            &mut rng,
+        )
+        .unwrap();
         let xs: Vec<f64> = (0..8).map(|_| gaussian(&mut rng)).collect();
         let ys = vec![1.0, 0.0, 0.0, 1.0];
         let fd = net.finite_differences(&xs, &ys, Cost::Mse, 1e-6);

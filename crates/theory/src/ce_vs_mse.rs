@@ -192,7 +192,11 @@ impl GdSummary {
         }
         v.sort_unstable();
         let m = v.len() / 2;
-        Some(if v.len() % 2 == 1 { v[m] as f64 } else { 0.5 * (v[m - 1] + v[m]) as f64 })
+        Some(if v.len() % 2 == 1 {
+            v[m] as f64
+        } else {
+            0.5 * (v[m - 1] + v[m]) as f64
+        })
     }
 }
 
@@ -211,11 +215,17 @@ pub struct CeVsMseResult {
 impl CeVsMseResult {
     pub fn curvature_of(&self, toy: bool, loss: PointLoss) -> &CurvatureStats {
         let name = if toy { &self.toy.name } else { &self.real.name };
-        self.curvature.iter().find(|c| &c.problem == name && c.loss == loss).expect("computed")
+        self.curvature
+            .iter()
+            .find(|c| &c.problem == name && c.loss == loss)
+            .expect("computed")
     }
     pub fn training_of(&self, toy: bool, loss: PointLoss) -> &GdSummary {
         let name = if toy { &self.toy.name } else { &self.real.name };
-        self.training.iter().find(|c| &c.problem == name && c.loss == loss).expect("computed")
+        self.training
+            .iter()
+            .find(|c| &c.problem == name && c.loss == loss)
+            .expect("computed")
     }
 }
 
@@ -231,12 +241,22 @@ pub fn run(data: &TheoryData, cfg: &TheoryConfig) -> Result<CeVsMseResult> {
         for loss in PointLoss::BOTH {
             curvature.push(curvature_stats(p, loss, &budget, seed)?);
         }
-        let starts = if p.d == 1 { grid_starts(7, 6.0) } else { random_starts(p, seed) };
+        let starts = if p.d == 1 {
+            grid_starts(7, 6.0)
+        } else {
+            random_starts(p, seed)
+        };
         for loss in PointLoss::BOTH {
             training.push(gradient_descent(p, loss, &starts, budget.gd_iterations, p.d == 1)?);
         }
     }
-    Ok(CeVsMseResult { curvature, training, toy, real, data_description: data.description.clone() })
+    Ok(CeVsMseResult {
+        curvature,
+        training,
+        toy,
+        real,
+        data_description: data.description.clone(),
+    })
 }
 
 /// Random `θ` in a random direction, scaled so that the logits over the data have
@@ -244,7 +264,9 @@ pub fn run(data: &TheoryData, cfg: &TheoryConfig) -> Result<CeVsMseResult> {
 pub fn point_at_logit_scale(p: &BinaryProblem, rng: &mut ChaCha8Rng, scale: f64) -> Vec<f64> {
     let u = unit_vector(rng, p.params());
     let z = p.apply(&u);
-    let rms = (z.iter().map(|v| v * v).sum::<f64>() / z.len() as f64).sqrt().max(1e-12);
+    let rms = (z.iter().map(|v| v * v).sum::<f64>() / z.len() as f64)
+        .sqrt()
+        .max(1e-12);
     u.into_iter().map(|v| v * scale / rms).collect()
 }
 
@@ -253,8 +275,9 @@ pub fn point_at_logit_scale(p: &BinaryProblem, rng: &mut ChaCha8Rng, scale: f64)
 pub fn curvature_stats(p: &BinaryProblem, loss: PointLoss, b: &Budget, seed: u64) -> Result<CurvatureStats> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let np = p.params();
-    let points: Vec<Vec<f64>> =
-        (0..b.points).map(|j| point_at_logit_scale(p, &mut rng, LOGIT_SCALES[j % LOGIT_SCALES.len()])).collect();
+    let points: Vec<Vec<f64>> = (0..b.points)
+        .map(|j| point_at_logit_scale(p, &mut rng, LOGIT_SCALES[j % LOGIT_SCALES.len()]))
+        .collect();
     let dirs: Vec<Vec<f64>> = (0..b.directions).map(|_| unit_vector(&mut rng, np)).collect();
     let dense = np <= b.max_dense;
     let (mut neg_pairs, mut pts_neg_dir, mut pts_neg_eig) = (0, 0, 0);
@@ -349,7 +372,12 @@ pub fn curvature_stats(p: &BinaryProblem, loss: PointLoss, b: &Budget, seed: u64
         fd_checks,
         fd_max_rel_err: fd_max,
         fd_failures,
-        witness: Witness { theta: wt, direction: wd, curvature: wc, fd_curvature: fd_w },
+        witness: Witness {
+            theta: wt,
+            direction: wd,
+            curvature: wc,
+            fd_curvature: fd_w,
+        },
     })
 }
 
@@ -402,22 +430,45 @@ pub fn gradient_descent(
             }
         }
         let acc = p.accuracy(&theta);
-        GdRun { start: s.clone(), history, end: theta, end_grad_norm: grad_norm, end_accuracy: acc }
+        GdRun {
+            start: s.clone(),
+            history,
+            end: theta,
+            end_grad_norm: grad_norm,
+            end_accuracy: acc,
+        }
     };
     // Starts are independent: run them on the available cores (results stay in order).
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(starts.len()).max(1);
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(starts.len())
+        .max(1);
     let chunk = starts.len().div_ceil(threads);
     let runs: Vec<GdRun> = std::thread::scope(|scope| {
-        let handles: Vec<_> =
-            starts.chunks(chunk).map(|c| scope.spawn(move || c.iter().map(descend).collect::<Vec<_>>())).collect();
-        handles.into_iter().flat_map(|h| h.join().expect("gradient descent thread panicked")).collect()
+        let handles: Vec<_> = starts
+            .chunks(chunk)
+            .map(|c| scope.spawn(move || c.iter().map(descend).collect::<Vec<_>>()))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("gradient descent thread panicked"))
+            .collect()
     });
     let zero_loss = p.loss(loss, &vec![0.0; p.params()]);
-    let best_loss = runs.iter().map(|r| *r.history.last().expect("non-empty")).fold(f64::INFINITY, f64::min);
+    let best_loss = runs
+        .iter()
+        .map(|r| *r.history.last().expect("non-empty"))
+        .fold(f64::INFINITY, f64::min);
     let target = best_loss + 0.05 * (zero_loss - best_loss).max(0.0);
-    let iters_to_target: Vec<Option<usize>> =
-        runs.iter().map(|r| r.history.iter().position(|&l| l <= target)).collect();
-    let ended_away = runs.iter().filter(|r| *r.history.last().expect("non-empty") > target).count();
+    let iters_to_target: Vec<Option<usize>> = runs
+        .iter()
+        .map(|r| r.history.iter().position(|&l| l <= target))
+        .collect();
+    let ended_away = runs
+        .iter()
+        .filter(|r| *r.history.last().expect("non-empty") > target)
+        .count();
     let mut minima: Vec<MinimumCluster> = Vec::new();
     let mut not_converged = 0;
     for r in &runs {
@@ -438,7 +489,12 @@ pub fn gradient_descent(
             None => {
                 let h = p.curvature_weights(loss, &r.end);
                 let e = sym_eigen(&p.hessian(&h))?;
-                minima.push(MinimumCluster { theta: r.end.clone(), loss: l, starts: 1, hessian_eigenvalues: e.values });
+                minima.push(MinimumCluster {
+                    theta: r.end.clone(),
+                    loss: l,
+                    starts: 1,
+                    hessian_eigenvalues: e.values,
+                });
             }
         }
     }
@@ -473,12 +529,21 @@ impl CeVsMseResult {
                 m.points_with_negative_eigenvalue > 0 && m.negative_pairs > 0,
                 format!("{}: MSE negative curvature", m.problem),
             ));
-            v.push((b.fd_failures == 0 && m.fd_failures == 0, format!("{}: formula = finite differences", b.problem)));
+            v.push((
+                b.fd_failures == 0 && m.fd_failures == 0,
+                format!("{}: formula = finite differences", b.problem),
+            ));
         }
-        v.push((self.curvature_of(true, PointLoss::Mse).jensen_violations > 0, "toy: MSE violates Jensen".into()));
+        v.push((
+            self.curvature_of(true, PointLoss::Mse).jensen_violations > 0,
+            "toy: MSE violates Jensen".into(),
+        ));
         let tb = self.training_of(true, PointLoss::Bce);
         let tm = self.training_of(true, PointLoss::Mse);
-        v.push((tb.minima.len() == 1 && tm.minima.len() >= 2, "toy: one BCE minimum, several MSE minima".into()));
+        v.push((
+            tb.minima.len() == 1 && tm.minima.len() >= 2,
+            "toy: one BCE minimum, several MSE minima".into(),
+        ));
         v
     }
 }
@@ -650,13 +715,24 @@ impl TopicResult for CeVsMseResult {
                 format!("{}/{}", s.reached(), s.runs.len()),
                 s.median_iters().map(num).unwrap_or_else(|| "-".into()),
                 s.ended_away.to_string(),
-                if s.problem == self.toy.name { s.minima.len().to_string() } else { "-".into() },
+                if s.problem == self.toy.name {
+                    s.minima.len().to_string()
+                } else {
+                    "-".into()
+                },
                 s.not_converged.to_string(),
             ]);
         }
         let mut m = Table::new(
             "Toy problem: where gradient descent ends (converged end points, clustered)",
-            &["loss", "w", "b", "loss value", "starts ending here", "Hessian eigenvalues"],
+            &[
+                "loss",
+                "w",
+                "b",
+                "loss value",
+                "starts ending here",
+                "Hessian eigenvalues",
+            ],
         );
         for loss in PointLoss::BOTH {
             for c in &self.training_of(true, loss).minima {
@@ -666,7 +742,11 @@ impl TopicResult for CeVsMseResult {
                     num(c.theta[1]),
                     num(c.loss),
                     c.starts.to_string(),
-                    c.hessian_eigenvalues.iter().map(|v| num(*v)).collect::<Vec<_>>().join(", "),
+                    c.hessian_eigenvalues
+                        .iter()
+                        .map(|v| num(*v))
+                        .collect::<Vec<_>>()
+                        .join(", "),
                 ]);
             }
         }
@@ -703,7 +783,16 @@ impl TopicResult for CeVsMseResult {
             &format!("Toy: loss along w at b = {b_slice:.2} (each curve scaled to [0, 1])"),
             "w",
             "(L - min) / (max - min)",
-            &[Series { label: "BCE", points: &bce_c }, Series { label: "MSE", points: &mse_c }],
+            &[
+                Series {
+                    label: "BCE",
+                    points: &bce_c,
+                },
+                Series {
+                    label: "MSE",
+                    points: &mse_c,
+                },
+            ],
         )?;
         plots.push(Plot {
             file,
@@ -721,9 +810,18 @@ impl TopicResult for CeVsMseResult {
             "w",
             "d2L/dw2",
             &[
-                Series { label: "BCE", points: &bce_k },
-                Series { label: "MSE", points: &mse_k },
-                Series { label: "zero", points: &zero },
+                Series {
+                    label: "BCE",
+                    points: &bce_k,
+                },
+                Series {
+                    label: "MSE",
+                    points: &mse_k,
+                },
+                Series {
+                    label: "zero",
+                    points: &zero,
+                },
             ],
         )?;
         plots.push(Plot {
@@ -746,13 +844,25 @@ impl TopicResult for CeVsMseResult {
                 })
                 .collect();
             let (path, file) = plot_path(dir, topic, &format!("toy_{}_contour", loss.name().to_lowercase()));
-            heatmap(&path, &format!("Toy: {} over (w, b)", loss.name()), "w", "b", wr, br, &values)?;
+            heatmap(
+                &path,
+                &format!("Toy: {} over (w, b)", loss.name()),
+                "w",
+                "b",
+                wr,
+                br,
+                &values,
+            )?;
             plots.push(Plot {
                 file,
                 caption: format!(
                     "Toy problem: {} over (w, b) with iso-lines{}.",
                     loss.name(),
-                    if loss == PointLoss::Bce { " (one basin)" } else { " (several basins and flat plateaus)" }
+                    if loss == PointLoss::Bce {
+                        " (one basin)"
+                    } else {
+                        " (several basins and flat plateaus)"
+                    }
                 ),
             });
         }
@@ -761,7 +871,9 @@ impl TopicResult for CeVsMseResult {
         let wit = &self.curvature_of(false, PointLoss::Mse).witness;
         let zd = real.apply(&wit.direction);
         let mean = zd.iter().sum::<f64>() / zd.len() as f64;
-        let sd = (zd.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / zd.len() as f64).sqrt().max(1e-12);
+        let sd = (zd.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / zd.len() as f64)
+            .sqrt()
+            .max(1e-12);
         let s = 3.0 / sd;
         let ts: Vec<f64> = (0..=120).map(|i| -s + 2.0 * s * i as f64 / 120.0).collect();
         let along = |loss: PointLoss| -> Vec<(f64, f64)> {
@@ -776,10 +888,22 @@ impl TopicResult for CeVsMseResult {
         let (path, file) = plot_path(dir, topic, "real_loss_1d");
         line_chart(
             &path,
-            &format!("{}: along the MSE negative-curvature direction (scaled to [0, 1])", real.name),
+            &format!(
+                "{}: along the MSE negative-curvature direction (scaled to [0, 1])",
+                real.name
+            ),
             "t (theta = theta0 + t d)",
             "(L - min) / (max - min)",
-            &[Series { label: "BCE", points: &rb }, Series { label: "MSE", points: &rm }],
+            &[
+                Series {
+                    label: "BCE",
+                    points: &rb,
+                },
+                Series {
+                    label: "MSE",
+                    points: &rm,
+                },
+            ],
         )?;
         plots.push(Plot {
             file,
@@ -796,14 +920,21 @@ impl TopicResult for CeVsMseResult {
         let best = rbt
             .runs
             .iter()
-            .min_by(|a, b| a.history.last().expect("non-empty").total_cmp(b.history.last().expect("non-empty")))
+            .min_by(|a, b| {
+                a.history
+                    .last()
+                    .expect("non-empty")
+                    .total_cmp(b.history.last().expect("non-empty"))
+            })
             .expect("runs");
         let w_norm = norm(&best.end[..real.d]).max(1e-12);
         let mut w_hat: Vec<f64> = best.end[..real.d].iter().map(|v| v / w_norm).collect();
         w_hat.push(0.0);
         let zw = real.apply(&w_hat);
         let mw = zw.iter().sum::<f64>() / zw.len() as f64;
-        let sdw = (zw.iter().map(|v| (v - mw).powi(2)).sum::<f64>() / zw.len() as f64).sqrt().max(1e-12);
+        let sdw = (zw.iter().map(|v| (v - mw).powi(2)).sum::<f64>() / zw.len() as f64)
+            .sqrt()
+            .max(1e-12);
         let amax = 8.0 / sdw;
         let ar = (-amax, amax);
         let br = (-8.0, 8.0);
@@ -816,7 +947,11 @@ impl TopicResult for CeVsMseResult {
                         .map(|c| {
                             let a = ar.0 + (ar.1 - ar.0) * (c as f64 + 0.5) / nx as f64;
                             let z0 = &zw;
-                            z0.iter().zip(&real.y).map(|(&z, &y)| loss.value(a * z + b, y)).sum::<f64>() / real.n as f64
+                            z0.iter()
+                                .zip(&real.y)
+                                .map(|(&z, &y)| loss.value(a * z + b, y))
+                                .sum::<f64>()
+                                / real.n as f64
                         })
                         .collect()
                 })
@@ -877,7 +1012,13 @@ impl TopicResult for CeVsMseResult {
                 let curves: Vec<Vec<(f64, f64)>> = pick
                     .iter()
                     .map(|&i| {
-                        s.runs[i].history.iter().enumerate().step_by(every).map(|(k, &l)| (k as f64, l)).collect()
+                        s.runs[i]
+                            .history
+                            .iter()
+                            .enumerate()
+                            .step_by(every)
+                            .map(|(k, &l)| (k as f64, l))
+                            .collect()
                     })
                     .collect();
                 let names: Vec<String> = pick
@@ -892,13 +1033,23 @@ impl TopicResult for CeVsMseResult {
                         }
                     })
                     .collect();
-                let series: Vec<Series> =
-                    curves.iter().zip(&names).map(|(c, n)| Series { label: n.as_str(), points: c }).collect();
+                let series: Vec<Series> = curves
+                    .iter()
+                    .zip(&names)
+                    .map(|(c, n)| Series {
+                        label: n.as_str(),
+                        points: c,
+                    })
+                    .collect();
                 let tag = if toy { "toy" } else { "real" };
                 let (path, file) = plot_path(dir, topic, &format!("{tag}_gd_{}", loss.name().to_lowercase()));
                 line_chart(
                     &path,
-                    &format!("{}: gradient descent on {} from the same starts", s.problem, loss.name()),
+                    &format!(
+                        "{}: gradient descent on {} from the same starts",
+                        s.problem,
+                        loss.name()
+                    ),
                     "iteration",
                     &format!("{} loss", loss.name()),
                     &series,
@@ -910,7 +1061,11 @@ impl TopicResult for CeVsMseResult {
                         s.problem,
                         loss.name(),
                         num(s.lr),
-                        if toy { " (start (w, b))" } else { " (start: zero model or random at logit scale k)" }
+                        if toy {
+                            " (start (w, b))"
+                        } else {
+                            " (start: zero model or random at logit scale k)"
+                        }
                     ),
                 });
             }
@@ -959,10 +1114,20 @@ mod tests {
             assert!(b.min_eigenvalue > -1e-12, "{}", b.min_eigenvalue);
             assert_eq!(b.jensen_violations, 0);
             // MSE: a negative eigenvalue exists, confirmed by finite differences of the loss.
-            assert!(m.points_with_negative_eigenvalue > 0 && m.negative_pairs > 0, "{}", m.problem);
+            assert!(
+                m.points_with_negative_eigenvalue > 0 && m.negative_pairs > 0,
+                "{}",
+                m.problem
+            );
             assert!(m.min_eigenvalue < 0.0 && m.witness.fd_curvature < 0.0);
             assert!((m.witness.fd_curvature - m.witness.curvature).abs() < 1e-4 * m.witness.curvature.abs());
-            assert_eq!(b.fd_failures + m.fd_failures, 0, "{} {}", b.fd_max_rel_err, m.fd_max_rel_err);
+            assert_eq!(
+                b.fd_failures + m.fd_failures,
+                0,
+                "{} {}",
+                b.fd_max_rel_err,
+                m.fd_max_rel_err
+            );
         }
         assert!(r.curvature_of(true, PointLoss::Mse).jensen_violations > 0);
         assert!(r.verdict().holds, "{:#?}", r.verdict());
@@ -987,11 +1152,23 @@ mod tests {
             return;
         }
         let p = &data.problem;
-        let budget = Budget { points: 12, directions: 12, jensen_pairs: 40, ..Budget::for_problem(p) };
+        let budget = Budget {
+            points: 12,
+            directions: 12,
+            jensen_pairs: 40,
+            ..Budget::for_problem(p)
+        };
         let b = curvature_stats(p, PointLoss::Bce, &budget, 1).unwrap();
         let m = curvature_stats(p, PointLoss::Mse, &budget, 1).unwrap();
-        assert_eq!((b.negative_pairs, b.points_with_negative_eigenvalue, b.jensen_violations), (0, 0, 0));
-        assert!(m.min_eigenvalue < 0.0 && m.witness.fd_curvature < 0.0, "{}", m.min_eigenvalue);
+        assert_eq!(
+            (b.negative_pairs, b.points_with_negative_eigenvalue, b.jensen_violations),
+            (0, 0, 0)
+        );
+        assert!(
+            m.min_eigenvalue < 0.0 && m.witness.fd_curvature < 0.0,
+            "{}",
+            m.min_eigenvalue
+        );
         assert_eq!(b.fd_failures + m.fd_failures, 0);
     }
 

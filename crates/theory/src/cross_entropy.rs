@@ -107,11 +107,25 @@ pub fn run(data: &TheoryData, cfg: &TheoryConfig) -> Result<CrossEntropyResult> 
 
     // 1. Swapped formula.
     let mut swapped = Vec::new();
-    for &(a, y) in &[(0.1, 0.0), (0.9, 0.0), (0.1, 1.0), (0.9, 1.0), (0.5, 1.0), (1.0, 1.0), (0.0, 0.0)] {
+    for &(a, y) in &[
+        (0.1, 0.0),
+        (0.9, 0.0),
+        (0.1, 1.0),
+        (0.9, 1.0),
+        (0.5, 1.0),
+        (1.0, 1.0),
+        (0.0, 0.0),
+    ] {
         let correct = -(y * f64::ln(a) + (1.0 - y) * f64::ln(1.0 - a));
         let sw = -(a * f64::ln(y) + (1.0 - a) * f64::ln(1.0 - y));
         let lib = bce(&Tensor::new(&[y], &dev)?, &Tensor::new(&[a], &dev)?, Reduction::Mean)?.to_scalar::<f64>()?;
-        swapped.push(SwappedRow { a, y, correct, swapped: sw, library_clamped: lib });
+        swapped.push(SwappedRow {
+            a,
+            y,
+            correct,
+            swapped: sw,
+            library_clamped: lib,
+        });
     }
     let preds = Tensor::new(&[0.1f64, 0.9, 0.1, 0.9, 0.5], &dev)?;
     let labels = Tensor::new(&[0.0f64, 0.0, 1.0, 1.0, 1.0], &dev)?;
@@ -143,8 +157,11 @@ pub fn run(data: &TheoryData, cfg: &TheoryConfig) -> Result<CrossEntropyResult> 
     }
     let z = p.logits(&theta);
     let probs: Vec<f64> = z.iter().map(|&v| sigmoid(v)).collect();
-    let nll_manual: Vec<f64> =
-        probs.iter().zip(&p.y).map(|(&a, &y)| -(a.powf(y) * (1.0 - a).powf(1.0 - y)).ln()).collect();
+    let nll_manual: Vec<f64> = probs
+        .iter()
+        .zip(&p.y)
+        .map(|(&a, &y)| -(a.powf(y) * (1.0 - a).powf(1.0 - y)).ln())
+        .collect();
     let pt = Tensor::new(probs.as_slice(), &dev)?;
     let yt = Tensor::new(p.y.as_slice(), &dev)?;
     let lib: Vec<f64> = bce(&pt, &yt, Reduction::None)?.to_vec1()?;
@@ -176,7 +193,12 @@ pub fn run(data: &TheoryData, cfg: &TheoryConfig) -> Result<CrossEntropyResult> 
     let c: Vec<f64> =
         softmax_cross_entropy_soft(&lt, &one_hot(&lab, 10, candle_core::DType::F64)?, Reduction::None)?.to_vec1()?;
     let categorical_max_diff = (0..n)
-        .map(|i| (a[i] - manual[i]).abs().max((b[i] - manual[i]).abs()).max((c[i] - manual[i]).abs()))
+        .map(|i| {
+            (a[i] - manual[i])
+                .abs()
+                .max((b[i] - manual[i]).abs())
+                .max((c[i] - manual[i]).abs())
+        })
         .fold(0.0, f64::max);
 
     // 4. Minimum at σ(z) = y.
@@ -200,9 +222,18 @@ pub fn run(data: &TheoryData, cfg: &TheoryConfig) -> Result<CrossEntropyResult> 
         let z_eval = if hard { 20.0 * z_star.signum() } else { z_star };
         let grid: Vec<f64> = (0..=24_000).map(|k| -12.0 + k as f64 * 1e-3).collect();
         let gt = Tensor::new(grid.as_slice(), &dev)?;
-        let losses: Vec<f64> =
-            bce_with_logits(&gt, &Tensor::new(vec![y; grid.len()].as_slice(), &dev)?, Reduction::None)?.to_vec1()?;
-        let k = losses.iter().enumerate().min_by(|a, b| a.1.total_cmp(b.1)).map(|(k, _)| k).expect("grid");
+        let losses: Vec<f64> = bce_with_logits(
+            &gt,
+            &Tensor::new(vec![y; grid.len()].as_slice(), &dev)?,
+            Reduction::None,
+        )?
+        .to_vec1()?;
+        let k = losses
+            .iter()
+            .enumerate()
+            .min_by(|a, b| a.1.total_cmp(b.1))
+            .map(|(k, _)| k)
+            .expect("grid");
         let s = sigmoid(z_eval);
         minimum.push(MinimumRow {
             y,
@@ -221,8 +252,15 @@ pub fn run(data: &TheoryData, cfg: &TheoryConfig) -> Result<CrossEntropyResult> 
     let mut pv = Vec::with_capacity(pairs * k);
     let mut qv = Vec::with_capacity(pairs * k);
     for _ in 0..pairs {
-        let mut pr: Vec<f64> =
-            (0..k).map(|_| if rng.random::<f64>() < 0.3 { 0.0 } else { gaussian(&mut rng).exp() }).collect();
+        let mut pr: Vec<f64> = (0..k)
+            .map(|_| {
+                if rng.random::<f64>() < 0.3 {
+                    0.0
+                } else {
+                    gaussian(&mut rng).exp()
+                }
+            })
+            .collect();
         if pr.iter().all(|&v| v == 0.0) {
             pr[0] = 1.0;
         }
@@ -262,16 +300,27 @@ impl CrossEntropyResult {
     fn checks(&self) -> Vec<(bool, &'static str)> {
         let swapped_bad = self.swapped.iter().all(|r| !r.swapped.is_finite())
             && self.swapped.iter().any(|r| r.swapped.is_nan())
-            && self.swapped.iter().filter(|r| r.a > 0.0 && r.a < 1.0).all(|r| r.correct.is_finite());
+            && self
+                .swapped
+                .iter()
+                .filter(|r| r.a > 0.0 && r.a < 1.0)
+                .all(|r| r.correct.is_finite());
         let soft_ok = self.minimum.iter().filter(|m| m.z_star.is_finite()).all(|m| {
             m.grad_at_z_star.abs() < 1e-12
                 && (m.argmin_prob - m.y).abs() < 1e-3
                 && m.grad_left < 0.0
                 && m.grad_right > 0.0
         });
-        let hard_ok = self.minimum.iter().filter(|m| !m.z_star.is_finite()).all(|m| m.grad_at_z_star != 0.0);
+        let hard_ok = self
+            .minimum
+            .iter()
+            .filter(|m| !m.z_star.is_finite())
+            .all(|m| m.grad_at_z_star != 0.0);
         vec![
-            (swapped_bad, "swapped formula is inf/NaN at hard labels, the right one finite"),
+            (
+                swapped_bad,
+                "swapped formula is inf/NaN at hard labels, the right one finite",
+            ),
             (
                 self.library.strict_error.is_some() && self.library.clamped_mean.is_finite(),
                 "library refuses (strict) or clamps",
@@ -279,7 +328,10 @@ impl CrossEntropyResult {
             (self.bernoulli_max_diff < 1e-12, "BCE = Bernoulli NLL"),
             (self.categorical_max_diff < 1e-12, "CE = categorical NLL"),
             (soft_ok && hard_ok, "CE minimised at sigma(z) = y"),
-            (self.kl_max_diff < 1e-12 && self.kl_min >= -1e-15 && self.kl_self_max < 1e-15, "H(p,q) = H(p) + KL"),
+            (
+                self.kl_max_diff < 1e-12 && self.kl_min >= -1e-15 && self.kl_self_max < 1e-15,
+                "H(p,q) = H(p) + KL",
+            ),
         ]
     }
 }
@@ -351,10 +403,22 @@ impl TopicResult for CrossEntropyResult {
     fn tables(&self) -> Vec<Table> {
         let mut s = Table::new(
             "The right and the swapped formula, evaluated literally in f64 (a = prediction, y = label)",
-            &["a", "y", "-[y ln a + (1-y) ln(1-a)]", "-[a ln y + (1-a) ln(1-y)]", "bce(probs=y, targets=a), clamped"],
+            &[
+                "a",
+                "y",
+                "-[y ln a + (1-y) ln(1-a)]",
+                "-[a ln y + (1-a) ln(1-y)]",
+                "bce(probs=y, targets=a), clamped",
+            ],
         );
         for r in &self.swapped {
-            s.push(vec![num(r.a), num(r.y), num(r.correct), num(r.swapped), num(r.library_clamped)]);
+            s.push(vec![
+                num(r.a),
+                num(r.y),
+                num(r.correct),
+                num(r.swapped),
+                num(r.library_clamped),
+            ]);
         }
         let mut m = Table::new(
             "Where BCE(sigma(z), y) is minimal (gradients by candle autograd of bce_with_logits)",
@@ -386,14 +450,26 @@ impl TopicResult for CrossEntropyResult {
             format!("{} images ({})", self.bernoulli_samples, self.data_name),
             num(self.bernoulli_max_diff),
         ]);
-        e.push(vec!["mean BCE = mean NLL".into(), "1".into(), num(self.bernoulli_mean_diff)]);
+        e.push(vec![
+            "mean BCE = mean NLL".into(),
+            "1".into(),
+            num(self.bernoulli_mean_diff),
+        ]);
         e.push(vec![
             "softmax CE = categorical NLL".into(),
             format!("{} images", self.categorical_samples),
             num(self.categorical_max_diff),
         ]);
-        e.push(vec!["H(p,q) = H(p) + KL(p||q)".into(), format!("{} pairs", self.kl_pairs), num(self.kl_max_diff)]);
-        e.push(vec!["KL(p||p) = 0".into(), format!("{} distributions", self.kl_pairs), num(self.kl_self_max)]);
+        e.push(vec![
+            "H(p,q) = H(p) + KL(p||q)".into(),
+            format!("{} pairs", self.kl_pairs),
+            num(self.kl_max_diff),
+        ]);
+        e.push(vec![
+            "KL(p||p) = 0".into(),
+            format!("{} distributions", self.kl_pairs),
+            num(self.kl_self_max),
+        ]);
         vec![s, m, e]
     }
 
@@ -412,9 +488,19 @@ impl TopicResult for CrossEntropyResult {
                     .collect()
             })
             .collect();
-        let series: Vec<Series> = curves.iter().zip(&names).map(|(c, n)| Series { label: n, points: c }).collect();
+        let series: Vec<Series> = curves
+            .iter()
+            .zip(&names)
+            .map(|(c, n)| Series { label: n, points: c })
+            .collect();
         let (path, file) = plot_path(dir, Topic::CrossEntropy, "bce_vs_prediction");
-        line_chart(&path, "BCE(a; y) - H(y) = KL(Bern(y) || Bern(a))", "prediction a", "BCE - H(y)", &series)?;
+        line_chart(
+            &path,
+            "BCE(a; y) - H(y) = KL(Bern(y) || Bern(a))",
+            "prediction a",
+            "BCE - H(y)",
+            &series,
+        )?;
         let mut plots = vec![Plot {
             file,
             caption:
@@ -424,9 +510,18 @@ impl TopicResult for CrossEntropyResult {
         }];
         let grads: Vec<Vec<(f64, f64)>> = ys
             .iter()
-            .map(|&y| (0..=200).map(|k| -6.0 + 0.06 * k as f64).map(|z| (z, sigmoid(z) - y)).collect())
+            .map(|&y| {
+                (0..=200)
+                    .map(|k| -6.0 + 0.06 * k as f64)
+                    .map(|z| (z, sigmoid(z) - y))
+                    .collect()
+            })
             .collect();
-        let series: Vec<Series> = grads.iter().zip(&names).map(|(c, n)| Series { label: n, points: c }).collect();
+        let series: Vec<Series> = grads
+            .iter()
+            .zip(&names)
+            .map(|(c, n)| Series { label: n, points: c })
+            .collect();
         let (path, file) = plot_path(dir, Topic::CrossEntropy, "gradient_vs_logit");
         line_chart(&path, "dBCE/dz = sigma(z) - y", "logit z", "gradient", &series)?;
         plots.push(Plot {

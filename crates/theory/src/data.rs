@@ -32,14 +32,21 @@ pub struct TheoryConfig {
 
 impl Default for TheoryConfig {
     fn default() -> Self {
-        Self { data: DataChoice::Auto(None), seed: 7, mnist_samples: 1000 }
+        Self {
+            data: DataChoice::Auto(None),
+            seed: 7,
+            mnist_samples: 1000,
+        }
     }
 }
 
 impl TheoryConfig {
     /// Embedded digits, default seed: what the tests use.
     pub fn embedded() -> Self {
-        Self { data: DataChoice::Embedded, ..Self::default() }
+        Self {
+            data: DataChoice::Embedded,
+            ..Self::default()
+        }
     }
 }
 
@@ -69,13 +76,23 @@ impl BinaryProblem {
         if y.iter().any(|&v| v != 0.0 && v != 1.0) {
             return Err(TheoryError::invalid("binary problem: labels must be 0 or 1"));
         }
-        Ok(Self { name: name.into(), n: y.len(), x, y, d })
+        Ok(Self {
+            name: name.into(),
+            n: y.len(),
+            x,
+            y,
+            d,
+        })
     }
 
     /// A two-class [`Dataset`] as a problem (pixels / 255, label = class index).
     pub fn from_dataset(ds: &Dataset, name: impl Into<String>) -> Result<Self> {
         if ds.num_classes() != 2 {
-            return Err(TheoryError::invalid(format!("{}: expected 2 classes, found {}", ds.name(), ds.num_classes())));
+            return Err(TheoryError::invalid(format!(
+                "{}: expected 2 classes, found {}",
+                ds.name(),
+                ds.num_classes()
+            )));
         }
         let x = ds.images().iter().map(|&p| p as f64 / 255.0).collect();
         let y = ds.labels().iter().map(|&l| l as f64).collect();
@@ -170,8 +187,11 @@ impl TheoryData {
                 let train = catalog::load(DatasetKind::Mnist, Split::Train, &dir)?;
                 let full = train.filter_classes(&[3, 6])?;
                 let fraction = (cfg.mnist_samples as f64 / full.len() as f64).min(1.0);
-                let binary =
-                    if fraction < 1.0 { full.subset_fraction(fraction, cfg.seed, true)? } else { full.clone() };
+                let binary = if fraction < 1.0 {
+                    full.subset_fraction(fraction, cfg.seed, true)?
+                } else {
+                    full.clone()
+                };
                 let multiclass = mixed_sample(&train, 256, cfg.seed)?;
                 let problem = BinaryProblem::from_dataset(&binary, format!("MNIST 3v6 ({} x {})", binary.len(), 784))?;
                 let description = format!(
@@ -182,7 +202,13 @@ impl TheoryData {
                     binary.len(),
                     full.len()
                 );
-                Ok(Self { binary, problem, multiclass, description, is_mnist: true })
+                Ok(Self {
+                    binary,
+                    problem,
+                    multiclass,
+                    description,
+                    is_mnist: true,
+                })
             }
             None => {
                 let train = catalog::load(DatasetKind::Digits, Split::Train, std::path::Path::new("."))?;
@@ -200,7 +226,13 @@ impl TheoryData {
                     "the embedded UCI 8x8 digits \"3 vs 6\" ({} training images, 64 pixels scaled to [0, 1]; label 1 = \"6\"), {why}",
                     binary.len()
                 );
-                Ok(Self { binary, problem, multiclass, description, is_mnist: false })
+                Ok(Self {
+                    binary,
+                    problem,
+                    multiclass,
+                    description,
+                    is_mnist: false,
+                })
             }
         }
     }
@@ -209,7 +241,10 @@ impl TheoryData {
     pub fn multiclass_rows(&self, n: usize) -> (Vec<f64>, Vec<usize>, usize) {
         let n = n.min(self.multiclass.len());
         let d = self.multiclass.shape().numel();
-        let x = self.multiclass.images()[..n * d].iter().map(|&p| p as f64 / 255.0).collect();
+        let x = self.multiclass.images()[..n * d]
+            .iter()
+            .map(|&p| p as f64 / 255.0)
+            .collect();
         let y = self.multiclass.labels()[..n].iter().map(|&l| l as usize).collect();
         (x, y, d)
     }

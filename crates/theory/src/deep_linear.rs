@@ -91,8 +91,21 @@ pub struct LinearNetProblem {
 impl LinearNetProblem {
     pub fn new(name: &str, data: BinaryProblem, hidden: usize, loss: NetLoss) -> Result<Self> {
         let mut rng = ChaCha8Rng::seed_from_u64(0);
-        let net = Net::random(&[data.d, hidden, 1], Activation::Linear, loss.output(), false, 1.0, &mut rng)?;
-        Ok(Self { name: name.to_string(), data, hidden, loss, net })
+        let net = Net::random(
+            &[data.d, hidden, 1],
+            Activation::Linear,
+            loss.output(),
+            false,
+            1.0,
+            &mut rng,
+        )?;
+        Ok(Self {
+            name: name.to_string(),
+            data,
+            hidden,
+            loss,
+            net,
+        })
     }
 
     pub fn params(&self) -> usize {
@@ -100,7 +113,9 @@ impl LinearNetProblem {
     }
 
     pub fn loss_at(&self, theta: &[f64]) -> f64 {
-        self.net.with_params(theta).cost(&self.data.x, &self.data.y, self.loss.cost())
+        self.net
+            .with_params(theta)
+            .cost(&self.data.x, &self.data.y, self.loss.cost())
     }
 
     pub fn grad_at(&self, theta: &[f64]) -> Vec<f64> {
@@ -134,7 +149,11 @@ impl LinearNetProblem {
         let eps = 1e-5;
         let tp: Vec<f64> = theta.iter().zip(v).map(|(a, b)| a + eps * b).collect();
         let tm: Vec<f64> = theta.iter().zip(v).map(|(a, b)| a - eps * b).collect();
-        self.grad_at(&tp).iter().zip(self.grad_at(&tm)).map(|(a, b)| (a - b) / (2.0 * eps)).collect()
+        self.grad_at(&tp)
+            .iter()
+            .zip(self.grad_at(&tm))
+            .map(|(a, b)| (a - b) / (2.0 * eps))
+            .collect()
     }
 
     /// `(λmin, λmax)` of the parameter Hessian (Jacobi up to 200 parameters, else Lanczos).
@@ -161,7 +180,9 @@ impl LinearNetProblem {
     /// `(1/N) Σ ℓ''(vᵀx_i) x_i x_iᵀ`, which is PSD because `ℓ'' ≥ 0`.
     pub fn end_to_end_min_eigenvalue(&self, v: &[f64], seed: u64) -> Result<f64> {
         let p = &self.data;
-        let h: Vec<f64> = (0..p.n).map(|i| self.loss.derivatives(dot(p.row(i), v), p.y[i]).1).collect();
+        let h: Vec<f64> = (0..p.n)
+            .map(|i| self.loss.derivatives(dot(p.row(i), v), p.y[i]).1)
+            .collect();
         let hv = |u: &[f64]| -> Vec<f64> {
             let mut out = vec![0.0; p.d];
             for (i, hi) in h.iter().enumerate() {
@@ -266,7 +287,10 @@ pub fn analyse(problem: &LinearNetProblem, random_points: usize, seed: u64) -> R
     let (min0, max0) = problem.extreme_eigenvalues(&origin, seed)?;
     let exact_origin = (problem.data.d == 1 && problem.hidden == 1).then(|| {
         let d = &problem.data;
-        let c: f64 = (0..d.n).map(|i| problem.loss.derivatives(0.0, d.y[i]).0 * d.x[i]).sum::<f64>() / d.n as f64;
+        let c: f64 = (0..d.n)
+            .map(|i| problem.loss.derivatives(0.0, d.y[i]).0 * d.x[i])
+            .sum::<f64>()
+            / d.n as f64;
         c.abs()
     });
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0xd11);
@@ -288,7 +312,11 @@ pub fn analyse(problem: &LinearNetProblem, random_points: usize, seed: u64) -> R
     }
     let fitted = problem.fitted_point(300);
     let negated: Vec<f64> = fitted.iter().map(|v| -v).collect();
-    let (l0, lf, ln) = (problem.loss_at(&origin), problem.loss_at(&fitted), problem.loss_at(&negated));
+    let (l0, lf, ln) = (
+        problem.loss_at(&origin),
+        problem.loss_at(&fitted),
+        problem.loss_at(&negated),
+    );
     let v_star = problem.end_to_end(&fitted);
     let line = (0..=60)
         .map(|i| {
@@ -349,7 +377,10 @@ impl DeepLinearResult {
 
 impl TopicResult for DeepLinearResult {
     fn verdict(&self) -> Verdict {
-        let holds = self.cases.iter().all(|c| c.nonconvex() && c.end_to_end_convex() && c.grad_norm_at_origin < 1e-12);
+        let holds = self
+            .cases
+            .iter()
+            .all(|c| c.nonconvex() && c.end_to_end_convex() && c.grad_norm_at_origin < 1e-12);
         let mut evidence = Vec::new();
         for c in &self.cases {
             evidence.push(format!(
@@ -412,8 +443,15 @@ impl TopicResult for DeepLinearResult {
                 num(c.grad_norm_at_origin),
                 num(c.min_eig_origin),
                 num(c.max_eig_origin),
-                c.exact_origin.map(|e| format!("±{}", num(e))).unwrap_or_else(|| "-".into()),
-                format!("{}/{} (min {})", c.random_points_negative, c.random_points, num(c.min_eig_random)),
+                c.exact_origin
+                    .map(|e| format!("±{}", num(e)))
+                    .unwrap_or_else(|| "-".into()),
+                format!(
+                    "{}/{} (min {})",
+                    c.random_points_negative,
+                    c.random_points,
+                    num(c.min_eig_random)
+                ),
                 num(c.loss_origin),
                 format!("{} = {}", num(c.loss_fitted), num(c.loss_fitted_negated)),
                 num(c.jensen_gap),
@@ -430,10 +468,14 @@ impl TopicResult for DeepLinearResult {
             // MSE grows like (w1·w2)²: a smaller window keeps the saddle visible.
             let (n, r) = (101, if loss == NetLoss::Mse { 1.0 } else { 1.5 });
             let at = |i: usize| -r + 2.0 * r * (i as f64 + 0.5) / n as f64;
-            let values: Vec<Vec<f64>> =
-                (0..n).map(|row| (0..n).map(|col| lp.loss_at(&[at(col), at(row)])).collect()).collect();
-            let (path, file) =
-                plot_path(dir, Topic::DeepLinear, &format!("111_{}_contour", loss.name().to_lowercase()));
+            let values: Vec<Vec<f64>> = (0..n)
+                .map(|row| (0..n).map(|col| lp.loss_at(&[at(col), at(row)])).collect())
+                .collect();
+            let (path, file) = plot_path(
+                dir,
+                Topic::DeepLinear,
+                &format!("111_{}_contour", loss.name().to_lowercase()),
+            );
             heatmap(
                 &path,
                 &format!("1-1-1 linear net, {}: loss over (w1, w2)", loss.name()),
@@ -454,10 +496,21 @@ impl TopicResult for DeepLinearResult {
         }
         for loss in NetLoss::BOTH {
             let cases: Vec<&LinearNetCase> = self.cases.iter().filter(|c| c.loss == loss).collect();
-            let series: Vec<Series> =
-                cases.iter().map(|c| Series { label: c.name.as_str(), points: &c.line }).collect();
+            let series: Vec<Series> = cases
+                .iter()
+                .map(|c| Series {
+                    label: c.name.as_str(),
+                    points: &c.line,
+                })
+                .collect();
             let (path, file) = plot_path(dir, Topic::DeepLinear, &format!("line_{}", loss.name().to_lowercase()));
-            line_chart(&path, &format!("{}: loss along the line t·theta*", loss.name()), "t", "loss", &series)?;
+            line_chart(
+                &path,
+                &format!("{}: loss along the line t·theta*", loss.name()),
+                "t",
+                "loss",
+                &series,
+            )?;
             plots.push(Plot {
                 file,
                 caption: format!(
@@ -482,7 +535,12 @@ mod tests {
         assert_eq!(r.cases.len(), 6);
         for c in &r.cases {
             assert!(c.grad_norm_at_origin < 1e-12, "{} {}", c.name, c.grad_norm_at_origin);
-            assert!(c.min_eig_origin < 0.0 && c.max_eig_origin > 0.0, "{} {:?}", c.name, c.loss);
+            assert!(
+                c.min_eig_origin < 0.0 && c.max_eig_origin > 0.0,
+                "{} {:?}",
+                c.name,
+                c.loss
+            );
             assert!(c.jensen_gap > 0.0, "{} {:?}", c.name, c.loss);
             assert!((c.loss_fitted - c.loss_fitted_negated).abs() < 1e-12);
             assert!(c.end_to_end_convex(), "{} {:?}", c.name, c.loss);

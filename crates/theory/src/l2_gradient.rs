@@ -123,9 +123,13 @@ pub fn autograd(p: &BinaryProblem, theta: &[f64], lambda: f64, conv: L2Conventio
     let model = LogisticRegression::new(p.d, vb)?;
     {
         let vars = varmap.data().lock().expect("varmap lock");
-        let w = vars.get("linear.weight").ok_or_else(|| TheoryError::invalid("no linear.weight"))?;
+        let w = vars
+            .get("linear.weight")
+            .ok_or_else(|| TheoryError::invalid("no linear.weight"))?;
         w.set(&Tensor::from_vec(theta[..p.d].to_vec(), (1, p.d), &dev)?)?;
-        let b = vars.get("linear.bias").ok_or_else(|| TheoryError::invalid("no linear.bias"))?;
+        let b = vars
+            .get("linear.bias")
+            .ok_or_else(|| TheoryError::invalid("no linear.bias"))?;
         b.set(&Tensor::from_vec(vec![theta[p.d]], 1, &dev)?)?;
     }
     let x = Tensor::from_vec(p.x.clone(), (p.n, p.d), &dev)?;
@@ -134,8 +138,12 @@ pub fn autograd(p: &BinaryProblem, theta: &[f64], lambda: f64, conv: L2Conventio
     let l = (bce_with_logits(&z, &y, Reduction::Mean)? + l2_penalty(&[model.weight()], lambda, conv)?)?;
     let grads = l.backward()?;
     let vars = varmap.data().lock().expect("varmap lock");
-    let gw = grads.get(vars["linear.weight"].as_tensor()).ok_or_else(|| TheoryError::invalid("no weight gradient"))?;
-    let gb = grads.get(vars["linear.bias"].as_tensor()).ok_or_else(|| TheoryError::invalid("no bias gradient"))?;
+    let gw = grads
+        .get(vars["linear.weight"].as_tensor())
+        .ok_or_else(|| TheoryError::invalid("no weight gradient"))?;
+    let gb = grads
+        .get(vars["linear.bias"].as_tensor())
+        .ok_or_else(|| TheoryError::invalid("no bias gradient"))?;
     let mut g: Vec<f64> = gw.flatten_all()?.to_vec1()?;
     g.extend(gb.to_vec1::<f64>()?);
     Ok(g)
@@ -230,7 +238,11 @@ pub fn run(data: &TheoryData, cfg: &TheoryConfig) -> Result<L2GradientResult> {
             }
         }
     }
-    Ok(L2GradientResult { problem: p.name.clone(), params: p.params(), rows })
+    Ok(L2GradientResult {
+        problem: p.name.clone(),
+        params: p.params(),
+        rows,
+    })
 }
 
 impl L2GradientResult {
@@ -245,7 +257,9 @@ impl L2GradientResult {
         self.rows
             .iter()
             .filter(|r| r.formula == f)
-            .fold((f64::INFINITY, 0.0f64), |(lo, hi), r| (lo.min(r.vs_autograd), hi.max(r.vs_autograd)))
+            .fold((f64::INFINITY, 0.0f64), |(lo, hi), r| {
+                (lo.min(r.vs_autograd), hi.max(r.vs_autograd))
+            })
     }
 }
 
@@ -294,7 +308,10 @@ impl TopicResult for L2GradientResult {
 
     fn tables(&self) -> Vec<Table> {
         let mut t = Table::new(
-            format!("Closed-form gradient vs autograd and finite differences on {}", self.problem),
+            format!(
+                "Closed-form gradient vs autograd and finite differences on {}",
+                self.problem
+            ),
             &[
                 "penalty",
                 "lambda",

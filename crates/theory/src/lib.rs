@@ -182,6 +182,9 @@ mod tests {
         }
         assert_eq!(Topic::parse_list("all").unwrap().len(), 7);
         let e = Topic::parse_list("entropy").unwrap_err().to_string();
-        assert!(e.contains("ce-vs-mse") && e.contains("minibatch") && e.contains("all"), "{e}");
+        assert!(
+            e.contains("ce-vs-mse") && e.contains("minibatch") && e.contains("all"),
+            "{e}"
+        );
     }
 }

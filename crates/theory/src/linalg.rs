@@ -26,7 +26,11 @@ pub struct Matrix {
 
 impl Matrix {
     pub fn zeros(rows: usize, cols: usize) -> Self {
-        Self { rows, cols, data: vec![0.0; rows * cols] }
+        Self {
+            rows,
+            cols,
+            data: vec![0.0; rows * cols],
+        }
     }
 
     pub fn identity(n: usize) -> Self {
@@ -318,7 +322,11 @@ pub fn sym_eigen(a: &Matrix) -> Result<SymEigen> {
     order.sort_by(|&i, &j| m.get(i, i).total_cmp(&m.get(j, j)));
     let values = order.iter().map(|&i| m.get(i, i)).collect();
     let vectors = Matrix::from_fn(n, n, |r, c| v.get(r, order[c]));
-    Ok(SymEigen { values, vectors, sweeps })
+    Ok(SymEigen {
+        values,
+        vectors,
+        sweeps,
+    })
 }
 
 /// Extreme eigen-pairs of a symmetric operator from Lanczos iterations.
@@ -397,7 +405,12 @@ pub fn lanczos_extremes<R: Rng + ?Sized>(
     let nx = norm(&x);
     x.iter_mut().for_each(|v| *v /= nx);
     let hx = matvec(&x);
-    Ok(LanczosResult { min_value: dot(&x, &hx), min_vector: x, max_value: eig.max(), steps: k })
+    Ok(LanczosResult {
+        min_value: dot(&x, &hx),
+        min_vector: x,
+        max_value: eig.max(),
+        steps: k,
+    })
 }
 
 #[cfg(test)]

@@ -149,7 +149,11 @@ impl BinaryProblem {
 
     /// Per-sample curvatures `ℓ''(z_i, y_i)` at `θ`.
     pub fn curvature_weights(&self, loss: PointLoss, theta: &[f64]) -> Vec<f64> {
-        self.logits(theta).iter().zip(&self.y).map(|(&z, &y)| loss.dz2(z, y)).collect()
+        self.logits(theta)
+            .iter()
+            .zip(&self.y)
+            .map(|(&z, &y)| loss.dz2(z, y))
+            .collect()
     }
 
     /// Exact `dᵀ ∇²L(θ) d` from the curvature weights `h` of [`Self::curvature_weights`].

@@ -71,7 +71,10 @@ pub struct NoiseCurve {
 impl NoiseCurve {
     /// Largest `|measured / theory - 1|`.
     pub fn worst_ratio_error(&self) -> f64 {
-        self.rows.iter().map(|r| (r.mean_sq_dev / r.theory - 1.0).abs()).fold(0.0, f64::max)
+        self.rows
+            .iter()
+            .map(|r| (r.mean_sq_dev / r.theory - 1.0).abs())
+            .fold(0.0, f64::max)
     }
 }
 
@@ -128,7 +131,11 @@ fn params(varmap: &VarMap) -> Result<Vec<Var>> {
     let data = varmap.data().lock().expect("varmap lock");
     ["linear.weight", "linear.bias"]
         .iter()
-        .map(|n| data.get(*n).cloned().ok_or_else(|| TheoryError::invalid(format!("logistic model has no `{n}`"))))
+        .map(|n| {
+            data.get(*n)
+                .cloned()
+                .ok_or_else(|| TheoryError::invalid(format!("logistic model has no `{n}`")))
+        })
         .collect()
 }
 
@@ -139,7 +146,9 @@ fn gradient(model: &Model, vars: &[Var], images: &Tensor, labels: &Tensor) -> Re
     let grads = loss.backward()?;
     let mut g = Vec::new();
     for v in vars {
-        let t = grads.get(v.as_tensor()).ok_or_else(|| TheoryError::invalid("no gradient for a parameter"))?;
+        let t = grads
+            .get(v.as_tensor())
+            .ok_or_else(|| TheoryError::invalid("no gradient for a parameter"))?;
         g.extend(t.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?);
     }
     Ok(g)
@@ -188,7 +197,11 @@ pub fn noise_curve(
                 let gb = gradient(model, &vars, &b.images, &b.labels)?;
                 sum += sq_dist(&gb, &g);
                 let nb = crate::linalg::norm(&gb);
-                cos += if nb > 0.0 && gnorm > 0.0 { crate::linalg::dot(&gb, &g) / (nb * gnorm) } else { 0.0 };
+                cos += if nb > 0.0 && gnorm > 0.0 {
+                    crate::linalg::dot(&gb, &g) / (nb * gnorm)
+                } else {
+                    0.0
+                };
                 count += 1;
             }
             if count >= MIN_BATCHES {
@@ -207,13 +220,24 @@ pub fn noise_curve(
     }
     let pts: Vec<(f64, f64)> = rows
         .iter()
-        .map(|r| ((r.batch as f64).ln(), (r.mean_sq_dev * (n - 1) as f64 / (n - r.batch) as f64).ln()))
+        .map(|r| {
+            (
+                (r.batch as f64).ln(),
+                (r.mean_sq_dev * (n - 1) as f64 / (n - r.batch) as f64).ln(),
+            )
+        })
         .collect();
     let mx = pts.iter().map(|p| p.0).sum::<f64>() / pts.len() as f64;
     let my = pts.iter().map(|p| p.1).sum::<f64>() / pts.len() as f64;
     let slope =
         pts.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum::<f64>() / pts.iter().map(|p| (p.0 - mx).powi(2)).sum::<f64>();
-    Ok(NoiseCurve { point: point.to_string(), full_grad_norm: gnorm, per_example_variance: sigma2, rows, slope })
+    Ok(NoiseCurve {
+        point: point.to_string(),
+        full_grad_norm: gnorm,
+        per_example_variance: sigma2,
+        rows,
+        slope,
+    })
 }
 
 /// Runs topic 7.
@@ -221,7 +245,11 @@ pub fn run(data: &TheoryData, cfg: &TheoryConfig) -> Result<MinibatchResult> {
     let ds = &data.binary;
     let n = ds.len();
     let shape = ds.shape();
-    let input = InputShape { channels: shape.channels, height: shape.height, width: shape.width };
+    let input = InputShape {
+        channels: shape.channels,
+        height: shape.height,
+        width: shape.width,
+    };
     // A safe SGD step for the mean BCE: 1 / (¼ λmax(X̃ᵀX̃/N)).
     let lr = 4.0 / data.problem.gram_max_eigenvalue();
     let epochs = 5;
@@ -234,9 +262,20 @@ pub fn run(data: &TheoryData, cfg: &TheoryConfig) -> Result<MinibatchResult> {
         2,
         SeededVarMap::var_builder(&init_map, cfg.seed, DType::F32, &Device::Cpu),
     )?;
-    let mut noise = vec![noise_curve("initial weights (zero)", &init_model, &init_map, ds, &sizes, cfg.seed)?];
+    let mut noise = vec![noise_curve(
+        "initial weights (zero)",
+        &init_model,
+        &init_map,
+        ds,
+        &sizes,
+        cfg.seed,
+    )?];
 
-    let prepared = PreparedData { train: ds.clone(), val: Some(ds.clone()), test: None };
+    let prepared = PreparedData {
+        train: ds.clone(),
+        val: Some(ds.clone()),
+        test: None,
+    };
     let opts = RunOptions::default();
     let init_loss = std::f64::consts::LN_2; // zero weights: σ = 1/2 for every image
     let mut training = Vec::new();
@@ -252,12 +291,20 @@ pub fn run(data: &TheoryData, cfg: &TheoryConfig) -> Result<MinibatchResult> {
         let seconds = t0.elapsed().as_secs_f64();
         let mut loss = vec![(0.0, init_loss)];
         for h in &run.history {
-            let v =
-                h.get("val_loss").copied().ok_or_else(|| TheoryError::invalid("trainer history has no val_loss"))?;
+            let v = h
+                .get("val_loss")
+                .copied()
+                .ok_or_else(|| TheoryError::invalid("trainer history has no val_loss"))?;
             loss.push((h["epoch"], v));
         }
         let effective = if bs == 0 { n } else { bs };
-        training.push(TrainingCurve { batch: effective, label, steps_per_epoch: n.div_ceil(effective), loss, seconds });
+        training.push(TrainingCurve {
+            batch: effective,
+            label,
+            steps_per_epoch: n.div_ceil(effective),
+            loss,
+            seconds,
+        });
         if bs == 16 {
             trained = Some(run);
         }
@@ -271,7 +318,13 @@ pub fn run(data: &TheoryData, cfg: &TheoryConfig) -> Result<MinibatchResult> {
         &sizes,
         cfg.seed.wrapping_add(1),
     )?);
-    Ok(MinibatchResult { problem: data.problem.name.clone(), n, lr, noise, training })
+    Ok(MinibatchResult {
+        problem: data.problem.name.clone(),
+        n,
+        lr,
+        noise,
+        training,
+    })
 }
 
 impl TopicResult for MinibatchResult {
@@ -329,7 +382,10 @@ impl TopicResult for MinibatchResult {
         let mut tables = Vec::new();
         for c in &self.noise {
             let mut t = Table::new(
-                format!("Gradient noise vs batch size at {} ({}, N = {})", c.point, self.problem, self.n),
+                format!(
+                    "Gradient noise vs batch size at {} ({}, N = {})",
+                    c.point, self.problem, self.n
+                ),
                 &[
                     "B",
                     "minibatches",
@@ -354,7 +410,10 @@ impl TopicResult for MinibatchResult {
             tables.push(t);
         }
         let mut t = Table::new(
-            format!("The trainer (SGD, step {}): loss on the whole training set after each epoch", num(self.lr)),
+            format!(
+                "The trainer (SGD, step {}): loss on the whole training set after each epoch",
+                num(self.lr)
+            ),
             &[
                 "batches",
                 "updates per epoch",
@@ -381,12 +440,26 @@ impl TopicResult for MinibatchResult {
         let mut curves = Vec::new();
         let mut names = Vec::new();
         for c in &self.noise {
-            curves.push(c.rows.iter().map(|r| ((r.batch as f64).log10(), r.mean_sq_dev.log10())).collect::<Vec<_>>());
+            curves.push(
+                c.rows
+                    .iter()
+                    .map(|r| ((r.batch as f64).log10(), r.mean_sq_dev.log10()))
+                    .collect::<Vec<_>>(),
+            );
             names.push(format!("measured, {}", c.point));
-            curves.push(c.rows.iter().map(|r| ((r.batch as f64).log10(), r.theory.log10())).collect::<Vec<_>>());
+            curves.push(
+                c.rows
+                    .iter()
+                    .map(|r| ((r.batch as f64).log10(), r.theory.log10()))
+                    .collect::<Vec<_>>(),
+            );
             names.push(format!("sigma²/B·(N-B)/(N-1), {}", c.point));
         }
-        let series: Vec<Series> = curves.iter().zip(&names).map(|(c, n)| Series { label: n, points: c }).collect();
+        let series: Vec<Series> = curves
+            .iter()
+            .zip(&names)
+            .map(|(c, n)| Series { label: n, points: c })
+            .collect();
         let (path, file) = plot_path(dir, Topic::Minibatch, "gradient_noise");
         line_chart(
             &path,
@@ -403,7 +476,14 @@ impl TopicResult for MinibatchResult {
                       approaches N."
                     .into(),
         }];
-        let series: Vec<Series> = self.training.iter().map(|c| Series { label: &c.label, points: &c.loss }).collect();
+        let series: Vec<Series> = self
+            .training
+            .iter()
+            .map(|c| Series {
+                label: &c.label,
+                points: &c.loss,
+            })
+            .collect();
         let (path, file) = plot_path(dir, Topic::Minibatch, "training");
         line_chart(
             &path,
@@ -440,7 +520,13 @@ mod tests {
         }
         // Online learning gets furthest in 5 epochs, full batch the least far.
         let last = |i: usize| r.training[i].loss.last().unwrap().1;
-        assert!(last(0) < last(1) && last(1) < last(2), "{} {} {}", last(0), last(1), last(2));
+        assert!(
+            last(0) < last(1) && last(1) < last(2),
+            "{} {} {}",
+            last(0),
+            last(1),
+            last(2)
+        );
         assert!(r.verdict().holds, "{:#?}", r.verdict());
     }
 }

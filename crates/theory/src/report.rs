@@ -22,7 +22,11 @@ pub struct Table {
 
 impl Table {
     pub fn new(title: impl Into<String>, headers: &[&str]) -> Self {
-        Self { title: title.into(), headers: headers.iter().map(|h| h.to_string()).collect(), rows: Vec::new() }
+        Self {
+            title: title.into(),
+            headers: headers.iter().map(|h| h.to_string()).collect(),
+            rows: Vec::new(),
+        }
     }
 
     /// Appends a row (must have one cell per header).
@@ -35,7 +39,10 @@ impl Table {
     pub fn to_markdown(&self) -> String {
         let esc = |s: &str| s.replace('|', "\\|");
         let mut out = format!("**{}**\n\n", self.title);
-        out += &format!("| {} |\n", self.headers.iter().map(|h| esc(h)).collect::<Vec<_>>().join(" | "));
+        out += &format!(
+            "| {} |\n",
+            self.headers.iter().map(|h| esc(h)).collect::<Vec<_>>().join(" | ")
+        );
         out += &format!("|{}\n", "---|".repeat(self.headers.len()));
         for r in &self.rows {
             out += &format!("| {} |\n", r.iter().map(|c| esc(c)).collect::<Vec<_>>().join(" | "));
@@ -119,12 +126,21 @@ pub struct Section {
 impl Section {
     /// The section as terminal text: question, verdict, evidence, tables, plot files.
     pub fn to_text(&self, out: &Path) -> String {
-        let mut s = format!("== {}. {} ({}) ==\n", self.topic.number(), self.topic.title(), self.topic.name());
+        let mut s = format!(
+            "== {}. {} ({}) ==\n",
+            self.topic.number(),
+            self.topic.title(),
+            self.topic.name()
+        );
         let _ = writeln!(s, "Q: {}", self.topic.question());
         let _ = writeln!(
             s,
             "Verdict [{}]: {}",
-            if self.verdict.holds { "claim holds" } else { "CLAIM FAILED" },
+            if self.verdict.holds {
+                "claim holds"
+            } else {
+                "CLAIM FAILED"
+            },
             self.verdict.answer
         );
         for e in &self.verdict.evidence {
@@ -185,7 +201,10 @@ pub fn run_topics(
     if topics.is_empty() {
         return Err(TheoryError::invalid("no topics to run"));
     }
-    std::fs::create_dir_all(out).map_err(|e| TheoryError::Io { path: out.to_path_buf(), source: e })?;
+    std::fs::create_dir_all(out).map_err(|e| TheoryError::Io {
+        path: out.to_path_buf(),
+        source: e,
+    })?;
     let data = TheoryData::load(cfg)?;
     let mut sections = Vec::new();
     for &topic in topics {
@@ -208,13 +227,23 @@ pub fn run_topics(
     let markdown = out.join("theory.md");
     let text = render_markdown(&sections, &data.description, cfg);
     write_atomically(&markdown, &text)?;
-    Ok(Report { sections, data_description: data.description, markdown })
+    Ok(Report {
+        sections,
+        data_description: data.description,
+        markdown,
+    })
 }
 
 fn write_atomically(path: &Path, text: &str) -> Result<()> {
     let tmp = path.with_extension("md.tmp");
-    std::fs::write(&tmp, text).map_err(|e| TheoryError::Io { path: tmp.clone(), source: e })?;
-    std::fs::rename(&tmp, path).map_err(|e| TheoryError::Io { path: path.to_path_buf(), source: e })
+    std::fs::write(&tmp, text).map_err(|e| TheoryError::Io {
+        path: tmp.clone(),
+        source: e,
+    })?;
+    std::fs::rename(&tmp, path).map_err(|e| TheoryError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    })
 }
 
 /// The Markdown page: one section per topic with question, verdict, evidence,
@@ -228,7 +257,11 @@ pub fn render_markdown(sections: &[Section], data_description: &str, cfg: &Theor
          which fails if the claim is false.\n"
     );
     let _ = writeln!(s, "- Real data: {data_description}.");
-    let _ = writeln!(s, "- Seed: {} (random directions, points, starts and initialisations).", cfg.seed);
+    let _ = writeln!(
+        s,
+        "- Seed: {} (random directions, points, starts and initialisations).",
+        cfg.seed
+    );
     let _ = writeln!(s, "- All numerical checks in f64 unless stated.\n");
     let _ = writeln!(s, "| # | topic | verdict | claim holds | time |\n|---|---|---|---|---|");
     for sec in sections {
@@ -265,7 +298,13 @@ pub fn render_markdown(sections: &[Section], data_description: &str, cfg: &Theor
             s.push('\n');
         }
         for p in &sec.plots {
-            let _ = writeln!(s, "![{}]({})\n\n*{}*\n", p.caption.replace(['[', ']'], ""), p.file, p.caption);
+            let _ = writeln!(
+                s,
+                "![{}]({})\n\n*{}*\n",
+                p.caption.replace(['[', ']'], ""),
+                p.file,
+                p.caption
+            );
         }
         let _ = writeln!(
             s,

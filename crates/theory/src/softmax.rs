@@ -80,9 +80,20 @@ fn sweep_row(t: f64) -> TemperatureRow {
     let probs = softmax_f64(&z);
     let m = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     let lse = m + z.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
-    let argmax = probs.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i).expect("k > 0");
+    let argmax = probs
+        .iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map(|(i, _)| i)
+        .expect("k > 0");
     let entropy = -probs.iter().filter(|&&p| p > 0.0).map(|p| p * p.ln()).sum::<f64>();
-    TemperatureRow { t, probs, argmax, entropy, smooth_max: t * lse }
+    TemperatureRow {
+        t,
+        probs,
+        argmax,
+        entropy,
+        smooth_max: t * lse,
+    }
 }
 
 /// First-class probability of `[c, c-1, c-2, 0]` by the naive formula, on candle
@@ -178,7 +189,13 @@ pub fn run(_data: &TheoryData, cfg: &TheoryConfig) -> Result<SoftmaxResult> {
             stable_f64: stable_first(c, DType::F64)?,
         });
     }
-    Ok(SoftmaxResult { sweep, jacobians, overflow_f32, overflow_f64, stability })
+    Ok(SoftmaxResult {
+        sweep,
+        jacobians,
+        overflow_f32,
+        overflow_f64,
+        stability,
+    })
 }
 
 impl SoftmaxResult {
@@ -188,8 +205,10 @@ impl SoftmaxResult {
         let hot = self.sweep.last().expect("sweep");
         let argmax_kept = self.sweep.iter().all(|r| r.argmax == 0);
         let zmax = SWEEP_LOGITS[0];
-        let smooth_bound =
-            self.sweep.iter().all(|r| r.smooth_max >= zmax - 1e-12 && r.smooth_max <= zmax + r.t * k.ln() + 1e-12);
+        let smooth_bound = self
+            .sweep
+            .iter()
+            .all(|r| r.smooth_max >= zmax - 1e-12 && r.smooth_max <= zmax + r.t * k.ln() + 1e-12);
         // For large c, softmax([c, c-1, c-2, 0])_0 = 1/(1 + e^-1 + e^-2) up to e^-c.
         let exact_first = 1.0 / (1.0 + (-1.0f64).exp() + (-2.0f64).exp());
         let stable_ok = self
@@ -197,15 +216,23 @@ impl SoftmaxResult {
             .iter()
             .filter(|r| r.c >= 50.0)
             .all(|r| (r.stable_f64 - exact_first).abs() < 1e-12 && (r.stable_f32 - exact_first).abs() < 1e-6);
-        let naive_fails = self.stability.iter().all(|r| r.naive_f32.is_finite() == (r.c < self.overflow_f32))
-            && self.stability.iter().all(|r| r.naive_f64.is_finite() == (r.c < self.overflow_f64));
+        let naive_fails = self
+            .stability
+            .iter()
+            .all(|r| r.naive_f32.is_finite() == (r.c < self.overflow_f32))
+            && self
+                .stability
+                .iter()
+                .all(|r| r.naive_f64.is_finite() == (r.c < self.overflow_f64));
         vec![
             (
                 cold.probs[0] > 0.999_999 && (hot.entropy - k.ln()).abs() < 0.01 && argmax_kept && smooth_bound,
                 "smooth arg-max",
             ),
             (
-                self.jacobians.iter().all(|j| j.formula_vs_autograd < 1e-12 && j.formula_vs_fd < 1e-8),
+                self.jacobians
+                    .iter()
+                    .all(|j| j.formula_vs_autograd < 1e-12 && j.formula_vs_fd < 1e-8),
                 "Jacobian = diag(s) - ss^T",
             ),
             (
@@ -218,7 +245,10 @@ impl SoftmaxResult {
                 (88.5..89.0).contains(&self.overflow_f32) && (709.5..710.0).contains(&self.overflow_f64),
                 "overflow thresholds",
             ),
-            (stable_ok && naive_fails, "max-shifted form stays exact where the naive form fails"),
+            (
+                stable_ok && naive_fails,
+                "max-shifted form stays exact where the naive form fails",
+            ),
         ]
     }
 }
@@ -279,7 +309,15 @@ impl TopicResult for SoftmaxResult {
     fn tables(&self) -> Vec<Table> {
         let mut t = Table::new(
             format!("softmax(z / T) for z = {SWEEP_LOGITS:?}"),
-            &["T", "p(class 0)", "p(class 1)", "p(class 4)", "arg-max", "entropy (nats)", "T·logsumexp(z/T)"],
+            &[
+                "T",
+                "p(class 0)",
+                "p(class 1)",
+                "p(class 4)",
+                "arg-max",
+                "entropy (nats)",
+                "T·logsumexp(z/T)",
+            ],
         );
         for r in self.sweep.iter().step_by(2) {
             t.push(vec![
@@ -323,17 +361,32 @@ impl TopicResult for SoftmaxResult {
             &["c", "naive f32", "naive f64", "max-shifted f32", "max-shifted f64"],
         );
         for r in &self.stability {
-            s.push(vec![num(r.c), num(r.naive_f32), num(r.naive_f64), num(r.stable_f32), num(r.stable_f64)]);
+            s.push(vec![
+                num(r.c),
+                num(r.naive_f32),
+                num(r.naive_f64),
+                num(r.stable_f32),
+                num(r.stable_f64),
+            ]);
         }
         vec![t, j, s]
     }
 
     fn write_plots(&self, dir: &Path) -> Result<Vec<Plot>> {
         let fine: Vec<TemperatureRow> = (-200..=200).map(|e| sweep_row(10f64.powf(e as f64 / 100.0))).collect();
-        let names: Vec<String> = SWEEP_LOGITS.iter().enumerate().map(|(i, z)| format!("class {i} (z = {z})")).collect();
-        let curves: Vec<Vec<(f64, f64)>> =
-            (0..SWEEP_LOGITS.len()).map(|i| fine.iter().map(|r| (r.t.log10(), r.probs[i])).collect()).collect();
-        let series: Vec<Series> = curves.iter().zip(&names).map(|(c, n)| Series { label: n, points: c }).collect();
+        let names: Vec<String> = SWEEP_LOGITS
+            .iter()
+            .enumerate()
+            .map(|(i, z)| format!("class {i} (z = {z})"))
+            .collect();
+        let curves: Vec<Vec<(f64, f64)>> = (0..SWEEP_LOGITS.len())
+            .map(|i| fine.iter().map(|r| (r.t.log10(), r.probs[i])).collect())
+            .collect();
+        let series: Vec<Series> = curves
+            .iter()
+            .zip(&names)
+            .map(|(c, n)| Series { label: n, points: c })
+            .collect();
         let (path, file) = plot_path(dir, Topic::Softmax, "temperature");
         line_chart(
             &path,
@@ -363,9 +416,18 @@ impl TopicResult for SoftmaxResult {
             "largest logit c",
             "probability of class 0",
             &[
-                Series { label: "naive f32, drawn -0.01 (NaN from 88.7)", points: &curves[0] },
-                Series { label: "naive f64 (NaN from 709.8)", points: &curves[1] },
-                Series { label: "max-shifted, drawn +0.01", points: &curves[2] },
+                Series {
+                    label: "naive f32, drawn -0.01 (NaN from 88.7)",
+                    points: &curves[0],
+                },
+                Series {
+                    label: "naive f64 (NaN from 709.8)",
+                    points: &curves[1],
+                },
+                Series {
+                    label: "max-shifted, drawn +0.01",
+                    points: &curves[2],
+                },
             ],
         )?;
         plots.push(Plot {

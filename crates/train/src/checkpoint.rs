@@ -72,7 +72,12 @@ fn save_tensors(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<String
 
 /// The model's tensors by name (parameters and batch-norm statistics).
 pub fn model_tensors(map: &VarMap) -> HashMap<String, Tensor> {
-    map.data().lock().expect("varmap lock poisoned").iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect()
+    map.data()
+        .lock()
+        .expect("varmap lock poisoned")
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+        .collect()
 }
 
 /// Writes `model-e{epoch}` (+ `optim-e{epoch}`) files and then `<dir>/<tag>.json`.
@@ -93,7 +98,10 @@ pub fn save(
         let tensors: HashMap<String, Tensor> = state.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         if tensors.is_empty() {
             // safetensors cannot store zero tensors; a marker keeps the file valid.
-            let marker = HashMap::from([("__empty__".to_string(), Tensor::zeros(1, candle_core::DType::F32, &Device::Cpu)?)]);
+            let marker = HashMap::from([(
+                "__empty__".to_string(),
+                Tensor::zeros(1, candle_core::DType::F32, &Device::Cpu)?,
+            )]);
             sidecar.optim_sha256 = Some(save_tensors(&optim_path, &marker)?);
         } else {
             sidecar.optim_sha256 = Some(save_tensors(&optim_path, &tensors)?);
@@ -118,7 +126,10 @@ pub fn prune(dir: &Path) -> Result<()> {
             }
         }
     }
-    let entries = std::fs::read_dir(dir).map_err(|source| TrainError::Io { path: dir.to_path_buf(), source })?;
+    let entries = std::fs::read_dir(dir).map_err(|source| TrainError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().to_string();
         let ours = (name.starts_with("model-e") || name.starts_with("optim-e")) && name.ends_with(".safetensors");
@@ -131,16 +142,25 @@ pub fn prune(dir: &Path) -> Result<()> {
 
 /// Reads a sidecar, checking its format version and its consistency.
 pub fn read_sidecar(path: &Path) -> Result<Sidecar> {
-    let bytes = std::fs::read(path).map_err(|source| TrainError::Io { path: path.to_path_buf(), source })?;
+    let bytes = std::fs::read(path).map_err(|source| TrainError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     parse_sidecar(&bytes, path)
 }
 
 /// Parses and checks sidecar JSON; `path` is only used in error messages.
 pub fn parse_sidecar(bytes: &[u8], path: &Path) -> Result<Sidecar> {
-    let bad = |message: String| TrainError::Checkpoint { path: path.to_path_buf(), message };
+    let bad = |message: String| TrainError::Checkpoint {
+        path: path.to_path_buf(),
+        message,
+    };
     let s: Sidecar = serde_json::from_slice(bytes).map_err(|e| bad(format!("invalid sidecar JSON: {e}")))?;
     if s.format_version != FORMAT_VERSION {
-        return Err(bad(format!("format version {} is not supported (expected {FORMAT_VERSION})", s.format_version)));
+        return Err(bad(format!(
+            "format version {} is not supported (expected {FORMAT_VERSION})",
+            s.format_version
+        )));
     }
     s.validate().map_err(bad)?;
     Ok(s)
@@ -172,11 +192,19 @@ impl Sidecar {
             return Err("epoch must be at least 1".into());
         }
         if self.history.len() != self.epoch {
-            return Err(format!("history has {} entries, expected one per epoch ({})", self.history.len(), self.epoch));
+            return Err(format!(
+                "history has {} entries, expected one per epoch ({})",
+                self.history.len(),
+                self.epoch
+            ));
         }
         for (i, h) in self.history.iter().enumerate() {
             if h.get("epoch") != Some(&((i + 1) as f64)) {
-                return Err(format!("history[{i}].epoch must be {}, found {:?}", i + 1, h.get("epoch")));
+                return Err(format!(
+                    "history[{i}].epoch must be {}, found {:?}",
+                    i + 1,
+                    h.get("epoch")
+                ));
             }
         }
         if let Some(b) = self.best_epoch {
@@ -193,7 +221,10 @@ impl Sidecar {
             ));
         }
         if self.class_names.is_empty() || self.class_names.len() > MAX_CLASSES {
-            return Err(format!("class_names must hold 1..={MAX_CLASSES} names, found {}", self.class_names.len()));
+            return Err(format!(
+                "class_names must hold 1..={MAX_CLASSES} names, found {}",
+                self.class_names.len()
+            ));
         }
         Ok(())
     }
@@ -208,7 +239,9 @@ fn check_file_name(field: &str, name: &str) -> std::result::Result<(), String> {
     if plain {
         Ok(())
     } else {
-        Err(format!("{field} must be the plain name of a .safetensors file beside the sidecar, found {name:?}"))
+        Err(format!(
+            "{field} must be the plain name of a .safetensors file beside the sidecar, found {name:?}"
+        ))
     }
 }
 
@@ -230,13 +263,19 @@ pub fn resolve(path: &Path) -> Result<PathBuf> {
                 return Ok(p);
             }
         }
-        return Err(TrainError::Checkpoint { path: path.to_path_buf(), message: "folder has no best.json or last.json".into() });
+        return Err(TrainError::Checkpoint {
+            path: path.to_path_buf(),
+            message: "folder has no best.json or last.json".into(),
+        });
     }
     if path.extension().is_some_and(|e| e == "json") {
         return Ok(path.to_path_buf());
     }
     let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
     for tag in ["best.json", "last.json"] {
         let p = dir.join(tag);
         if read_sidecar(&p).is_ok_and(|s| s.model_file == name) {
@@ -265,15 +304,20 @@ pub fn set_model_tensors(path: &Path, tensors: &HashMap<String, Tensor>, map: &V
     for (name, var) in data.iter() {
         match tensors.get(name) {
             None => problems.push(format!("missing tensor `{name}`")),
-            Some(t) if t.dims() != var.dims() => {
-                problems.push(format!("`{name}`: expected shape {:?}, found {:?}", var.dims(), t.dims()))
-            }
+            Some(t) if t.dims() != var.dims() => problems.push(format!(
+                "`{name}`: expected shape {:?}, found {:?}",
+                var.dims(),
+                t.dims()
+            )),
             Some(_) => {}
         }
     }
     if !problems.is_empty() {
         problems.sort();
-        return Err(TrainError::Checkpoint { path: path.to_path_buf(), message: problems.join("; ") });
+        return Err(TrainError::Checkpoint {
+            path: path.to_path_buf(),
+            message: problems.join("; "),
+        });
     }
     for (name, var) in data.iter() {
         var.set(&tensors[name].to_dtype(var.dtype())?)?;
@@ -296,7 +340,10 @@ pub fn stored_config(sidecar_path: &Path, sidecar: &Sidecar) -> Result<crate::Ex
 /// layer size in the stored config that the weights file does not back with a
 /// tensor of that shape is an error — nothing is allocated from the config's
 /// numbers alone, and memory stays bounded by the size of the weights file.
-pub fn load_inference_model(sidecar_path: &Path, device: &Device) -> Result<(crate::ExperimentConfig, Sidecar, digitlab_models::Model)> {
+pub fn load_inference_model(
+    sidecar_path: &Path,
+    device: &Device,
+) -> Result<(crate::ExperimentConfig, Sidecar, digitlab_models::Model)> {
     let sidecar = read_sidecar(sidecar_path)?;
     let dir = sidecar_path.parent().unwrap_or(Path::new("."));
     let weights = dir.join(&sidecar.model_file);
@@ -316,7 +363,11 @@ pub fn inference_model_from_parts(
 ) -> Result<(crate::ExperimentConfig, digitlab_models::Model)> {
     let cfg = stored_config(sidecar_path, sidecar)?;
     let [channels, height, width] = sidecar.input_shape;
-    let input = digitlab_models::InputShape { channels, height, width };
+    let input = digitlab_models::InputShape {
+        channels,
+        height,
+        width,
+    };
     let vb = candle_nn::VarBuilder::from_tensors(tensors, candle_core::DType::F32, device);
     let model = digitlab_models::build_model(&cfg.model, input, sidecar.class_names.len(), vb).map_err(|e| {
         TrainError::Checkpoint {
@@ -363,7 +414,11 @@ pub fn check_optim_state(
         if t.dims() != var.dims() {
             return Err(TrainError::Checkpoint {
                 path: path.to_path_buf(),
-                message: format!("optimizer state `{key}`: expected shape {:?}, found {:?}", var.dims(), t.dims()),
+                message: format!(
+                    "optimizer state `{key}`: expected shape {:?}, found {:?}",
+                    var.dims(),
+                    t.dims()
+                ),
             });
         }
         let t = t.to_dtype(var.dtype())?;
@@ -374,14 +429,22 @@ pub fn check_optim_state(
 
 fn load_verified(path: &Path, sha: &str, device: &Device) -> Result<HashMap<String, Tensor>> {
     // Hash and parse the same bytes, so the file cannot change in between.
-    let bytes = std::fs::read(path).map_err(|source| TrainError::Io { path: path.to_path_buf(), source })?;
+    let bytes = std::fs::read(path).map_err(|source| TrainError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     tensors_from_verified_bytes(&bytes, sha, path, device)
 }
 
 /// Parses safetensors `bytes` after checking their SHA-256 against `sha` (a
 /// mismatch means a corrupt, truncated or replaced file); `path` names them in
 /// errors. Only floating-point tensors (f16, bf16, f32, f64) are accepted.
-pub fn tensors_from_verified_bytes(bytes: &[u8], sha: &str, path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
+pub fn tensors_from_verified_bytes(
+    bytes: &[u8],
+    sha: &str,
+    path: &Path,
+    device: &Device,
+) -> Result<HashMap<String, Tensor>> {
     let actual = hex::encode(sha2::Sha256::digest(bytes));
     if actual != sha {
         return Err(TrainError::Checkpoint {
@@ -399,7 +462,10 @@ pub fn tensors_from_verified_bytes(bytes: &[u8], sha: &str, path: &Path, device:
 pub fn tensors_from_bytes(bytes: &[u8], path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
     use candle_core::safetensors::Load;
     use safetensors::Dtype;
-    let bad = |message: String| TrainError::Checkpoint { path: path.to_path_buf(), message };
+    let bad = |message: String| TrainError::Checkpoint {
+        path: path.to_path_buf(),
+        message,
+    };
     let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| bad(format!("unreadable safetensors: {e}")))?;
     let mut out = HashMap::new();
     for (name, view) in st.tensors() {

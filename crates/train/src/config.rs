@@ -175,7 +175,10 @@ fn eval_batch() -> usize {
 impl ExperimentConfig {
     /// Reads a TOML config, applying `overrides` (`key.path=value`) first.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self, TrainError> {
-        let text = std::fs::read_to_string(path).map_err(|e| TrainError::Io { path: path.to_path_buf(), source: e })?;
+        let text = std::fs::read_to_string(path).map_err(|e| TrainError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        })?;
         Self::from_toml_str(&text, overrides).map_err(|e| match e {
             TrainError::Config(m) => TrainError::Config(format!("{}: {m}", path.display())),
             other => other,
@@ -193,7 +196,9 @@ impl ExperimentConfig {
 
     /// Type-checks a TOML value tree.
     pub fn from_value(value: toml::Value) -> Result<Self, TrainError> {
-        let cfg: ExperimentConfig = value.try_into().map_err(|e: toml::de::Error| TrainError::Config(e.to_string()))?;
+        let cfg: ExperimentConfig = value
+            .try_into()
+            .map_err(|e: toml::de::Error| TrainError::Config(e.to_string()))?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -213,7 +218,10 @@ impl ExperimentConfig {
             return bad(format!("data.subset must be in (0, 1], got {}", self.data.subset));
         }
         if !(0.0..1.0).contains(&self.data.val_fraction) {
-            return bad(format!("data.val_fraction must be in [0, 1), got {}", self.data.val_fraction));
+            return bad(format!(
+                "data.val_fraction must be in [0, 1), got {}",
+                self.data.val_fraction
+            ));
         }
         if self.train.l2 < 0.0 || !self.train.l2.is_finite() {
             return bad(format!("train.l2 must be >= 0, got {}", self.train.l2));
@@ -227,7 +235,11 @@ impl ExperimentConfig {
             }
         }
         let needs_val = self.train.select_metric.needs_validation()
-            || self.train.early_stopping.as_ref().is_some_and(|e| e.metric.needs_validation());
+            || self
+                .train
+                .early_stopping
+                .as_ref()
+                .is_some_and(|e| e.metric.needs_validation());
         if needs_val && self.data.val_fraction == 0.0 {
             return bad(format!(
                 "train.select_metric / early_stopping use a validation metric but data.val_fraction is 0; \
@@ -296,9 +308,13 @@ pub fn set_path(root: &mut toml::Value, path: &str, value: toml::Value) -> Resul
         let table = cur
             .as_table_mut()
             .ok_or_else(|| TrainError::Config(format!("`{path}`: `{p}` is inside a value that is not a table")))?;
-        cur = table.entry(p.clone()).or_insert_with(|| toml::Value::Table(Default::default()));
+        cur = table
+            .entry(p.clone())
+            .or_insert_with(|| toml::Value::Table(Default::default()));
     }
-    let table = cur.as_table_mut().ok_or_else(|| TrainError::Config(format!("`{path}` does not name a table entry")))?;
+    let table = cur
+        .as_table_mut()
+        .ok_or_else(|| TrainError::Config(format!("`{path}` does not name a table entry")))?;
     table.insert(parts[parts.len() - 1].clone(), value);
     Ok(())
 }
@@ -335,26 +351,44 @@ mod tests {
 
     #[test]
     fn unknown_keys_list_the_valid_ones() {
-        let e = ExperimentConfig::from_toml_str(BASE, &["train.epoch=3".into()]).unwrap_err().to_string();
+        let e = ExperimentConfig::from_toml_str(BASE, &["train.epoch=3".into()])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("unknown field `epoch`") && e.contains("epochs"), "{e}");
-        let e = ExperimentConfig::from_toml_str(BASE, &["data.dataset=cifar".into()]).unwrap_err().to_string();
+        let e = ExperimentConfig::from_toml_str(BASE, &["data.dataset=cifar".into()])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("cifar") && e.contains("mnist"), "{e}");
-        let e = ExperimentConfig::from_toml_str(BASE, &["model.kind=transformer".into()]).unwrap_err().to_string();
+        let e = ExperimentConfig::from_toml_str(BASE, &["model.kind=transformer".into()])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("transformer") && e.contains("softmax"), "{e}");
-        let e = ExperimentConfig::from_toml_str(BASE, &["optim.lr=-1".into()]).unwrap_err().to_string();
+        let e = ExperimentConfig::from_toml_str(BASE, &["optim.lr=-1".into()])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("optim.lr"), "{e}");
-        let e = ExperimentConfig::from_toml_str(BASE, &["train.loss=bce".into()]).unwrap_err().to_string();
+        let e = ExperimentConfig::from_toml_str(BASE, &["train.loss=bce".into()])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("does not fit model"), "{e}");
-        let e = ExperimentConfig::from_toml_str(BASE, &["nonsense".into()]).unwrap_err().to_string();
+        let e = ExperimentConfig::from_toml_str(BASE, &["nonsense".into()])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("key.path=value"), "{e}");
     }
 
     #[test]
     fn quoted_key_parts_keep_their_dots() {
-        assert_eq!(split_key_path(r#"search.space."optim.lr""#), vec!["search", "space", "optim.lr"]);
+        assert_eq!(
+            split_key_path(r#"search.space."optim.lr""#),
+            vec!["search", "space", "optim.lr"]
+        );
         let c = ExperimentConfig::from_toml_str(
             BASE,
-            &[r#"search.space."optim.lr"=[0.1, 0.2]"#.into(), "search.strategy=grid".into()],
+            &[
+                r#"search.space."optim.lr"=[0.1, 0.2]"#.into(),
+                "search.strategy=grid".into(),
+            ],
         )
         .unwrap();
         assert_eq!(c.search.unwrap().space["optim.lr"].len(), 2);

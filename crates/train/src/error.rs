@@ -17,7 +17,12 @@ pub enum TrainError {
         "training diverged at epoch {epoch}, step {step}: loss is {loss}. \
          Try a lower learning rate (currently {lr}) or gradient clipping (train.grad_clip)."
     )]
-    Diverged { epoch: usize, step: usize, loss: f64, lr: f64 },
+    Diverged {
+        epoch: usize,
+        step: usize,
+        loss: f64,
+        lr: f64,
+    },
     /// A checkpoint is missing, corrupt or does not match the config.
     #[error("checkpoint {}: {message}", path.display())]
     Checkpoint { path: PathBuf, message: String },

@@ -29,7 +29,9 @@ impl Evaluation {
     }
     /// Indices of misclassified images, most confident first.
     pub fn most_confident_errors(&self, n: usize) -> Vec<usize> {
-        let mut wrong: Vec<usize> = (0..self.labels.len()).filter(|&i| self.predictions[i] != self.labels[i]).collect();
+        let mut wrong: Vec<usize> = (0..self.labels.len())
+            .filter(|&i| self.predictions[i] != self.labels[i])
+            .collect();
         wrong.sort_by(|&a, &b| self.confidence[b].total_cmp(&self.confidence[a]));
         wrong.truncate(n);
         wrong
@@ -95,5 +97,11 @@ pub fn evaluate_batches(model: &Model, batcher: &Batcher, loss: LossKind) -> Res
     }
     let labels: Vec<u32> = data.labels().iter().map(|&l| l as u32).collect();
     let confusion = ConfusionMatrix::from_predictions(data.num_classes(), &labels, &predictions);
-    Ok(Evaluation { loss: total_loss / data.len() as f64, confusion, predictions, confidence, labels })
+    Ok(Evaluation {
+        loss: total_loss / data.len() as f64,
+        confusion,
+        predictions,
+        confidence,
+        labels,
+    })
 }

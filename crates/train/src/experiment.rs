@@ -95,11 +95,17 @@ pub fn write_outputs(
     summary: &Summary,
 ) -> Result<()> {
     write_json(&dir.join("summary.json"), summary)?;
-    write_atomic(&dir.join("config.toml"), toml::to_string_pretty(cfg).unwrap_or_default().as_bytes())?;
+    write_atomic(
+        &dir.join("config.toml"),
+        toml::to_string_pretty(cfg).unwrap_or_default().as_bytes(),
+    )?;
     write_atomic(&dir.join("metrics.csv"), metrics_csv(&run.history).as_bytes())?;
     let final_eval = test.or(run.val.as_ref());
     if let Some(e) = final_eval {
-        write_atomic(&dir.join("per_class.csv"), per_class_csv(e, data.train.class_names()).as_bytes())?;
+        write_atomic(
+            &dir.join("per_class.csv"),
+            per_class_csv(e, data.train.class_names()).as_bytes(),
+        )?;
     }
     write_plots(dir, cfg, data, run, test)
 }
@@ -113,7 +119,10 @@ pub fn metrics_csv(history: &[EpochMetrics]) -> String {
     keys.sort_by_key(|k| *k != "epoch");
     let mut s = keys.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(",") + "\n";
     for h in history {
-        let row: Vec<String> = keys.iter().map(|k| h.get(*k).map(|v| format!("{v}")).unwrap_or_default()).collect();
+        let row: Vec<String> = keys
+            .iter()
+            .map(|k| h.get(*k).map(|v| format!("{v}")).unwrap_or_default())
+            .collect();
         s += &(row.join(",") + "\n");
     }
     s
@@ -123,25 +132,49 @@ fn per_class_csv(e: &Evaluation, names: &[String]) -> String {
     let mut s = String::from("class,name,precision,recall,f1,support\n");
     for (c, m) in e.confusion.per_class().iter().enumerate() {
         let name = names.get(c).map(|n| n.replace(',', " ")).unwrap_or_default();
-        s += &format!("{c},{name},{:.6},{:.6},{:.6},{}\n", m.precision, m.recall, m.f1, m.support);
+        s += &format!(
+            "{c},{name},{:.6},{:.6},{:.6},{}\n",
+            m.precision, m.recall, m.f1, m.support
+        );
     }
     s
 }
 
 fn curve<'a>(history: &[EpochMetrics], key: &str) -> Vec<(f64, f64)> {
-    history.iter().filter_map(|h| Some((h["epoch"], *h.get(key)?))).collect()
+    history
+        .iter()
+        .filter_map(|h| Some((h["epoch"], *h.get(key)?)))
+        .collect()
 }
 
-fn write_plots(dir: &Path, cfg: &ExperimentConfig, data: &PreparedData, run: &TrainedRun, test: Option<&Evaluation>) -> Result<()> {
+fn write_plots(
+    dir: &Path,
+    cfg: &ExperimentConfig,
+    data: &PreparedData,
+    run: &TrainedRun,
+    test: Option<&Evaluation>,
+) -> Result<()> {
     let names = data.train.class_names();
     for (file, title, key) in [("loss.png", "Loss", "loss"), ("accuracy.png", "Accuracy", "accuracy")] {
         let tr = curve(&run.history, &format!("train_{key}"));
         let va = curve(&run.history, &format!("val_{key}"));
-        let mut series = vec![plots::Series { label: "train", points: &tr }];
+        let mut series = vec![plots::Series {
+            label: "train",
+            points: &tr,
+        }];
         if !va.is_empty() {
-            series.push(plots::Series { label: "validation", points: &va });
+            series.push(plots::Series {
+                label: "validation",
+                points: &va,
+            });
         }
-        plots::line_chart(&dir.join(file), &format!("{} — {title}", cfg.name), "epoch", key, &series)?;
+        plots::line_chart(
+            &dir.join(file),
+            &format!("{} — {title}", cfg.name),
+            "epoch",
+            key,
+            &series,
+        )?;
     }
     let (eval, which, ds) = match (test, &data.test, &run.val, &data.val) {
         (Some(t), Some(d), _, _) => (t, "test", d),
@@ -150,7 +183,11 @@ fn write_plots(dir: &Path, cfg: &ExperimentConfig, data: &PreparedData, run: &Tr
     };
     plots::confusion_matrix(
         &dir.join("confusion.png"),
-        &format!("{} — {which} confusion matrix (acc {:.2}%)", cfg.name, 100.0 * eval.accuracy()),
+        &format!(
+            "{} — {which} confusion matrix (acc {:.2}%)",
+            cfg.name,
+            100.0 * eval.accuracy()
+        ),
         &eval.confusion.rows(),
         names,
     )?;
@@ -169,7 +206,10 @@ fn misclassified_grid(path: &Path, name: &str, which: &str, eval: &Evaluation, d
     }
     let shape = ds.shape();
     let names = ds.class_names();
-    let pixels: Vec<Vec<f32>> = idx.iter().map(|&i| ds.image(i).iter().map(|&p| p as f32 / 255.0).collect()).collect();
+    let pixels: Vec<Vec<f32>> = idx
+        .iter()
+        .map(|&i| ds.image(i).iter().map(|&p| p as f32 / 255.0).collect())
+        .collect();
     let images: Vec<plots::GridImage> = idx
         .iter()
         .zip(&pixels)
@@ -197,7 +237,9 @@ fn templates_plot(path: &Path, name: &str, w: &candle_core::Tensor, run: &Traine
         .iter()
         .enumerate()
         .map(|(k, r)| {
-            let avg: Vec<f32> = (0..plane).map(|p| (0..s.channels).map(|c| r[c * plane + p]).sum::<f32>() / s.channels as f32).collect();
+            let avg: Vec<f32> = (0..plane)
+                .map(|p| (0..s.channels).map(|c| r[c * plane + p]).sum::<f32>() / s.channels as f32)
+                .collect();
             let label = if rows.len() == 1 && names.len() == 2 {
                 format!("+ {} / − {}", names[1], names[0])
             } else {
@@ -206,6 +248,12 @@ fn templates_plot(path: &Path, name: &str, w: &candle_core::Tensor, run: &Traine
             (label, avg)
         })
         .collect();
-    plots::weight_templates(path, &format!("{name} — weight templates (red: evidence for)"), &templates, s.height, s.width)?;
+    plots::weight_templates(
+        path,
+        &format!("{name} — weight templates (red: evidence for)"),
+        &templates,
+        s.height,
+        s.width,
+    )?;
     Ok(())
 }

@@ -24,7 +24,9 @@ pub const HANG_WRITING_ENV: &str = "DIGITLAB_TEST_HANG_WRITING";
 fn maybe_hang_halfway(path: &Path, tmp: &Path) {
     use std::sync::atomic::{AtomicUsize, Ordering};
     static MATCHES: AtomicUsize = AtomicUsize::new(0);
-    let Some(target) = std::env::var(HANG_WRITING_ENV).ok() else { return };
+    let Some(target) = std::env::var(HANG_WRITING_ENV).ok() else {
+        return;
+    };
     // `NAME` stops the first write of NAME, `NAME#N` the N-th one.
     let (name, nth) = match target.rsplit_once('#') {
         Some((name, n)) => (name, n.parse::<usize>().unwrap_or(1)),
@@ -39,7 +41,10 @@ fn maybe_hang_halfway(path: &Path, tmp: &Path) {
             let _ = f.sync_all();
         }
     }
-    eprintln!("digitlab: {HANG_WRITING_ENV}: stopped halfway through writing {}", tmp.display());
+    eprintln!(
+        "digitlab: {HANG_WRITING_ENV}: stopped halfway through writing {}",
+        tmp.display()
+    );
     loop {
         std::thread::sleep(std::time::Duration::from_secs(3600));
     }
@@ -55,11 +60,18 @@ pub fn remove_stale_temp_files(dir: &Path) -> usize {
     let mut removed = 0;
     for e in entries.flatten() {
         let name = e.file_name();
-        let Some(pid) = name.to_str().and_then(|n| n.rsplit_once(".tmp")).and_then(|(_, p)| p.parse::<u32>().ok()) else {
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.rsplit_once(".tmp"))
+            .and_then(|(_, p)| p.parse::<u32>().ok())
+        else {
             continue;
         };
         let alive = pid == me || (can_check && Path::new("/proc").join(pid.to_string()).exists());
-        if !alive && e.file_type().is_ok_and(|t| t.is_file() || t.is_symlink()) && std::fs::remove_file(e.path()).is_ok() {
+        if !alive
+            && e.file_type().is_ok_and(|t| t.is_file() || t.is_symlink())
+            && std::fs::remove_file(e.path()).is_ok()
+        {
             removed += 1;
         }
     }
@@ -76,13 +88,16 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
 }
 
 /// Atomically replaces `path` with whatever `write` puts in the temporary file.
-pub fn write_atomic_with(
-    path: &Path,
-    write: impl FnOnce(&Path) -> std::io::Result<()>,
-) -> Result<(), TrainError> {
-    let io = |source| TrainError::Io { path: path.to_path_buf(), source };
+pub fn write_atomic_with(path: &Path, write: impl FnOnce(&Path) -> std::io::Result<()>) -> Result<(), TrainError> {
+    let io = |source| TrainError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|source| TrainError::Io { path: dir.to_path_buf(), source })?;
+        std::fs::create_dir_all(dir).map_err(|source| TrainError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
     }
     let tmp = temp_path(path);
     if let Err(e) = write(&tmp) {
@@ -128,7 +143,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("keep.txt");
         write_atomic(&p, b"old").unwrap();
-        let e = write_atomic_with(&p, |_| Err(std::io::Error::other("disk full"))).unwrap_err().to_string();
+        let e = write_atomic_with(&p, |_| Err(std::io::Error::other("disk full")))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("keep.txt") && e.contains("disk full"), "{e}");
         assert_eq!(std::fs::read(&p).unwrap(), b"old");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);

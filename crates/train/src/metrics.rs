@@ -24,7 +24,10 @@ pub struct ClassMetrics {
 
 impl ConfusionMatrix {
     pub fn new(classes: usize) -> Self {
-        Self { classes, counts: vec![0; classes * classes] }
+        Self {
+            classes,
+            counts: vec![0; classes * classes],
+        }
     }
 
     /// Builds a matrix from parallel label / prediction slices.
@@ -75,8 +78,17 @@ impl ConfusionMatrix {
                 let support: u64 = (0..self.classes).map(|p| self.get(c, p)).sum();
                 let precision = if predicted > 0 { tp / predicted as f64 } else { 0.0 };
                 let recall = if support > 0 { tp / support as f64 } else { 0.0 };
-                let f1 = if precision + recall > 0.0 { 2.0 * precision * recall / (precision + recall) } else { 0.0 };
-                ClassMetrics { precision, recall, f1, support }
+                let f1 = if precision + recall > 0.0 {
+                    2.0 * precision * recall / (precision + recall)
+                } else {
+                    0.0
+                };
+                ClassMetrics {
+                    precision,
+                    recall,
+                    f1,
+                    support,
+                }
             })
             .collect()
     }

@@ -61,7 +61,9 @@ impl OptimizerConfig {
     /// The base learning rate.
     pub fn lr(&self) -> f64 {
         match self {
-            OptimizerConfig::Sgd { lr, .. } | OptimizerConfig::Adam { lr, .. } | OptimizerConfig::Adamw { lr, .. } => *lr,
+            OptimizerConfig::Sgd { lr, .. } | OptimizerConfig::Adam { lr, .. } | OptimizerConfig::Adamw { lr, .. } => {
+                *lr
+            }
         }
     }
 
@@ -72,7 +74,12 @@ impl OptimizerConfig {
             return Err(format!("optim.lr must be a positive number, got {lr}"));
         }
         match self {
-            OptimizerConfig::Sgd { momentum, weight_decay, nesterov, .. } => {
+            OptimizerConfig::Sgd {
+                momentum,
+                weight_decay,
+                nesterov,
+                ..
+            } => {
                 if !(0.0..1.0).contains(momentum) {
                     return Err(format!("optim.momentum must be in [0, 1), got {momentum}"));
                 }
@@ -83,15 +90,29 @@ impl OptimizerConfig {
                     return Err(format!("optim.weight_decay must be >= 0, got {weight_decay}"));
                 }
             }
-            OptimizerConfig::Adam { beta1, beta2, eps, weight_decay, .. }
-            | OptimizerConfig::Adamw { beta1, beta2, eps, weight_decay, .. } => {
+            OptimizerConfig::Adam {
+                beta1,
+                beta2,
+                eps,
+                weight_decay,
+                ..
+            }
+            | OptimizerConfig::Adamw {
+                beta1,
+                beta2,
+                eps,
+                weight_decay,
+                ..
+            } => {
                 for (name, b) in [("beta1", beta1), ("beta2", beta2)] {
                     if !(0.0..1.0).contains(b) {
                         return Err(format!("optim.{name} must be in [0, 1), got {b}"));
                     }
                 }
                 if *eps <= 0.0 || *weight_decay < 0.0 {
-                    return Err(format!("optim.eps must be > 0 and weight_decay >= 0, got {eps} and {weight_decay}"));
+                    return Err(format!(
+                        "optim.eps must be > 0 and weight_decay >= 0, got {eps} and {weight_decay}"
+                    ));
                 }
             }
         }
@@ -113,7 +134,13 @@ impl Optimizer {
     /// An optimizer updating `params` (name, variable); pass only trainable ones.
     pub fn new(config: OptimizerConfig, params: Vec<(String, Var)>) -> Self {
         let lr = config.lr();
-        Self { config, params, state: BTreeMap::new(), lr, steps: 0 }
+        Self {
+            config,
+            params,
+            state: BTreeMap::new(),
+            lr,
+            steps: 0,
+        }
     }
 
     pub fn lr(&self) -> f64 {
@@ -138,15 +165,28 @@ impl Optimizer {
             let p = var.as_tensor().detach();
             let g = g.detach();
             match self.config {
-                OptimizerConfig::Sgd { momentum, nesterov, weight_decay, .. } => {
-                    let g = if weight_decay > 0.0 { (g + (&p * weight_decay)?)? } else { g };
+                OptimizerConfig::Sgd {
+                    momentum,
+                    nesterov,
+                    weight_decay,
+                    ..
+                } => {
+                    let g = if weight_decay > 0.0 {
+                        (g + (&p * weight_decay)?)?
+                    } else {
+                        g
+                    };
                     let update = if momentum > 0.0 {
                         let key = format!("{name}.momentum");
                         let buf = match self.state.get(&key) {
                             Some(b) => ((b * momentum)? + &g)?,
                             None => g.clone(),
                         };
-                        let u = if nesterov { (&g + (&buf * momentum)?)? } else { buf.clone() };
+                        let u = if nesterov {
+                            (&g + (&buf * momentum)?)?
+                        } else {
+                            buf.clone()
+                        };
                         self.state.insert(key, buf);
                         u
                     } else {
@@ -154,8 +194,20 @@ impl Optimizer {
                     };
                     var.set(&(p - (update * lr)?)?)?;
                 }
-                OptimizerConfig::Adam { beta1, beta2, eps, weight_decay, .. }
-                | OptimizerConfig::Adamw { beta1, beta2, eps, weight_decay, .. } => {
+                OptimizerConfig::Adam {
+                    beta1,
+                    beta2,
+                    eps,
+                    weight_decay,
+                    ..
+                }
+                | OptimizerConfig::Adamw {
+                    beta1,
+                    beta2,
+                    eps,
+                    weight_decay,
+                    ..
+                } => {
                     let decoupled = matches!(self.config, OptimizerConfig::Adamw { .. });
                     let (p, g) = if weight_decay > 0.0 && decoupled {
                         ((&p * (1.0 - lr * weight_decay))?, g)
@@ -205,7 +257,11 @@ pub fn clip_grad_norm(params: &[(String, Var)], grads: &mut GradStore, max_norm:
     let mut total = 0.0f64;
     for (_, v) in params {
         if let Some(g) = grads.get(v.as_tensor()) {
-            total += g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+            total += g
+                .sqr()?
+                .sum_all()?
+                .to_dtype(candle_core::DType::F64)?
+                .to_scalar::<f64>()?;
         }
     }
     let norm = total.sqrt();
@@ -239,25 +295,76 @@ mod tests {
     #[test]
     fn sgd_matches_hand_computed_steps() {
         // g = 2(x-3); x0 = 0: x1 = 0 - 0.1*(-6) = 0.6; x2 = 0.6 - 0.1*(-4.8) = 1.08.
-        let x = run(OptimizerConfig::Sgd { lr: 0.1, momentum: 0.0, nesterov: false, weight_decay: 0.0 }, 2);
+        let x = run(
+            OptimizerConfig::Sgd {
+                lr: 0.1,
+                momentum: 0.0,
+                nesterov: false,
+                weight_decay: 0.0,
+            },
+            2,
+        );
         assert!((x[0] - 1.08).abs() < 1e-12, "{x:?}");
         // Momentum 0.9: b1 = -6, x1 = 0.6; g2 = -4.8, b2 = -10.2, x2 = 0.6 + 1.02 = 1.62.
-        let x = run(OptimizerConfig::Sgd { lr: 0.1, momentum: 0.9, nesterov: false, weight_decay: 0.0 }, 2);
+        let x = run(
+            OptimizerConfig::Sgd {
+                lr: 0.1,
+                momentum: 0.9,
+                nesterov: false,
+                weight_decay: 0.0,
+            },
+            2,
+        );
         assert!((x[0] - 1.62).abs() < 1e-12, "{x:?}");
         // Nesterov: u1 = g1 + 0.9*b1 = -6 - 5.4 = -11.4, x1 = 1.14.
-        let x = run(OptimizerConfig::Sgd { lr: 0.1, momentum: 0.9, nesterov: true, weight_decay: 0.0 }, 1);
+        let x = run(
+            OptimizerConfig::Sgd {
+                lr: 0.1,
+                momentum: 0.9,
+                nesterov: true,
+                weight_decay: 0.0,
+            },
+            1,
+        );
         assert!((x[0] - 1.14).abs() < 1e-12, "{x:?}");
     }
 
     #[test]
     fn adam_first_step_is_lr_times_sign() {
         // Bias-corrected first Adam step moves each coordinate by ~lr against the gradient sign.
-        let x = run(OptimizerConfig::Adam { lr: 0.01, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 }, 1);
+        let x = run(
+            OptimizerConfig::Adam {
+                lr: 0.01,
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+                weight_decay: 0.0,
+            },
+            1,
+        );
         assert!((x[0] - 0.01).abs() < 1e-9 && (x[1] - 1.01).abs() < 1e-9, "{x:?}");
-        let x = run(OptimizerConfig::Adam { lr: 0.1, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 }, 500);
+        let x = run(
+            OptimizerConfig::Adam {
+                lr: 0.1,
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+                weight_decay: 0.0,
+            },
+            500,
+        );
         assert!((x[0] - 3.0).abs() < 1e-2, "converges: {x:?}");
         // AdamW with decay: the decoupled shrink happens before the Adam update.
-        let x = run(OptimizerConfig::Adamw { lr: 0.01, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.5 }, 1);
+        let x = run(
+            OptimizerConfig::Adamw {
+                lr: 0.01,
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+                weight_decay: 0.5,
+            },
+            1,
+        );
         assert!((x[1] - (1.0 * (1.0 - 0.005) + 0.01)).abs() < 1e-9, "{x:?}");
     }
 
@@ -265,7 +372,12 @@ mod tests {
     fn clipping_bounds_the_global_norm() {
         let x = Var::new(&[3.0f64, 4.0], &Device::Cpu).unwrap();
         let params = vec![("x".to_string(), x.clone())];
-        let loss = (x.as_tensor() * x.as_tensor()).unwrap().sum_all().unwrap().affine(0.5, 0.0).unwrap();
+        let loss = (x.as_tensor() * x.as_tensor())
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .affine(0.5, 0.0)
+            .unwrap();
         let mut grads = loss.backward().unwrap();
         let norm = clip_grad_norm(&params, &mut grads, 1.0).unwrap();
         assert!((norm - 5.0).abs() < 1e-12);
@@ -277,9 +389,23 @@ mod tests {
 
     #[test]
     fn validation_messages() {
-        let e = OptimizerConfig::Sgd { lr: -1.0, momentum: 0.0, nesterov: false, weight_decay: 0.0 }.validate().unwrap_err();
+        let e = OptimizerConfig::Sgd {
+            lr: -1.0,
+            momentum: 0.0,
+            nesterov: false,
+            weight_decay: 0.0,
+        }
+        .validate()
+        .unwrap_err();
         assert!(e.contains("optim.lr"), "{e}");
-        let e = OptimizerConfig::Sgd { lr: 0.1, momentum: 0.0, nesterov: true, weight_decay: 0.0 }.validate().unwrap_err();
+        let e = OptimizerConfig::Sgd {
+            lr: 0.1,
+            momentum: 0.0,
+            nesterov: true,
+            weight_decay: 0.0,
+        }
+        .validate()
+        .unwrap_err();
         assert!(e.contains("nesterov"), "{e}");
     }
 }

@@ -128,10 +128,8 @@ static FONT_OK: AtomicBool = AtomicBool::new(false);
 /// they would register the same family for the same purpose.
 fn ensure_fonts(path: &Path) -> Result<(), PlotError> {
     FONT_INIT.call_once(|| {
-        let ok = plotters::style::register_font(FAMILY, FontStyle::Normal, dejavu::sans::regular())
-            .is_ok()
-            && plotters::style::register_font(FAMILY, FontStyle::Bold, dejavu::sans::bold())
-                .is_ok();
+        let ok = plotters::style::register_font(FAMILY, FontStyle::Normal, dejavu::sans::regular()).is_ok()
+            && plotters::style::register_font(FAMILY, FontStyle::Bold, dejavu::sans::bold()).is_ok();
         FONT_OK.store(ok, Ordering::Release);
     });
     if FONT_OK.load(Ordering::Acquire) {
@@ -416,11 +414,7 @@ fn write_png_atomically(path: &Path, rgb: Vec<u8>, w: u32, h: u32) -> Result<(),
 // ---------------------------------------------------------------------------------------
 
 fn font(size: f64, bold: bool) -> FontDesc<'static> {
-    let style = if bold {
-        FontStyle::Bold
-    } else {
-        FontStyle::Normal
-    };
+    let style = if bold { FontStyle::Bold } else { FontStyle::Normal };
     FontDesc::new(FontFamily::SansSerif, size, style)
 }
 
@@ -446,10 +440,7 @@ impl FontMetrics {
     fn parse(data: &[u8]) -> Option<Self> {
         let u16_at = |o: usize| data.get(o..o + 2).map(|b| u16::from_be_bytes([b[0], b[1]]));
         let i16_at = |o: usize| u16_at(o).map(|v| v as i16);
-        let u32_at = |o: usize| {
-            data.get(o..o + 4)
-                .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-        };
+        let u32_at = |o: usize| data.get(o..o + 4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
         let num_tables = u16_at(4)? as usize;
         let table = |tag: &[u8; 4]| {
             (0..num_tables).find_map(|i| {
@@ -536,9 +527,7 @@ impl FontMetrics {
                         let n_pairs = u16_at(sub + 6).unwrap_or(0) as usize;
                         for p in 0..n_pairs {
                             let rec = sub + 14 + 6 * p;
-                            if let (Some(l), Some(r), Some(v)) =
-                                (u16_at(rec), u16_at(rec + 2), i16_at(rec + 4))
-                            {
+                            if let (Some(l), Some(r), Some(v)) = (u16_at(rec), u16_at(rec + 2), i16_at(rec + 4)) {
                                 kern.insert((l, r), v);
                             }
                         }
@@ -585,8 +574,7 @@ fn metrics(bold: bool) -> Option<&'static FontMetrics> {
     static REGULAR: std::sync::OnceLock<Option<FontMetrics>> = std::sync::OnceLock::new();
     static BOLD: std::sync::OnceLock<Option<FontMetrics>> = std::sync::OnceLock::new();
     if bold {
-        BOLD.get_or_init(|| FontMetrics::parse(dejavu::sans::bold()))
-            .as_ref()
+        BOLD.get_or_init(|| FontMetrics::parse(dejavu::sans::bold())).as_ref()
     } else {
         REGULAR
             .get_or_init(|| FontMetrics::parse(dejavu::sans::regular()))
@@ -602,9 +590,7 @@ fn text_width(area: &Area<'_>, s: &str, size: f64, bold: bool) -> Result<i32, St
         return Ok(m.layout(s, size).1.ceil() as i32);
     }
     let style = font(size, bold).color(&INK);
-    area.estimate_text_size(s, &style)
-        .map(|(w, _)| w as i32)
-        .map_err(de)
+    area.estimate_text_size(s, &style).map(|(w, _)| w as i32).map_err(de)
 }
 
 /// `s`, shortened with "…" if needed so that it is at most `max_w` pixels wide.
@@ -634,9 +620,7 @@ fn draw_string(
     color: RGBColor,
     up: bool,
 ) -> DrawResult {
-    let mut style = font(size, bold)
-        .color(&color)
-        .pos(Pos::new(HPos::Left, VPos::Top));
+    let mut style = font(size, bold).color(&color).pos(Pos::new(HPos::Left, VPos::Top));
     if up {
         style = style.transform(FontTransform::Rotate270);
     }
@@ -654,8 +638,7 @@ fn draw_string(
         } else {
             (start.0 + offset, start.1)
         };
-        area.draw_text(c.encode_utf8(&mut buf), &style, pos)
-            .map_err(de)?;
+        area.draw_text(c.encode_utf8(&mut buf), &style, pos).map_err(de)?;
     }
     Ok(())
 }
@@ -704,15 +687,7 @@ fn put_text(
         VAlign::Bottom => -0.72 * size,
     };
     let dx = h_offset(area, s, size, bold, h)?;
-    draw_string(
-        area,
-        s,
-        (x - dx, y + dy.round() as i32),
-        size,
-        bold,
-        color,
-        false,
-    )
+    draw_string(area, s, (x - dx, y + dy.round() as i32), size, bold, color, false)
 }
 
 /// Vertical text reading bottom-to-top, its letters centred on column `x`.
@@ -749,16 +724,7 @@ fn draw_title(area: &Area<'_>, title: &str, width: i32) -> Result<i32, String> {
     while size > 12.0 && text_width(area, title, size, true)? > width - 24 {
         size -= 1.0;
     }
-    put_text(
-        area,
-        title,
-        (width / 2, 14),
-        size,
-        true,
-        INK,
-        HPos::Center,
-        VAlign::Top,
-    )?;
+    put_text(area, title, (width / 2, 14), size, true, INK, HPos::Center, VAlign::Top)?;
     Ok(46)
 }
 
@@ -779,11 +745,7 @@ const LEGEND_FONT: f64 = 16.0;
 const LEGEND_ROW: i32 = 24;
 
 /// Splits the legend into centred rows no wider than `max_width`.
-fn legend_rows(
-    area: &Area<'_>,
-    items: &[LegendItem],
-    max_width: i32,
-) -> Result<Vec<Vec<(usize, i32)>>, String> {
+fn legend_rows(area: &Area<'_>, items: &[LegendItem], max_width: i32) -> Result<Vec<Vec<(usize, i32)>>, String> {
     let mut rows: Vec<Vec<(usize, i32)>> = Vec::new();
     let mut row_w = 0;
     for (i, item) in items.iter().enumerate() {
@@ -926,23 +888,13 @@ impl Axis {
 
     /// Room needed left of the plot: tick marks, labels and the vertical title.
     fn y_area(&self, area: &Area<'_>) -> Result<i32, String> {
-        let title = if self.title.is_empty() {
-            6
-        } else {
-            12 + 20 + 6
-        };
+        let title = if self.title.is_empty() { 6 } else { 12 + 20 + 6 };
         Ok(5 + 6 + self.max_label_width(area)? + title)
     }
 
     /// Room needed below the plot: tick marks, labels and the title.
     fn x_area(&self) -> i32 {
-        5 + 6
-            + 16
-            + if self.title.is_empty() {
-                8
-            } else {
-                14 + 20 + 6
-            }
+        5 + 6 + 16 + if self.title.is_empty() { 8 } else { 14 + 20 + 6 }
     }
 }
 
@@ -958,20 +910,14 @@ fn draw_grid(root: &Area<'_>, chart: &Chart<'_, '_>, x: Option<&Axis>, y: &Axis)
     let (x0, y0) = (chart.x_range().start, chart.y_range().start);
     for &v in &y.ticks {
         let py = chart.backend_coord(&(x0, v)).1;
-        root.draw(&PathElement::new(
-            vec![(l, py), (r, py)],
-            GRID.stroke_width(1),
-        ))
-        .map_err(de)?;
+        root.draw(&PathElement::new(vec![(l, py), (r, py)], GRID.stroke_width(1)))
+            .map_err(de)?;
     }
     if let Some(x) = x {
         for &v in &x.ticks {
             let px = chart.backend_coord(&(v, y0)).0;
-            root.draw(&PathElement::new(
-                vec![(px, t), (px, b)],
-                GRID.stroke_width(1),
-            ))
-            .map_err(de)?;
+            root.draw(&PathElement::new(vec![(px, t), (px, b)], GRID.stroke_width(1)))
+                .map_err(de)?;
         }
     }
     Ok(())
@@ -1051,13 +997,7 @@ fn draw_axes(root: &Area<'_>, chart: &Chart<'_, '_>, x: Option<&Axis>, y: &Axis)
 /// line. Points are marked with dots when a series is short. Series labels form a legend
 /// under the title (outside the plot so it never hides data).
 /// Errors with "no data" when there is no finite point at all.
-pub fn line_chart(
-    path: &Path,
-    title: &str,
-    x_label: &str,
-    y_label: &str,
-    series: &[Series],
-) -> Result<(), PlotError> {
+pub fn line_chart(path: &Path, title: &str, x_label: &str, y_label: &str, series: &[Series]) -> Result<(), PlotError> {
     check_path(path)?;
     let finite = || {
         series
@@ -1065,10 +1005,8 @@ pub fn line_chart(
             .flat_map(|s| s.points.iter().copied())
             .filter(|(x, y)| x.is_finite() && y.is_finite())
     };
-    let (Some((xmin, xmax)), Some((ymin, ymax))) = (
-        min_max(finite().map(|p| p.0)),
-        min_max(finite().map(|p| p.1)),
-    ) else {
+    let (Some((xmin, xmax)), Some((ymin, ymax))) = (min_max(finite().map(|p| p.0)), min_max(finite().map(|p| p.1)))
+    else {
         return Err(no_data(path));
     };
     let x_int = finite().all(|(x, _)| x.fract() == 0.0);
@@ -1113,11 +1051,7 @@ pub fn line_chart(
         .map(|(i, s)| LegendItem {
             label: s.label.to_string(),
             color: palette(i),
-            swatch: if dashed(i) {
-                Swatch::Dashed
-            } else {
-                Swatch::Line
-            },
+            swatch: if dashed(i) { Swatch::Dashed } else { Swatch::Line },
         })
         .collect();
 
@@ -1147,19 +1081,11 @@ pub fn line_chart(
                 if run.len() > 1 {
                     if dashed(i) {
                         chart
-                            .draw_series(DashedLineSeries::new(
-                                run.iter().copied(),
-                                8,
-                                5,
-                                color.stroke_width(2),
-                            ))
+                            .draw_series(DashedLineSeries::new(run.iter().copied(), 8, 5, color.stroke_width(2)))
                             .map_err(de)?;
                     } else {
                         chart
-                            .draw_series(LineSeries::new(
-                                run.iter().copied(),
-                                color.stroke_width(2),
-                            ))
+                            .draw_series(LineSeries::new(run.iter().copied(), color.stroke_width(2)))
                             .map_err(de)?;
                     }
                 }
@@ -1249,13 +1175,7 @@ pub fn confusion_matrix(
 
         // Cells.
         let mut count_size = (cell as f64 * 0.34).min(18.0);
-        let widest = matrix
-            .iter()
-            .flatten()
-            .copied()
-            .max()
-            .unwrap_or(0)
-            .to_string();
+        let widest = matrix.iter().flatten().copied().max().unwrap_or(0).to_string();
         while count_size >= 7.0 && text_width(root, &widest, count_size, false)? > cell - 6 {
             count_size -= 1.0;
         }
@@ -1284,16 +1204,10 @@ pub fn confusion_matrix(
             // Thin white separators between cells.
             for k in 1..n as i32 {
                 let p = k * cell;
-                root.draw(&Rectangle::new(
-                    [(gx + p, gy), (gx + p + 1, gy + grid)],
-                    WHITE.filled(),
-                ))
-                .map_err(de)?;
-                root.draw(&Rectangle::new(
-                    [(gx, gy + p), (gx + grid, gy + p + 1)],
-                    WHITE.filled(),
-                ))
-                .map_err(de)?;
+                root.draw(&Rectangle::new([(gx + p, gy), (gx + p + 1, gy + grid)], WHITE.filled()))
+                    .map_err(de)?;
+                root.draw(&Rectangle::new([(gx, gy + p), (gx + grid, gy + p + 1)], WHITE.filled()))
+                    .map_err(de)?;
             }
         }
         root.draw(&Rectangle::new(
@@ -1321,15 +1235,7 @@ pub fn confusion_matrix(
                 VAlign::Middle,
             )?;
             if rotate {
-                put_text_up(
-                    root,
-                    name,
-                    (gx + c, gy + grid + 8),
-                    name_size,
-                    false,
-                    INK,
-                    HPos::Right,
-                )?;
+                put_text_up(root, name, (gx + c, gy + grid + 8), name_size, false, INK, HPos::Right)?;
             } else {
                 put_text(
                     root,
@@ -1375,11 +1281,8 @@ pub fn confusion_matrix(
             ))
             .map_err(de)?;
         }
-        root.draw(&Rectangle::new(
-            [(bx, gy), (bx + bw, gy + grid)],
-            FRAME.stroke_width(1),
-        ))
-        .map_err(de)?;
+        root.draw(&Rectangle::new([(bx, gy), (bx + bw, gy + grid)], FRAME.stroke_width(1)))
+            .map_err(de)?;
         for k in 0..=4 {
             let t = k as f64 / 4.0;
             let y = gy + ((1.0 - t) * grid as f64).round() as i32;
@@ -1466,10 +1369,7 @@ fn panel_layout(
     let cell_w = pic.0.max(caption_w) + 18;
     let cell_h = pic.1 + 8 + caption_h + 14;
     let grid_w = cols as i32 * cell_w;
-    let width = (grid_w + 32)
-        .max(title_w + 48)
-        .max(footer_h.min(1) * 420)
-        .max(240);
+    let width = (grid_w + 32).max(title_w + 48).max(footer_h.min(1) * 420).max(240);
     let top = 54;
     let height = top + rows as i32 * cell_h + footer_h + 8;
     let x0 = (width - grid_w) / 2 + (cell_w - pic.0) / 2;
@@ -1496,11 +1396,8 @@ fn draw_blocks(
     for y in 0..h {
         for x in 0..w {
             let (px, py) = (ox + x as i32 * s, oy + y as i32 * s);
-            area.draw(&Rectangle::new(
-                [(px, py), (px + s, py + s)],
-                color_at(y, x).filled(),
-            ))
-            .map_err(de)?;
+            area.draw(&Rectangle::new([(px, py), (px + s, py + s)], color_at(y, x).filled()))
+                .map_err(de)?;
         }
     }
     // Frame just outside the picture so dark or white borders stay visible.
@@ -1523,21 +1420,13 @@ const CAPTION_FONT: f64 = 15.0;
 /// digits are drawn 12x larger, 28x28 images 3x). Images of different sizes are allowed:
 /// cells are sized for the largest, and smaller images are scaled up to fill them. The canvas size follows from the
 /// number of images, `cols` and the captions.
-pub fn image_grid(
-    path: &Path,
-    title: &str,
-    images: &[GridImage],
-    cols: usize,
-) -> Result<(), PlotError> {
+pub fn image_grid(path: &Path, title: &str, images: &[GridImage], cols: usize) -> Result<(), PlotError> {
     check_path(path)?;
     if images.is_empty() {
         return Err(no_data(path));
     }
     if cols == 0 {
-        return Err(invalid(
-            path,
-            "image grid needs at least one column (cols = 0)",
-        ));
+        return Err(invalid(path, "image grid needs at least one column (cols = 0)"));
     }
     for (i, im) in images.iter().enumerate() {
         if im.channels != 1 && im.channels != 3 {
@@ -1555,10 +1444,7 @@ pub fn image_grid(
                 format!("image {i} is empty ({}x{})", im.height, im.width),
             ));
         }
-        let expected = im
-            .channels
-            .checked_mul(im.height)
-            .and_then(|v| v.checked_mul(im.width));
+        let expected = im.channels.checked_mul(im.height).and_then(|v| v.checked_mul(im.width));
         if expected != Some(im.pixels.len()) {
             return Err(invalid(
                 path,
@@ -1592,8 +1478,7 @@ pub fn image_grid(
         for (k, im) in images.iter().enumerate() {
             let (cx, cy) = layout.pic_origin(k);
             // Smaller images get their own (larger) integer scale and are centred.
-            let scale =
-                ((layout.pic.0 / im.width as i32).min(layout.pic.1 / im.height as i32)).max(1);
+            let scale = ((layout.pic.0 / im.width as i32).min(layout.pic.1 / im.height as i32)).max(1);
             let ox = cx + (layout.pic.0 - im.width as i32 * scale) / 2;
             let oy = cy + (layout.pic.1 - im.height as i32 * scale) / 2;
             let u8_scale = im.pixels.iter().any(|&v| v > 1.0);
@@ -1603,25 +1488,19 @@ pub fn image_grid(
                 (v.clamp(0.0, 1.0) * 255.0).round() as u8
             };
             let plane = im.height * im.width;
-            draw_blocks(
-                root,
-                (ox, oy),
-                (im.height, im.width),
-                scale as usize,
-                |y, x| {
-                    let idx = y * im.width + x;
-                    if im.channels == 1 {
-                        let g = norm(im.pixels[idx]);
-                        RGBColor(g, g, g)
-                    } else {
-                        RGBColor(
-                            norm(im.pixels[idx]),
-                            norm(im.pixels[plane + idx]),
-                            norm(im.pixels[2 * plane + idx]),
-                        )
-                    }
-                },
-            )?;
+            draw_blocks(root, (ox, oy), (im.height, im.width), scale as usize, |y, x| {
+                let idx = y * im.width + x;
+                if im.channels == 1 {
+                    let g = norm(im.pixels[idx]);
+                    RGBColor(g, g, g)
+                } else {
+                    RGBColor(
+                        norm(im.pixels[idx]),
+                        norm(im.pixels[plane + idx]),
+                        norm(im.pixels[2 * plane + idx]),
+                    )
+                }
+            })?;
             put_text(
                 root,
                 &im.caption,
@@ -1637,11 +1516,7 @@ pub fn image_grid(
     })
 }
 
-fn image_grid_layout(
-    title: &str,
-    images: &[GridImage],
-    cols: usize,
-) -> Result<PanelLayout, String> {
+fn image_grid_layout(title: &str, images: &[GridImage], cols: usize) -> Result<PanelLayout, String> {
     let max_h = images.iter().map(|i| i.height).max().unwrap_or(1);
     let max_w = images.iter().map(|i| i.width).max().unwrap_or(1);
     let scale = upscale(max_h, max_w, 96, 16);
@@ -1668,9 +1543,7 @@ fn image_grid_layout(
 }
 
 /// A tiny drawing area used only to measure text before the canvas size is known.
-fn with_scratch_area<T>(
-    f: impl for<'a> FnOnce(&Area<'a>) -> Result<T, String>,
-) -> Result<T, String> {
+fn with_scratch_area<T>(f: impl for<'a> FnOnce(&Area<'a>) -> Result<T, String>) -> Result<T, String> {
     let mut buf = vec![255u8; 3];
     let area = BitMapBackend::with_buffer(&mut buf, (1, 1)).into_drawing_area();
     f(&area)
@@ -1697,16 +1570,10 @@ pub fn weight_templates(
         return Err(no_data(path));
     }
     if height == 0 || width == 0 {
-        return Err(invalid(
-            path,
-            format!("template size {height}x{width} is empty"),
-        ));
+        return Err(invalid(path, format!("template size {height}x{width} is empty")));
     }
     if height > MAX_SIDE as usize || width > MAX_SIDE as usize {
-        return Err(invalid(
-            path,
-            format!("template size {height}x{width} is too large"),
-        ));
+        return Err(invalid(path, format!("template size {height}x{width} is too large")));
     }
     for (name, w) in templates {
         if w.len() != height * width {
@@ -1721,11 +1588,10 @@ pub fn weight_templates(
         }
     }
     ensure_fonts(path)?;
-    let layout =
-        weight_layout(title, templates, height, width).map_err(|message| PlotError::Draw {
-            path: path.to_path_buf(),
-            message,
-        })?;
+    let layout = weight_layout(title, templates, height, width).map_err(|message| PlotError::Draw {
+        path: path.to_path_buf(),
+        message,
+    })?;
     check_size(path, layout.size)?;
 
     render(path, layout.size, |root| {
@@ -1733,10 +1599,7 @@ pub fn weight_templates(
         draw_title(root, title, cw)?;
         for (k, (name, w)) in templates.iter().enumerate() {
             let origin = layout.pic_origin(k);
-            let m = w
-                .iter()
-                .filter(|v| v.is_finite())
-                .fold(0.0f32, |a, v| a.max(v.abs()));
+            let m = w.iter().filter(|v| v.is_finite()).fold(0.0f32, |a, v| a.max(v.abs()));
             draw_blocks(root, origin, (height, width), layout.scale, |y, x| {
                 let v = w[y * width + x];
                 if !v.is_finite() {
@@ -1749,16 +1612,7 @@ pub fn weight_templates(
             })?;
             let cx = origin.0 + layout.pic.0 / 2;
             let cy = origin.1 + layout.pic.1 + 8;
-            put_text(
-                root,
-                name,
-                (cx, cy),
-                15.0,
-                true,
-                INK,
-                HPos::Center,
-                VAlign::Top,
-            )?;
+            put_text(root, name, (cx, cy), 15.0, true, INK, HPos::Center, VAlign::Top)?;
             put_text(
                 root,
                 &format!("±{}", fmt_num(m as f64)),
@@ -1789,16 +1643,7 @@ pub fn weight_templates(
         ))
         .map_err(de)?;
         let ty = ky + 20;
-        put_text(
-            root,
-            "−max|w|",
-            (kx, ty),
-            13.0,
-            false,
-            INK,
-            HPos::Center,
-            VAlign::Top,
-        )?;
+        put_text(root, "−max|w|", (kx, ty), 13.0, false, INK, HPos::Center, VAlign::Top)?;
         put_text(
             root,
             "0",
@@ -1957,11 +1802,7 @@ pub fn bar_chart(
         }
         // Head-room for the value labels: a fraction of the plot height.
         let plot_h = (height - top - 8 - 10 - x_area).max(1) as f64;
-        let label_px = if vertical_values {
-            value_w as f64 + 10.0
-        } else {
-            22.0
-        };
+        let label_px = if vertical_values { value_w as f64 + 10.0 } else { 22.0 };
         let frac = (label_px / plot_h).min(0.6);
         let lo0 = vmin.min(0.0);
         let hi0 = vmax.max(0.0);
@@ -1998,10 +1839,7 @@ pub fn bar_chart(
                 let xl = i as f64 - 0.4 + j as f64 * bar_w + bar_w * 0.06;
                 let xr = i as f64 - 0.4 + (j + 1) as f64 * bar_w - bar_w * 0.06;
                 chart
-                    .draw_series(std::iter::once(Rectangle::new(
-                        [(xl, 0.0), (xr, v)],
-                        color.filled(),
-                    )))
+                    .draw_series(std::iter::once(Rectangle::new([(xl, 0.0), (xr, v)], color.filled())))
                     .map_err(de)?;
                 let (px, py) = chart.backend_coord(&((xl + xr) / 2.0, v));
                 let text = fmt_num(v);
@@ -2019,16 +1857,7 @@ pub fn bar_chart(
                     } else {
                         (py + 5, VAlign::Top)
                     };
-                    put_text(
-                        root,
-                        &text,
-                        (px, y),
-                        value_font,
-                        false,
-                        INK,
-                        HPos::Center,
-                        va,
-                    )?;
+                    put_text(root, &text, (px, y), value_font, false, INK, HPos::Center, va)?;
                 }
             }
         }
@@ -2047,16 +1876,7 @@ pub fn bar_chart(
             if rotate_labels {
                 put_text_up(root, l, (px, py + 8), label_font, false, INK, HPos::Right)?;
             } else {
-                put_text(
-                    root,
-                    l,
-                    (px, py + 9),
-                    label_font,
-                    false,
-                    INK,
-                    HPos::Center,
-                    VAlign::Top,
-                )?;
+                put_text(root, l, (px, py + 9), label_font, false, INK, HPos::Center, VAlign::Top)?;
             }
         }
         Ok(())
@@ -2170,11 +1990,7 @@ pub fn heatmap(
         chart
             .draw_series(values.iter().enumerate().flat_map(|(r, row)| {
                 row.iter().enumerate().map(move |(c, &v)| {
-                    let color = if v.is_finite() {
-                        viridis(t_of(v))
-                    } else {
-                        NO_VALUE
-                    };
+                    let color = if v.is_finite() { viridis(t_of(v)) } else { NO_VALUE };
                     let xa = x0 + c as f64 * dx;
                     let ya = y0 + r as f64 * dy;
                     Rectangle::new([(xa, ya + dy), (xa + dx, ya)], color.filled())
@@ -2184,11 +2000,8 @@ pub fn heatmap(
 
         // Contours through cell centres.
         if vmax > vmin && rows >= 2 && cols >= 2 {
-            let levels: Vec<f64> = (1..=10)
-                .map(|k| vmin + (vmax - vmin) * k as f64 / 11.0)
-                .collect();
-            let centre =
-                |r: usize, c: usize| (x0 + (c as f64 + 0.5) * dx, y0 + (r as f64 + 0.5) * dy);
+            let levels: Vec<f64> = (1..=10).map(|k| vmin + (vmax - vmin) * k as f64 / 11.0).collect();
+            let centre = |r: usize, c: usize| (x0 + (c as f64 + 0.5) * dx, y0 + (r as f64 + 0.5) * dy);
             for level in levels {
                 // Opaque, lightened map colour: translucent lines would darken where
                 // neighbouring segments overlap and look dotted.
@@ -2197,11 +2010,7 @@ pub fn heatmap(
                 let style = RGBColor(light(c.0), light(c.1), light(c.2)).stroke_width(1);
                 let segments = contour_segments(values, &[level], centre);
                 chart
-                    .draw_series(
-                        segments
-                            .into_iter()
-                            .map(|(a, b)| PathElement::new(vec![a, b], style)),
-                    )
+                    .draw_series(segments.into_iter().map(|(a, b)| PathElement::new(vec![a, b], style)))
                     .map_err(de)?;
             }
         }
@@ -2231,24 +2040,15 @@ pub fn heatmap(
         let bh = (by1 - by0).max(1);
         for py in by0..=by1 {
             let t = 1.0 - (py - by0) as f64 / bh as f64;
-            root.draw(&Rectangle::new(
-                [(bx, py), (bx + bw, py + 1)],
-                viridis(t).filled(),
-            ))
-            .map_err(de)?;
+            root.draw(&Rectangle::new([(bx, py), (bx + bw, py + 1)], viridis(t).filled()))
+                .map_err(de)?;
         }
-        root.draw(&Rectangle::new(
-            [(bx, by0), (bx + bw, by1 + 1)],
-            FRAME.stroke_width(1),
-        ))
-        .map_err(de)?;
+        root.draw(&Rectangle::new([(bx, by0), (bx + bw, by1 + 1)], FRAME.stroke_width(1)))
+            .map_err(de)?;
         let bar_ticks: Vec<(f64, String)> = if vmax > vmin {
             let (ticks, step) = nice_ticks(vmin, vmax, 7, false);
             if ticks.len() >= 2 {
-                ticks
-                    .into_iter()
-                    .map(|t| (t, tick_label(t, step)))
-                    .collect()
+                ticks.into_iter().map(|t| (t, tick_label(t, step))).collect()
             } else {
                 vec![(vmin, fmt_num(vmin)), (vmax, fmt_num(vmax))]
             }
@@ -2352,11 +2152,7 @@ mod tests {
         let img = load(path);
         assert_eq!(img.dimensions(), size, "{}", path.display());
         let n = distinct_colours(&img);
-        assert!(
-            n > 20,
-            "{} looks flat: only {n} distinct colours",
-            path.display()
-        );
+        assert!(n > 20, "{} looks flat: only {n} distinct colours", path.display());
         // The background is white.
         assert_eq!(img.get_pixel(1, 1).0, [255, 255, 255]);
         // No temp files left behind.
@@ -2455,10 +2251,7 @@ mod tests {
         let err = line_chart(&path, "t", "x", "y", &[]).unwrap_err();
         assert!(matches!(err, PlotError::NoData { .. }));
         let msg = err.to_string();
-        assert!(
-            msg.contains("no data") && msg.contains("empty.png"),
-            "{msg}"
-        );
+        assert!(msg.contains("no data") && msg.contains("empty.png"), "{msg}");
         let err = line_chart(
             &path,
             "t",
@@ -2528,9 +2321,7 @@ mod tests {
     }
 
     fn digit_pixels(seed: usize) -> Vec<f32> {
-        (0..64)
-            .map(|i| ((i * 7 + seed * 13) % 17) as f32 / 16.0)
-            .collect()
+        (0..64).map(|i| ((i * 7 + seed * 13) % 17) as f32 / 16.0).collect()
     }
 
     #[test]
@@ -2538,9 +2329,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("grid.png");
         let pix: Vec<Vec<f32>> = (0..6).map(digit_pixels).collect();
-        let rgb: Vec<f32> = (0..3 * 64)
-            .map(|i| if i < 64 { 1.0 } else { 0.0 })
-            .collect(); // pure red
+        let rgb: Vec<f32> = (0..3 * 64).map(|i| if i < 64 { 1.0 } else { 0.0 }).collect(); // pure red
         let mut images: Vec<GridImage> = pix
             .iter()
             .enumerate()
@@ -2562,11 +2351,7 @@ mod tests {
         image_grid(&path, "Misclassified", &images, 4).unwrap();
         let layout = image_grid_layout("Misclassified", &images, 4).unwrap();
         assert_eq!((layout.rows, layout.cols), (2, 4));
-        assert!(
-            layout.scale >= 8,
-            "8x8 images should be upscaled, got {}",
-            layout.scale
-        );
+        assert!(layout.scale >= 8, "8x8 images should be upscaled, got {}", layout.scale);
         let img = assert_plot(&path, layout.size);
         // Nearest-neighbour blocks: the whole first block of image 0 has pixel (0,0)'s value.
         let (ox, oy) = layout.pic_origin(0);
@@ -2599,10 +2384,7 @@ mod tests {
         let (ox, oy) = layout.pic_origin(0);
         let s = layout.scale as u32;
         // Pixel (3, 3) = 240 / 255.
-        assert_eq!(
-            img.get_pixel(ox as u32 + 3 * s, oy as u32 + 3 * s).0,
-            [240, 240, 240]
-        );
+        assert_eq!(img.get_pixel(ox as u32 + 3 * s, oy as u32 + 3 * s).0, [240, 240, 240]);
     }
 
     #[test]
@@ -2672,13 +2454,7 @@ mod tests {
         let path = dir.path().join("w.png");
         // Left half negative, right half positive.
         let w: Vec<f32> = (0..64)
-            .map(|i| {
-                if i % 8 < 4 {
-                    -0.5
-                } else {
-                    0.25 + (i % 8) as f32 * 0.1
-                }
-            })
+            .map(|i| if i % 8 < 4 { -0.5 } else { 0.25 + (i % 8) as f32 * 0.1 })
             .collect();
         let t = vec![("split".to_string(), w)];
         weight_templates(&path, "Weights", &t, 8, 8).unwrap();
@@ -2699,11 +2475,7 @@ mod tests {
         );
         // Left half (negative): blue.
         let [r, _, b] = at(1, 4);
-        assert!(
-            b as i32 - r as i32 > 60,
-            "negative weight drawn as {:?}",
-            at(1, 4)
-        );
+        assert!(b as i32 - r as i32 > 60, "negative weight drawn as {:?}", at(1, 4));
 
         let path = dir.path().join("w10.png");
         let t = templates();
@@ -2718,9 +2490,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("w.png");
         let t = vec![("three".to_string(), vec![0.0f32; 63])];
-        let msg = weight_templates(&path, "t", &t, 8, 8)
-            .unwrap_err()
-            .to_string();
+        let msg = weight_templates(&path, "t", &t, 8, 8).unwrap_err().to_string();
         assert!(
             msg.contains("'three'") && msg.contains("64") && msg.contains("w.png"),
             "{msg}"
@@ -2738,10 +2508,7 @@ mod tests {
     fn bar_chart_writes_png() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bars.png");
-        let labels: Vec<String> = ["logreg", "mlp", "cnn"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let labels: Vec<String> = ["logreg", "mlp", "cnn"].iter().map(|s| s.to_string()).collect();
         bar_chart(
             &path,
             "Test accuracy",
@@ -2757,9 +2524,7 @@ mod tests {
 
         // Negative values and many long labels.
         let path = dir.path().join("bars2.png");
-        let labels: Vec<String> = (0..12)
-            .map(|i| format!("experiment-{i}-long-name"))
-            .collect();
+        let labels: Vec<String> = (0..12).map(|i| format!("experiment-{i}-long-name")).collect();
         let vals: Vec<f64> = (0..12).map(|i| (i as f64 - 4.0) * 1.37).collect();
         bar_chart(&path, "Deltas", "", &labels, &[("", vals)]).unwrap();
         assert_plot(&path, CHART_SIZE);
@@ -2781,8 +2546,7 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("no data"));
-        let msg =
-            bar_chart(&path, "t", "y", &labels, &[("s", vec![f64::NAN, f64::NAN])]).unwrap_err();
+        let msg = bar_chart(&path, "t", "y", &labels, &[("s", vec![f64::NAN, f64::NAN])]).unwrap_err();
         assert!(msg.to_string().contains("no data"));
     }
 
@@ -2805,16 +2569,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("landscape.png");
         let v = landscape(40, 60);
-        heatmap(
-            &path,
-            "Loss landscape",
-            "w",
-            "b",
-            (-2.0, 2.0),
-            (-1.0, 1.0),
-            &v,
-        )
-        .unwrap();
+        heatmap(&path, "Loss landscape", "w", "b", (-2.0, 2.0), (-1.0, 1.0), &v).unwrap();
         let img = assert_plot(&path, HEATMAP_SIZE);
         // Both ends of the colour map are present.
         let near = |c: RGBColor| {
@@ -2828,16 +2583,7 @@ mod tests {
 
         // Constant and 1x1 inputs do not panic.
         let path = dir.path().join("flat.png");
-        heatmap(
-            &path,
-            "flat",
-            "w",
-            "b",
-            (0.0, 1.0),
-            (0.0, 1.0),
-            &[vec![2.0]],
-        )
-        .unwrap();
+        heatmap(&path, "flat", "w", "b", (0.0, 1.0), (0.0, 1.0), &[vec![2.0]]).unwrap();
         assert!(path.exists());
     }
 
@@ -2941,9 +2687,7 @@ mod tests {
             ],
         )
         .unwrap();
-        let acc: Vec<(f64, f64)> = (1..=12)
-            .map(|e| (e as f64, 1.0 - 0.5 / (e as f64)))
-            .collect();
+        let acc: Vec<(f64, f64)> = (1..=12).map(|e| (e as f64, 1.0 - 0.5 / (e as f64))).collect();
         line_chart(
             &out.join("line_acc.png"),
             "Accuracy",
@@ -3010,20 +2754,10 @@ mod tests {
                 channels: 1,
                 height: 8,
                 width: 8,
-                caption: format!(
-                    "true {k} pred {} ({:.2})",
-                    (k + 3) % 10,
-                    0.5 + k as f64 * 0.05
-                ),
+                caption: format!("true {k} pred {} ({:.2})", (k + 3) % 10, 0.5 + k as f64 * 0.05),
             })
             .collect();
-        image_grid(
-            &out.join("grid.png"),
-            "Misclassified test digits",
-            &images,
-            5,
-        )
-        .unwrap();
+        image_grid(&out.join("grid.png"), "Misclassified test digits", &images, 5).unwrap();
         let mnist: Vec<f32> = (0..784)
             .map(|i| {
                 let (y, x) = ((i / 28) as f32 - 14.0, (i % 28) as f32 - 14.0);
@@ -3083,16 +2817,11 @@ mod tests {
             &labels,
             &[
                 ("this run", vec![0.9611, 0.9744, 0.9789, 0.9861, 0.9889]),
-                (
-                    "reported in coursework",
-                    vec![0.96, 0.97, 0.98, 0.985, f64::NAN],
-                ),
+                ("reported in coursework", vec![0.96, 0.97, 0.98, 0.985, f64::NAN]),
             ],
         )
         .unwrap();
-        let mut labels: Vec<String> = (0..12)
-            .map(|i| format!("experiment-{i}-long-name"))
-            .collect();
+        let mut labels: Vec<String> = (0..12).map(|i| format!("experiment-{i}-long-name")).collect();
         labels[3] = "an-extremely-long-experiment-name-that-cannot-fit".to_string();
         let vals: Vec<f64> = (0..12).map(|i| (i as f64 - 4.0) * 1.37).collect();
         bar_chart(
@@ -3135,10 +2864,7 @@ mod tests {
         let series: Vec<Series> = many
             .iter()
             .zip(&names)
-            .map(|(p, n)| Series {
-                label: n,
-                points: p,
-            })
+            .map(|(p, n)| Series { label: n, points: p })
             .collect();
         line_chart(
             &out.join("line_many.png"),

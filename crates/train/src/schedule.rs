@@ -41,7 +41,11 @@ impl ScheduleConfig {
     pub fn lr_at(&self, base: f64, progress: f64, epochs: usize) -> f64 {
         let decayed = match self.kind {
             ScheduleKind::Constant => base,
-            ScheduleKind::Step => base * self.gamma.powi((progress.floor() as usize / self.step_epochs.max(1)) as i32),
+            ScheduleKind::Step => {
+                base * self
+                    .gamma
+                    .powi((progress.floor() as usize / self.step_epochs.max(1)) as i32)
+            }
             ScheduleKind::Cosine => {
                 let t = (progress / epochs.max(1) as f64).clamp(0.0, 1.0);
                 let floor = base * self.min_lr_fraction;
@@ -65,15 +69,26 @@ mod tests {
     fn shapes_of_schedules() {
         let c = ScheduleConfig::default();
         assert_eq!(c.lr_at(0.1, 3.5, 10), 0.1);
-        let s = ScheduleConfig { kind: ScheduleKind::Step, step_epochs: 2, gamma: 0.1, ..Default::default() };
+        let s = ScheduleConfig {
+            kind: ScheduleKind::Step,
+            step_epochs: 2,
+            gamma: 0.1,
+            ..Default::default()
+        };
         assert!((s.lr_at(1.0, 1.9, 10) - 1.0).abs() < 1e-12);
         assert!((s.lr_at(1.0, 2.0, 10) - 0.1).abs() < 1e-12);
         assert!((s.lr_at(1.0, 5.0, 10) - 0.01).abs() < 1e-12);
-        let cos = ScheduleConfig { kind: ScheduleKind::Cosine, ..Default::default() };
+        let cos = ScheduleConfig {
+            kind: ScheduleKind::Cosine,
+            ..Default::default()
+        };
         assert!((cos.lr_at(1.0, 0.0, 10) - 1.0).abs() < 1e-12);
         assert!((cos.lr_at(1.0, 5.0, 10) - 0.5).abs() < 1e-12);
         assert!(cos.lr_at(1.0, 10.0, 10).abs() < 1e-12);
-        let w = ScheduleConfig { warmup_epochs: 2.0, ..Default::default() };
+        let w = ScheduleConfig {
+            warmup_epochs: 2.0,
+            ..Default::default()
+        };
         assert!((w.lr_at(1.0, 0.0, 10) - 0.01).abs() < 1e-12);
         assert!((w.lr_at(1.0, 1.0, 10) - 0.505).abs() < 1e-12);
         assert_eq!(w.lr_at(1.0, 2.0, 10), 1.0);

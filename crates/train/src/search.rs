@@ -41,7 +41,9 @@ pub enum Strategy {
 impl SearchConfig {
     pub fn validate(&self) -> Result<(), TrainError> {
         if self.space.is_empty() {
-            return Err(TrainError::Config("search.space is empty: name at least one key with values".into()));
+            return Err(TrainError::Config(
+                "search.space is empty: name at least one key with values".into(),
+            ));
         }
         if let Some((k, _)) = self.space.iter().find(|(_, v)| v.is_empty()) {
             return Err(TrainError::Config(format!("search.space.\"{k}\" has no values")));
@@ -107,7 +109,11 @@ pub fn trial_config(
 
 /// A short label for an assignment, e.g. `optim.lr=0.01 train.l2=0.5`.
 pub fn describe(assignment: &BTreeMap<String, toml::Value>) -> String {
-    assignment.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")
+    assignment
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 #[cfg(test)]
@@ -116,9 +122,25 @@ mod tests {
 
     fn space() -> SearchConfig {
         let mut s = BTreeMap::new();
-        s.insert("optim.lr".to_string(), vec![toml::Value::Float(0.1), toml::Value::Float(0.5)]);
-        s.insert("train.l2".to_string(), vec![toml::Value::Float(0.0), toml::Value::Float(0.01), toml::Value::Float(1.0)]);
-        SearchConfig { strategy: Strategy::Grid, trials: None, metric: MetricName::ValAccuracy, retrain_on_train_val: true, space: s }
+        s.insert(
+            "optim.lr".to_string(),
+            vec![toml::Value::Float(0.1), toml::Value::Float(0.5)],
+        );
+        s.insert(
+            "train.l2".to_string(),
+            vec![
+                toml::Value::Float(0.0),
+                toml::Value::Float(0.01),
+                toml::Value::Float(1.0),
+            ],
+        );
+        SearchConfig {
+            strategy: Strategy::Grid,
+            trials: None,
+            metric: MetricName::ValAccuracy,
+            retrain_on_train_val: true,
+            space: s,
+        }
     }
 
     #[test]

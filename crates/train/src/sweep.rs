@@ -46,7 +46,10 @@ pub struct SweepResult {
 /// Runs the search in `cfg.search` with data from `data_dir`, writing
 /// `trials.csv`, `sweep.json` and the final run's outputs (`final/`) under `opts.out_dir`.
 pub fn run_sweep(cfg: &ExperimentConfig, data_dir: &Path, opts: &RunOptions) -> Result<SweepResult> {
-    let search = cfg.search.as_ref().ok_or_else(|| TrainError::Config("this config has no [search] section".into()))?;
+    let search = cfg
+        .search
+        .as_ref()
+        .ok_or_else(|| TrainError::Config("this config has no [search] section".into()))?;
     let assignments = search.trials(cfg.seed);
     let reload_data = search.space.keys().any(|k| k.starts_with("data.") || k == "seed");
     let base_data = PreparedData::load(&trial_config(cfg, &BTreeMap::new())?, data_dir)?;
@@ -54,14 +57,25 @@ pub fn run_sweep(cfg: &ExperimentConfig, data_dir: &Path, opts: &RunOptions) -> 
     for (i, a) in assignments.iter().enumerate() {
         let mut tc = trial_config(cfg, a)?;
         tc.train.checkpoints = false;
-        let data = if reload_data { PreparedData::load(&tc, data_dir)? } else { base_data.clone() };
+        let data = if reload_data {
+            PreparedData::load(&tc, data_dir)?
+        } else {
+            base_data.clone()
+        };
         if data.val.is_none() {
-            return Err(TrainError::Config("a search needs a validation split: set data.val_fraction > 0".into()));
+            return Err(TrainError::Config(
+                "a search needs a validation split: set data.val_fraction > 0".into(),
+            ));
         }
         if opts.verbosity != Verbosity::Silent {
             eprintln!("trial {}/{}: {}", i + 1, assignments.len(), describe(a));
         }
-        let trial_opts = RunOptions { out_dir: None, resume: false, max_epochs_this_run: None, ..opts.clone() };
+        let trial_opts = RunOptions {
+            out_dir: None,
+            resume: false,
+            max_epochs_this_run: None,
+            ..opts.clone()
+        };
         let strs = a.iter().map(|(k, v)| (k.clone(), v.to_string())).collect();
         let t0 = std::time::Instant::now();
         let trial = match train(&tc, &data, &trial_opts) {
@@ -120,17 +134,27 @@ pub fn run_sweep(cfg: &ExperimentConfig, data_dir: &Path, opts: &RunOptions) -> 
         fc.train.early_stopping = None;
     }
     if opts.verbosity != Verbosity::Silent {
-        let how = if search.retrain_on_train_val { "retraining on train + validation" } else { "retraining" };
+        let how = if search.retrain_on_train_val {
+            "retraining on train + validation"
+        } else {
+            "retraining"
+        };
         eprintln!("best trial {}: {}; {how}", best + 1, describe(&assignments[best]));
     }
     let final_data = PreparedData::load(&fc, data_dir)?;
-    let final_opts = RunOptions { out_dir: opts.out_dir.as_ref().map(|d| d.join("final")), ..opts.clone() };
+    let final_opts = RunOptions {
+        out_dir: opts.out_dir.as_ref().map(|d| d.join("final")),
+        ..opts.clone()
+    };
     let final_run = run_experiment(&fc, &final_data, &final_opts)?;
     if let Some(dir) = &opts.out_dir {
         let mut summary = serde_json::to_value(&final_run.summary).map_err(|e| TrainError::Config(e.to_string()))?;
         if let Some(o) = summary.as_object_mut() {
             o.insert("search_metric".into(), search.metric.as_str().into());
-            o.insert("best_trial".into(), serde_json::to_value(&trials[best]).unwrap_or_default());
+            o.insert(
+                "best_trial".into(),
+                serde_json::to_value(&trials[best]).unwrap_or_default(),
+            );
             o.insert("trials".into(), trials.len().into());
             o.insert("retrained_on_train_val".into(), search.retrain_on_train_val.into());
             // The selection's validation score, since the final run may have no validation split.
@@ -139,12 +163,19 @@ pub fn run_sweep(cfg: &ExperimentConfig, data_dir: &Path, opts: &RunOptions) -> 
         }
         write_json(&dir.join("summary.json"), &summary)?;
     }
-    Ok(SweepResult { trials, best, final_run })
+    Ok(SweepResult {
+        trials,
+        best,
+        final_run,
+    })
 }
 
 /// `trials.csv`: one row per trial with its values and validation scores.
 pub fn trials_csv(trials: &[Trial]) -> String {
-    let keys: Vec<&String> = trials.first().map(|t| t.assignment.keys().collect()).unwrap_or_default();
+    let keys: Vec<&String> = trials
+        .first()
+        .map(|t| t.assignment.keys().collect())
+        .unwrap_or_default();
     let mut s = String::from("trial");
     for k in &keys {
         s += &format!(",{k}");
@@ -153,7 +184,10 @@ pub fn trials_csv(trials: &[Trial]) -> String {
     for t in trials {
         s += &format!("{}", t.index + 1);
         for k in &keys {
-            s += &format!(",{}", t.assignment.get(*k).map(|v| v.replace(',', ";")).unwrap_or_default());
+            s += &format!(
+                ",{}",
+                t.assignment.get(*k).map(|v| v.replace(',', ";")).unwrap_or_default()
+            );
         }
         s += &format!(
             ",{:.6},{:.6},{:.6},{:.6},{},{:.2},{}\n",

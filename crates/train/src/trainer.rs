@@ -103,7 +103,13 @@ pub struct RunOptions {
 
 impl Default for RunOptions {
     fn default() -> Self {
-        Self { out_dir: None, device: Device::Cpu, verbosity: Verbosity::Silent, resume: false, max_epochs_this_run: None }
+        Self {
+            out_dir: None,
+            device: Device::Cpu,
+            verbosity: Verbosity::Silent,
+            resume: false,
+            max_epochs_this_run: None,
+        }
     }
 }
 
@@ -147,7 +153,11 @@ pub fn train(cfg: &ExperimentConfig, data: &PreparedData, opts: &RunOptions) -> 
     let device = &opts.device;
     let pipeline = cfg.data.pipeline();
     let shape = pipeline.output_shape(data.train.shape());
-    let input_shape = InputShape { channels: shape.channels, height: shape.height, width: shape.width };
+    let input_shape = InputShape {
+        channels: shape.channels,
+        height: shape.height,
+        width: shape.width,
+    };
     let num_classes = data.train.num_classes();
 
     let varmap = VarMap::new();
@@ -155,8 +165,11 @@ pub fn train(cfg: &ExperimentConfig, data: &PreparedData, opts: &RunOptions) -> 
     let model = build_model(&cfg.model, input_shape, num_classes, vb)?;
     let params = trainable_params(&varmap);
     // L2 applies to weight matrices / kernels, not biases or norm scales.
-    let l2_vars: Vec<Var> =
-        params.iter().filter(|(n, v)| n.ends_with("weight") && v.rank() >= 2).map(|(_, v)| v.clone()).collect();
+    let l2_vars: Vec<Var> = params
+        .iter()
+        .filter(|(n, v)| n.ends_with("weight") && v.rank() >= 2)
+        .map(|(_, v)| v.clone())
+        .collect();
     let l2_convention = match cfg.train.l2_scale {
         L2Scale::HalfOverM => L2Convention::HalfOverM { m: data.train.len() },
         L2Scale::Plain => L2Convention::Plain,
@@ -171,7 +184,10 @@ pub fn train(cfg: &ExperimentConfig, data: &PreparedData, opts: &RunOptions) -> 
     let config_json = serde_json::to_value(cfg).map_err(|e| TrainError::Config(e.to_string()))?;
 
     if opts.resume {
-        let dir = opts.out_dir.as_ref().ok_or_else(|| TrainError::Config("--resume needs --out DIR".into()))?;
+        let dir = opts
+            .out_dir
+            .as_ref()
+            .ok_or_else(|| TrainError::Config("--resume needs --out DIR".into()))?;
         let path = dir.join("last.json");
         if path.is_file() {
             let s = checkpoint::read_sidecar(&path)?;
@@ -186,13 +202,18 @@ pub fn train(cfg: &ExperimentConfig, data: &PreparedData, opts: &RunOptions) -> 
             if saved != now {
                 return Err(TrainError::Checkpoint {
                     path,
-                    message: "was written by a different config; resume with the same config (only train.epochs may change)".into(),
+                    message:
+                        "was written by a different config; resume with the same config (only train.epochs may change)"
+                            .into(),
                 });
             }
             checkpoint::load_model(&path, &s, &varmap, device)?;
             let state = checkpoint::load_optim(&path, &s, device)?;
             let optim_path = s.optim_file.as_ref().map_or_else(|| path.clone(), |f| dir.join(f));
-            optimizer.load_state(checkpoint::check_optim_state(&optim_path, state, &params)?, s.optimizer_steps);
+            optimizer.load_state(
+                checkpoint::check_optim_state(&optim_path, state, &params)?,
+                s.optimizer_steps,
+            );
             start_epoch = s.epoch;
             history = s.history.clone();
             best = s.best_metric;
@@ -206,7 +227,11 @@ pub fn train(cfg: &ExperimentConfig, data: &PreparedData, opts: &RunOptions) -> 
         }
     }
 
-    let batch_size = if cfg.train.batch_size == 0 { data.train.len() } else { cfg.train.batch_size };
+    let batch_size = if cfg.train.batch_size == 0 {
+        data.train.len()
+    } else {
+        cfg.train.batch_size
+    };
     let batcher = Batcher::new(&data.train, &pipeline, batch_size, device)?.training(cfg.seed);
     let nb = batcher.num_batches();
     let val_batcher = match &data.val {
@@ -255,7 +280,9 @@ pub fn train(cfg: &ExperimentConfig, data: &PreparedData, opts: &RunOptions) -> 
         let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0u64, 0u64);
         for (step, batch) in batcher.epoch(epoch as u64).enumerate() {
             let batch = batch?;
-            let lr = cfg.schedule.lr_at(base_lr, epoch as f64 + step as f64 / nb as f64, epochs);
+            let lr = cfg
+                .schedule
+                .lr_at(base_lr, epoch as f64 + step as f64 / nb as f64, epochs);
             optimizer.set_lr(lr);
             let out = model.forward_t(&batch.images, true)?;
             let mut loss = compute_loss(cfg.train.loss, &out, &batch.labels, Reduction::Mean)?;
@@ -266,7 +293,12 @@ pub fn train(cfg: &ExperimentConfig, data: &PreparedData, opts: &RunOptions) -> 
             let lv = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
             if !lv.is_finite() {
                 epoch_bar.abandon();
-                return Err(TrainError::Diverged { epoch: epoch + 1, step: step + 1, loss: lv, lr });
+                return Err(TrainError::Diverged {
+                    epoch: epoch + 1,
+                    step: step + 1,
+                    loss: lv,
+                    lr,
+                });
             }
             let mut grads = loss.backward()?;
             if let Some(max) = cfg.train.grad_clip {
@@ -302,7 +334,10 @@ pub fn train(cfg: &ExperimentConfig, data: &PreparedData, opts: &RunOptions) -> 
             val_eval = Some(e);
         }
         m.insert("seconds".into(), t0.elapsed().as_secs_f64());
-        m.insert("train_samples_per_second".into(), seen as f64 / epoch_train_secs.max(1e-9));
+        m.insert(
+            "train_samples_per_second".into(),
+            seen as f64 / epoch_train_secs.max(1e-9),
+        );
 
         let line = epoch_line(&m);
         match opts.verbosity {
@@ -322,13 +357,16 @@ pub fn train(cfg: &ExperimentConfig, data: &PreparedData, opts: &RunOptions) -> 
         if let Some(es) = &cfg.train.early_stopping {
             // Improvement for early stopping is judged against the best of its own metric.
             let current = monitored(&m, es.metric);
-            let prior = history.iter().filter_map(|h| monitored(h, es.metric)).fold(None, |acc: Option<f64>, v| {
-                Some(match acc {
-                    None => v,
-                    Some(a) if es.metric.higher_is_better() => a.max(v),
-                    Some(a) => a.min(v),
-                })
-            });
+            let prior = history
+                .iter()
+                .filter_map(|h| monitored(h, es.metric))
+                .fold(None, |acc: Option<f64>, v| {
+                    Some(match acc {
+                        None => v,
+                        Some(a) if es.metric.higher_is_better() => a.max(v),
+                        Some(a) => a.min(v),
+                    })
+                });
             match current {
                 Some(v) if improved(es.metric, v, prior, es.min_delta) => bad_epochs = 0,
                 _ => bad_epochs += 1,
@@ -365,7 +403,12 @@ pub fn train(cfg: &ExperimentConfig, data: &PreparedData, opts: &RunOptions) -> 
         if let Some(es) = &cfg.train.early_stopping {
             if bad_epochs >= es.patience {
                 stopped_early = true;
-                let msg = format!("{}: early stop after epoch {} ({} epochs without improvement)", cfg.name, epoch + 1, bad_epochs);
+                let msg = format!(
+                    "{}: early stop after epoch {} ({} epochs without improvement)",
+                    cfg.name,
+                    epoch + 1,
+                    bad_epochs
+                );
                 match opts.verbosity {
                     Verbosity::Bars => epoch_bar.println(msg),
                     Verbosity::Lines => eprintln!("{msg}"),

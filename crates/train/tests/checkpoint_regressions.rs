@@ -100,10 +100,15 @@ fn sidecar() -> Sidecar {
 
 /// The tensors of the 64-4-10 MLP `CONFIG` describes.
 fn mlp_tensors() -> HashMap<String, Tensor> {
-    [("layers.0.weight", vec![4, 64]), ("layers.0.bias", vec![4]), ("layers.1.weight", vec![10, 4]), ("layers.1.bias", vec![10])]
-        .into_iter()
-        .map(|(n, s)| (n.to_string(), Tensor::zeros(s, DType::F32, &Device::Cpu).unwrap()))
-        .collect()
+    [
+        ("layers.0.weight", vec![4, 64]),
+        ("layers.0.bias", vec![4]),
+        ("layers.1.weight", vec![10, 4]),
+        ("layers.1.bias", vec![10]),
+    ]
+    .into_iter()
+    .map(|(n, s)| (n.to_string(), Tensor::zeros(s, DType::F32, &Device::Cpu).unwrap()))
+    .collect()
 }
 
 #[test]
@@ -120,32 +125,53 @@ fn valid_parts_build_the_model() {
     let json = serde_json::to_vec(&s).unwrap();
     let p = Path::new("run/last.json");
     let s = checkpoint::parse_sidecar(&json, p).unwrap();
-    checkpoint::inference_model_from_parts(p, &s, Path::new("run/model-e1.safetensors"), mlp_tensors(), &Device::Cpu).unwrap();
+    checkpoint::inference_model_from_parts(
+        p,
+        &s,
+        Path::new("run/model-e1.safetensors"),
+        mlp_tensors(),
+        &Device::Cpu,
+    )
+    .unwrap();
 }
 
 #[test]
 fn sidecar_file_names_outside_the_folder_are_refused() {
     let p = Path::new("run/last.json");
-    for bad in ["../../etc/passwd.safetensors", "/abs/model.safetensors", "sub/model.safetensors", "model.bin", "..", ""] {
+    for bad in [
+        "../../etc/passwd.safetensors",
+        "/abs/model.safetensors",
+        "sub/model.safetensors",
+        "model.bin",
+        "..",
+        "",
+    ] {
         let mut s = sidecar();
         s.model_file = bad.into();
-        let e = checkpoint::parse_sidecar(&serde_json::to_vec(&s).unwrap(), p).unwrap_err().to_string();
+        let e = checkpoint::parse_sidecar(&serde_json::to_vec(&s).unwrap(), p)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("last.json") && e.contains("model_file"), "{bad}: {e}");
         let mut s = sidecar();
         s.optim_file = Some(bad.into());
         s.optim_sha256 = Some("cd".repeat(32));
-        let e = checkpoint::parse_sidecar(&serde_json::to_vec(&s).unwrap(), p).unwrap_err().to_string();
+        let e = checkpoint::parse_sidecar(&serde_json::to_vec(&s).unwrap(), p)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("optim_file"), "{bad}: {e}");
     }
     let mut s = sidecar();
     s.model_sha256 = "../".repeat(21) + "a";
-    let e = checkpoint::parse_sidecar(&serde_json::to_vec(&s).unwrap(), p).unwrap_err().to_string();
+    let e = checkpoint::parse_sidecar(&serde_json::to_vec(&s).unwrap(), p)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("model_sha256"), "{e}");
 }
 
 /// Hand-written safetensors bytes holding one tensor `x` of `dtype`.
 fn safetensors_with(dtype: &str, shape: &[usize], nbytes: usize) -> Vec<u8> {
-    let mut header = format!(r#"{{"x":{{"dtype":"{dtype}","shape":{shape:?},"data_offsets":[0,{nbytes}]}}}}"#).into_bytes();
+    let mut header =
+        format!(r#"{{"x":{{"dtype":"{dtype}","shape":{shape:?},"data_offsets":[0,{nbytes}]}}}}"#).into_bytes();
     while header.len() % 8 != 0 {
         header.push(b' ');
     }
@@ -159,10 +185,18 @@ fn safetensors_with(dtype: &str, shape: &[usize], nbytes: usize) -> Vec<u8> {
 fn non_float_weights_are_refused() {
     let p = Path::new("w.safetensors");
     let ok = safetensors_with("F32", &[2], 8);
-    assert_eq!(checkpoint::tensors_from_bytes(&ok, p, &Device::Cpu).unwrap()["x"].dims(), &[2]);
+    assert_eq!(
+        checkpoint::tensors_from_bytes(&ok, p, &Device::Cpu).unwrap()["x"].dims(),
+        &[2]
+    );
     for (dtype, n) in [("U8", 2), ("I64", 16), ("BOOL", 2), ("F8_E4M3", 2)] {
-        let e = checkpoint::tensors_from_bytes(&safetensors_with(dtype, &[2], n), p, &Device::Cpu).unwrap_err().to_string();
-        assert!(e.contains("w.safetensors") && e.contains("expected a floating-point tensor"), "{dtype}: {e}");
+        let e = checkpoint::tensors_from_bytes(&safetensors_with(dtype, &[2], n), p, &Device::Cpu)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("w.safetensors") && e.contains("expected a floating-point tensor"),
+            "{dtype}: {e}"
+        );
     }
 }
 
@@ -175,25 +209,41 @@ fn config_layer_sizes_not_backed_by_weights_are_refused_without_allocating_them(
     let p = Path::new("run/last.json");
     let s = checkpoint::parse_sidecar(&serde_json::to_vec(&s).unwrap(), p).unwrap();
     let wp = Path::new("run/model-e1.safetensors");
-    let (r, peak) = peak_alloc(|| checkpoint::inference_model_from_parts(p, &s, wp, mlp_tensors(), &Device::Cpu).map(|_| ()));
+    let (r, peak) =
+        peak_alloc(|| checkpoint::inference_model_from_parts(p, &s, wp, mlp_tensors(), &Device::Cpu).map(|_| ()));
     let e = r.unwrap_err().to_string();
-    assert!(e.contains("model-e1.safetensors") && e.contains("does not hold the model"), "{e}");
+    assert!(
+        e.contains("model-e1.safetensors") && e.contains("does not hold the model"),
+        "{e}"
+    );
     assert!(peak < 64 << 20, "allocated {peak} bytes for a config's layer size");
 }
 
 #[test]
 fn optimizer_state_must_match_the_parameters() {
-    let params: Vec<(String, Var)> = mlp_tensors().into_iter().map(|(n, t)| (n, Var::from_tensor(&t).unwrap())).collect();
+    let params: Vec<(String, Var)> = mlp_tensors()
+        .into_iter()
+        .map(|(n, t)| (n, Var::from_tensor(&t).unwrap()))
+        .collect();
     let p = Path::new("optim-e1.safetensors");
     let t = |s: &[usize]| Tensor::zeros(s, DType::F32, &Device::Cpu).unwrap();
-    let good = BTreeMap::from([("layers.0.weight.exp_avg".to_string(), t(&[4, 64])), ("layers.1.bias.momentum".to_string(), t(&[10]))]);
+    let good = BTreeMap::from([
+        ("layers.0.weight.exp_avg".to_string(), t(&[4, 64])),
+        ("layers.1.bias.momentum".to_string(), t(&[10])),
+    ]);
     assert_eq!(checkpoint::check_optim_state(p, good, &params).unwrap().len(), 2);
     for (key, shape, msg) in [
         ("layers.9.weight.exp_avg", vec![4, 64], "belongs to no parameter"),
         ("layers.0.weight", vec![4, 64], "belongs to no parameter"),
-        ("layers.0.weight.exp_avg_sq", vec![64, 4], "expected shape [4, 64], found [64, 4]"),
+        (
+            "layers.0.weight.exp_avg_sq",
+            vec![64, 4],
+            "expected shape [4, 64], found [64, 4]",
+        ),
     ] {
-        let e = checkpoint::check_optim_state(p, BTreeMap::from([(key.to_string(), t(&shape))]), &params).unwrap_err().to_string();
+        let e = checkpoint::check_optim_state(p, BTreeMap::from([(key.to_string(), t(&shape))]), &params)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("optim-e1.safetensors") && e.contains(msg), "{key}: {e}");
     }
 }

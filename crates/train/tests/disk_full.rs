@@ -30,7 +30,12 @@ const CFG: &str = r#"
 fn timeless(history: &[digitlab_train::trainer::EpochMetrics]) -> Vec<Vec<(String, f64)>> {
     history
         .iter()
-        .map(|h| h.iter().filter(|(k, _)| !["seconds", "train_samples_per_second"].contains(&k.as_str())).map(|(k, v)| (k.clone(), *v)).collect())
+        .map(|h| {
+            h.iter()
+                .filter(|(k, _)| !["seconds", "train_samples_per_second"].contains(&k.as_str()))
+                .map(|(k, v)| (k.clone(), *v))
+                .collect()
+        })
         .collect()
 }
 
@@ -55,27 +60,55 @@ fn disk_full_during_checkpoint_write_keeps_the_last_good_one() {
     let cfg = ExperimentConfig::from_toml_str(CFG, &[]).unwrap();
     let data = PreparedData::load(&cfg, Path::new("/nonexistent")).unwrap();
     let reference_dir = tempfile::tempdir().unwrap();
-    let reference =
-        digitlab_train::train(&cfg, &data, &RunOptions { out_dir: Some(reference_dir.path().into()), ..Default::default() }).unwrap();
+    let reference = digitlab_train::train(
+        &cfg,
+        &data,
+        &RunOptions {
+            out_dir: Some(reference_dir.path().into()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
 
     let dir = tempfile::tempdir().unwrap();
-    let two = RunOptions { out_dir: Some(dir.path().into()), max_epochs_this_run: Some(2), ..Default::default() };
+    let two = RunOptions {
+        out_dir: Some(dir.path().into()),
+        max_epochs_this_run: Some(2),
+        ..Default::default()
+    };
     digitlab_train::train(&cfg, &data, &two).unwrap();
     assert_eq!(last_is_valid(dir.path()).epoch, 2);
     let last_before = std::fs::read(dir.path().join("last.json")).unwrap();
 
-    let resume = RunOptions { out_dir: Some(dir.path().into()), resume: true, ..Default::default() };
+    let resume = RunOptions {
+        out_dir: Some(dir.path().into()),
+        resume: true,
+        ..Default::default()
+    };
     let pid = std::process::id();
     // The disk fills up while epoch 3's weights are written, then while its
     // sidecar is written (the weights having gone through).
     for file in ["model-e3.safetensors", "last.json"] {
         let tmp = dir.path().join(format!("{file}.tmp{pid}"));
         std::os::unix::fs::symlink("/dev/full", &tmp).unwrap();
-        let e = digitlab_train::train(&cfg, &data, &resume).err().expect("writing to a full disk fails").to_string();
-        assert!(e.contains(&dir.path().join(file).display().to_string()), "error does not name {file}: {e}");
+        let e = digitlab_train::train(&cfg, &data, &resume)
+            .err()
+            .expect("writing to a full disk fails")
+            .to_string();
+        assert!(
+            e.contains(&dir.path().join(file).display().to_string()),
+            "error does not name {file}: {e}"
+        );
         assert!(e.contains("No space left on device"), "{e}");
-        assert!(std::fs::symlink_metadata(&tmp).is_err(), "the failed temporary file was not removed");
-        assert_eq!(std::fs::read(dir.path().join("last.json")).unwrap(), last_before, "last.json changed");
+        assert!(
+            std::fs::symlink_metadata(&tmp).is_err(),
+            "the failed temporary file was not removed"
+        );
+        assert_eq!(
+            std::fs::read(dir.path().join("last.json")).unwrap(),
+            last_before,
+            "last.json changed"
+        );
         assert_eq!(last_is_valid(dir.path()).epoch, 2);
     }
 
@@ -86,7 +119,11 @@ fn disk_full_during_checkpoint_write_keeps_the_last_good_one() {
         let s = checkpoint::read_sidecar(&d.join("last.json")).unwrap();
         std::fs::read(d.join(s.model_file)).unwrap()
     };
-    assert_eq!(weights(dir.path()), weights(reference_dir.path()), "final weights differ from the uninterrupted run");
+    assert_eq!(
+        weights(dir.path()),
+        weights(reference_dir.path()),
+        "final weights differ from the uninterrupted run"
+    );
     let leftovers: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
         .flatten()

@@ -13,7 +13,12 @@ use std::path::Path;
 fn st_bytes(tensors: &[(String, Vec<f32>, Vec<usize>)]) -> Vec<u8> {
     let map: HashMap<String, Tensor> = tensors
         .iter()
-        .map(|(n, v, s)| (n.clone(), Tensor::from_vec(v.clone(), s.as_slice(), &Device::Cpu).unwrap()))
+        .map(|(n, v, s)| {
+            (
+                n.clone(),
+                Tensor::from_vec(v.clone(), s.as_slice(), &Device::Cpu).unwrap(),
+            )
+        })
         .collect();
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("t.safetensors");
@@ -28,7 +33,12 @@ fn sha(bytes: &[u8]) -> String {
 fn sidecar(epoch: usize, classes: usize, best: Option<usize>) -> Sidecar {
     let cfg = ExperimentConfig::from_toml_str(CONFIG, &[]).unwrap();
     let history: Vec<BTreeMap<String, f64>> = (1..=epoch)
-        .map(|e| BTreeMap::from([("epoch".to_string(), e as f64), ("train_loss".to_string(), 1.0 / e as f64)]))
+        .map(|e| {
+            BTreeMap::from([
+                ("epoch".to_string(), e as f64),
+                ("train_loss".to_string(), 1.0 / e as f64),
+            ])
+        })
         .collect();
     Sidecar {
         format_version: FORMAT_VERSION,
@@ -85,7 +95,12 @@ fn mlp_vars() -> (candle_nn::VarMap, Vec<(String, Var)>) {
     let map = candle_nn::VarMap::new();
     let mut params = Vec::new();
     let mut data = map.data().lock().unwrap();
-    for (name, shape) in [("layers.0.weight", vec![4, 64]), ("layers.0.bias", vec![4]), ("layers.1.weight", vec![10, 4]), ("layers.1.bias", vec![10])] {
+    for (name, shape) in [
+        ("layers.0.weight", vec![4, 64]),
+        ("layers.0.bias", vec![4]),
+        ("layers.1.weight", vec![10, 4]),
+        ("layers.1.bias", vec![10]),
+    ] {
         let v = Var::zeros(shape, DType::F32, &Device::Cpu).unwrap();
         data.insert(name.to_string(), v.clone());
         params.push((name.to_string(), v));
@@ -96,10 +111,14 @@ fn mlp_vars() -> (candle_nn::VarMap, Vec<(String, Var)>) {
 
 fn tensor_spec() -> impl Strategy<Value = Vec<(String, Vec<f32>, Vec<usize>)>> {
     proptest::collection::vec(
-        ("[a-z]{1,6}(\\.[a-z0-9]{1,4}){0,2}", proptest::collection::vec(1usize..5, 1..3)).prop_flat_map(|(name, shape)| {
-            let n: usize = shape.iter().product();
-            (Just(name), proptest::collection::vec(-1e3f32..1e3, n), Just(shape))
-        }),
+        (
+            "[a-z]{1,6}(\\.[a-z0-9]{1,4}){0,2}",
+            proptest::collection::vec(1usize..5, 1..3),
+        )
+            .prop_flat_map(|(name, shape)| {
+                let n: usize = shape.iter().product();
+                (Just(name), proptest::collection::vec(-1e3f32..1e3, n), Just(shape))
+            }),
         1..4,
     )
     .prop_map(|mut v| {

@@ -26,7 +26,12 @@ const CFG: &str = r#"
 fn timeless(history: &[digitlab_train::trainer::EpochMetrics]) -> Vec<digitlab_train::trainer::EpochMetrics> {
     history
         .iter()
-        .map(|h| h.iter().filter(|(k, _)| !["seconds", "train_samples_per_second"].contains(&k.as_str())).map(|(k, v)| (k.clone(), *v)).collect())
+        .map(|h| {
+            h.iter()
+                .filter(|(k, _)| !["seconds", "train_samples_per_second"].contains(&k.as_str()))
+                .map(|(k, v)| (k.clone(), *v))
+                .collect()
+        })
         .collect()
 }
 
@@ -41,19 +46,34 @@ fn interrupted_then_resumed_equals_uninterrupted() {
     let data = PreparedData::load(&cfg, Path::new("/nonexistent")).unwrap();
 
     let full = tempfile::tempdir().unwrap();
-    let opts = RunOptions { out_dir: Some(full.path().into()), ..Default::default() };
+    let opts = RunOptions {
+        out_dir: Some(full.path().into()),
+        ..Default::default()
+    };
     let a = digitlab_train::train(&cfg, &data, &opts).unwrap();
 
     let split = tempfile::tempdir().unwrap();
-    let first = RunOptions { out_dir: Some(split.path().into()), max_epochs_this_run: Some(2), ..Default::default() };
+    let first = RunOptions {
+        out_dir: Some(split.path().into()),
+        max_epochs_this_run: Some(2),
+        ..Default::default()
+    };
     let partial = digitlab_train::train(&cfg, &data, &first).unwrap();
     assert!(!partial.complete);
     assert_eq!(partial.history.len(), 2);
-    let second = RunOptions { out_dir: Some(split.path().into()), resume: true, ..Default::default() };
+    let second = RunOptions {
+        out_dir: Some(split.path().into()),
+        resume: true,
+        ..Default::default()
+    };
     let b = digitlab_train::train(&cfg, &data, &second).unwrap();
 
     assert_eq!(timeless(&a.history), timeless(&b.history));
-    assert_eq!(weights(full.path(), "last"), weights(split.path(), "last"), "bit-identical final weights");
+    assert_eq!(
+        weights(full.path(), "last"),
+        weights(split.path(), "last"),
+        "bit-identical final weights"
+    );
     assert_eq!(a.val.unwrap().accuracy(), b.val.unwrap().accuracy());
 }
 
@@ -65,7 +85,10 @@ fn same_seed_same_bits_other_seed_differs() {
         let mut c = cfg.clone();
         c.seed = seed;
         let dir = tempfile::tempdir().unwrap();
-        let opts = RunOptions { out_dir: Some(dir.path().into()), ..Default::default() };
+        let opts = RunOptions {
+            out_dir: Some(dir.path().into()),
+            ..Default::default()
+        };
         digitlab_train::train(&c, &data, &opts).unwrap();
         weights(dir.path(), "last")
     };
@@ -78,12 +101,21 @@ fn resume_refuses_another_config_and_corrupt_checkpoints() {
     let cfg = ExperimentConfig::from_toml_str(CFG, &["train.epochs=1".into()]).unwrap();
     let data = PreparedData::load(&cfg, Path::new("/nonexistent")).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let opts = RunOptions { out_dir: Some(dir.path().into()), ..Default::default() };
+    let opts = RunOptions {
+        out_dir: Some(dir.path().into()),
+        ..Default::default()
+    };
     digitlab_train::train(&cfg, &data, &opts).unwrap();
 
     let other = ExperimentConfig::from_toml_str(CFG, &["train.epochs=2".into(), "optim.lr=0.5".into()]).unwrap();
-    let resume = RunOptions { resume: true, ..opts.clone() };
-    let e = digitlab_train::train(&other, &data, &resume).err().expect("different config").to_string();
+    let resume = RunOptions {
+        resume: true,
+        ..opts.clone()
+    };
+    let e = digitlab_train::train(&other, &data, &resume)
+        .err()
+        .expect("different config")
+        .to_string();
     assert!(e.contains("different config"), "{e}");
 
     let s = digitlab_train::checkpoint::read_sidecar(&dir.path().join("last.json")).unwrap();
@@ -93,7 +125,10 @@ fn resume_refuses_another_config_and_corrupt_checkpoints() {
     bytes[n - 1] ^= 0xff;
     std::fs::write(&wpath, bytes).unwrap();
     let more = ExperimentConfig::from_toml_str(CFG, &["train.epochs=2".into()]).unwrap();
-    let e = digitlab_train::train(&more, &data, &resume).err().expect("corrupt weights").to_string();
+    let e = digitlab_train::train(&more, &data, &resume)
+        .err()
+        .expect("corrupt weights")
+        .to_string();
     assert!(e.contains("corrupt or replaced") && e.contains(&s.model_file), "{e}");
 }
 
@@ -101,6 +136,12 @@ fn resume_refuses_another_config_and_corrupt_checkpoints() {
 fn divergence_is_reported_with_epoch_and_step() {
     let cfg = ExperimentConfig::from_toml_str(CFG, &["optim.kind=sgd".into(), "optim.lr=1e30".into()]).unwrap();
     let data = PreparedData::load(&cfg, Path::new("/nonexistent")).unwrap();
-    let e = digitlab_train::train(&cfg, &data, &RunOptions::default()).err().expect("diverges").to_string();
-    assert!(e.contains("diverged at epoch 1") && e.contains("lower learning rate"), "{e}");
+    let e = digitlab_train::train(&cfg, &data, &RunOptions::default())
+        .err()
+        .expect("diverges")
+        .to_string();
+    assert!(
+        e.contains("diverged at epoch 1") && e.contains("lower learning rate"),
+        "{e}"
+    );
 }

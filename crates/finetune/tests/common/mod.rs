@@ -101,8 +101,7 @@ pub fn synthetic_svhn(n: usize, seed: u64) -> (Vec<u8>, Vec<u8>) {
         for ch in 0..3 {
             for r in 0..32 {
                 for c in 0..32 {
-                    let bar =
-                        (3 * k as usize..3 * k as usize + 2).contains(&r) && (c0..c1).contains(&c);
+                    let bar = (3 * k as usize..3 * k as usize + 2).contains(&r) && (c0..c1).contains(&c);
                     let v = if bar {
                         255 - rng.random_range(0..40)
                     } else {
@@ -130,12 +129,7 @@ pub fn svhn_data_dir(root: &Path, n_train: usize, n_test: usize) -> PathBuf {
 /// Every tensor of a seeded `cfg` model for `input` with `classes` outputs, with
 /// batch-norm running statistics set to non-trivial values (as a trained
 /// checkpoint has) and a `num_batches_tracked` per batch norm (as torch writes).
-pub fn seeded_checkpoint(
-    cfg: &ModelConfig,
-    input: InputShape,
-    classes: usize,
-    seed: u64,
-) -> HashMap<String, Tensor> {
+pub fn seeded_checkpoint(cfg: &ModelConfig, input: InputShape, classes: usize, seed: u64) -> HashMap<String, Tensor> {
     let map = VarMap::new();
     let vb = SeededVarMap::var_builder(&map, seed, DType::F32, &Device::Cpu);
     build_model(cfg, input, classes, vb).unwrap();
@@ -146,18 +140,14 @@ pub fn seeded_checkpoint(
         let n = t.elem_count();
         let t = if name.ends_with("running_var") {
             Tensor::from_vec(
-                (0..n)
-                    .map(|i| 0.5 + (i % 7) as f32 * 0.25)
-                    .collect::<Vec<f32>>(),
+                (0..n).map(|i| 0.5 + (i % 7) as f32 * 0.25).collect::<Vec<f32>>(),
                 n,
                 &Device::Cpu,
             )
             .unwrap()
         } else if name.ends_with("running_mean") {
             Tensor::from_vec(
-                (0..n)
-                    .map(|i| ((i % 5) as f32 - 2.0) * 0.05)
-                    .collect::<Vec<f32>>(),
+                (0..n).map(|i| ((i % 5) as f32 - 2.0) * 0.05).collect::<Vec<f32>>(),
                 n,
                 &Device::Cpu,
             )
@@ -168,10 +158,7 @@ pub fn seeded_checkpoint(
         if let Some(prefix) = name.strip_suffix("running_mean") {
             out.insert(
                 format!("{prefix}num_batches_tracked"),
-                Tensor::new(&[100i64], &Device::Cpu)
-                    .unwrap()
-                    .squeeze(0)
-                    .unwrap(),
+                Tensor::new(&[100i64], &Device::Cpu).unwrap().squeeze(0).unwrap(),
             );
         }
         out.insert(name.clone(), t);
@@ -189,8 +176,7 @@ pub fn hub_cache(cache: &Path, repo: &str, tensors: &HashMap<String, Tensor>) ->
     let snapshot = repo_dir.join("snapshots").join(HASH);
     std::fs::create_dir_all(&snapshot).unwrap();
     std::fs::write(repo_dir.join("refs/main"), HASH).unwrap();
-    let blob =
-        repo_dir.join("blobs/0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0");
+    let blob = repo_dir.join("blobs/0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0");
     candle_core::safetensors::save(tensors, &blob).unwrap();
     let file = snapshot.join("model.safetensors");
     #[cfg(unix)]
@@ -276,17 +262,11 @@ pub fn write_pth(path: &Path, tensors: &HashMap<String, Tensor>) {
         }
         p.extend_from_slice(b"t\x89ccollections\nOrderedDict\n)RtR");
         let values: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
-        storages.push(
-            values
-                .iter()
-                .flat_map(|v| v.to_le_bytes())
-                .collect::<Vec<u8>>(),
-        );
+        storages.push(values.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>());
     }
     p.extend_from_slice(b"u.");
     let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    let opts =
-        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    let opts = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
     w.start_file("ckpt/data.pkl", opts).unwrap();
     w.write_all(&p).unwrap();
     for (i, s) in storages.iter().enumerate() {

@@ -3,7 +3,9 @@ use candle_core::{DType, Device, Result, Tensor, Var};
 
 /// Deterministic values in about [-1, 1], different for each `seed`.
 pub fn values(n: usize, seed: u64) -> Vec<f32> {
-    (0..n).map(|i| (((i as f64 + 1.0) * 0.7548776662 + seed as f64 * 0.5698402910).fract() * 2.0 - 1.0) as f32).collect()
+    (0..n)
+        .map(|i| (((i as f64 + 1.0) * 0.7548776662 + seed as f64 * 0.5698402910).fract() * 2.0 - 1.0) as f32)
+        .collect()
 }
 
 pub fn tensor(shape: &[usize], seed: u64) -> Tensor {
@@ -20,8 +22,25 @@ pub fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims(), "shapes differ");
     let a = a.to_dtype(DType::F32).unwrap();
     let b = b.to_dtype(DType::F32).unwrap();
-    let diff: f32 = (&a - &b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap();
-    let scale: f32 = b.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap();
+    let diff: f32 = (&a - &b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar()
+        .unwrap();
+    let scale: f32 = b
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar()
+        .unwrap();
     diff / scale.max(1e-6)
 }
 
@@ -52,10 +71,25 @@ pub fn finite_difference(x: &Tensor, eps: f32, f: impl Fn(&Tensor) -> f64) -> Ve
 pub fn assert_close(a: &[f64], b: &[f64], tol: f64, what: &str) {
     assert_eq!(a.len(), b.len(), "{what}: lengths");
     let scale = b.iter().fold(1.0f64, |m, v| m.max(v.abs()));
-    let (i, diff) = a.iter().zip(b).map(|(x, y)| (x - y).abs()).enumerate().fold((0, 0.0), |m, (i, d)| if d > m.1 { (i, d) } else { m });
-    assert!(diff <= tol * scale, "{what}: max diff {diff} at {i} ({} vs {}), scale {scale}", a[i], b[i]);
+    let (i, diff) = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .enumerate()
+        .fold((0, 0.0), |m, (i, d)| if d > m.1 { (i, d) } else { m });
+    assert!(
+        diff <= tol * scale,
+        "{what}: max diff {diff} at {i} ({} vs {}), scale {scale}",
+        a[i],
+        b[i]
+    );
 }
 
 pub fn to_f64(t: &Tensor) -> Vec<f64> {
-    t.flatten_all().unwrap().to_dtype(DType::F64).unwrap().to_vec1().unwrap()
+    t.flatten_all()
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_vec1()
+        .unwrap()
 }

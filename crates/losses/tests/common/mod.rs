@@ -116,9 +116,7 @@ pub fn autograd(x: &[f64], shape: &[usize], f: impl Fn(&Tensor) -> Tensor) -> (f
     let var = Var::from_vec(x.to_vec(), shape, &DEV).unwrap();
     let loss = f(var.as_tensor());
     let grads = loss.backward().unwrap();
-    let g = grads
-        .get(var.as_tensor())
-        .expect("no gradient for the input");
+    let g = grads.get(var.as_tensor()).expect("no gradient for the input");
     assert_eq!(g.dims(), shape);
     (scalar(&loss), values(g))
 }
@@ -146,10 +144,7 @@ pub fn check_grad(what: &str, x: &[f64], shape: &[usize], f: impl Fn(&Tensor) ->
             g[i]
         );
     }
-    eprintln!(
-        "{what}: worst relative error {worst:e} over {} components",
-        x.len()
-    );
+    eprintln!("{what}: worst relative error {worst:e} over {} components", x.len());
 }
 
 pub fn sigmoid(z: f64) -> f64 {
