@@ -6,7 +6,7 @@ use candle_core::{DType, Device, ModuleT, Tensor};
 use candle_nn::VarMap;
 use digitlab_losses::{softmax_cross_entropy, Reduction};
 use digitlab_models::{build_model, InputShape, MlpConfig, Model, ModelConfig, SeededVarMap};
-use digitlab_train::optim::{Optimizer, OptimizerConfig};
+use digitlab_train::optim::{AdamConfig, OptimizerConfig, SgdConfig};
 use divan::counter::ItemsCount;
 use divan::Bencher;
 
@@ -53,7 +53,7 @@ fn step_bench(b: Bencher, n: usize, optim: OptimizerConfig) {
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    let mut opt = Optimizer::new(optim, params);
+    let mut opt = optim.build(params).unwrap();
     let (x, y) = batch(n);
     b.counter(ItemsCount::new(n)).bench_local(|| {
         let out = model.forward_t(&x, true).unwrap();
@@ -64,31 +64,12 @@ fn step_bench(b: Bencher, n: usize, optim: OptimizerConfig) {
 
 #[divan::bench(args = [1, 32, 100, 256])]
 fn train_step_sgd(b: Bencher, n: usize) {
-    step_bench(
-        b,
-        n,
-        OptimizerConfig::Sgd {
-            lr: 0.01,
-            momentum: 0.0,
-            nesterov: false,
-            weight_decay: 0.0,
-        },
-    );
+    step_bench(b, n, SgdConfig::new(0.01).into());
 }
 
 #[divan::bench(args = [1, 32, 100, 256])]
 fn train_step_adam(b: Bencher, n: usize) {
-    step_bench(
-        b,
-        n,
-        OptimizerConfig::Adam {
-            lr: 0.001,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.0,
-        },
-    );
+    step_bench(b, n, AdamConfig::new(0.001).into());
 }
 
 #[divan::bench]

@@ -13,7 +13,7 @@ use digitlab_losses::{l2_penalty, softmax_cross_entropy, L2Convention, LossKind,
 use digitlab_models::{
     build_model, Head, InputShape, MlpConfig, Model, ModelConfig, ResNetConfig, SeededVarMap, VggConfig,
 };
-use digitlab_train::optim::{Optimizer, OptimizerConfig};
+use digitlab_train::optim::{AdamConfig, OptimizerConfig, SgdConfig};
 use std::time::{Duration, Instant};
 
 /// Errors of the benchmark workloads.
@@ -199,22 +199,11 @@ fn labels(b: usize, classes: u32) -> Result<Tensor> {
 }
 
 fn sgd(lr: f64) -> OptimizerConfig {
-    OptimizerConfig::Sgd {
-        lr,
-        momentum: 0.0,
-        nesterov: false,
-        weight_decay: 0.0,
-    }
+    SgdConfig::new(lr).into()
 }
 
 fn adam(lr: f64) -> OptimizerConfig {
-    OptimizerConfig::Adam {
-        lr,
-        beta1: 0.9,
-        beta2: 0.999,
-        eps: 1e-8,
-        weight_decay: 0.0,
-    }
+    AdamConfig::new(lr).into()
 }
 
 fn mlp_config(hidden: &[usize]) -> ModelConfig {
@@ -288,7 +277,7 @@ fn classifier_step(
     optim: OptimizerConfig,
 ) -> Result<Box<dyn FnMut() -> Result<()>>> {
     let (m, map) = model(&cfg, input, 10)?;
-    let mut opt = Optimizer::new(optim, params(&map));
+    let mut opt = optim.build(params(&map))?;
     let x = images(batch, input.channels, input.height, input.width)?;
     let y = labels(batch, 10)?;
     Ok(Box::new(move || {
@@ -360,7 +349,7 @@ pub fn prepare(name: &str) -> Result<Prepared> {
                 .find(|(n, _)| n.ends_with("weight"))
                 .map(|(_, v)| v.as_tensor().clone())
                 .ok_or_else(|| BenchError::Invalid("logistic regression has no weight".into()))?;
-            let mut opt = Optimizer::new(adam(0.01), vars);
+            let mut opt = adam(0.01).build(vars)?;
             let x = images(n, 1, 28, 28)?;
             let y = labels(n, 2)?;
             Box::new(move || {
@@ -411,7 +400,7 @@ pub fn prepare(name: &str) -> Result<Prepared> {
             let map = VarMap::new();
             let vb = SeededVarMap::var_builder(&map, 0, DType::F32, &Device::Cpu);
             let head = Head::new(dim, 10, 0.0, vb.pp("fc"))?;
-            let mut opt = Optimizer::new(adam(1e-3), params(&map));
+            let mut opt = adam(1e-3).build(params(&map))?;
             // A fixed shuffled order, walked in chunks of `batch` (as train_head does).
             let order: Vec<u32> = (0..rows as u32).map(|i| (i.wrapping_mul(7919)) % rows as u32).collect();
             let mut pos = 0usize;

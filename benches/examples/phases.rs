@@ -2,7 +2,7 @@ use candle_core::{DType, Device, ModuleT, Tensor};
 use candle_nn::VarMap;
 use digitlab_losses::{softmax_cross_entropy, Reduction};
 use digitlab_models::{build_model, InputShape, MlpConfig, ModelConfig, SeededVarMap};
-use digitlab_train::optim::{Optimizer, OptimizerConfig};
+use digitlab_train::optim::{AdamConfig, OptimizerConfig, SgdConfig};
 use std::time::Instant;
 fn main() {
     let b: usize = std::env::args().nth(1).unwrap().parse().unwrap();
@@ -33,23 +33,12 @@ fn main() {
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    let oc = if adam {
-        OptimizerConfig::Adam {
-            lr: 1e-3,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.0,
-        }
+    let oc: OptimizerConfig = if adam {
+        AdamConfig::new(1e-3).into()
     } else {
-        OptimizerConfig::Sgd {
-            lr: 0.01,
-            momentum: 0.0,
-            nesterov: false,
-            weight_decay: 0.0,
-        }
+        SgdConfig::new(0.01).into()
     };
-    let mut opt = Optimizer::new(oc, params);
+    let mut opt = oc.build(params).unwrap();
     let x = Tensor::rand(-1f32, 1f32, (b, 1, 28, 28), &Device::Cpu).unwrap();
     let y = Tensor::from_vec((0..b as u32).map(|i| i % 10).collect::<Vec<u32>>(), b, &Device::Cpu).unwrap();
     let mut t = [0f64; 5];

@@ -3,19 +3,19 @@
 //! The head is a [`digitlab_models::Head`] (optional dropout + one linear layer)
 //! created in its *own* `VarMap` under the backbone's head prefix (`fc`,
 //! `classifier.6`, ...), so only its weight and bias reach the optimizer and the
-//! backbone's variables are never touched. Training reuses digitlab-train's
-//! [`Optimizer`], loss ([`compute_loss`]) and metrics; each epoch visits the cached
-//! features in a seeded random order (the permutation is a function of the seed and
-//! the epoch, as in `digitlab_data::Batcher`).
-use std::time::Instant;
-
-use candle_core::{DType, Device, ModuleT, Tensor};
+//! backbone's variables are never touched. It is trained by digitlab-train's one
+//! loop, [`digitlab_train::fit`], with the divergence guard and per-epoch log
+//! lines; each epoch visits the cached features in a seeded random order
+//! ([`FeatureBatches`]: the permutation is a function of the seed and the epoch,
+//! as in `digitlab_data::Batcher`).
+use candle_core::{DType, Tensor};
 use candle_nn::VarMap;
-use digitlab_losses::{LossKind, Reduction};
+use digitlab_losses::LossKind;
 use digitlab_models::{Head, OutputKind, SeededVarMap};
-use digitlab_train::eval::{compute_loss, predict};
+use digitlab_train::eval::evaluate_source;
+use digitlab_train::fit::{DivergenceGuard, Progress};
 use digitlab_train::trainer::EpochMetrics;
-use digitlab_train::{ConfusionMatrix, Evaluation, Optimizer, OptimizerConfig, TrainError, Verbosity};
+use digitlab_train::{Batch, BatchSource, Evaluation, Fit, OptimizerConfig, ParamGroup, Verbosity};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -42,13 +42,7 @@ impl Default for HeadConfig {
         Self {
             epochs: 5,
             batch_size: 64,
-            optim: OptimizerConfig::Adam {
-                lr: 1e-3,
-                beta1: 0.9,
-                beta2: 0.999,
-                eps: 1e-8,
-                weight_decay: 0.0,
-            },
+            optim: digitlab_train::optim::AdamConfig::new(1e-3).into(),
             dropout: 0.0,
             seed: 42,
             eval_batch_size: 1000,
@@ -185,114 +179,106 @@ pub fn train_head(
     let params = digitlab_train::trainable_params(&varmap);
     let trainable: Vec<String> = params.iter().map(|(n, _)| n.clone()).collect();
     let parameters = params.iter().map(|(_, v)| v.elem_count()).sum();
-    let mut optimizer = Optimizer::new(cfg.optim.clone(), params);
+    let mut optimizer = cfg.optim.build_groups(vec![ParamGroup::trainable("head", params)])?;
 
-    let n = train.len();
-    let mut history = Vec::with_capacity(cfg.epochs);
-    let (mut train_seconds, mut eval_seconds, mut train_samples) = (0.0, 0.0, 0u64);
-    let mut val_eval = None;
-    for epoch in 0..cfg.epochs {
-        let t0 = Instant::now();
-        let mut order: Vec<u32> = (0..n as u32).collect();
-        let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        order.shuffle(&mut rng);
-        let (mut loss_sum, mut correct) = (0.0f64, 0u64);
-        for (step, chunk) in order.chunks(cfg.batch_size).enumerate() {
-            let ids = Tensor::from_slice(chunk, chunk.len(), &device)?;
-            let x = train.features.index_select(&ids, 0)?;
-            let y = train.labels.index_select(&ids, 0)?;
-            let logits = head.forward_t(&x, true)?;
-            let loss = compute_loss(LossKind::CrossEntropy, &logits, &y, Reduction::Mean)?;
-            let lv = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-            if !lv.is_finite() {
-                return Err(TrainError::Diverged {
-                    epoch: epoch + 1,
-                    step: step + 1,
-                    loss: lv,
-                    lr: optimizer.lr(),
-                }
-                .into());
-            }
-            optimizer.step(&loss.backward()?)?;
-            let (pred, _) = predict(OutputKind::Logits(num_classes), &logits)?;
-            let labels: Vec<u32> = y.to_vec1()?;
-            correct += pred.iter().zip(&labels).filter(|(p, l)| p == l).count() as u64;
-            loss_sum += lv * chunk.len() as f64;
-        }
-        let secs = t0.elapsed().as_secs_f64();
-        train_seconds += secs;
-        train_samples += n as u64;
-        let mut m = EpochMetrics::new();
-        m.insert("epoch".into(), (epoch + 1) as f64);
-        m.insert("lr".into(), optimizer.lr());
-        m.insert("train_loss".into(), loss_sum / n as f64);
-        m.insert("train_accuracy".into(), correct as f64 / n as f64);
-        if let Some(v) = val {
-            let t1 = Instant::now();
-            let e = evaluate_head(&head, v, num_classes, cfg.eval_batch_size)?;
-            eval_seconds += t1.elapsed().as_secs_f64();
-            m.insert("val_loss".into(), e.loss);
-            m.insert("val_accuracy".into(), e.accuracy());
-            m.insert("val_macro_f1".into(), e.macro_f1());
-            val_eval = Some(e);
-        }
-        m.insert("seconds".into(), t0.elapsed().as_secs_f64());
-        m.insert("train_samples_per_second".into(), n as f64 / secs.max(1e-9));
-        if verbosity != Verbosity::Silent {
-            let mut line = format!(
-                "{name} head epoch {}/{} train loss {:.4} acc {:.4}",
-                epoch + 1,
-                cfg.epochs,
-                m["train_loss"],
-                m["train_accuracy"]
-            );
-            if let (Some(l), Some(a)) = (m.get("val_loss"), m.get("val_accuracy")) {
-                line += &format!(" | val loss {l:.4} acc {a:.4}");
-            }
-            eprintln!("{line} | {:.2}s", m["seconds"]);
-        }
-        history.push(m);
+    let batches = FeatureBatches::shuffled(train, cfg.batch_size, cfg.seed);
+    let val_batches = val.map(|v| FeatureBatches::in_order(v, cfg.eval_batch_size));
+    // Head epochs take well under a second: log lines, not bars.
+    let lines = match verbosity {
+        Verbosity::Silent => Verbosity::Silent,
+        _ => Verbosity::Lines,
+    };
+    let mut progress = Progress::new(format!("{name} head"), lines);
+    let mut guard = DivergenceGuard;
+    let mut fit = Fit::new(&head, OutputKind::Logits(num_classes), optimizer.as_mut(), &batches)
+        .epochs(cfg.epochs)
+        .loss(LossKind::CrossEntropy)
+        .callback(&mut progress)
+        .callback(&mut guard);
+    if let Some(v) = &val_batches {
+        fit = fit.validation(v);
     }
+    let outcome = fit.run()?;
     Ok(HeadRun {
         head,
         varmap,
         trainable,
-        history,
-        train_seconds,
-        eval_seconds,
-        train_samples,
-        val: val_eval,
+        history: outcome.state.history,
+        train_seconds: outcome.train_seconds,
+        eval_seconds: outcome.eval_seconds,
+        train_samples: outcome.train_samples,
+        val: outcome.val,
         parameters,
     })
+}
+
+/// Labelled features as batches: in a seeded random order that is a function of
+/// (seed, epoch) for training, or in row order for evaluation.
+pub struct FeatureBatches<'a> {
+    data: &'a LabeledFeatures,
+    batch_size: usize,
+    shuffle_seed: Option<u64>,
+}
+
+impl<'a> FeatureBatches<'a> {
+    /// Batches of `batch_size` rows in a fresh seeded order every epoch.
+    pub fn shuffled(data: &'a LabeledFeatures, batch_size: usize, seed: u64) -> Self {
+        Self {
+            data,
+            batch_size: batch_size.max(1),
+            shuffle_seed: Some(seed),
+        }
+    }
+    /// Consecutive rows, `batch_size` at a time.
+    pub fn in_order(data: &'a LabeledFeatures, batch_size: usize) -> Self {
+        Self {
+            data,
+            batch_size: batch_size.max(1),
+            shuffle_seed: None,
+        }
+    }
+}
+
+impl BatchSource for FeatureBatches<'_> {
+    fn num_batches(&self) -> usize {
+        self.data.len().div_ceil(self.batch_size)
+    }
+
+    fn batches(&self, epoch: usize) -> Box<dyn Iterator<Item = digitlab_train::Result<Batch>> + '_> {
+        let (n, bs, data) = (self.data.len(), self.batch_size, self.data);
+        let Some(seed) = self.shuffle_seed else {
+            return Box::new((0..n).step_by(bs).map(move |start| {
+                let len = bs.min(n - start);
+                Ok(Batch {
+                    inputs: data.features.narrow(0, start, len)?,
+                    labels: data.labels.narrow(0, start, len)?,
+                })
+            }));
+        };
+        let mut order: Vec<u32> = (0..n as u32).collect();
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        order.shuffle(&mut rng);
+        let device = data.features.device().clone();
+        Box::new((0..n).step_by(bs).map(move |start| {
+            let chunk = &order[start..(start + bs).min(n)];
+            let ids = Tensor::from_slice(chunk, chunk.len(), &device)?;
+            Ok(Batch {
+                inputs: data.features.index_select(&ids, 0)?,
+                labels: data.labels.index_select(&ids, 0)?,
+            })
+        }))
+    }
 }
 
 /// Evaluates `head` (eval mode) on `data`: cross-entropy, confusion matrix and
 /// per-row predictions, in row order.
 pub fn evaluate_head(head: &Head, data: &LabeledFeatures, num_classes: usize, batch_size: usize) -> Result<Evaluation> {
-    let n = data.len();
-    let mut total_loss = 0.0;
-    let mut predictions = Vec::with_capacity(n);
-    let mut confidence = Vec::with_capacity(n);
-    let mut start = 0;
-    while start < n {
-        let len = batch_size.max(1).min(n - start);
-        let x = data.features.narrow(0, start, len)?;
-        let y = data.labels.narrow(0, start, len)?;
-        let logits = head.forward_t(&x, false)?;
-        let l = compute_loss(LossKind::CrossEntropy, &logits, &y, Reduction::Sum)?;
-        total_loss += l.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-        let (p, c) = predict(OutputKind::Logits(num_classes), &logits)?;
-        predictions.extend(p);
-        confidence.extend(c);
-        start += len;
-    }
-    let labels: Vec<u32> = data.labels.to_device(&Device::Cpu)?.to_vec1()?;
-    let confusion = ConfusionMatrix::from_predictions(num_classes, &labels, &predictions);
-    Ok(Evaluation {
-        loss: total_loss / n.max(1) as f64,
-        confusion,
-        predictions,
-        confidence,
-        labels,
-    })
+    let batches = FeatureBatches::in_order(data, batch_size);
+    Ok(evaluate_source(
+        head,
+        OutputKind::Logits(num_classes),
+        &batches,
+        num_classes,
+        LossKind::CrossEntropy,
+    )?)
 }

@@ -1,6 +1,7 @@
 //! Evaluation of a model on a dataset: loss, confusion matrix and per-image
 //! predictions with confidences.
 use crate::metrics::ConfusionMatrix;
+use crate::source::BatchSource;
 use crate::Result;
 use candle_core::{DType, ModuleT, Tensor, D};
 use digitlab_data::{Batcher, Dataset, Pipeline};
@@ -82,23 +83,35 @@ pub fn evaluate(
 /// Evaluates `model` on the batches of an (unshuffled) batcher; reuse one batcher
 /// across epochs so its cached tensors are converted once.
 pub fn evaluate_batches(model: &Model, batcher: &Batcher, loss: LossKind) -> Result<Evaluation> {
-    let data = batcher.dataset();
+    evaluate_source(model, model.output(), batcher, batcher.dataset().num_classes(), loss)
+}
+
+/// Evaluates any model (in eval mode) on epoch 0 of `source`: mean `loss` per
+/// example, and predictions read as `output` says, over `num_classes` classes.
+pub fn evaluate_source<M: ModuleT + ?Sized>(
+    model: &M,
+    output: OutputKind,
+    source: &dyn BatchSource,
+    num_classes: usize,
+    loss: LossKind,
+) -> Result<Evaluation> {
     let mut total_loss = 0.0;
-    let mut predictions = Vec::with_capacity(data.len());
-    let mut confidence = Vec::with_capacity(data.len());
-    for batch in batcher.epoch(0) {
+    let mut predictions = Vec::new();
+    let mut confidence = Vec::new();
+    let mut labels = Vec::new();
+    for batch in source.batches(0) {
         let batch = batch?;
-        let out = model.forward_t(&batch.images, false)?;
+        let out = model.forward_t(&batch.inputs, false)?;
         let l = compute_loss(loss, &out, &batch.labels, Reduction::Sum)?;
         total_loss += l.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-        let (p, c) = predict(model.output(), &out)?;
+        let (p, c) = predict(output, &out)?;
         predictions.extend(p);
         confidence.extend(c);
+        labels.extend(batch.labels.to_dtype(DType::U32)?.to_vec1::<u32>()?);
     }
-    let labels: Vec<u32> = data.labels().iter().map(|&l| l as u32).collect();
-    let confusion = ConfusionMatrix::from_predictions(data.num_classes(), &labels, &predictions);
+    let confusion = ConfusionMatrix::from_predictions(num_classes, &labels, &predictions);
     Ok(Evaluation {
-        loss: total_loss / data.len() as f64,
+        loss: total_loss / labels.len().max(1) as f64,
         confusion,
         predictions,
         confidence,

@@ -3,10 +3,13 @@
 //! The training stack of digitlab, in the spirit of burn-train's `Learner`:
 //!
 //! - typed experiment configs from TOML with `--set` overrides ([`config`]);
-//! - optimizers SGD / Adam / AdamW with saveable state ([`optim`]) and
+//! - optimizers SGD / Adam / AdamW behind one trait, over parameter groups, with
+//!   saveable state ([`optim`]) and
 //!   learning-rate schedules ([`schedule`]);
-//! - a training loop with progress bars, a divergence guard, early stopping,
-//!   best/last checkpoints and resume ([`trainer`], [`checkpoint`]);
+//! - one training loop over any candle `ModuleT` and parameter groups, with
+//!   callbacks for progress bars, the divergence guard, early stopping, best/last
+//!   checkpoints and resume ([`fit`], [`checkpoint`]), and its config front-end
+//!   [`train`] ([`trainer`]);
 //! - metrics (accuracy, per-class precision/recall/F1, macro-F1, confusion
 //!   matrix: [`metrics`]) and evaluation ([`eval`]);
 //! - grid and random hyperparameter search ([`search`], [`sweep`]);
@@ -16,12 +19,14 @@ pub mod config;
 pub mod error;
 pub mod eval;
 pub mod experiment;
+pub mod fit;
 pub mod io;
 pub mod metrics;
 pub mod optim;
 pub mod plots;
 pub mod schedule;
 pub mod search;
+pub mod source;
 pub mod sweep;
 pub mod trainer;
 
@@ -29,6 +34,8 @@ pub use config::{DataConfig, ExperimentConfig, MetricName, TrainOptions};
 pub use error::{Result, TrainError};
 pub use eval::{evaluate, Evaluation};
 pub use experiment::{run_experiment, ExperimentResult, Summary};
+pub use fit::{Fit, FitOutcome, FitState};
 pub use metrics::ConfusionMatrix;
-pub use optim::{Optimizer, OptimizerConfig};
+pub use optim::{Optimizer, OptimizerConfig, ParamGroup};
+pub use source::{Batch, BatchSource};
 pub use trainer::{train, trainable_params, PreparedData, RunOptions, TrainedRun, Verbosity};

@@ -61,6 +61,28 @@ impl ScheduleConfig {
     }
 }
 
+/// A learning-rate schedule as [`crate::fit`] uses it: the rate at fractional
+/// epoch `progress` (epoch + batch / batches) of `epochs`, from the base rate.
+pub trait LrSchedule {
+    fn lr_at(&self, base: f64, progress: f64, epochs: usize) -> f64;
+}
+
+impl LrSchedule for ScheduleConfig {
+    fn lr_at(&self, base: f64, progress: f64, epochs: usize) -> f64 {
+        ScheduleConfig::lr_at(self, base, progress, epochs)
+    }
+}
+
+/// The base rate throughout.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ConstantLr;
+
+impl LrSchedule for ConstantLr {
+    fn lr_at(&self, base: f64, _progress: f64, _epochs: usize) -> f64 {
+        base
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
