@@ -11,7 +11,6 @@
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -370,18 +369,11 @@ pub fn merge_results(existing: Value, meta: Value, rows: &[Row], measured_at: u6
     json!({ "latest_run": meta, "workloads": workloads })
 }
 
-/// Writes `value` to `path` atomically (`<path>.tmp`, then rename).
+/// Writes `value` to `path` as pretty JSON with a final newline, atomically
+/// ([`digitlab_report::io::write_atomic`]).
 pub fn write_atomic(path: &Path, value: &Value) -> Result<()> {
-    let dir = path.parent().context("results path has no parent")?;
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let tmp = path.with_extension("json.tmp");
-    {
-        let mut f = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        f.write_all(serde_json::to_string_pretty(value)?.as_bytes())?;
-        f.write_all(b"\n")?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    let text = serde_json::to_string_pretty(value)? + "\n";
+    digitlab_report::io::write_atomic(path, text.as_bytes())?;
     Ok(())
 }
 

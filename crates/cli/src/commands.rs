@@ -21,7 +21,7 @@ fn verbosity(c: &Common) -> Verbosity {
 }
 
 fn pct(v: Option<f64>) -> String {
-    v.map(|v| format!("{:.2}%", 100.0 * v)).unwrap_or_else(|| "-".into())
+    digitlab_report::format::pct(v, 2)
 }
 
 fn print_summary(s: &Summary, out: &Path) {

@@ -2,8 +2,8 @@
 //! (self-contained: PNGs embedded as data URIs).
 use crate::reproduce::{Mode, SuiteEntry};
 use anyhow::Result;
-use base64::Engine;
 use digitlab_finetune::{TransferConfig, TransferSummary};
+use digitlab_report::html::{embedded_figure, escape, markdown_to_html, slug};
 use digitlab_train::{ExperimentConfig, Summary};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -72,7 +72,7 @@ impl ExperimentReport {
 }
 
 fn pct(v: Option<f64>) -> String {
-    v.map(|v| format!("{:.2}%", 100.0 * v)).unwrap_or_else(|| "–".into())
+    digitlab_report::format::pct(v, 2)
 }
 
 /// Where the run's plots are (sweeps keep the final run in `final/`).
@@ -441,19 +441,6 @@ fn theory_section(dir: &Path, img: &dyn Fn(&Path, &str) -> Option<String>) -> St
     md
 }
 
-/// GitHub's heading anchor: lower case, punctuation dropped, spaces to dashes.
-fn slug(heading: &str) -> String {
-    heading
-        .to_lowercase()
-        .chars()
-        .filter_map(|c| match c {
-            ' ' => Some('-'),
-            c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c),
-            _ => None,
-        })
-        .collect()
-}
-
 /// Writes `report.md` and `report.html`; returns the HTML path.
 pub fn write(out: &Path, suite: &str, description: &str, reports: &[ExperimentReport], wall: f64) -> Result<PathBuf> {
     let rel = |p: &Path, caption: &str| -> Option<String> {
@@ -461,43 +448,13 @@ pub fn write(out: &Path, suite: &str, description: &str, reports: &[ExperimentRe
             .then(|| format!("![{caption}]({})", p.strip_prefix(out).unwrap_or(p).display()))
     };
     let md = markdown(suite, description, reports, wall, &rel);
-    digitlab_train::io::write_atomic(&out.join("report.md"), md.as_bytes())?;
+    digitlab_report::io::write_atomic(&out.join("report.md"), md.as_bytes())?;
 
-    let embed = |p: &Path, caption: &str| -> Option<String> {
-        let bytes = std::fs::read(p).ok()?;
-        let b64 = base64::engine::general_purpose::STANDARD.encode(bytes);
-        Some(format!("<figure><img alt=\"{caption}\" src=\"data:image/png;base64,{b64}\"><figcaption>{caption}</figcaption></figure>"))
-    };
-    let body = markdown_to_html(&markdown(suite, description, reports, wall, &embed));
-    let html = format!(
-        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>digitlab report: {suite}</title>\n<style>{CSS}</style></head>\n\
-         <body>\n{body}\n<script>{CHECK_IMAGES}</script>\n</body></html>\n"
-    );
+    let body = markdown_to_html(&markdown(suite, description, reports, wall, &embedded_figure));
+    let html = digitlab_report::html::page(&format!("digitlab report: {suite}"), &body);
     let path = out.join("report.html");
-    digitlab_train::io::write_atomic(&path, html.as_bytes())?;
+    digitlab_report::io::write_atomic(&path, html.as_bytes())?;
     Ok(path)
-}
-
-const CSS: &str = "body{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;padding:0 1em;color:#222}\
-table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}\
-th{background:#f3f3f3}img{max-width:100%}figure{margin:1em 0}figcaption{color:#555;font-size:90%}\
-pre{background:#f6f6f6;padding:1em;overflow:auto}h2{border-bottom:1px solid #ddd;padding-top:1em}";
-
-/// Records on <body> how many images failed to load (read by the browser test).
-const CHECK_IMAGES: &str = "window.addEventListener('load',function(){var imgs=document.images,b=0;\
-for(var i=0;i<imgs.length;i++){if(!imgs[i].complete||imgs[i].naturalWidth===0)b++;}\
-document.body.setAttribute('data-images',imgs.length);document.body.setAttribute('data-broken-images',b);});";
-
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
-}
-
-/// Renders the report's Markdown (tables and raw HTML included) with pulldown-cmark.
-fn markdown_to_html(md: &str) -> String {
-    use pulldown_cmark::{html, Options, Parser};
-    let mut out = String::new();
-    html::push_html(&mut out, Parser::new_ext(md, Options::ENABLE_TABLES));
-    out
 }
 
 /// The final summary table on the terminal.
@@ -551,38 +508,8 @@ pub fn print_table(reports: &[ExperimentReport]) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn markdown_renders_tables_code_and_links() {
-        let h = markdown_to_html(
-            "# T\n\n| a | b |\n| --- | --- |\n| **x** | `y` |\n\n```toml\nk = 1 < 2\n```\npara [l](#x)\n",
-        );
-        assert!(h.contains("<h1>T</h1>"));
-        assert!(h.contains("<th>a</th><th>b</th>"), "{h}");
-        assert!(h.contains("<td><strong>x</strong></td><td><code>y</code></td>"), "{h}");
-        assert!(h.contains("k = 1 &lt; 2"));
-        assert!(h.contains("<a href=\"#x\">l</a>"));
-        assert!(!h.contains("---"));
-    }
-}
-
-#[cfg(test)]
 mod theory_tests {
     use super::*;
-
-    #[test]
-    fn slugs_match_github_anchors() {
-        assert_eq!(
-            slug("1. CE vs MSE for logistic regression"),
-            "1-ce-vs-mse-for-logistic-regression"
-        );
-        assert_eq!(
-            slug("6. Gradient of L2-regularised logistic regression"),
-            "6-gradient-of-l2-regularised-logistic-regression"
-        );
-    }
 
     #[test]
     fn theory_section_nests_headings_and_renders_images() {

@@ -179,3 +179,15 @@ impl FinetuneError {
         }
     }
 }
+
+impl From<digitlab_report::io::WriteError> for FinetuneError {
+    fn from(e: digitlab_report::io::WriteError) -> Self {
+        FinetuneError::Train(e.into())
+    }
+}
+
+impl From<digitlab_report::plots::PlotError> for FinetuneError {
+    fn from(e: digitlab_report::plots::PlotError) -> Self {
+        FinetuneError::Train(e.into())
+    }
+}

@@ -21,7 +21,7 @@
 //!
 //! A cache file is a safetensors file with `features` (f32 `[N, D]`) and `labels`
 //! (u32 `[N]`), and the key's JSON in the metadata (`digitlab.feature_key`). It is
-//! written to a temporary file and renamed ([`digitlab_train::io::write_atomic_with`]),
+//! written to a temporary file and renamed ([`digitlab_report::io::write_atomic_with`]),
 //! so an interrupted run never leaves half a file. On reading, the stored key,
 //! shapes and labels are checked; a file that fails any check is reported and
 //! recomputed, never trusted.
@@ -253,7 +253,7 @@ impl FeatureCache {
         )?;
         let key_json = serde_json::to_string(key).map_err(|e| err(e.to_string()))?;
         let metadata: HashMap<String, String> = [(KEY_METADATA.to_string(), key_json)].into_iter().collect();
-        digitlab_train::io::write_atomic_with(&path, |tmp| {
+        digitlab_report::io::write_atomic_with(&path, |tmp| {
             let tensors = [("features", &features), ("labels", &labels)];
             safetensors::serialize_to_file(tensors, Some(metadata), tmp).map_err(std::io::Error::other)
         })?;

@@ -55,9 +55,10 @@ use std::time::Instant;
 
 use candle_core::Device;
 use digitlab_data::{Dataset, Normalization, Pipeline};
+use digitlab_report::io::{write_atomic, write_atomic_with, write_json};
+use digitlab_report::plots;
 use digitlab_train::experiment::metrics_csv;
-use digitlab_train::io::{write_atomic, write_atomic_with, write_json};
-use digitlab_train::{plots, DataConfig, Evaluation, OptimizerConfig, PreparedData, Verbosity};
+use digitlab_train::{DataConfig, Evaluation, OptimizerConfig, PreparedData, Verbosity};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{FinetuneError, Result};

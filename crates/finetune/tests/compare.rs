@@ -3,6 +3,7 @@ use std::path::Path;
 
 use digitlab_finetune::compare::{compare, read_rows};
 use digitlab_finetune::FinetuneError;
+use digitlab_report::summary::{RunExtras, RunSummary, TransferExtras};
 use digitlab_train::experiment::Summary;
 
 fn train_summary(dir: &Path, name: &str, train: f64, val: f64, test: f64) {
@@ -34,15 +35,28 @@ fn train_summary(dir: &Path, name: &str, train: f64, val: f64, test: f64) {
 }
 
 fn transfer_summary(dir: &Path, name: &str) {
-    let v = serde_json::json!({
-        "name": name, "kind": "transfer", "model": "resnet18", "dataset": "svhn/train_32x32[25%][train]",
-        "train_accuracy": 0.80, "val_accuracy": 0.78, "test_accuracy": 0.77, "test_macro_f1": 0.76,
-        "epochs": 5, "wall_seconds": 30.0, "train_samples_per_second": 1e5,
-        "backbone_seconds": 25.0, "head_seconds": 0.4, "params_total": 11_181_642, "params_trainable": 5_130,
-        "parameters": 11_181_642
-    });
+    let mut s = RunSummary::new(
+        name,
+        "svhn/train_32x32[25%][train]",
+        "resnet18",
+        RunExtras::Transfer(Box::new(TransferExtras {
+            backbone_seconds: 25.0,
+            head_seconds: 0.4,
+            params_total: 11_181_642,
+            params_trainable: 5_130,
+            ..Default::default()
+        })),
+    );
+    s.train_accuracy = 0.80;
+    s.val_accuracy = Some(0.78);
+    s.test_accuracy = Some(0.77);
+    s.test_macro_f1 = Some(0.76);
+    s.epochs = 5;
+    s.wall_seconds = 30.0;
+    s.train_samples_per_second = 1e5;
+    s.parameters = 11_181_642;
     std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(dir.join("summary.json"), v.to_string()).unwrap();
+    std::fs::write(dir.join("summary.json"), serde_json::to_string(&s).unwrap()).unwrap();
 }
 
 #[test]

@@ -7,7 +7,7 @@
 //!    is trimmed back to the OS when more than the trim threshold is free), so every
 //!    step pays page faults and zeroing by the kernel for memory it just released:
 //!    measured here, an MLP batch-1 SGD step went from ~1.7 ms to ~0.55 ms without
-//!    it (`benches/examples`-style phase timing, one thread). [`tune_malloc`] raises
+//!    it (per-phase timing, one thread). [`tune_malloc`] raises
 //!    the mmap threshold to 32 MiB (glibc's maximum) and the trim threshold to
 //!    256 MiB, so freed blocks are reused. Peak RSS is what the program holds at
 //!    once plus at most 256 MiB of free heap kept for reuse.

@@ -36,11 +36,11 @@
 use crate::data::{TheoryConfig, TheoryData};
 use crate::error::{Result, TheoryError};
 use crate::linalg::{gaussian, max_abs_diff, rel_error, Matrix};
-use crate::report::{num, plot_path, Plot, Table, TopicResult, Verdict};
+use crate::result::{num, plot_path, Plot, Table, TopicResult, Verdict};
 use crate::Topic;
 use candle_core::{DType, Device, Tensor, Var};
 use digitlab_losses::{bce, cross_entropy_probs, log_softmax, mse, Reduction};
-use digitlab_train::plots::bar_chart;
+use digitlab_report::plots::bar_chart;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::path::Path;

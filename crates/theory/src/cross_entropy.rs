@@ -19,14 +19,14 @@ use crate::data::{TheoryConfig, TheoryData};
 use crate::error::Result;
 use crate::linalg::gaussian;
 use crate::logistic::{sigmoid, PointLoss};
-use crate::report::{num, plot_path, Plot, Table, TopicResult, Verdict};
+use crate::result::{num, plot_path, Plot, Table, TopicResult, Verdict};
 use crate::Topic;
 use candle_core::{Device, Tensor, Var};
 use digitlab_losses::{
     bce, bce_strict, bce_with_logits, cross_entropy_probs, entropy, kl_div, log_softmax, nll, one_hot,
     softmax_cross_entropy, softmax_cross_entropy_soft, LossError, Reduction, BCE_EPS,
 };
-use digitlab_train::plots::{line_chart, Series};
+use digitlab_report::plots::{line_chart, Series};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::path::Path;

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 /// Everything that can go wrong while running a theory check.
 ///
 /// A check whose claim turns out false is *not* an error: it is reported in the
-/// topic's [`Verdict`](crate::report::Verdict) (`holds == false`), so the report still
+/// topic's [`Verdict`](crate::result::Verdict) (`holds == false`), so the report still
 /// shows the numbers.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -31,9 +31,18 @@ pub enum TheoryError {
     #[error(transparent)]
     Train(#[from] digitlab_train::TrainError),
     #[error(transparent)]
-    Plot(#[from] digitlab_train::plots::PlotError),
+    Plot(#[from] digitlab_report::plots::PlotError),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+}
+
+impl From<digitlab_report::io::WriteError> for TheoryError {
+    fn from(e: digitlab_report::io::WriteError) -> Self {
+        TheoryError::Io {
+            path: e.path,
+            source: e.source,
+        }
+    }
 }
 
 impl TheoryError {

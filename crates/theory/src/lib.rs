@@ -15,9 +15,11 @@
 //! | 7 | `minibatch` | [`minibatch`] | minibatch gradient noise falls like `1/B` (times the finite-population factor) |
 //!
 //! Each topic module has a `run(&TheoryData, &TheoryConfig)` returning a typed result
-//! (numbers plus a [`report::Verdict`]) that implements [`report::TopicResult`]
-//! (tables, verdict, `write_plots(dir)`); [`report::run_topics`] runs several and
-//! writes `theory.md`.
+//! (numbers plus a [`result::Verdict`]) that implements [`result::TopicResult`]
+//! (tables, verdict, `write_plots(dir)`) and is listed in the [`registry`];
+//! [`report::run_topics`] runs several through the registry and writes `theory.md`.
+//! Modules depend one way: topics → [`result`]; [`registry`] → topics;
+//! [`report`] → [`registry`], [`result`].
 //!
 //! Numerical conventions: all checks in f64; random directions, points and starts come
 //! from seeded ChaCha8 generators ([`TheoryConfig::seed`]); Hessians of small models are
@@ -49,12 +51,15 @@ pub mod l2_gradient;
 pub mod linalg;
 pub mod logistic;
 pub mod minibatch;
+pub mod registry;
 pub mod report;
+pub mod result;
 pub mod softmax;
 
 pub use data::{BinaryProblem, DataChoice, TheoryConfig, TheoryData};
 pub use error::{Result, TheoryError};
-pub use report::{Plot, Report, Section, Table, TopicResult, Verdict};
+pub use report::{Report, Section};
+pub use result::{Plot, Table, TopicResult, Verdict};
 
 /// One question of the coursework.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

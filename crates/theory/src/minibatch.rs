@@ -24,15 +24,15 @@
 //!   end of each epoch).
 use crate::data::{TheoryConfig, TheoryData};
 use crate::error::{Result, TheoryError};
-use crate::report::{num, plot_path, Plot, Table, TopicResult, Verdict};
+use crate::result::{num, plot_path, Plot, Table, TopicResult, Verdict};
 use crate::Topic;
 use candle_core::{DType, Device, ModuleT, Tensor, Var};
 use candle_nn::VarMap;
 use digitlab_data::{Batcher, Dataset, Pipeline};
 use digitlab_losses::{LossKind, Reduction};
 use digitlab_models::{build_model, InputShape, Model, ModelConfig, SeededVarMap};
+use digitlab_report::plots::{line_chart, Series};
 use digitlab_train::eval::compute_loss;
-use digitlab_train::plots::{line_chart, Series};
 use digitlab_train::{train, ExperimentConfig, PreparedData, RunOptions};
 use std::path::Path;
 use std::time::Instant;

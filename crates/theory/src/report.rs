@@ -1,114 +1,17 @@
-//! Tables, verdicts, plots and the Markdown report (`theory.md`) that
-//! `digitlab theory all --out DIR` writes.
+//! The Markdown report (`theory.md`) that `digitlab theory all --out DIR` writes.
 //!
-//! Every topic returns a typed result that implements [`TopicResult`]: the verdict
-//! (the answer and the evidence), its tables and its plots. [`run_topics`] runs the
-//! topics asked for, writes every PNG into the output folder and assembles
-//! `theory.md` with relative links to them.
+//! [`run_topics`] runs the topics asked for through the [`registry`] (each topic
+//! registers its run function there), writes every PNG into the output folder and
+//! assembles `theory.md` with relative links to them. This module knows no topic by
+//! name.
 use crate::data::{TheoryConfig, TheoryData};
 use crate::error::{Result, TheoryError};
+use crate::registry;
+use crate::result::{Plot, Table, Verdict};
 use crate::Topic;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-
-/// A small table of results.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Table {
-    pub title: String,
-    pub headers: Vec<String>,
-    pub rows: Vec<Vec<String>>,
-}
-
-impl Table {
-    pub fn new(title: impl Into<String>, headers: &[&str]) -> Self {
-        Self {
-            title: title.into(),
-            headers: headers.iter().map(|h| h.to_string()).collect(),
-            rows: Vec::new(),
-        }
-    }
-
-    /// Appends a row (must have one cell per header).
-    pub fn push(&mut self, row: Vec<String>) {
-        debug_assert_eq!(row.len(), self.headers.len(), "table `{}`: row width", self.title);
-        self.rows.push(row);
-    }
-
-    /// GitHub-flavoured Markdown, with the title in bold above.
-    pub fn to_markdown(&self) -> String {
-        let esc = |s: &str| s.replace('|', "\\|");
-        let mut out = format!("**{}**\n\n", self.title);
-        out += &format!(
-            "| {} |\n",
-            self.headers.iter().map(|h| esc(h)).collect::<Vec<_>>().join(" | ")
-        );
-        out += &format!("|{}\n", "---|".repeat(self.headers.len()));
-        for r in &self.rows {
-            out += &format!("| {} |\n", r.iter().map(|c| esc(c)).collect::<Vec<_>>().join(" | "));
-        }
-        out
-    }
-
-    /// Plain text with aligned columns, for the terminal.
-    pub fn to_text(&self) -> String {
-        let width = |s: &str| s.chars().count();
-        let mut w: Vec<usize> = self.headers.iter().map(|h| width(h)).collect();
-        for r in &self.rows {
-            for (i, c) in r.iter().enumerate() {
-                if i < w.len() {
-                    w[i] = w[i].max(width(c));
-                }
-            }
-        }
-        let line = |cells: &[String]| {
-            cells
-                .iter()
-                .enumerate()
-                .map(|(i, c)| format!("{c}{}", " ".repeat(w[i].saturating_sub(width(c)))))
-                .collect::<Vec<_>>()
-                .join("  ")
-                .trim_end()
-                .to_string()
-        };
-        let mut out = format!("{}\n", self.title);
-        out += &line(&self.headers);
-        out.push('\n');
-        out += &w.iter().map(|n| "-".repeat(*n)).collect::<Vec<_>>().join("  ");
-        out.push('\n');
-        for r in &self.rows {
-            out += &line(r);
-            out.push('\n');
-        }
-        out
-    }
-}
-
-/// The answer to a topic's question and the evidence for it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Verdict {
-    /// True when every check of the topic came out as the claim says.
-    pub holds: bool,
-    /// One or two sentences: the answer.
-    pub answer: String,
-    /// Bullet points with the numbers behind the answer.
-    pub evidence: Vec<String>,
-}
-
-/// One PNG written by a topic (file name relative to the output folder).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Plot {
-    pub file: String,
-    pub caption: String,
-}
-
-/// What every topic's result provides.
-pub trait TopicResult {
-    fn verdict(&self) -> Verdict;
-    fn tables(&self) -> Vec<Table>;
-    /// Writes the topic's PNGs into `dir` (created if missing); returns them in order.
-    fn write_plots(&self, dir: &Path) -> Result<Vec<Plot>>;
-}
 
 /// One topic of the report.
 #[derive(Debug, Clone)]
@@ -178,16 +81,8 @@ impl Report {
 }
 
 /// Runs one topic on already loaded data (no plots).
-pub fn compute_topic(topic: Topic, data: &TheoryData, cfg: &TheoryConfig) -> Result<Box<dyn TopicResult>> {
-    Ok(match topic {
-        Topic::CeVsMse => Box::new(crate::ce_vs_mse::run(data, cfg)?),
-        Topic::DeepLinear => Box::new(crate::deep_linear::run(data, cfg)?),
-        Topic::Backprop => Box::new(crate::backprop::run(data, cfg)?),
-        Topic::CrossEntropy => Box::new(crate::cross_entropy::run(data, cfg)?),
-        Topic::Softmax => Box::new(crate::softmax::run(data, cfg)?),
-        Topic::L2Gradient => Box::new(crate::l2_gradient::run(data, cfg)?),
-        Topic::Minibatch => Box::new(crate::minibatch::run(data, cfg)?),
-    })
+pub fn compute_topic(topic: Topic, data: &TheoryData, cfg: &TheoryConfig) -> Result<Box<dyn crate::TopicResult>> {
+    (registry::entry(topic).run)(data, cfg)
 }
 
 /// Runs `topics` in order, writes their plots and `theory.md` into `out`, and calls
@@ -209,7 +104,7 @@ pub fn run_topics(
     let mut sections = Vec::new();
     for &topic in topics {
         let t0 = Instant::now();
-        let result = compute_topic(topic, &data, cfg)?;
+        let result = (registry::entry(topic).run)(&data, cfg)?;
         let seconds = t0.elapsed().as_secs_f64();
         let t1 = Instant::now();
         let plots = result.write_plots(out)?;
@@ -226,23 +121,11 @@ pub fn run_topics(
     }
     let markdown = out.join("theory.md");
     let text = render_markdown(&sections, &data.description, cfg);
-    write_atomically(&markdown, &text)?;
+    digitlab_report::io::write_atomic(&markdown, text.as_bytes())?;
     Ok(Report {
         sections,
         data_description: data.description,
         markdown,
-    })
-}
-
-fn write_atomically(path: &Path, text: &str) -> Result<()> {
-    let tmp = path.with_extension("md.tmp");
-    std::fs::write(&tmp, text).map_err(|e| TheoryError::Io {
-        path: tmp.clone(),
-        source: e,
-    })?;
-    std::fs::rename(&tmp, path).map_err(|e| TheoryError::Io {
-        path: path.to_path_buf(),
-        source: e,
     })
 }
 
@@ -319,55 +202,7 @@ pub fn render_markdown(sections: &[Section], data_description: &str, cfg: &Theor
 
 /// GitHub's heading anchor for a topic's section.
 fn anchor(t: Topic) -> String {
-    let heading = format!("{}. {}", t.number(), t.title()).to_lowercase();
-    heading
-        .chars()
-        .filter_map(|c| {
-            if c.is_alphanumeric() || c == '-' || c == '_' {
-                Some(c)
-            } else if c == ' ' {
-                Some('-')
-            } else {
-                None
-            }
-        })
-        .collect()
-}
-
-/// Compact number formatting for tables: 4 significant digits, scientific outside
-/// `[1e-3, 1e5)`, `-` for NaN.
-pub fn num(x: f64) -> String {
-    if x.is_nan() {
-        return "NaN".into();
-    }
-    if x.is_infinite() {
-        return if x > 0.0 { "inf".into() } else { "-inf".into() };
-    }
-    if x == 0.0 {
-        return "0".into();
-    }
-    let a = x.abs();
-    if (1e-3..1e5).contains(&a) {
-        let decimals = (3 - a.log10().floor() as i32).clamp(0, 6) as usize;
-        format!("{x:.decimals$}")
-    } else {
-        format!("{x:.3e}")
-    }
-}
-
-/// A percentage with one decimal.
-pub fn pct(part: usize, whole: usize) -> String {
-    if whole == 0 {
-        "-".into()
-    } else {
-        format!("{:.1}%", 100.0 * part as f64 / whole as f64)
-    }
-}
-
-/// Path of a plot file in `dir` (`<topic>_<name>.png`) and its relative name.
-pub(crate) fn plot_path(dir: &Path, topic: Topic, name: &str) -> (PathBuf, String) {
-    let file = format!("{}_{name}.png", topic.name());
-    (dir.join(&file), file)
+    digitlab_report::html::slug(&format!("{}. {}", t.number(), t.title()))
 }
 
 #[cfg(test)]
@@ -375,16 +210,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn tables_render_in_both_forms() {
-        let mut t = Table::new("T", &["a", "long header"]);
-        t.push(vec!["1|2".into(), "x".into()]);
-        let md = t.to_markdown();
-        assert!(md.contains("| a | long header |") && md.contains("1\\|2"), "{md}");
-        let txt = t.to_text();
-        assert!(txt.contains("a    long header"), "{txt}");
-        assert_eq!(num(0.000123456), "1.235e-4");
-        assert_eq!(num(12.3456), "12.35");
-        assert_eq!(num(f64::NAN), "NaN");
+    fn anchors_match_github() {
         assert_eq!(anchor(Topic::CeVsMse), "1-ce-vs-mse-for-logistic-regression");
     }
 }

@@ -483,5 +483,5 @@ pub fn tensors_from_bytes(bytes: &[u8], path: &Path, device: &Device) -> Result<
 
 /// Writes plain bytes atomically (re-exported for callers that export weights).
 pub fn write_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
-    write_atomic(path, bytes)
+    Ok(write_atomic(path, bytes)?)
 }

@@ -33,7 +33,16 @@ pub enum TrainError {
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
     #[error(transparent)]
-    Plot(#[from] crate::plots::PlotError),
+    Plot(#[from] digitlab_report::plots::PlotError),
+}
+
+impl From<digitlab_report::io::WriteError> for TrainError {
+    fn from(e: digitlab_report::io::WriteError) -> Self {
+        TrainError::Io {
+            path: e.path,
+            source: e.source,
+        }
+    }
 }
 
 pub type Result<T> = std::result::Result<T, TrainError>;

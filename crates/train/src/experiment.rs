@@ -3,12 +3,12 @@
 use crate::config::ExperimentConfig;
 use crate::eval::{evaluate, Evaluation};
 use crate::io::{write_atomic, write_json};
-use crate::plots;
 use crate::trainer::{train, EpochMetrics, PreparedData, RunOptions, TrainedRun};
 use crate::Result;
 use candle_core::DType;
 use digitlab_data::Dataset;
 use digitlab_models::count_parameters;
+use digitlab_report::plots;
 use std::path::Path;
 
 /// The flat results of a run, written as `summary.json`.

@@ -13,22 +13,24 @@
 //! - metrics (accuracy, per-class precision/recall/F1, macro-F1, confusion
 //!   matrix: [`metrics`]) and evaluation ([`eval`]);
 //! - grid and random hyperparameter search ([`search`], [`sweep`]);
-//! - outputs: `summary.json`, `metrics.csv`, PNG plots ([`experiment`], [`plots`]).
+//! - outputs: `summary.json`, `metrics.csv`, PNG plots ([`experiment`]; rendering and
+//!   crash-safe writes come from `digitlab-report`, re-exported as [`io`]).
 pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod eval;
 pub mod experiment;
 pub mod fit;
-pub mod io;
 pub mod metrics;
 pub mod optim;
-pub mod plots;
 pub mod schedule;
 pub mod search;
 pub mod source;
 pub mod sweep;
 pub mod trainer;
+
+/// The workspace's one crash-safe write (temporary file, fsync, rename).
+pub use digitlab_report::io;
 
 pub use config::{DataConfig, ExperimentConfig, MetricName, TrainOptions};
 pub use error::{Result, TrainError};

@@ -1,9 +1,22 @@
-//! Crash-safe file output: write to a temporary file in the same folder, fsync,
-//! then rename over the target, so readers see the old file or the new one,
-//! never half of one.
-use crate::TrainError;
+//! Crash-safe file output, the one copy in the workspace: write to a temporary file in
+//! the same folder, fsync it, rename it over the target and fsync the folder, so
+//! readers see the old file or the new one, never half of one.
+//!
+//! The temporary file has a fixed, predictable name (`<name>.tmp<pid>`, [`temp_path`])
+//! rather than a random one: crash-safety tests stop a write halfway
+//! ([`HANG_WRITING_ENV`]) or point that name at `/dev/full`, and
+//! [`remove_stale_temp_files`] finds what killed processes left behind.
 use std::io::Write;
 use std::path::{Path, PathBuf};
+
+/// A write that failed, naming the file (or the folder that could not be created).
+#[derive(Debug, thiserror::Error)]
+#[error("failed to write {}: {source}", path.display())]
+pub struct WriteError {
+    pub path: PathBuf,
+    #[source]
+    pub source: std::io::Error,
+}
 
 /// Temporary sibling of `path` (same folder, so the rename is atomic).
 pub fn temp_path(path: &Path) -> PathBuf {
@@ -78,8 +91,16 @@ pub fn remove_stale_temp_files(dir: &Path) -> usize {
     removed
 }
 
-/// Atomically replaces `path` with `bytes`.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
+/// Atomically replaces `path` with `bytes` (missing parent folders are created).
+///
+/// ```
+/// let dir = tempfile::tempdir()?;
+/// let file = dir.path().join("out/summary.json");
+/// digitlab_report::io::write_atomic(&file, b"{}")?;
+/// assert_eq!(std::fs::read(&file)?, b"{}");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), WriteError> {
     write_atomic_with(path, |tmp| {
         let mut f = std::fs::File::create(tmp)?;
         f.write_all(bytes)?;
@@ -87,14 +108,15 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
     })
 }
 
-/// Atomically replaces `path` with whatever `write` puts in the temporary file.
-pub fn write_atomic_with(path: &Path, write: impl FnOnce(&Path) -> std::io::Result<()>) -> Result<(), TrainError> {
-    let io = |source| TrainError::Io {
+/// Atomically replaces `path` with whatever `write` puts in the temporary file (which
+/// `write` must create, and should fsync).
+pub fn write_atomic_with(path: &Path, write: impl FnOnce(&Path) -> std::io::Result<()>) -> Result<(), WriteError> {
+    let io = |source| WriteError {
         path: path.to_path_buf(),
         source,
     };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|source| TrainError::Io {
+        std::fs::create_dir_all(dir).map_err(|source| WriteError {
             path: dir.to_path_buf(),
             source,
         })?;
@@ -119,8 +141,11 @@ pub fn write_atomic_with(path: &Path, write: impl FnOnce(&Path) -> std::io::Resu
 }
 
 /// Writes `value` as pretty JSON, atomically.
-pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), TrainError> {
-    let text = serde_json::to_string_pretty(value).map_err(|e| TrainError::Config(e.to_string()))?;
+pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), WriteError> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| WriteError {
+        path: path.to_path_buf(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+    })?;
     write_atomic(path, text.as_bytes())
 }
 
@@ -149,5 +174,16 @@ mod tests {
         assert!(e.contains("keep.txt") && e.contains("disk full"), "{e}");
         assert_eq!(std::fs::read(&p).unwrap(), b"old");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn stale_temp_files_of_dead_processes_go_and_others_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        // pid 0 never names a user process; our own temp files stay.
+        std::fs::write(dir.path().join("last.json.tmp0"), b"x").unwrap();
+        std::fs::write(temp_path(&dir.path().join("mine.json")), b"x").unwrap();
+        std::fs::write(dir.path().join("notes.tmp"), b"x").unwrap();
+        assert_eq!(remove_stale_temp_files(dir.path()), 1);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
     }
 }

@@ -1,10 +1,9 @@
 //! PNG plots for training reports: learning curves, confusion matrices, image grids,
 //! weight templates, bar charts and loss-landscape heat maps.
 //!
-//! Everything is rendered in memory with plotters' bitmap backend and then encoded with
-//! the `image` crate into a temporary file next to the destination, which is renamed over
-//! the destination only once the PNG is complete (readers never see a half-written plot).
-//! Missing parent directories are created.
+//! Everything is rendered in memory with plotters' bitmap backend, encoded with the
+//! `image` crate and written with [`crate::io::write_atomic`] (readers never see a
+//! half-written plot). Missing parent directories are created.
 //!
 //! Text uses the DejaVu Sans font embedded in the binary (crate `dejavu`), so no system
 //! fonts or fontconfig are needed.
@@ -12,12 +11,11 @@
 //! Non-finite numbers (NaN, ±inf) never panic: they are skipped in line charts and bar
 //! charts, and drawn as grey "no value" cells in heat maps.
 
-use std::fs;
-use std::io::BufWriter;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Once;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Once, OnceLock};
 
+use ab_glyph::{Font, FontRef, GlyphId, PxScale, ScaleFont};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
@@ -360,53 +358,22 @@ where
     write_png_atomically(path, buf, w, h)
 }
 
-static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
-
+/// Encodes the RGB buffer as PNG in memory, then writes it with [`crate::io::write_atomic`].
 fn write_png_atomically(path: &Path, rgb: Vec<u8>, w: u32, h: u32) -> Result<(), PlotError> {
-    let io_err = |source| PlotError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
     let img = image::RgbImage::from_raw(w, h, rgb).ok_or_else(|| PlotError::Draw {
         path: path.to_path_buf(),
         message: format!("pixel buffer does not match {w}x{h}"),
     })?;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    fs::create_dir_all(&dir).map_err(io_err)?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(
-        ".{name}.{}.{}.tmp",
-        std::process::id(),
-        TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let result = (|| {
-        let file = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .map_err(io_err)?;
-        let mut out = BufWriter::new(file);
-        // `write_to` with `ImageFormat::Png` works with both image 0.24 and 0.25.
-        img.write_to(&mut out, image::ImageFormat::Png)
-            .map_err(|source| PlotError::Encode {
-                path: path.to_path_buf(),
-                source,
-            })?;
-        let file = out.into_inner().map_err(|e| io_err(e.into_error()))?;
-        file.sync_all().map_err(io_err)?;
-        drop(file);
-        fs::rename(&tmp, path).map_err(io_err)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
+    let mut png = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .map_err(|source| PlotError::Encode {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    crate::io::write_atomic(path, &png).map_err(|e| PlotError::Io {
+        path: e.path,
+        source: e.source,
+    })
 }
 
 // ---------------------------------------------------------------------------------------
@@ -422,172 +389,49 @@ fn font(size: f64, bold: bool) -> FontDesc<'static> {
 // left-side bearing (it drops the whole-pixel part of the glyph's bounding-box offset),
 // so letters with a large bearing ('n', 'i', 'r', ...) collide with their left neighbour
 // and strings look like "o ne", "fi ve". We therefore lay strings out ourselves from the
-// font's own metrics (hmtx advance and bearing, cmap, legacy kern pairs -- the same data
-// ab_glyph uses) and hand plotters one glyph at a time, shifted by the bearing it drops.
+// font's own metrics (advance, side bearing and kerning, read by ab_glyph from the same
+// font plotters draws with) and hand plotters one glyph at a time, shifted by the
+// bearing it drops.
 
-/// Horizontal metrics of one embedded TrueType font, in font units.
-struct FontMetrics {
-    /// ab_glyph's pixel scale `s` maps `ascent - descent` font units to `s` pixels.
-    height_units: f64,
-    advances: Vec<u16>,
-    bearings: Vec<i16>,
-    cmap: std::collections::HashMap<char, u16>,
-    kern: std::collections::HashMap<(u16, u16), i16>,
-}
-
-impl FontMetrics {
-    /// Parses `hhea`, `OS/2`, `hmtx`, `cmap` (format 4) and `kern` (format 0).
-    fn parse(data: &[u8]) -> Option<Self> {
-        let u16_at = |o: usize| data.get(o..o + 2).map(|b| u16::from_be_bytes([b[0], b[1]]));
-        let i16_at = |o: usize| u16_at(o).map(|v| v as i16);
-        let u32_at = |o: usize| data.get(o..o + 4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
-        let num_tables = u16_at(4)? as usize;
-        let table = |tag: &[u8; 4]| {
-            (0..num_tables).find_map(|i| {
-                let rec = 12 + 16 * i;
-                (data.get(rec..rec + 4)? == tag).then(|| u32_at(rec + 8).map(|o| o as usize))?
-            })
-        };
-        let hhea = table(b"hhea")?;
-        let (mut ascent, mut descent) = (i16_at(hhea + 4)?, i16_at(hhea + 6)?);
-        if let Some(os2) = table(b"OS/2") {
-            // USE_TYPO_METRICS (fsSelection bit 7), as ttf-parser does.
-            if u16_at(os2 + 62).is_some_and(|sel| sel & (1 << 7) != 0) {
-                ascent = i16_at(os2 + 68)?;
-                descent = i16_at(os2 + 70)?;
-            }
-        }
-        let n_hmetrics = u16_at(hhea + 34)? as usize;
-        let hmtx = table(b"hmtx")?;
-        let maxp = table(b"maxp")?;
-        let n_glyphs = u16_at(maxp + 4)? as usize;
-        let mut advances = Vec::with_capacity(n_glyphs);
-        let mut bearings = Vec::with_capacity(n_glyphs);
-        for g in 0..n_glyphs {
-            if g < n_hmetrics {
-                advances.push(u16_at(hmtx + 4 * g)?);
-                bearings.push(i16_at(hmtx + 4 * g + 2)?);
-            } else {
-                advances.push(*advances.last()?);
-                bearings.push(i16_at(hmtx + 4 * n_hmetrics + 2 * (g - n_hmetrics)).unwrap_or(0));
-            }
-        }
-
-        let cmap_off = table(b"cmap")?;
-        let sub = (0..u16_at(cmap_off + 2)? as usize).find_map(|i| {
-            let rec = cmap_off + 4 + 8 * i;
-            let (platform, encoding) = (u16_at(rec)?, u16_at(rec + 2)?);
-            let off = cmap_off + u32_at(rec + 4)? as usize;
-            let unicode = platform == 0 || (platform == 3 && encoding == 1);
-            (unicode && u16_at(off)? == 4).then_some(off)
-        })?;
-        let seg_count = u16_at(sub + 6)? as usize / 2;
-        let ends = sub + 14;
-        let starts = ends + 2 * seg_count + 2;
-        let deltas = starts + 2 * seg_count;
-        let range_offsets = deltas + 2 * seg_count;
-        let mut cmap = std::collections::HashMap::new();
-        for i in 0..seg_count {
-            let (end, start) = (u16_at(ends + 2 * i)?, u16_at(starts + 2 * i)?);
-            let delta = u16_at(deltas + 2 * i)?;
-            let ro_pos = range_offsets + 2 * i;
-            let ro = u16_at(ro_pos)? as usize;
-            if start == 0xFFFF || end < start {
-                continue;
-            }
-            for code in start..=end {
-                let gid = if ro == 0 {
-                    code.wrapping_add(delta)
-                } else {
-                    let g = u16_at(ro_pos + ro + 2 * (code - start) as usize).unwrap_or(0);
-                    if g == 0 {
-                        0
-                    } else {
-                        g.wrapping_add(delta)
-                    }
-                };
-                if let (Some(c), true) = (char::from_u32(code as u32), gid != 0) {
-                    if (gid as usize) < n_glyphs {
-                        cmap.insert(c, gid);
-                    }
-                }
-            }
-        }
-
-        let mut kern = std::collections::HashMap::new();
-        if let Some(k) = table(b"kern") {
-            if u16_at(k) == Some(0) {
-                let mut sub = k + 4;
-                for _ in 0..u16_at(k + 2).unwrap_or(0) {
-                    let (Some(len), Some(coverage)) = (u16_at(sub + 2), u16_at(sub + 4)) else {
-                        break;
-                    };
-                    // Format 0, horizontal, not minimum/cross-stream/override.
-                    if coverage >> 8 == 0 && coverage & 0x0F == 0x01 {
-                        let n_pairs = u16_at(sub + 6).unwrap_or(0) as usize;
-                        for p in 0..n_pairs {
-                            let rec = sub + 14 + 6 * p;
-                            if let (Some(l), Some(r), Some(v)) = (u16_at(rec), u16_at(rec + 2), i16_at(rec + 4)) {
-                                kern.insert((l, r), v);
-                            }
-                        }
-                        // The u16 length may overflow for big tables; use the pair count.
-                        sub += 14 + 6 * n_pairs;
-                    } else {
-                        sub += len as usize;
-                    }
-                }
-            }
-        }
-        let height_units = ascent as f64 - descent as f64;
-        (height_units > 0.0 && !advances.is_empty()).then_some(Self {
-            height_units,
-            advances,
-            bearings,
-            cmap,
-            kern,
-        })
-    }
-
-    /// Per-glyph pixel offsets at which plotters must draw each character (alone) so
-    /// the string comes out correctly spaced, and the string's advance width.
-    fn layout(&self, s: &str, size: f64) -> (Vec<(char, i32)>, f64) {
-        let scale = size / self.height_units;
-        let mut pen = 0.0;
-        let mut prev: Option<u16> = None;
-        let mut out = Vec::with_capacity(s.len());
-        for c in s.chars() {
-            let gid = self.cmap.get(&c).copied().unwrap_or(0);
-            if let Some(p) = prev {
-                pen += self.kern.get(&(p, gid)).copied().unwrap_or(0) as f64 * scale;
-            }
-            let bearing = self.bearings.get(gid as usize).copied().unwrap_or(0) as f64 * scale;
-            out.push((c, pen.round() as i32 + bearing.floor() as i32));
-            pen += self.advances.get(gid as usize).copied().unwrap_or(0) as f64 * scale;
-            prev = Some(gid);
-        }
-        (out, pen)
-    }
-}
-
-fn metrics(bold: bool) -> Option<&'static FontMetrics> {
-    static REGULAR: std::sync::OnceLock<Option<FontMetrics>> = std::sync::OnceLock::new();
-    static BOLD: std::sync::OnceLock<Option<FontMetrics>> = std::sync::OnceLock::new();
-    if bold {
-        BOLD.get_or_init(|| FontMetrics::parse(dejavu::sans::bold())).as_ref()
+/// The embedded DejaVu Sans face used for text metrics.
+fn face(bold: bool) -> Option<&'static FontRef<'static>> {
+    static REGULAR: OnceLock<Option<FontRef<'static>>> = OnceLock::new();
+    static BOLD: OnceLock<Option<FontRef<'static>>> = OnceLock::new();
+    let (cell, bytes) = if bold {
+        (&BOLD, dejavu::sans::bold())
     } else {
-        REGULAR
-            .get_or_init(|| FontMetrics::parse(dejavu::sans::regular()))
-            .as_ref()
+        (&REGULAR, dejavu::sans::regular())
+    };
+    cell.get_or_init(|| FontRef::try_from_slice(bytes).ok()).as_ref()
+}
+
+/// Per-glyph pixel offsets at which plotters must draw each character (alone) so the
+/// string comes out correctly spaced, and the string's advance width. `size` is the
+/// pixel height plotters uses (ascent - descent), which is ab_glyph's `PxScale`.
+fn layout(font: &FontRef<'_>, s: &str, size: f64) -> (Vec<(char, i32)>, f64) {
+    let scaled = font.as_scaled(PxScale::from(size as f32));
+    let mut pen = 0.0f64;
+    let mut prev: Option<GlyphId> = None;
+    let mut out = Vec::with_capacity(s.len());
+    for c in s.chars() {
+        let gid = font.glyph_id(c);
+        if let Some(p) = prev {
+            pen += scaled.kern(p, gid) as f64;
+        }
+        let bearing = scaled.h_side_bearing(gid) as f64;
+        out.push((c, pen.round() as i32 + bearing.floor() as i32));
+        pen += scaled.h_advance(gid) as f64;
+        prev = Some(gid);
     }
+    (out, pen)
 }
 
 fn text_width(area: &Area<'_>, s: &str, size: f64, bold: bool) -> Result<i32, String> {
     if s.is_empty() {
         return Ok(0);
     }
-    if let Some(m) = metrics(bold) {
-        return Ok(m.layout(s, size).1.ceil() as i32);
+    if let Some(f) = face(bold) {
+        return Ok(layout(f, s, size).1.ceil() as i32);
     }
     let style = font(size, bold).color(&INK);
     area.estimate_text_size(s, &style).map(|(w, _)| w as i32).map_err(de)
@@ -624,12 +468,12 @@ fn draw_string(
     if up {
         style = style.transform(FontTransform::Rotate270);
     }
-    let Some(m) = metrics(bold) else {
+    let Some(f) = face(bold) else {
         // Fallback: plotters' own layout (slightly uneven spacing, see above).
         return area.draw_text(s, &style, start).map_err(de);
     };
     let mut buf = [0u8; 4];
-    for (c, offset) in m.layout(s, size).0 {
+    for (c, offset) in layout(f, s, size).0 {
         if c.is_whitespace() {
             continue;
         }
@@ -2137,6 +1981,7 @@ fn contour_segments(
 mod tests {
     use super::*;
     use std::collections::HashSet;
+    use std::fs;
 
     fn load(path: &Path) -> image::RgbImage {
         assert!(path.exists(), "{} was not written", path.display());
