@@ -20,6 +20,7 @@ pub mod io;
 pub mod metrics;
 pub mod optim;
 pub mod plots;
+pub mod run_dir;
 pub mod schedule;
 pub mod search;
 pub mod sweep;

@@ -4,6 +4,7 @@ use crate::checkpoint::{self, Sidecar};
 use crate::config::{DataConfig, ExperimentConfig, L2Scale, MetricName};
 use crate::eval::{compute_loss, evaluate_batches, predict, Evaluation};
 use crate::optim::{clip_grad_norm, Optimizer};
+use crate::run_dir;
 use crate::{Result, TrainError};
 use candle_core::{DType, Device, ModuleT, Tensor, Var};
 use candle_nn::VarMap;
@@ -183,47 +184,32 @@ pub fn train(cfg: &ExperimentConfig, data: &PreparedData, opts: &RunOptions) -> 
     let mut start_epoch = 0usize;
     let config_json = serde_json::to_value(cfg).map_err(|e| TrainError::Config(e.to_string()))?;
 
+    // Held for the whole run (a no-op when the caller already holds the folder).
+    let _run_dir = opts
+        .out_dir
+        .as_deref()
+        .map(|d| run_dir::claim_for_training(d, cfg, opts.resume))
+        .transpose()?;
     if opts.resume {
         let dir = opts
             .out_dir
             .as_ref()
             .ok_or_else(|| TrainError::Config("--resume needs --out DIR".into()))?;
-        let path = dir.join("last.json");
-        if path.is_file() {
-            let s = checkpoint::read_sidecar(&path)?;
-            let mut saved = s.config.clone();
-            let mut now = config_json.clone();
-            // The epoch count may grow on resume; everything else must match.
-            for v in [&mut saved, &mut now] {
-                if let Some(t) = v.get_mut("train").and_then(|t| t.as_object_mut()) {
-                    t.remove("epochs");
-                }
-            }
-            if saved != now {
-                return Err(TrainError::Checkpoint {
-                    path,
-                    message:
-                        "was written by a different config; resume with the same config (only train.epochs may change)"
-                            .into(),
-                });
-            }
-            checkpoint::load_model(&path, &s, &varmap, device)?;
-            let state = checkpoint::load_optim(&path, &s, device)?;
-            let optim_path = s.optim_file.as_ref().map_or_else(|| path.clone(), |f| dir.join(f));
-            optimizer.load_state(
-                checkpoint::check_optim_state(&optim_path, state, &params)?,
-                s.optimizer_steps,
-            );
-            start_epoch = s.epoch;
-            history = s.history.clone();
-            best = s.best_metric;
-            best_epoch = s.best_epoch;
-            bad_epochs = s.epochs_without_improvement;
-            if opts.verbosity != Verbosity::Silent {
-                eprintln!("resuming {} from epoch {} ({})", cfg.name, s.epoch, path.display());
-            }
-        } else if opts.verbosity != Verbosity::Silent {
-            eprintln!("no checkpoint at {}: starting from scratch", path.display());
+        let (path, s) = checkpoint::resume_point(dir, &config_json, cfg.train.epochs)?;
+        checkpoint::load_model(&path, &s, &varmap, device)?;
+        let state = checkpoint::load_optim(&path, &s, device)?;
+        let optim_path = s.optim_file.as_ref().map_or_else(|| path.clone(), |f| dir.join(f));
+        optimizer.load_state(
+            checkpoint::check_optim_state(&optim_path, state, &params)?,
+            s.optimizer_steps,
+        );
+        start_epoch = s.epoch;
+        history = s.history.clone();
+        best = s.best_metric;
+        best_epoch = s.best_epoch;
+        bad_epochs = s.epochs_without_improvement;
+        if opts.verbosity != Verbosity::Silent {
+            eprintln!("resuming {} from epoch {} ({})", cfg.name, s.epoch, path.display());
         }
     }
 
