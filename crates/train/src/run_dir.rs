@@ -118,6 +118,9 @@ pub struct RunDir {
     /// This claim created the folder: a run that ends having written nothing in it
     /// removes it again.
     created: bool,
+    /// The outermost parent folder this claim created (removed again with the
+    /// folder when they are empty).
+    created_parent: Option<PathBuf>,
 }
 
 impl Drop for RunDir {
@@ -139,6 +142,13 @@ impl Drop for RunDir {
                 }
             }
             let _ = std::fs::remove_dir(&self.path);
+            if let Some(top) = &self.created_parent {
+                for p in self.path.ancestors().skip(1) {
+                    if std::fs::remove_dir(p).is_err() || p == top {
+                        break;
+                    }
+                }
+            }
         }
     }
 }
@@ -236,12 +246,17 @@ pub fn check(dir: &Path, kind: &str, hash: &str, start: Start) -> Result<Option<
     if start == Start::Force {
         return Ok(Some(m));
     }
+    // Suites and caches have no --force: a folder of another kind is never theirs.
+    let hint = if start == Start::Keep {
+        "choose another output folder"
+    } else {
+        "use --force to replace it, or choose another output folder"
+    };
     if m.kind != kind {
         return Err(err(
             dir,
             format!(
-                "holds a digitlab `{}` run, not a `{kind}` one; nothing was changed \
-                 (use --force to replace it, or choose another output folder)",
+                "holds a digitlab `{}` run, not a `{kind}` one; nothing was changed ({hint})",
                 m.kind
             ),
         ));
@@ -321,10 +336,12 @@ impl RunDir {
                     config_hash: hash.into(),
                     lock: None,
                     created: false,
+                    created_parent: None,
                 });
             }
         }
         let mut created = false;
+        let mut created_parent = None;
         match std::fs::symlink_metadata(dir) {
             Ok(_) => {}
             // Refuse before creating anything.
@@ -333,6 +350,11 @@ impl RunDir {
             }
             Err(_) => {
                 if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    created_parent = parent
+                        .ancestors()
+                        .take_while(|a| !a.as_os_str().is_empty() && !a.exists())
+                        .last()
+                        .map(Path::to_path_buf);
                     std::fs::create_dir_all(parent).map_err(io_err(parent))?;
                 }
                 match std::fs::create_dir(dir) {
@@ -375,6 +397,7 @@ impl RunDir {
             config_hash: hash.into(),
             lock: Some(lock),
             created,
+            created_parent,
         };
         if !reuse {
             run.write_marker(false)?;
@@ -589,6 +612,10 @@ mod tests {
         let absent = root.path().join("absent");
         assert!(RunDir::claim(&absent, "train", "h", Start::Resume).is_err());
         assert!(!absent.exists());
+        // A claim whose run wrote nothing leaves nothing, parents included.
+        let deep = root.path().join("a/b/run");
+        drop(RunDir::claim(&deep, "train", "h", Start::Fresh).unwrap());
+        assert!(!root.path().join("a").exists());
     }
 
     #[test]
