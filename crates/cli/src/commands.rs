@@ -8,6 +8,7 @@ use digitlab_data::{resolve_data_dir, DatasetKind};
 use digitlab_models::OutputKind;
 use digitlab_train::checkpoint;
 use digitlab_train::experiment::{run_experiment, Summary};
+use digitlab_train::run_dir::{config_hash, RunDir, Start};
 use digitlab_train::sweep::run_sweep;
 use digitlab_train::{evaluate, ExperimentConfig, PreparedData, RunOptions, Verbosity};
 use std::path::{Path, PathBuf};
@@ -43,9 +44,28 @@ fn print_summary(s: &Summary, out: &Path) {
     );
 }
 
-pub fn train(config: &Path, overrides: &[String], out: Option<PathBuf>, resume: bool, common: &Common) -> Result<()> {
+/// How a command may treat what is at its output folder.
+fn start(resume: bool, force: bool) -> Start {
+    match (resume, force) {
+        (true, _) => Start::Resume,
+        (false, true) => Start::Force,
+        (false, false) => Start::Fresh,
+    }
+}
+
+pub fn train(
+    config: &Path,
+    overrides: &[String],
+    out: Option<PathBuf>,
+    resume: bool,
+    force: bool,
+    common: &Common,
+) -> Result<()> {
     let cfg = ExperimentConfig::load(config, overrides)?;
     let out = out.unwrap_or_else(|| PathBuf::from("runs").join(&cfg.name));
+    let device = parse_device(&common.device)?;
+    // Before any work: refuse a folder that is not ours or in use.
+    let run_dir = RunDir::claim(&out, "train", &config_hash("train", &cfg), start(resume, force))?;
     let data_dir = resolve_data_dir(common.data_dir.as_deref());
     let data = PreparedData::load(&cfg, &data_dir)?;
     if data.test.is_none() {
@@ -57,17 +77,18 @@ pub fn train(config: &Path, overrides: &[String], out: Option<PathBuf>, resume: 
     }
     let opts = RunOptions {
         out_dir: Some(out.clone()),
-        device: parse_device(&common.device)?,
+        device,
         verbosity: verbosity(common),
         resume,
         max_epochs_this_run: None,
     };
     let result = run_experiment(&cfg, &data, &opts)?;
+    run_dir.finish()?;
     print_summary(&result.summary, &out);
     Ok(())
 }
 
-pub fn sweep(config: &Path, overrides: &[String], out: Option<PathBuf>, common: &Common) -> Result<()> {
+pub fn sweep(config: &Path, overrides: &[String], out: Option<PathBuf>, force: bool, common: &Common) -> Result<()> {
     let cfg = ExperimentConfig::load(config, overrides)?;
     if cfg.search.is_none() {
         bail!(
@@ -76,14 +97,17 @@ pub fn sweep(config: &Path, overrides: &[String], out: Option<PathBuf>, common: 
         );
     }
     let out = out.unwrap_or_else(|| PathBuf::from("runs").join(&cfg.name));
+    let device = parse_device(&common.device)?;
+    let run_dir = RunDir::claim(&out, "sweep", &config_hash("sweep", &cfg), start(false, force))?;
     let opts = RunOptions {
         out_dir: Some(out.clone()),
-        device: parse_device(&common.device)?,
+        device,
         verbosity: verbosity(common),
         resume: false,
         max_epochs_this_run: None,
     };
     let r = run_sweep(&cfg, &resolve_data_dir(common.data_dir.as_deref()), &opts)?;
+    run_dir.finish()?;
     println!("{:>5}  {:<50} {:>10} {:>10}", "trial", "values", "val acc", "val loss");
     for t in &r.trials {
         let values: Vec<String> = t.assignment.iter().map(|(k, v)| format!("{k}={v}")).collect();

@@ -3,9 +3,7 @@
 mod commands;
 mod compare;
 mod device;
-mod report;
 mod reproduce;
-mod reproduce_transfer;
 mod theory;
 mod transfer;
 
@@ -46,9 +44,13 @@ enum Command {
         /// Output folder (default: runs/<name>).
         #[arg(long)]
         out: Option<PathBuf>,
-        /// Continue from <out>/last.json.
-        #[arg(long)]
+        /// Continue from <out>/last.json (an error when there is none).
+        #[arg(long, conflicts_with = "force")]
         resume: bool,
+        /// Replace a digitlab run folder of another config at the output folder
+        /// (only one with digitlab's marker; anything else is never touched).
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         common: Common,
     },
@@ -60,6 +62,10 @@ enum Command {
         overrides: Vec<String>,
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Replace a digitlab run folder of another config at the output folder
+        /// (only one with digitlab's marker; anything else is never touched).
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         common: Common,
     },
@@ -104,6 +110,10 @@ enum Command {
         /// Output folder for theory.md and plots (default: runs/theory).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Replace a digitlab run folder of another config at the output folder
+        /// (only one with digitlab's marker; anything else is never touched).
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         common: Common,
     },
@@ -121,6 +131,10 @@ enum Command {
         /// Feature cache folder (default: transfer.cache_dir, else runs/feature-cache).
         #[arg(long)]
         cache_dir: Option<PathBuf>,
+        /// Replace a digitlab run folder of another config at the output folder
+        /// (only one with digitlab's marker; anything else is never touched).
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         common: Common,
     },
@@ -153,14 +167,16 @@ fn main() -> Result<()> {
             overrides,
             out,
             resume,
+            force,
             common,
-        } => commands::train(&config, &overrides, out, resume, &common),
+        } => commands::train(&config, &overrides, out, resume, force, &common),
         Command::Sweep {
             config,
             overrides,
             out,
+            force,
             common,
-        } => commands::sweep(&config, &overrides, out, &common),
+        } => commands::sweep(&config, &overrides, out, force, &common),
         Command::Eval {
             checkpoint,
             split,
@@ -172,9 +188,14 @@ fn main() -> Result<()> {
             invert,
             common,
         } => commands::predict(&checkpoint, &images, &invert, &common),
-        Command::Theory { topic, out, common } => {
+        Command::Theory {
+            topic,
+            out,
+            force,
+            common,
+        } => {
             let out = out.unwrap_or_else(|| PathBuf::from("runs").join("theory"));
-            theory::run(&topic, &out, common.data_dir.as_deref())
+            theory::run(&topic, &out, force, common.data_dir.as_deref())
         }
         Command::Datasets { verify, common } => commands::datasets(verify, &common),
         Command::Transfer {
@@ -182,8 +203,9 @@ fn main() -> Result<()> {
             overrides,
             out,
             cache_dir,
+            force,
             common,
-        } => transfer::run(&config, &overrides, out, cache_dir, &common),
+        } => transfer::run(&config, &overrides, out, cache_dir, force, &common),
         Command::Compare { runs, out, overfit_gap } => compare::run(&runs, &out, overfit_gap),
         Command::Reproduce { suite, out, common } => {
             let name = std::path::Path::new(&suite)

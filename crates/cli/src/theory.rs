@@ -5,6 +5,7 @@
 //! `l2-gradient`, `minibatch` (or their numbers 1-7), or `all`.
 use anyhow::{bail, Context, Result};
 use digitlab_theory::{report, DataChoice, TheoryConfig, Topic};
+use digitlab_train::run_dir::{RunDir, Start};
 use std::path::Path;
 
 /// Runs `topic` (a name, its number 1-7, or `all`).
@@ -16,14 +17,17 @@ use std::path::Path;
 /// `$DIGITLAB_DATA`, else `./data`), subsampled to 1,000 images, and the embedded 8x8
 /// digits otherwise. Returns an error, after writing everything, if a claim did not
 /// hold.
-pub fn run(topic: &str, out: &Path, data_dir: Option<&Path>) -> Result<()> {
+pub fn run(topic: &str, out: &Path, force: bool, data_dir: Option<&Path>) -> Result<()> {
     let topics = Topic::parse_list(topic)?;
+    let start = if force { Start::Force } else { Start::Fresh };
+    let run_dir = RunDir::claim(out, "theory", "", start)?;
     let cfg = TheoryConfig {
         data: DataChoice::Auto(data_dir.map(Path::to_path_buf)),
         ..TheoryConfig::default()
     };
     let report = report::run_topics(&topics, &cfg, out, |section| println!("{}", section.to_text(out)))
         .with_context(|| format!("digitlab theory {topic} --out {}", out.display()))?;
+    run_dir.finish()?;
     println!("data: {}", report.data_description);
     println!("report: {}", report.markdown.display());
     let failed: Vec<&str> = report

@@ -4,7 +4,8 @@ use crate::device::parse_device;
 use crate::Common;
 use anyhow::Result;
 use digitlab_data::resolve_data_dir;
-use digitlab_finetune::{run_transfer, TransferConfig, TransferRunOptions};
+use digitlab_finetune::{run_transfer, TransferConfig, TransferRunOptions, TRANSFER_KIND};
+use digitlab_train::run_dir::{config_hash, RunDir, Start};
 use digitlab_train::Verbosity;
 use std::path::{Path, PathBuf};
 
@@ -13,13 +14,17 @@ pub fn run(
     overrides: &[String],
     out: Option<PathBuf>,
     cache_dir: Option<PathBuf>,
+    force: bool,
     common: &Common,
 ) -> Result<()> {
     let cfg = TransferConfig::load(config, overrides)?;
     let out = out.unwrap_or_else(|| PathBuf::from("runs").join(&cfg.name));
+    let device = parse_device(&common.device)?;
+    let start = if force { Start::Force } else { Start::Fresh };
+    let run_dir = RunDir::claim(&out, TRANSFER_KIND, &config_hash(TRANSFER_KIND, &cfg), start)?;
     let opts = TransferRunOptions {
         out_dir: Some(out.clone()),
-        device: parse_device(&common.device)?,
+        device,
         verbosity: if common.quiet {
             Verbosity::Lines
         } else {
@@ -29,6 +34,7 @@ pub fn run(
         ..Default::default()
     };
     let outcomes = run_transfer(&cfg, &resolve_data_dir(common.data_dir.as_deref()), &opts)?;
+    run_dir.finish()?;
     let table = std::fs::read_to_string(out.join("compare.md")).unwrap_or_default();
     println!("{table}");
     for o in &outcomes {

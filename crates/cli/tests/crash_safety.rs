@@ -316,11 +316,10 @@ fn sigkill_mid_checkpoint_write_never_loads_the_partial_file() {
             .rsplit_once("writing ")
             .map(|(_, p)| PathBuf::from(p))
             .expect("path in the hook's line");
+        // `.<file>.<run id>.tmp` (digitlab_train::io::temp_path).
+        let tmp_name = tmp.file_name().unwrap().to_string_lossy().into_owned();
         assert!(
-            tmp.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with(&format!("{file}.tmp")),
+            tmp_name.starts_with(&format!(".{file}.")) && digitlab_train::io::temp_file_run_id(&tmp_name).is_some(),
             "{line}"
         );
         let partial = std::fs::metadata(&tmp)

@@ -326,6 +326,14 @@ pub fn features_for(
             }
         }
     }
+    // One process computes an entry at a time; the others wait, then read its file.
+    let _entry_lock = match cache {
+        Some(cache) => Some(lock_entry(cache, key, verbosity, label)?),
+        None => None,
+    };
+    if let Some(Lookup::Hit(t)) = cache.map(|c| c.lookup(key, data.labels())) {
+        return Ok(t.to_device(device)?);
+    }
     let bar = match verbosity {
         Verbosity::Bars => ProgressBar::new(data.len() as u64),
         _ => ProgressBar::hidden(),
@@ -354,4 +362,21 @@ pub fn features_for(
         cache.store(key, &features, data.labels())?;
     }
     Ok(features)
+}
+
+/// Makes sure the cache folder is digitlab's (created with its marker) and locks
+/// `key`'s entry file, waiting for another process that is writing it.
+fn lock_entry(
+    cache: &FeatureCache,
+    key: &FeatureKey,
+    verbosity: Verbosity,
+    label: &str,
+) -> Result<digitlab_train::run_dir::FileLock> {
+    digitlab_train::run_dir::ensure_shared_dir(cache.dir(), "feature-cache")?;
+    let path = cache.path_for(key);
+    Ok(digitlab_train::run_dir::FileLock::acquire(&path, |who| {
+        if verbosity != Verbosity::Silent {
+            eprintln!("{label}: waiting for {who}, which is computing {}", path.display());
+        }
+    })?)
 }

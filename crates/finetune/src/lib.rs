@@ -65,7 +65,9 @@ pub use head::{train_head, HeadConfig, HeadRun, LabeledFeatures, Standardizer};
 pub use hub::{HubConfig, HubUnavailable, DEFAULT_FILE, FALLBACK_FILES};
 pub use pth::{read_pth, read_pth_with, PthOptions};
 pub use source::WeightsSource;
-pub use transfer::{run_transfer, BackboneSpec, TransferConfig, TransferOutcome, TransferRunOptions, TransferSummary};
+pub use transfer::{
+    run_transfer, BackboneSpec, TransferConfig, TransferOutcome, TransferRunOptions, TransferSummary, TRANSFER_KIND,
+};
 pub use weights::{
     check_against, detect_format, load_weights, strip_common_prefixes, LoadReport, LoadedWeights, WeightsFormat,
 };

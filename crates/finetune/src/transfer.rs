@@ -58,7 +58,11 @@ use digitlab_data::{Dataset, Normalization, Pipeline};
 use digitlab_report::io::{write_atomic, write_atomic_with, write_json};
 use digitlab_report::plots;
 use digitlab_train::experiment::metrics_csv;
+use digitlab_train::run_dir::{config_hash, RunDir, Start};
 use digitlab_train::{DataConfig, Evaluation, OptimizerConfig, PreparedData, Verbosity};
+
+/// The marker kind of a transfer run folder (`<out>/`, one subfolder per backbone).
+pub const TRANSFER_KIND: &str = "transfer";
 use serde::{Deserialize, Serialize};
 
 use crate::error::{FinetuneError, Result};
@@ -300,6 +304,7 @@ impl TransferConfig {
     /// `pretrained` string parses (with unset variables replaced by a placeholder).
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(FinetuneError::Config(m));
+        digitlab_train::config::validate_name("name", &self.name).map_err(FinetuneError::Config)?;
         let t = &self.transfer;
         if t.epochs == 0 || t.batch_size == 0 || t.feature_batch_size == 0 || t.eval_batch_size == 0 {
             return bad(
@@ -339,9 +344,8 @@ impl TransferConfig {
         for (i, b) in self.backbones.iter().enumerate() {
             resolve_arch(&b.model).map_err(|e| FinetuneError::Config(format!("backbones[{i}].model: {e}")))?;
             let label = b.label();
-            if label.is_empty() || label.contains(['/', '\\']) || label == "." || label == ".." {
-                return bad(format!("backbones[{i}].label {label:?} must be a plain folder name"));
-            }
+            digitlab_train::config::validate_name(&format!("backbones[{i}].label"), &label)
+                .map_err(FinetuneError::Config)?;
             if !labels.insert(label.clone()) {
                 return bad(format!(
                     "backbones[{i}]: label {label:?} is used twice; give one of them a distinct `label`"
@@ -502,6 +506,12 @@ pub struct TransferOutcome {
 /// folder) writes the comparison table of all of them.
 pub fn run_transfer(cfg: &TransferConfig, data_dir: &Path, opts: &TransferRunOptions) -> Result<Vec<TransferOutcome>> {
     cfg.validate()?;
+    // Held for the whole run (a no-op when the caller already holds the folder).
+    let run_dir = opts
+        .out_dir
+        .as_deref()
+        .map(|d| RunDir::claim(d, TRANSFER_KIND, &config_hash(TRANSFER_KIND, cfg), Start::Fresh))
+        .transpose()?;
     let data = prepare_data(&cfg.data, cfg.seed, data_dir)?;
     if opts.verbosity != Verbosity::Silent {
         eprintln!(
@@ -521,6 +531,7 @@ pub fn run_transfer(cfg: &TransferConfig, data_dir: &Path, opts: &TransferRunOpt
         let dirs: Vec<PathBuf> = outcomes.iter().filter_map(|o| o.out_dir.clone()).collect();
         crate::compare::compare(&dirs, out, cfg.transfer.overfit_gap)?;
     }
+    run_dir.as_ref().map(RunDir::finish).transpose()?;
     Ok(outcomes)
 }
 

@@ -5,7 +5,7 @@
 //! The temporary file has a fixed, predictable name (`<name>.tmp<pid>`, [`temp_path`])
 //! rather than a random one: crash-safety tests stop a write halfway
 //! ([`HANG_WRITING_ENV`]) or point that name at `/dev/full`, and
-//! [`remove_stale_temp_files`] finds what killed processes left behind.
+//! `digitlab_train::run_dir::remove_stale_temp_files` finds what killed processes left behind.
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -18,11 +18,38 @@ pub struct WriteError {
     pub source: std::io::Error,
 }
 
-/// Temporary sibling of `path` (same folder, so the rename is atomic).
+/// This process's run id: `<microseconds since 1970, hex>-<pid>`. Run folders
+/// record it in their marker and every temporary file carries it, so a cleanup can
+/// tell digitlab's own temporary files from anything else.
+pub fn run_id() -> &'static str {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| {
+        let micros = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros());
+        format!("{micros:x}-{}", std::process::id())
+    })
+}
+
+/// Temporary sibling of `path` (same folder, so the rename is atomic):
+/// `.<file name>.<run id>.tmp`.
 pub fn temp_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(format!(".tmp{}", std::process::id()));
-    path.with_file_name(name)
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    path.with_file_name(format!(".{name}.{}.tmp", run_id()))
+}
+
+/// The run id in a temporary file name made by [`temp_path`], or `None` when the
+/// name does not have exactly that form.
+pub fn temp_file_run_id(name: &str) -> Option<&str> {
+    let inner = name.strip_prefix('.')?.strip_suffix(".tmp")?;
+    let (file, id) = inner.rsplit_once('.')?;
+    let (time, pid) = id.split_once('-')?;
+    let ok = !file.is_empty()
+        && !time.is_empty()
+        && time.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        && !pid.is_empty()
+        && pid.bytes().all(|b| b.is_ascii_digit());
+    ok.then_some(id)
 }
 
 /// Test hook for crash-safety tests: when this environment variable holds the
@@ -61,34 +88,6 @@ fn maybe_hang_halfway(path: &Path, tmp: &Path) {
     loop {
         std::thread::sleep(std::time::Duration::from_secs(3600));
     }
-}
-
-/// Removes temporary files (`<name>.tmp<pid>`) that crashed or killed processes
-/// left in `dir`: those of processes that no longer run (on Linux) or, where
-/// that cannot be checked, of any process but this one. Returns how many went.
-pub fn remove_stale_temp_files(dir: &Path) -> usize {
-    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
-    let me = std::process::id();
-    let can_check = Path::new("/proc/self").exists();
-    let mut removed = 0;
-    for e in entries.flatten() {
-        let name = e.file_name();
-        let Some(pid) = name
-            .to_str()
-            .and_then(|n| n.rsplit_once(".tmp"))
-            .and_then(|(_, p)| p.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let alive = pid == me || (can_check && Path::new("/proc").join(pid.to_string()).exists());
-        if !alive
-            && e.file_type().is_ok_and(|t| t.is_file() || t.is_symlink())
-            && std::fs::remove_file(e.path()).is_ok()
-        {
-            removed += 1;
-        }
-    }
-    removed
 }
 
 /// Atomically replaces `path` with `bytes` (missing parent folders are created).
@@ -177,13 +176,21 @@ mod tests {
     }
 
     #[test]
-    fn stale_temp_files_of_dead_processes_go_and_others_stay() {
-        let dir = tempfile::tempdir().unwrap();
-        // pid 0 never names a user process; our own temp files stay.
-        std::fs::write(dir.path().join("last.json.tmp0"), b"x").unwrap();
-        std::fs::write(temp_path(&dir.path().join("mine.json")), b"x").unwrap();
-        std::fs::write(dir.path().join("notes.tmp"), b"x").unwrap();
-        assert_eq!(remove_stale_temp_files(dir.path()), 1);
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+    fn temp_names_carry_the_run_id_and_only_they_parse() {
+        let t = temp_path(Path::new("/x/last.json"));
+        let name = t.file_name().unwrap().to_str().unwrap();
+        assert_eq!(name, format!(".last.json.{}.tmp", run_id()));
+        assert_eq!(temp_file_run_id(name), Some(run_id()));
+        for other in [
+            "last.json.tmp123",
+            "notes.tmp3",
+            ".x.tmp",
+            ".x.12-ab.tmp",
+            ".x.ab-.tmp",
+            "x.ab-1.tmp",
+            ".ab-1.tmp",
+        ] {
+            assert_eq!(temp_file_run_id(other), None, "{other}");
+        }
     }
 }

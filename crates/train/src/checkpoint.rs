@@ -116,7 +116,7 @@ pub fn save(
 /// Deletes weight files no sidecar in `dir` refers to (old epochs), and the
 /// temporary files of killed processes.
 pub fn prune(dir: &Path) -> Result<()> {
-    crate::io::remove_stale_temp_files(dir);
+    crate::run_dir::remove_stale_temp_files(dir);
     let mut keep = std::collections::HashSet::new();
     for tag in ["last", "best"] {
         if let Ok(s) = read_sidecar(&dir.join(format!("{tag}.json"))) {
@@ -138,6 +138,48 @@ pub fn prune(dir: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The checkpoint `--resume` continues from: `<dir>/last.json`, written by the
+/// same config except `train.epochs` (`config` in JSON form), with at most
+/// `epochs` epochs done. A missing checkpoint is an error (starting over is what a
+/// run without `--resume` does), and so is a run that already did more epochs
+/// than asked for (its outputs would disagree with the config).
+pub fn resume_point(dir: &Path, config: &serde_json::Value, epochs: usize) -> Result<(PathBuf, Sidecar)> {
+    let path = dir.join("last.json");
+    if !path.is_file() {
+        return Err(TrainError::Checkpoint {
+            path,
+            message: "does not exist: nothing to resume (run without --resume to start a new run)".into(),
+        });
+    }
+    let s = read_sidecar(&path)?;
+    let mut saved = s.config.clone();
+    let mut now = config.clone();
+    // The epoch count may grow on resume; everything else must match.
+    for v in [&mut saved, &mut now] {
+        if let Some(t) = v.get_mut("train").and_then(|t| t.as_object_mut()) {
+            t.remove("epochs");
+        }
+    }
+    if saved != now {
+        return Err(TrainError::Checkpoint {
+            path,
+            message: "was written by a different config; resume with the same config (only train.epochs may change)"
+                .into(),
+        });
+    }
+    if s.epoch > epochs {
+        return Err(TrainError::Checkpoint {
+            path,
+            message: format!(
+                "has {} epochs done but train.epochs = {epochs}; resuming can only add epochs \
+                 (set train.epochs >= {}, or run without --resume to start over)",
+                s.epoch, s.epoch
+            ),
+        });
+    }
+    Ok((path, s))
 }
 
 /// Reads a sidecar, checking its format version and its consistency.

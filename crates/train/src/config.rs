@@ -211,6 +211,7 @@ impl ExperimentConfig {
     /// Checks values that types alone cannot.
     pub fn validate(&self) -> Result<(), TrainError> {
         let bad = |m: String| Err(TrainError::Config(m));
+        validate_name("name", &self.name).map_err(TrainError::Config)?;
         if self.train.epochs == 0 {
             return bad("train.epochs must be at least 1".into());
         }
@@ -261,6 +262,24 @@ impl ExperimentConfig {
             s.validate()?;
         }
         Ok(())
+    }
+}
+
+/// The one rule for names that become folder names (`name`, backbone labels,
+/// suite names): a single path component of ASCII letters, digits, `.`, `_` and
+/// `-`, not empty, `.` or `..`. `key` names the config key in the error.
+pub fn validate_name(key: &str, value: &str) -> std::result::Result<(), String> {
+    let ok = !value.is_empty()
+        && value != "."
+        && value != ".."
+        && value.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{key} = {value:?}: must be one folder name of letters, digits, '.', '_' and '-' \
+             (not empty, \".\" or \"..\")"
+        ))
     }
 }
 
@@ -398,5 +417,27 @@ mod tests {
     fn value_round_trip() {
         let c = ExperimentConfig::from_toml_str(BASE, &[]).unwrap();
         assert_eq!(ExperimentConfig::from_value(c.to_value()).unwrap(), c);
+    }
+
+    #[test]
+    fn names_are_one_safe_component() {
+        for good in ["softmax_mnist", "a.b-c_1", "..x", "resnet18-pretrained"] {
+            assert!(validate_name("name", good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            "../victim",
+            "/abs/path",
+            "a/b",
+            "a\\b",
+            "a b",
+            "ü",
+            "x\0",
+        ] {
+            let e = validate_name("name", bad).unwrap_err();
+            assert!(e.starts_with("name = "), "{e}");
+        }
     }
 }

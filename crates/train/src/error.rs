@@ -12,6 +12,13 @@ pub enum TrainError {
         #[source]
         source: std::io::Error,
     },
+    /// A run folder cannot be taken (not digitlab's, another config, nothing to
+    /// resume ...); the message says why and what to do.
+    #[error("{}: {message}", path.display())]
+    RunFolder { path: PathBuf, message: String },
+    /// Another process holds the run folder's lock.
+    #[error("run folder {} is in use by {holder}; nothing was changed", path.display())]
+    InUse { path: PathBuf, holder: String },
     /// The loss became NaN or infinite.
     #[error(
         "training diverged at epoch {epoch}, step {step}: loss is {loss}. \

@@ -48,6 +48,11 @@ pub struct ExperimentResult {
 /// Trains `cfg` on prepared `data`, evaluates on its test split and, when
 /// `opts.out_dir` is set, writes every output there.
 pub fn run_experiment(cfg: &ExperimentConfig, data: &PreparedData, opts: &RunOptions) -> Result<ExperimentResult> {
+    let run_dir = opts
+        .out_dir
+        .as_deref()
+        .map(|d| crate::run_dir::claim_for_training(d, cfg, opts.resume))
+        .transpose()?;
     let run = train(cfg, data, opts)?;
     let pipeline = cfg.data.pipeline();
     let eb = cfg.train.eval_batch_size;
@@ -82,6 +87,7 @@ pub fn run_experiment(cfg: &ExperimentConfig, data: &PreparedData, opts: &RunOpt
     if let Some(dir) = &opts.out_dir {
         write_outputs(dir, cfg, data, &run, test.as_ref(), &summary)?;
     }
+    run_dir.as_ref().map(crate::run_dir::RunDir::finish).transpose()?;
     Ok(ExperimentResult { summary, run, test })
 }
 

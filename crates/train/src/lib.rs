@@ -23,6 +23,7 @@ pub mod experiment;
 pub mod fit;
 pub mod metrics;
 pub mod optim;
+pub mod run_dir;
 pub mod schedule;
 pub mod search;
 pub mod source;

@@ -50,6 +50,11 @@ pub fn run_sweep(cfg: &ExperimentConfig, data_dir: &Path, opts: &RunOptions) -> 
         .search
         .as_ref()
         .ok_or_else(|| TrainError::Config("this config has no [search] section".into()))?;
+    let run_dir = opts
+        .out_dir
+        .as_deref()
+        .map(|d| crate::run_dir::claim_for_sweep(d, cfg))
+        .transpose()?;
     let assignments = search.trials(cfg.seed);
     let reload_data = search.space.keys().any(|k| k.starts_with("data.") || k == "seed");
     let base_data = PreparedData::load(&trial_config(cfg, &BTreeMap::new())?, data_dir)?;
@@ -163,6 +168,7 @@ pub fn run_sweep(cfg: &ExperimentConfig, data_dir: &Path, opts: &RunOptions) -> 
         }
         write_json(&dir.join("summary.json"), &summary)?;
     }
+    run_dir.as_ref().map(crate::run_dir::RunDir::finish).transpose()?;
     Ok(SweepResult {
         trials,
         best,

@@ -6,6 +6,7 @@ use crate::eval::{evaluate_batches, Evaluation};
 use crate::fit::{Checkpoints, DivergenceGuard, EarlyStopping, Fit, FitState, L2Penalty, Progress, RunInfo};
 pub use crate::fit::{EpochMetrics, Verbosity};
 use crate::optim::ParamGroup;
+use crate::run_dir;
 use crate::{Result, TrainError};
 use candle_core::{DType, Device, Var};
 use candle_nn::VarMap;
@@ -172,24 +173,25 @@ pub fn train(cfg: &ExperimentConfig, data: &PreparedData, opts: &RunOptions) -> 
             },
         )
     });
+    // Held for the whole run (a no-op when the caller already holds the folder).
+    let _run_dir = opts
+        .out_dir
+        .as_deref()
+        .map(|d| run_dir::claim_for_training(d, cfg, opts.resume))
+        .transpose()?;
     let mut state = FitState::default();
     if let (true, Some(c)) = (opts.resume, &checkpoints) {
-        match c.resume(optimizer.as_mut(), device)? {
-            Some(s) => {
-                if opts.verbosity != Verbosity::Silent {
-                    eprintln!(
-                        "resuming {} from epoch {} ({})",
-                        cfg.name,
-                        s.epochs_done(),
-                        c.last_path().display()
-                    );
-                }
-                state = s;
-            }
-            None if opts.verbosity != Verbosity::Silent => {
-                eprintln!("no checkpoint at {}: starting from scratch", c.last_path().display());
-            }
-            None => {}
+        // A missing last.json or fewer epochs than done is an error (resume_point).
+        let s = c.resume(optimizer.as_mut(), device, cfg.train.epochs)?;
+        if opts.verbosity != Verbosity::Silent {
+            eprintln!(
+                "resuming {} from epoch {} ({})",
+                cfg.name,
+                s.epochs_done(),
+                c.last_path().display()
+            );
+        }
+        state = s;
         }
     }
 

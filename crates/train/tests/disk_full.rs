@@ -3,7 +3,7 @@
 //! exactly where an uninterrupted run ends.
 //!
 //! The full disk is real: the temporary file the write goes to
-//! (`<name>.tmp<pid>`, see `digitlab_train::io::temp_path`) is made a symlink to
+//! (`.<name>.<run id>.tmp`, see `digitlab_train::io::temp_path`) is made a symlink to
 //! `/dev/full`, on which every write fails with ENOSPC.
 use digitlab_train::checkpoint::{self, Sidecar};
 use digitlab_train::{ExperimentConfig, PreparedData, RunOptions};
@@ -85,11 +85,10 @@ fn disk_full_during_checkpoint_write_keeps_the_last_good_one() {
         resume: true,
         ..Default::default()
     };
-    let pid = std::process::id();
     // The disk fills up while epoch 3's weights are written, then while its
     // sidecar is written (the weights having gone through).
     for file in ["model-e3.safetensors", "last.json"] {
-        let tmp = dir.path().join(format!("{file}.tmp{pid}"));
+        let tmp = digitlab_train::io::temp_path(&dir.path().join(file));
         std::os::unix::fs::symlink("/dev/full", &tmp).unwrap();
         let e = digitlab_train::train(&cfg, &data, &resume)
             .err()

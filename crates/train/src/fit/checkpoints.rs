@@ -45,31 +45,12 @@ impl<'a> Checkpoints<'a> {
     }
 
     /// Restores the model weights, the optimizer state and the run's progress
-    /// from `<dir>/last.json`, or returns `None` when there is none. The sidecar
-    /// must have been written for the same config (only `train.epochs` may differ)
-    /// and every file must verify.
-    pub fn resume(&self, optimizer: &mut dyn Optimizer, device: &Device) -> Result<Option<FitState>> {
-        let path = self.last_path();
-        if !path.is_file() {
-            return Ok(None);
-        }
-        let s = checkpoint::read_sidecar(&path)?;
-        let mut saved = s.config.clone();
-        let mut now = self.info.config.clone();
-        // The epoch count may grow on resume; everything else must match.
-        for v in [&mut saved, &mut now] {
-            if let Some(t) = v.get_mut("train").and_then(|t| t.as_object_mut()) {
-                t.remove("epochs");
-            }
-        }
-        if saved != now {
-            return Err(TrainError::Checkpoint {
-                path,
-                message:
-                    "was written by a different config; resume with the same config (only train.epochs may change)"
-                        .into(),
-            });
-        }
+    /// from `<dir>/last.json`. It is an error when there is none, when it was
+    /// written for another config (only `train.epochs` may differ), when it has
+    /// more epochs done than `epochs`, or when any file fails to verify
+    /// ([`checkpoint::resume_point`]).
+    pub fn resume(&self, optimizer: &mut dyn Optimizer, device: &Device, epochs: usize) -> Result<FitState> {
+        let (path, s) = checkpoint::resume_point(&self.dir, &self.info.config, epochs)?;
         checkpoint::load_model(&path, &s, self.varmap, device)?;
         let state = checkpoint::load_optim(&path, &s, device)?;
         let optim_path = s.optim_file.as_ref().map_or_else(|| path.clone(), |f| self.dir.join(f));
@@ -85,12 +66,12 @@ impl<'a> Checkpoints<'a> {
                 path: optim_path,
                 message: e.to_string(),
             })?;
-        Ok(Some(FitState {
+        Ok(FitState {
             history: s.history,
             best_metric: s.best_metric,
             best_epoch: s.best_epoch,
             epochs_without_improvement: s.epochs_without_improvement,
-        }))
+        })
     }
 
     /// Loads the weights `<dir>/best.json` names into the varmap; false when
