@@ -24,6 +24,7 @@ pub mod schedule;
 pub mod search;
 pub mod sweep;
 pub mod trainer;
+pub mod validate;
 
 pub use config::{DataConfig, ExperimentConfig, MetricName, TrainOptions};
 pub use error::{Result, TrainError};

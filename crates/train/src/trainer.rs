@@ -285,20 +285,27 @@ pub fn train(cfg: &ExperimentConfig, data: &PreparedData, opts: &RunOptions) -> 
                 .lr_at(base_lr, epoch as f64 + step as f64 / nb as f64, epochs);
             optimizer.set_lr(lr);
             let out = model.forward_t(&batch.images, true)?;
-            let mut loss = compute_loss(cfg.train.loss, &out, &batch.labels, Reduction::Mean)?;
+            let data_loss = compute_loss(cfg.train.loss, &out, &batch.labels, Reduction::Mean)?;
+            let mut loss = data_loss.clone();
+            let mut penalty = None;
             if cfg.train.l2 > 0.0 && !l2_vars.is_empty() {
                 let ws: Vec<&Tensor> = l2_vars.iter().map(|v| v.as_tensor()).collect();
-                loss = (loss + l2_penalty(&ws, cfg.train.l2, l2_convention)?)?;
+                let p = l2_penalty(&ws, cfg.train.l2, l2_convention)?;
+                loss = (loss + &p)?;
+                penalty = Some(p);
             }
             let lv = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
             if !lv.is_finite() {
                 epoch_bar.abandon();
-                return Err(TrainError::Diverged {
-                    epoch: epoch + 1,
-                    step: step + 1,
-                    loss: lv,
+                let (e, s) = (epoch + 1, step + 1);
+                return Err(crate::validate::diverged_step(
+                    e,
+                    s,
+                    &data_loss,
+                    penalty.as_ref(),
+                    &params,
                     lr,
-                });
+                ));
             }
             let mut grads = loss.backward()?;
             if let Some(max) = cfg.train.grad_clip {
