@@ -235,7 +235,7 @@ impl FeatureCache {
             .map_err(|e| format!("no `features` tensor: {e}"))?;
         let stored_labels = st.tensor("labels").map_err(|e| format!("no `labels` tensor: {e}"))?;
         let actual = tensor_digest(features.data(), stored_labels.data());
-        if &actual != digest {
+        if actual != *digest {
             return Err(format!(
                 "tensor bytes do not match the stored SHA-256 (expected {digest}, found {actual}): corrupt or edited"
             ));

@@ -83,10 +83,11 @@ pub fn estimate_size(cfg: &ModelConfig, input: InputShape, num_classes: usize) -
                 16 => 14.7e6,
                 _ => 20.0e6,
             };
+            let per_pixel = if v.batch_norm { 600.0 } else { 400.0 };
             // Adaptive pooling to 7x7, then 25088 -> 4096 -> 4096 -> classes.
             SizeEstimate {
                 parameters: body + 25_088.0 * 4_096.0 + 4_096.0 * 4_096.0 + 4_097.0 * k,
-                activations_per_image: features + if v.batch_norm { 600.0 } else { 400.0 } * pixels,
+                activations_per_image: features + per_pixel * pixels,
             }
         }
         ModelConfig::EfficientnetLite0 => SizeEstimate {

@@ -3,7 +3,7 @@
 //! estimated memory), output folders, and the diagnosis of a diverged step.
 //!
 //! Everything here only reads: a refused command has changed nothing.
-use crate::config::ExperimentConfig;
+use crate::config::{DataConfig, ExperimentConfig};
 use crate::trainer::PreparedData;
 use crate::{Result, TrainError};
 use candle_core::{DType, Tensor, Var};
@@ -11,11 +11,17 @@ use digitlab_data::ImageShape;
 use digitlab_models::{estimate_size, InputShape, ModelConfig};
 use std::path::Path;
 
-/// Values that are wrong whatever the data: fewer than two classes, an empty test
-/// limit, an empty or absurd resize.
+/// Values that are wrong whatever the data: fewer than two (or repeated) classes,
+/// an empty test limit, an empty resize.
 pub fn check_values(cfg: &ExperimentConfig) -> Result<()> {
-    let bad = |m: String| Err(TrainError::Config(m));
-    if let Some(classes) = &cfg.data.classes {
+    check_data_values(&cfg.data).map_err(TrainError::Config)
+}
+
+/// The `[data]` part of [`check_values`] (shared with transfer configs); the
+/// message names the key.
+pub fn check_data_values(data: &DataConfig) -> std::result::Result<(), String> {
+    let bad = |m: String| Err(m);
+    if let Some(classes) = &data.classes {
         if classes.len() < 2 {
             return bad(format!(
                 "data.classes must name at least 2 classes to tell apart, got {classes:?}"
@@ -25,10 +31,10 @@ pub fn check_values(cfg: &ExperimentConfig) -> Result<()> {
             return bad(format!("data.classes names class {} twice: {classes:?}", c.1));
         }
     }
-    if cfg.data.test_limit == Some(0) {
+    if data.test_limit == Some(0) {
         return bad("data.test_limit must be at least 1 (leave it out to use the whole test split)".into());
     }
-    if let Some([h, w]) = cfg.data.resize {
+    if let Some([h, w]) = data.resize {
         if h == 0 || w == 0 {
             return bad(format!("data.resize must be at least [1, 1], got [{h}, {w}]"));
         }
@@ -282,7 +288,7 @@ pub fn diverged(
     lr: f64,
 ) -> TrainError {
     let total = data_loss + l2_penalty.unwrap_or(0.0);
-    let lr_hint = format!("lower the learning rate (currently {lr}) or clip gradients (train.grad_clip)");
+    let lr_hint = format!("try a lower learning rate (currently {lr}) or gradient clipping (train.grad_clip)");
     let (part, hint) = if !weights_finite {
         (
             "the weights are no longer finite: the gradients of the previous update overflowed",
@@ -319,6 +325,24 @@ mod tests {
         check_output_dir(&dir.path().join("new/deeper"), "--out").unwrap();
         check_output_dir(dir.path(), "--out").unwrap();
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "nothing was created");
+    }
+
+    #[test]
+    fn integer_literals_out_of_range_name_the_key() {
+        let e = check_integer_literal("train.epochs", "99999999999999999999")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("train.epochs: number too large (max 9223372036854775807)"),
+            "{e}"
+        );
+        let e = check_integer_literal("seed", "-99_999_999_999_999_999_999")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("seed: number too small"), "{e}");
+        for ok in ["12", "-3", "1_000", "1e308", "\"x\"", "[1, 2]"] {
+            check_integer_literal("k", ok).unwrap();
+        }
     }
 
     #[test]
