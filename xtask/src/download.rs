@@ -1,7 +1,11 @@
 //! Downloads and imports of dataset files, verified against published checksums.
 //!
-//! Every file is written to `<name>.part` first and renamed only once verified,
-//! so an interrupted or corrupt download never leaves a file that looks valid.
+//! Every file is written to `<name>.part` (downloads) or a private temporary file
+//! (imports) first, verified there, and only then moved into place without
+//! replacing anything, so an interrupted or corrupt transfer never leaves a file
+//! that looks valid, and the bytes the loader reads are the bytes that were
+//! verified. A file already in place that does not match the published checksum
+//! is not digitlab's: it is reported, never overwritten.
 use anyhow::{anyhow, bail, Context, Result};
 use digitlab_data::catalog::{self, RemoteFile, Split};
 use digitlab_data::DatasetKind;
@@ -40,19 +44,62 @@ fn fetch_file(kind: DatasetKind, file: &RemoteFile, dir: &Path, from: Option<&Pa
                 println!("{kind}: {} already present and valid", existing.display());
                 return Ok(());
             }
-            Err(e) => println!("{kind}: {} is invalid ({e}); fetching it again", existing.display()),
+            Err(e) => bail!(
+                "{e}\n{} is not the published {}; digitlab does not overwrite a file it cannot tell is its own: \
+                 move or delete it, then run this again",
+                existing.display(),
+                file.name
+            ),
         }
     }
     let target = dir.join(file.name);
-    match from {
-        Some(src_dir) => import(kind, file, src_dir, &target),
-        None => download(kind, file, &target, opts),
+    let placed = match from {
+        Some(src_dir) => import(kind, file, src_dir, &target)?,
+        None => {
+            download(kind, file, &target, opts)?;
+            target
+        }
+    };
+    check_loader_reads(dir, file, &placed)
+}
+
+/// The file the loader will read for `file` ([`catalog::locate`]) must be the one
+/// just verified and placed.
+fn check_loader_reads(dir: &Path, file: &RemoteFile, placed: &Path) -> Result<()> {
+    match catalog::locate(dir, file) {
+        Some(read) if read == placed => Ok(()),
+        Some(read) => bail!(
+            "placed {} but the loader would read {} instead; move or delete {}",
+            placed.display(),
+            read.display(),
+            read.display()
+        ),
+        None => bail!("placed {} but it is gone", placed.display()),
     }
 }
 
-/// Copies a verified local copy: `<from>/<name>`, `<from>/<name without .gz>`,
-/// or the same under `<from>/<dataset>/`.
-fn import(kind: DatasetKind, file: &RemoteFile, from: &Path, target: &Path) -> Result<()> {
+/// Moves `from` to `to` unless `to` exists (then an error naming it): a hard link
+/// plus unlink, which is atomic and never replaces; a plain rename after a check
+/// where links are not supported.
+fn move_noclobber(from: &Path, to: &Path) -> Result<()> {
+    match fs::hard_link(from, to) {
+        Ok(()) => fs::remove_file(from).with_context(|| format!("removing {}", from.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let _ = fs::remove_file(from);
+            bail!(
+                "{} appeared while it was being fetched; not replacing it (the verified copy was discarded)",
+                to.display()
+            )
+        }
+        Err(_) if to.exists() => bail!("{} exists; not replacing it", to.display()),
+        Err(_) => fs::rename(from, to).with_context(|| format!("renaming {} to {}", from.display(), to.display())),
+    }
+}
+
+/// Imports a local copy: `<from>/<name>`, `<from>/<name without .gz>`, or the
+/// same under `<from>/<dataset>/`. The copy (not the source, which could change
+/// meanwhile) is verified, then moved into place; returns where it was placed.
+fn import(kind: DatasetKind, file: &RemoteFile, from: &Path, target: &Path) -> Result<PathBuf> {
     let candidates = [from.to_path_buf(), kind.dir(from)];
     let src = candidates
         .iter()
@@ -65,20 +112,28 @@ fn import(kind: DatasetKind, file: &RemoteFile, from: &Path, target: &Path) -> R
                 kind.dir(from).display()
             )
         })?;
-    catalog::verify_file(&src, file)?;
     let dest = if src.extension().is_some_and(|e| e == "gz") {
         target.to_path_buf()
     } else {
         target.with_extension("")
     };
-    let part = part_path(&dest);
-    fs::copy(&src, &part).with_context(|| format!("copying {} to {}", src.display(), part.display()))?;
-    File::open(&part)
-        .and_then(|f| f.sync_all())
-        .with_context(|| format!("syncing {}", part.display()))?;
-    fs::rename(&part, &dest).with_context(|| format!("renaming {} to {}", part.display(), dest.display()))?;
+    let name = dest.file_name().unwrap_or_default().to_string_lossy();
+    let part = dest.with_file_name(format!(".{name}.digitlab-import-{}.part", std::process::id()));
+    let copied = fs::copy(&src, &part)
+        .with_context(|| format!("copying {} to {}", src.display(), part.display()))
+        .and_then(|_| {
+            File::open(&part)
+                .and_then(|f| f.sync_all())
+                .with_context(|| format!("syncing {}", part.display()))
+        })
+        .and_then(|()| catalog::verify_file(&part, file).map_err(|e| anyhow!("{e} (copied from {})", src.display())));
+    if let Err(e) = copied {
+        let _ = fs::remove_file(&part);
+        return Err(e);
+    }
+    move_noclobber(&part, &dest)?;
     println!("{kind}: imported {} -> {} (verified)", src.display(), dest.display());
-    Ok(())
+    Ok(dest)
 }
 
 fn part_path(target: &Path) -> PathBuf {
@@ -177,8 +232,7 @@ pub(crate) fn fetch_url(
         let _ = fs::remove_file(&part);
         bail!("{e} (the partial file was deleted)");
     }
-    fs::rename(&part, target).with_context(|| format!("renaming {} to {}", part.display(), target.display()))?;
-    Ok(())
+    move_noclobber(&part, target)
 }
 
 fn progress_bar(name: &str, total: Option<u64>, start: u64, quiet: bool) -> ProgressBar {
@@ -420,5 +474,49 @@ mod tests {
             .to_string();
         assert!(e.contains("checksum mismatch"), "{e}");
         assert!(!dst.path().join("other").exists());
+        assert_eq!(fs::read_dir(dst.path()).unwrap().count(), 1, "no temporary file left");
+    }
+
+    #[test]
+    fn a_users_file_in_the_way_is_never_overwritten() {
+        let src = tempfile::tempdir().unwrap();
+        let data = tempfile::tempdir().unwrap();
+        let payload = b"payload".to_vec();
+        let file = leak_file("t10k-labels-idx1-ubyte.gz", &payload);
+        fs::write(src.path().join("t10k-labels-idx1-ubyte"), &payload).unwrap();
+        let dir = DatasetKind::Mnist.dir(data.path());
+        fs::create_dir_all(&dir).unwrap();
+        // The user's own (different) file under the published name.
+        fs::write(dir.join("t10k-labels-idx1-ubyte.gz"), b"my notes").unwrap();
+        let e = format!(
+            "{:#}",
+            fetch_file(DatasetKind::Mnist, file, &dir, Some(src.path()), &QUIET).unwrap_err()
+        );
+        assert!(
+            e.contains("t10k-labels-idx1-ubyte.gz") && e.contains("does not overwrite"),
+            "{e}"
+        );
+        assert_eq!(fs::read(dir.join("t10k-labels-idx1-ubyte.gz")).unwrap(), b"my notes");
+        assert!(!dir.join("t10k-labels-idx1-ubyte").exists());
+
+        // Without it, the imported file is the one the loader reads, and it verifies.
+        fs::remove_file(dir.join("t10k-labels-idx1-ubyte.gz")).unwrap();
+        fetch_file(DatasetKind::Mnist, file, &dir, Some(src.path()), &QUIET).unwrap();
+        let read = catalog::locate(&dir, file).unwrap();
+        assert_eq!(read, dir.join("t10k-labels-idx1-ubyte"));
+        catalog::verify_file(&read, file).unwrap();
+        assert_eq!(fs::read_dir(&dir).unwrap().count(), 1, "no temporary file left");
+    }
+
+    #[test]
+    fn a_file_that_appears_meanwhile_is_not_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let from = dir.path().join("a.part");
+        let to = dir.path().join("a");
+        fs::write(&from, b"verified").unwrap();
+        fs::write(&to, b"someone else's").unwrap();
+        let e = move_noclobber(&from, &to).unwrap_err().to_string();
+        assert!(e.contains("not replacing"), "{e}");
+        assert_eq!(fs::read(&to).unwrap(), b"someone else's");
     }
 }

@@ -67,6 +67,7 @@ pub fn train(
     // Before any work: refuse a folder that is not ours or in use.
     let run_dir = RunDir::claim(&out, "train", &config_hash("train", &cfg), start(resume, force))?;
     let data_dir = resolve_data_dir(common.data_dir.as_deref());
+    check_paths(&out, &data_dir)?;
     let data = PreparedData::load(&cfg, &data_dir)?;
     if data.test.is_none() {
         eprintln!(
@@ -97,6 +98,8 @@ pub fn sweep(config: &Path, overrides: &[String], out: Option<PathBuf>, force: b
         );
     }
     let out = out.unwrap_or_else(|| PathBuf::from("runs").join(&cfg.name));
+    let data_dir = resolve_data_dir(common.data_dir.as_deref());
+    check_paths(&out, &data_dir)?;
     let device = parse_device(&common.device)?;
     let run_dir = RunDir::claim(&out, "sweep", &config_hash("sweep", &cfg), start(false, force))?;
     let opts = RunOptions {
@@ -106,7 +109,7 @@ pub fn sweep(config: &Path, overrides: &[String], out: Option<PathBuf>, force: b
         resume: false,
         max_epochs_this_run: None,
     };
-    let r = run_sweep(&cfg, &resolve_data_dir(common.data_dir.as_deref()), &opts)?;
+    let r = run_sweep(&cfg, &data_dir, &opts)?;
     run_dir.finish()?;
     println!("{:>5}  {:<50} {:>10} {:>10}", "trial", "values", "val acc", "val loss");
     for t in &r.trials {
@@ -121,6 +124,14 @@ pub fn sweep(config: &Path, overrides: &[String], out: Option<PathBuf>, force: b
         );
     }
     print_summary(&r.final_run.summary, &out.join("final"));
+    Ok(())
+}
+
+/// The output folder must be a folder or creatable, the data folder a folder when
+/// it exists: checked before any work, so a refused command changes nothing.
+pub fn check_paths(out: &Path, data_dir: &Path) -> Result<()> {
+    digitlab_train::validate::check_output_dir(out, "--out")?;
+    digitlab_data::check_data_dir(data_dir, None)?;
     Ok(())
 }
 
@@ -189,38 +200,28 @@ pub fn predict(path: &Path, images: &[PathBuf], invert: &str, common: &Common) -
     let [c, h, w] = sidecar.input_shape;
     let pipeline = cfg.data.pipeline();
     for img_path in images {
-        let img = image::open(img_path).with_context(|| format!("{}: not a readable image", img_path.display()))?;
-        let gray = img.to_luma8();
-        let mean = gray.pixels().map(|p| p.0[0] as f64).sum::<f64>() / (gray.width() * gray.height()).max(1) as f64;
+        // Decoded as it looks on screen (alpha on white, 16-bit scaled), at its own size.
+        let (mut px, src_shape) = digitlab_data::image_file::load_image_as_seen(img_path, c, [h, w])?;
+        let mean = px.iter().map(|&v| v as f64).sum::<f64>() / px.len().max(1) as f64;
         let do_invert = match invert {
             "auto" => mean > 127.0,
             "yes" => true,
             "no" => false,
             other => bail!("--invert must be auto, yes or no, got `{other}`"),
         };
-        // Resize to the model's input with the `image` crate, then reuse the training pipeline
-        // (channel conversion and normalisation) with resizing switched off.
-        let resized = img.resize_exact(w as u32, h as u32, image::imageops::FilterType::Triangle);
-        let mut px: Vec<u8> = if c == 1 {
-            resized.to_luma8().into_raw()
-        } else {
-            let rgb = resized.to_rgb8();
-            (0..3)
-                .flat_map(|ch| rgb.pixels().map(move |p| p.0[ch]).collect::<Vec<_>>())
-                .collect()
-        };
         if do_invert {
             px.iter_mut().for_each(|v| *v = 255 - *v);
         }
+        // The training pipeline's bilinear resize and normalisation, without augmentation.
         let shape = digitlab_data::ImageShape::new(c, h, w);
         let p = digitlab_data::Pipeline {
-            resize: None,
+            resize: Some([h, w]),
             channels: None,
             augment: None,
             ..pipeline.clone()
         };
         let mut out = vec![0f32; shape.numel()];
-        p.apply::<rand_chacha::ChaCha8Rng>(&px, shape, None, &mut out, &mut Vec::new());
+        p.apply::<rand_chacha::ChaCha8Rng>(&px, src_shape, None, &mut out, &mut Vec::new());
         let x = Tensor::from_vec(out, (1, c, h, w), &device)?;
         let logits = model.forward_t(&x, false)?;
         let probs: Vec<f32> = match model.output() {
@@ -249,6 +250,7 @@ pub fn predict(path: &Path, images: &[PathBuf], invert: &str, common: &Common) -
 
 pub fn datasets(verify: bool, common: &Common) -> Result<()> {
     let data_dir = resolve_data_dir(common.data_dir.as_deref());
+    digitlab_data::check_data_dir(&data_dir, None)?;
     println!("data directory: {}", data_dir.display());
     println!("{:<14} {:<7} {}", "dataset", "status", "details");
     println!(

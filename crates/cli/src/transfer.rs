@@ -19,6 +19,11 @@ pub fn run(
 ) -> Result<()> {
     let cfg = TransferConfig::load(config, overrides)?;
     let out = out.unwrap_or_else(|| PathBuf::from("runs").join(&cfg.name));
+    let data_dir = resolve_data_dir(common.data_dir.as_deref());
+    crate::commands::check_paths(&out, &data_dir)?;
+    let cache = cache_dir.clone().or_else(|| cfg.transfer.cache_dir.clone());
+    let cache = cache.unwrap_or_else(|| PathBuf::from(digitlab_finetune::transfer::DEFAULT_CACHE_DIR));
+    digitlab_train::validate::check_output_dir(&cache, "--cache-dir")?;
     let device = parse_device(&common.device)?;
     let start = if force { Start::Force } else { Start::Fresh };
     let run_dir = RunDir::claim(&out, TRANSFER_KIND, &config_hash(TRANSFER_KIND, &cfg), start)?;
@@ -33,7 +38,7 @@ pub fn run(
         cache_dir,
         ..Default::default()
     };
-    let outcomes = run_transfer(&cfg, &resolve_data_dir(common.data_dir.as_deref()), &opts)?;
+    let outcomes = run_transfer(&cfg, &data_dir, &opts)?;
     run_dir.finish()?;
     let table = std::fs::read_to_string(out.join("compare.md")).unwrap_or_default();
     println!("{table}");

@@ -47,6 +47,19 @@ impl Augment {
         Ok(())
     }
 
+    /// Checks the ranges that depend on the image size: a crop shift of more than half
+    /// the smaller side would leave mostly padding (blank crops).
+    pub fn validate_for(&self, height: usize, width: usize) -> Result<()> {
+        let limit = height.min(width) / 2;
+        if self.crop_padding > limit {
+            return Err(DataError::Invalid(format!(
+                "augment.crop_padding must be at most {limit} (half the smaller side) for {height}x{width} images, got {}",
+                self.crop_padding
+            )));
+        }
+        Ok(())
+    }
+
     /// Augments `img` (channels x h x w, values in [0, 1]) in place.
     pub fn apply<R: Rng>(&self, img: &mut [f32], channels: usize, h: usize, w: usize, rng: &mut R) {
         let sym = |rng: &mut R, m: f32| if m > 0.0 { rng.random_range(-m..=m) } else { 0.0 };
@@ -132,6 +145,21 @@ fn jitter(img: &mut [f32], channels: usize, plane: usize, brightness: f32, contr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn crop_padding_is_limited_by_the_image_size() {
+        let a = Augment {
+            crop_padding: 1_000_000_000,
+            ..Default::default()
+        };
+        let e = a.validate_for(8, 8).unwrap_err().to_string();
+        assert!(e.contains("augment.crop_padding") && e.contains("at most 4"), "{e}");
+        let ok = Augment {
+            crop_padding: 4,
+            ..Default::default()
+        };
+        ok.validate_for(32, 32).unwrap();
+    }
     use rand::SeedableRng;
     use rand_chacha::ChaCha8Rng;
 

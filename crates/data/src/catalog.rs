@@ -328,6 +328,9 @@ pub fn load(kind: DatasetKind, split: Split, data_dir: &Path) -> Result<Dataset>
         ),
     }
     };
+    if kind != DatasetKind::Digits {
+        crate::location::check_data_dir(data_dir, Some(&kind.dir(data_dir)))?;
+    }
     match kind {
         DatasetKind::Digits => {
             let (train, test) = crate::digits::load_digits_split()?;

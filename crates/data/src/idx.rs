@@ -30,6 +30,30 @@ pub fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
     decode_maybe_gz(raw, path)
 }
 
+/// [`read_maybe_gz`] for a file that must carry `expected_magic`: a gzip stream
+/// whose content starts with another magic is reported as a wrong magic number
+/// (before inflating it, so the mismatched header's dimensions cannot produce a
+/// misleading "trailing bytes" or size error).
+pub fn read_idx_file(path: &Path, expected_magic: u32) -> Result<Vec<u8>> {
+    let raw = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
+    if raw.starts_with(&[0x1f, 0x8b]) {
+        let mut head = Vec::new();
+        let mut dec = flate2::read::MultiGzDecoder::new(&raw[..]);
+        if read_up_to(&mut dec, &mut head, 4).is_ok() && head.len() == 4 {
+            let magic = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
+            if magic != expected_magic {
+                return Err(DataError::format(
+                    path,
+                    format!(
+                        "wrong IDX magic number: expected {expected_magic:#010x}, found {magic:#010x} (in the gzip-compressed data)"
+                    ),
+                ));
+            }
+        }
+    }
+    decode_maybe_gz(raw, path)
+}
+
 /// Returns `raw` itself, or its decompressed content if it starts with the gzip
 /// magic; `path` is only used in error messages.
 ///
@@ -164,8 +188,8 @@ pub fn parse_idx(bytes: &[u8], expected_magic: u32, path: &Path) -> Result<IdxAr
 /// Errors name the file and say what was expected: wrong magic, truncation,
 /// or image and label counts that disagree.
 pub fn load_idx_pair(images: &Path, labels: &Path, name: &str, class_names: Vec<String>) -> Result<Dataset> {
-    let img = read_maybe_gz(images)?;
-    let lab = read_maybe_gz(labels)?;
+    let img = read_idx_file(images, IMAGES_MAGIC)?;
+    let lab = read_idx_file(labels, LABELS_MAGIC)?;
     idx_pair_from_bytes((&img, images), (&lab, labels), name, class_names)
 }
 
@@ -284,6 +308,25 @@ mod tests {
             "{e}"
         );
 
+        // A gzipped labels file where images are expected: wrong magic, not "trailing bytes".
+        let lab_gz = write(dir.path(), "swapped-l", &encode_idx(&[8], &[1; 8]), true);
+        let img_gz = write(dir.path(), "swapped-i", &encode_idx(&[2, 2, 2], &pixels), true);
+        let e = load_idx_pair(&img_gz, &img_gz, "t", names()).unwrap_err().to_string();
+        assert!(e.contains("wrong IDX magic") && !e.contains("trailing"), "{e}");
+        let e = load_idx_pair(&lab_gz, &lab_gz, "t", names()).unwrap_err().to_string();
+        assert!(e.contains("wrong IDX magic") && e.contains("swapped-l"), "{e}");
+        // An images file whose magic says 1 dimension: its header's "dimensions" end
+        // long before the data does.
+        let mut m = encode_idx(&[2, 2, 2], &pixels);
+        m[3] = 1;
+        let bad_magic = write(dir.path(), "magic-i.gz", &m, true);
+        let e = load_idx_pair(&bad_magic, &good_l, "t", names())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("magic-i.gz") && e.contains("expected 0x00000803, found 0x00000801") && !e.contains("trailing"),
+            "{e}"
+        );
         // Truncated gzip stream.
         let gz = write(dir.path(), "gz-i", &encode_idx(&[2, 2, 2], &pixels), true);
         let bytes = std::fs::read(&gz).unwrap();

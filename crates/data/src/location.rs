@@ -16,6 +16,21 @@ pub fn resolve_with(flag: Option<&Path>, env: Option<PathBuf>) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("data"))
 }
 
+/// Checks that the data folder `dir` (and `sub`, a dataset folder inside it) is a
+/// folder when it exists: a file there is named, instead of the dataset being
+/// reported as absent.
+pub fn check_data_dir(dir: &Path, sub: Option<&Path>) -> crate::Result<()> {
+    for p in std::iter::once(dir).chain(sub) {
+        if p.exists() && !p.is_dir() {
+            return Err(crate::DataError::Invalid(format!(
+                "data folder {}: is a file, expected a folder (--data-dir or $DIGITLAB_DATA)",
+                p.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -104,6 +104,7 @@ impl Pipeline {
         }
         if let Some(a) = &self.augment {
             a.validate()?;
+            a.validate_for(input.height, input.width)?;
         }
         self.normalize.check(out.channels)
     }

@@ -15,7 +15,7 @@ pub type Result<T, E = FinetuneError> = std::result::Result<T, E>;
 /// Everything that can go wrong while finding, reading or checking pretrained weights.
 #[derive(Debug, thiserror::Error)]
 pub enum FinetuneError {
-    /// A weights-source string (`--weights ...`) could not be understood.
+    /// A weights-source string (`pretrained = ...`) could not be understood.
     #[error("invalid weights source {input:?}: {reason}")]
     InvalidSource {
         /// The string as given.

@@ -22,9 +22,11 @@
 //! A cache file is a safetensors file with `features` (f32 `[N, D]`) and `labels`
 //! (u32 `[N]`), and the key's JSON in the metadata (`digitlab.feature_key`). It is
 //! written to a temporary file and renamed ([`digitlab_report::io::write_atomic_with`]),
-//! so an interrupted run never leaves half a file. On reading, the stored key,
-//! shapes and labels are checked; a file that fails any check is reported and
-//! recomputed, never trusted.
+//! so an interrupted run never leaves half a file. The metadata also holds a SHA-256
+//! of the `features` and `labels` tensor bytes (`digitlab.sha256`). On reading, the
+//! stored key, the digest, shapes, labels and finiteness of every feature are
+//! checked; a file that fails any check is reported with a warning naming it,
+//! recomputed and rewritten, never trusted.
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -44,6 +46,18 @@ pub const CACHE_FORMAT: u32 = 1;
 
 /// Metadata key holding the [`FeatureKey`] JSON in a cache file.
 pub const KEY_METADATA: &str = "digitlab.feature_key";
+
+/// Metadata key holding the SHA-256 (hex) of the `features` bytes followed by the
+/// `labels` bytes, as stored in the file.
+pub const DIGEST_METADATA: &str = "digitlab.sha256";
+
+/// SHA-256 of a cache file's tensor bytes (features, then labels), hex.
+fn tensor_digest(features: &[u8], labels: &[u8]) -> String {
+    let mut h = Sha256::new();
+    h.update(features);
+    h.update(labels);
+    hex::encode(h.finalize())
+}
 
 /// Everything a split's embeddings depend on (see the module docs).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -210,11 +224,36 @@ impl FeatureCache {
         if &stored != key {
             return Err("stored key differs from the requested one (digest collision or edited file)".into());
         }
+        let digest = meta
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get(DIGEST_METADATA))
+            .ok_or_else(|| format!("no `{DIGEST_METADATA}` metadata (written by an older digitlab)"))?;
         let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| format!("unreadable: {e}"))?;
         let features = st
             .tensor("features")
             .map_err(|e| format!("no `features` tensor: {e}"))?;
         let stored_labels = st.tensor("labels").map_err(|e| format!("no `labels` tensor: {e}"))?;
+        let actual = tensor_digest(features.data(), stored_labels.data());
+        if actual != *digest {
+            return Err(format!(
+                "tensor bytes do not match the stored SHA-256 (expected {digest}, found {actual}): corrupt or edited"
+            ));
+        }
+        if features.dtype() == safetensors::Dtype::F32 {
+            let values = features.data().chunks_exact(4);
+            let width = features.shape().get(1).copied().unwrap_or(1).max(1);
+            if let Some(i) = values
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .position(|v| !v.is_finite())
+            {
+                return Err(format!(
+                    "`features` holds a non-finite value at row {}, column {}",
+                    i / width,
+                    i % width
+                ));
+            }
+        }
         let features = features.load(&Device::Cpu).map_err(|e| format!("`features`: {e}"))?;
         let stored_labels = stored_labels.load(&Device::Cpu).map_err(|e| format!("`labels`: {e}"))?;
         let (n, _d) = features
@@ -252,7 +291,20 @@ impl FeatureCache {
             &Device::Cpu,
         )?;
         let key_json = serde_json::to_string(key).map_err(|e| err(e.to_string()))?;
-        let metadata: HashMap<String, String> = [(KEY_METADATA.to_string(), key_json)].into_iter().collect();
+        let feature_bytes: Vec<u8> = features
+            .flatten_all()?
+            .to_vec1::<f32>()?
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let label_bytes: Vec<u8> = labels.to_vec1::<u32>()?.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let digest = tensor_digest(&feature_bytes, &label_bytes);
+        let metadata: HashMap<String, String> = [
+            (KEY_METADATA.to_string(), key_json),
+            (DIGEST_METADATA.to_string(), digest),
+        ]
+        .into_iter()
+        .collect();
         digitlab_report::io::write_atomic_with(&path, |tmp| {
             let tensors = [("features", &features), ("labels", &labels)];
             safetensors::serialize_to_file(tensors, Some(metadata), tmp).map_err(std::io::Error::other)
@@ -317,9 +369,8 @@ pub fn features_for(
             }
             Lookup::Miss => stats.misses += 1,
             Lookup::Invalid(reason) => {
-                if verbosity != Verbosity::Silent {
-                    eprintln!("warning: {label}: ignoring feature cache file: {reason}; recomputing");
-                }
+                // Always said: a cache file digitlab cannot trust is worth a word even when quiet.
+                eprintln!("warning: {label}: ignoring feature cache file: {reason}; recomputing");
                 stats.invalid += 1;
                 stats.misses += 1;
                 stats.invalid_reasons.push(reason);
@@ -379,4 +430,87 @@ fn lock_entry(
             eprintln!("{label}: waiting for {who}, which is computing {}", path.display());
         }
     })?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> FeatureKey {
+        FeatureKey {
+            format: CACHE_FORMAT,
+            model: "small_cnn".into(),
+            model_config: digitlab_models::ModelConfig::SmallCnn,
+            input: [3, 8, 8],
+            weights: "random:seed=1".into(),
+            dataset: "digits".into(),
+            split: "test".into(),
+            subset: None,
+            seed: None,
+            val_fraction: None,
+            stratified: None,
+            classes: None,
+            test_limit: None,
+            resize: None,
+            channels: None,
+            normalize: Normalization::Unit,
+            images: 4,
+            data_sha256: "x".into(),
+        }
+    }
+
+    /// Stores 4 rows of 3 features, applies `edit` to the file, and looks it up.
+    fn after(edit: impl Fn(&mut Vec<u8>)) -> Lookup {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = FeatureCache::new(dir.path());
+        let f = Tensor::from_vec(
+            (0..12).map(|v| v as f32 + 1.0).collect::<Vec<_>>(),
+            (4, 3),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let labels = [0u8, 1, 2, 3];
+        let path = cache.store(&key(), &f, &labels).unwrap();
+        let mut bytes = std::fs::read(&path).unwrap();
+        edit(&mut bytes);
+        std::fs::write(&path, bytes).unwrap();
+        cache.lookup(&key(), &labels)
+    }
+
+    fn features_start(b: &[u8]) -> usize {
+        8 + u64::from_le_bytes(b[..8].try_into().unwrap()) as usize
+    }
+
+    #[test]
+    fn intact_files_hit_and_tampered_ones_are_named() {
+        assert!(matches!(after(|_| {}), Lookup::Hit(_)));
+        let zeroed = after(|b| {
+            let s = features_start(b);
+            b[s..s + 16].iter_mut().for_each(|v| *v = 0);
+        });
+        let reversed = after(|b| {
+            let s = features_start(b);
+            let rows: Vec<Vec<u8>> = b[s..s + 48].chunks(12).rev().map(|r| r.to_vec()).collect();
+            b[s..s + 48].copy_from_slice(&rows.concat());
+        });
+        for l in [zeroed, reversed] {
+            match l {
+                Lookup::Invalid(r) => assert!(r.contains("SHA-256") && r.contains(".safetensors"), "{r}"),
+                other => panic!("accepted a tampered file: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn non_finite_features_are_never_accepted() {
+        // A NaN written with a matching digest (as a buggy writer would): the finiteness check.
+        let dir = tempfile::tempdir().unwrap();
+        let cache = FeatureCache::new(dir.path());
+        let f = Tensor::from_vec(vec![1f32, f32::NAN, 3.0, 4.0], (4, 1), &Device::Cpu).unwrap();
+        cache.store(&key(), &f, &[0, 1, 2, 3]).unwrap();
+        match cache.lookup(&key(), &[0, 1, 2, 3]) {
+            Lookup::Invalid(r) => assert!(r.contains("non-finite") && r.contains("row 1"), "{r}"),
+            other => panic!("accepted NaN features: {other:?}"),
+        }
+    }
 }

@@ -299,9 +299,10 @@ impl fmt::Display for HubUnavailable {
         writeln!(f, "      (or point HF_HUB_CACHE / HF_HOME at a copy of that cache), or")?;
         write!(
             f,
-            "    - download the file yourself and pass its local path (e.g. `--weights path/to/{}`) instead of `hf:{}`",
-            first.rsplit('/').next().unwrap_or(first),
-            self.repo
+            "    - download the file yourself and give its local path as the backbone's weights instead of `hf:{}`: \
+             `pretrained = \"path/to/{}\"` in the config's [[backbones]] entry",
+            self.repo,
+            first.rsplit('/').next().unwrap_or(first)
         )
     }
 }

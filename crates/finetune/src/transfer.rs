@@ -324,6 +324,7 @@ impl TransferConfig {
             .validate()
             .map_err(|m| FinetuneError::Config(m.replace("optim.", "transfer.optim.")))?;
         let d = &self.data;
+        digitlab_train::validate::check_data_values(d).map_err(FinetuneError::Config)?;
         if !(d.subset > 0.0 && d.subset <= 1.0) {
             return bad(format!("data.subset must be in (0, 1], got {}", d.subset));
         }

@@ -23,6 +23,7 @@ pub mod mlp;
 pub mod model;
 pub mod pool;
 pub mod resnet;
+pub mod size;
 pub mod vgg;
 
 pub use backbone::{Backbone, Head};
@@ -34,4 +35,5 @@ pub use linear_models::{LogisticRegression, SoftmaxRegression};
 pub use mlp::{Mlp, MlpConfig};
 pub use model::{build_model, count_parameters, is_buffer, InputShape, Model, ModelConfig, OutputKind};
 pub use resnet::{ResNet, ResNetConfig};
+pub use size::{estimate_size, SizeEstimate};
 pub use vgg::{Vgg, VggConfig};

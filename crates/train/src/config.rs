@@ -261,7 +261,7 @@ impl ExperimentConfig {
         if let Some(s) = &self.search {
             s.validate()?;
         }
-        Ok(())
+        crate::validate::check_values(self)
     }
 }
 
@@ -289,6 +289,7 @@ pub fn apply_override(root: &mut toml::Value, assignment: &str) -> Result<(), Tr
     let (key, raw) = assignment
         .split_once('=')
         .ok_or_else(|| TrainError::Config(format!("override `{assignment}` must look like key.path=value")))?;
+    crate::validate::check_integer_literal(key.trim(), raw.trim())?;
     let value = parse_value(raw.trim());
     set_path(root, key.trim(), value)
 }

@@ -30,6 +30,10 @@ pub enum TrainError {
         loss: f64,
         lr: f64,
     },
+    /// The loss became NaN or infinite; the message says which part (data loss, L2
+    /// penalty, weights after the last update) and what to change.
+    #[error("{0}")]
+    DivergedPart(String),
     /// A checkpoint is missing, corrupt or does not match the config.
     #[error("checkpoint {}: {message}", path.display())]
     Checkpoint { path: PathBuf, message: String },

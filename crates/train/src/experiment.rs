@@ -48,6 +48,7 @@ pub struct ExperimentResult {
 /// Trains `cfg` on prepared `data`, evaluates on its test split and, when
 /// `opts.out_dir` is set, writes every output there.
 pub fn run_experiment(cfg: &ExperimentConfig, data: &PreparedData, opts: &RunOptions) -> Result<ExperimentResult> {
+    crate::validate::check_data(cfg, data)?;
     let run_dir = opts
         .out_dir
         .as_deref()

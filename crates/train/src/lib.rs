@@ -29,6 +29,7 @@ pub mod search;
 pub mod source;
 pub mod sweep;
 pub mod trainer;
+pub mod validate;
 
 /// The workspace's one crash-safe write (temporary file, fsync, rename).
 pub use digitlab_report::io;

@@ -3,7 +3,7 @@
 use crate::config::{set_path, ExperimentConfig, MetricName};
 use crate::TrainError;
 use rand::seq::SliceRandom;
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::collections::BTreeMap;
 
@@ -60,34 +60,95 @@ impl SearchConfig {
         Ok(())
     }
 
-    /// Every assignment of the search space, in a fixed order.
+    /// Every assignment of the search space, in a fixed order (the last key varies
+    /// fastest). Builds the whole product: use [`SearchConfig::trials`] for searches.
     pub fn grid(&self) -> Vec<BTreeMap<String, toml::Value>> {
-        let mut out = vec![BTreeMap::new()];
-        for (key, values) in &self.space {
-            out = out
-                .into_iter()
-                .flat_map(|partial| {
-                    values.iter().map(move |v| {
-                        let mut p = partial.clone();
-                        p.insert(key.clone(), v.clone());
-                        p
-                    })
-                })
-                .collect();
+        (0..self.grid_size().unwrap_or(0))
+            .map(|i| self.assignment_at(i))
+            .collect()
+    }
+
+    /// Number of points of the grid, `None` when it does not fit in a `u64`.
+    pub fn grid_size(&self) -> Option<u64> {
+        self.space
+            .values()
+            .try_fold(1u64, |acc, v| acc.checked_mul(v.len() as u64))
+    }
+
+    /// The grid's size as a product of the value counts (`20^8 = ...` style), for messages.
+    fn size_text(&self) -> String {
+        let factors: Vec<String> = self.space.values().map(|v| v.len().to_string()).collect();
+        let total = self
+            .space
+            .values()
+            .fold(1u128, |acc, v| acc.saturating_mul(v.len() as u128));
+        format!("{} = {total}", factors.join(" x "))
+    }
+
+    /// The `index`-th point of the grid (same order as [`SearchConfig::grid`]),
+    /// computed without building the others.
+    pub fn assignment_at(&self, mut index: u64) -> BTreeMap<String, toml::Value> {
+        let mut out = BTreeMap::new();
+        for (key, values) in self.space.iter().rev() {
+            let n = values.len() as u64;
+            out.insert(key.clone(), values[(index % n) as usize].clone());
+            index /= n;
         }
         out
     }
 
-    /// The trials to run: the whole grid, or `trials` distinct random draws from it.
-    pub fn trials(&self, seed: u64) -> Vec<BTreeMap<String, toml::Value>> {
-        let mut grid = self.grid();
-        match self.strategy {
-            Strategy::Grid => grid,
-            Strategy::Random => {
-                grid.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
-                grid.truncate(self.trials.unwrap_or(1));
-                grid
+    /// The trials to run: the whole grid, or `trials` distinct seeded random draws
+    /// from it. Only the chosen points are built, so a huge space with
+    /// `strategy = "random"` costs nothing; a grid of more than [`MAX_GRID_TRIALS`]
+    /// points is refused with its size.
+    pub fn trials(&self, seed: u64) -> Result<Vec<BTreeMap<String, toml::Value>>, TrainError> {
+        let size = self.grid_size();
+        let indices: Vec<u64> = match self.strategy {
+            Strategy::Grid => match size {
+                Some(n) if n <= MAX_GRID_TRIALS => (0..n).collect(),
+                _ => {
+                    return Err(TrainError::Config(format!(
+                        "search.space: a grid of {} trials is too large (at most {MAX_GRID_TRIALS}); \
+                         use fewer values or search.strategy = \"random\" with search.trials",
+                        self.size_text()
+                    )))
+                }
+            },
+            Strategy::Random => sample_indices(size, self.trials.unwrap_or(1), seed),
+        };
+        Ok(indices.into_iter().map(|i| self.assignment_at(i)).collect())
+    }
+}
+
+/// Most grid points a grid search runs.
+pub const MAX_GRID_TRIALS: u64 = 100_000;
+
+/// Grids up to this size are sampled by shuffling every index (the historical
+/// draw, so seeded searches keep their trials); larger ones by rejection.
+const SHUFFLE_LIMIT: u64 = 1 << 20;
+
+/// `k` distinct indices below `size` (`None`: more than `u64::MAX`), seeded.
+fn sample_indices(size: Option<u64>, k: usize, seed: u64) -> Vec<u64> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    match size {
+        Some(n) if n <= SHUFFLE_LIMIT => {
+            let mut all: Vec<u64> = (0..n).collect();
+            all.shuffle(&mut rng);
+            all.truncate(k);
+            all
+        }
+        _ => {
+            let n = size.unwrap_or(u64::MAX);
+            let k = (k as u64).min(n) as usize;
+            let mut seen = std::collections::HashSet::with_capacity(k);
+            let mut out = Vec::with_capacity(k);
+            while out.len() < k {
+                let i = rng.random_range(0..n);
+                if seen.insert(i) {
+                    out.push(i);
+                }
             }
+            out
         }
     }
 }
@@ -104,7 +165,13 @@ pub fn trial_config(
     for (k, v) in assignment {
         set_path(&mut value, k, v.clone())?;
     }
-    ExperimentConfig::from_value(value).map_err(|e| TrainError::Config(format!("search trial {assignment:?}: {e}")))
+    ExperimentConfig::from_value(value).map_err(|e| {
+        let e = match e {
+            TrainError::Config(m) => m,
+            other => other.to_string(),
+        };
+        TrainError::Config(format!("search trial `{}`: {e}", describe(assignment)))
+    })
 }
 
 /// A short label for an assignment, e.g. `optim.lr=0.01 train.l2=0.5`.
@@ -158,9 +225,9 @@ mod tests {
         let mut s = space();
         s.strategy = Strategy::Random;
         s.trials = Some(4);
-        let a = s.trials(1);
+        let a = s.trials(1).unwrap();
         assert_eq!(a.len(), 4);
-        assert_eq!(a, s.trials(1));
+        assert_eq!(a, s.trials(1).unwrap());
         let mut l: Vec<String> = a.iter().map(describe).collect();
         l.sort();
         l.dedup();
@@ -172,5 +239,42 @@ mod tests {
         let mut s = space();
         s.space.clear();
         assert!(s.validate().unwrap_err().to_string().contains("search.space is empty"));
+    }
+
+    fn huge(strategy: Strategy) -> SearchConfig {
+        let values: Vec<toml::Value> = (0..20).map(toml::Value::Integer).collect();
+        let space = (0..8).map(|i| (format!("k{i}"), values.clone())).collect();
+        SearchConfig {
+            strategy,
+            trials: Some(3),
+            metric: MetricName::ValAccuracy,
+            retrain_on_train_val: true,
+            space,
+        }
+    }
+
+    #[test]
+    fn a_huge_random_space_is_sampled_without_building_it() {
+        let s = huge(Strategy::Random);
+        assert_eq!(s.grid_size(), Some(20u64.pow(8)));
+        let t = s.trials(7).unwrap();
+        assert_eq!(t.len(), 3);
+        assert_eq!(t, s.trials(7).unwrap());
+        assert!(t.iter().all(|a| a.len() == 8));
+    }
+
+    #[test]
+    fn a_huge_grid_is_refused_with_its_size() {
+        let e = huge(Strategy::Grid).trials(0).unwrap_err().to_string();
+        assert!(e.contains("25600000000") && e.contains("random"), "{e}");
+    }
+
+    #[test]
+    fn assignment_at_matches_the_grid_order() {
+        let s = space();
+        let g = s.grid();
+        for (i, a) in g.iter().enumerate() {
+            assert_eq!(&s.assignment_at(i as u64), a);
+        }
     }
 }

@@ -55,23 +55,18 @@ pub fn run_sweep(cfg: &ExperimentConfig, data_dir: &Path, opts: &RunOptions) -> 
         .as_deref()
         .map(|d| crate::run_dir::claim_for_sweep(d, cfg))
         .transpose()?;
-    let assignments = search.trials(cfg.seed);
+    let assignments = search.trials(cfg.seed)?;
     let reload_data = search.space.keys().any(|k| k.starts_with("data.") || k == "seed");
     let base_data = PreparedData::load(&trial_config(cfg, &BTreeMap::new())?, data_dir)?;
+    // Every trial's config is built and checked before the first one trains.
+    let configs = check_trials(cfg, search, &assignments, &base_data, data_dir)?;
     let mut trials = Vec::new();
-    for (i, a) in assignments.iter().enumerate() {
-        let mut tc = trial_config(cfg, a)?;
-        tc.train.checkpoints = false;
+    for (i, (a, tc)) in assignments.iter().zip(configs).enumerate() {
         let data = if reload_data {
             PreparedData::load(&tc, data_dir)?
         } else {
             base_data.clone()
         };
-        if data.val.is_none() {
-            return Err(TrainError::Config(
-                "a search needs a validation split: set data.val_fraction > 0".into(),
-            ));
-        }
         if opts.verbosity != Verbosity::Silent {
             eprintln!("trial {}/{}: {}", i + 1, assignments.len(), describe(a));
         }
@@ -99,7 +94,7 @@ pub fn run_sweep(cfg: &ExperimentConfig, data_dir: &Path, opts: &RunOptions) -> 
                     error: None,
                 }
             }
-            Err(e @ TrainError::Diverged { .. }) => Trial {
+            Err(e @ (TrainError::Diverged { .. } | TrainError::DivergedPart(_))) => Trial {
                 index: i,
                 assignment: strs,
                 val_accuracy: f64::NAN,
@@ -174,6 +169,41 @@ pub fn run_sweep(cfg: &ExperimentConfig, data_dir: &Path, opts: &RunOptions) -> 
         best,
         final_run,
     })
+}
+
+/// Builds and validates every trial's config (and the final run's) before any
+/// training: a bad value in a later trial is an error naming its assignment. The
+/// data of a trial is loaded here only when the trial changes the dataset or its
+/// classes; other data keys are checked against the base data's shapes.
+fn check_trials(
+    cfg: &ExperimentConfig,
+    search: &crate::search::SearchConfig,
+    assignments: &[BTreeMap<String, toml::Value>],
+    base_data: &PreparedData,
+    data_dir: &Path,
+) -> Result<Vec<ExperimentConfig>> {
+    let changes_data = search.space.keys().any(|k| k == "data.dataset" || k == "data.classes");
+    let mut configs = Vec::with_capacity(assignments.len());
+    for a in assignments {
+        let mut tc = trial_config(cfg, a)?;
+        tc.train.checkpoints = false;
+        let named = |e: TrainError| match e {
+            TrainError::Config(m) => TrainError::Config(format!("search trial `{}`: {m}", describe(a))),
+            other => other,
+        };
+        if tc.data.val_fraction == 0.0 {
+            return Err(named(TrainError::Config(
+                "a search needs a validation split: set data.val_fraction > 0".into(),
+            )));
+        }
+        if changes_data {
+            crate::validate::check_data(&tc, &PreparedData::load(&tc, data_dir)?).map_err(named)?;
+        } else {
+            crate::validate::check_data(&tc, base_data).map_err(named)?;
+        }
+        configs.push(tc);
+    }
+    Ok(configs)
 }
 
 /// `trials.csv`: one row per trial with its values and validation scores.

@@ -13,6 +13,36 @@ pub struct StepLoss {
     pub loss: f64,
     /// The learning rate of this step (before group multipliers).
     pub lr: f64,
+    /// When `loss` is not finite: its parts, so the error can say which is to blame.
+    pub parts: Option<LossParts>,
+}
+
+/// The parts of a non-finite step loss.
+#[derive(Debug, Clone, Copy)]
+pub struct LossParts {
+    pub data_loss: f64,
+    pub l2_penalty: Option<f64>,
+    /// All trainable weights were still finite before this step.
+    pub weights_finite: bool,
+}
+
+impl LossParts {
+    /// Reads the data loss and penalty and checks the weights.
+    pub fn of(data_loss: &candle_core::Tensor, l2_penalty: Option<&candle_core::Tensor>, params: &[(String, candle_core::Var)]) -> Self {
+        let value = |t: &candle_core::Tensor| {
+            t.to_dtype(candle_core::DType::F64)
+                .and_then(|t| t.to_scalar::<f64>())
+                .unwrap_or(f64::NAN)
+        };
+        let weights_finite = params.iter().all(|(_, v)| {
+            v.as_tensor()
+                .to_dtype(candle_core::DType::F64)
+                .and_then(|t| t.sum_all())
+                .and_then(|t| t.to_scalar::<f64>())
+                .is_ok_and(f64::is_finite)
+        });
+        LossParts { data_loss: value(data_loss), l2_penalty: l2_penalty.map(value), weights_finite }
+    }
 }
 
 /// The end of an epoch: its metrics are the last entry of `state.history`.

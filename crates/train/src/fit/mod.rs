@@ -59,7 +59,7 @@ mod divergence;
 mod early_stopping;
 mod progress;
 
-pub use callback::{Callback, Control, EpochEnd, FitEnd, StepLoss};
+pub use callback::{Callback, Control, EpochEnd, FitEnd, LossParts, StepLoss};
 pub use checkpoints::{Checkpoints, RunInfo};
 pub use divergence::DivergenceGuard;
 pub use early_stopping::EarlyStopping;
@@ -296,16 +296,25 @@ impl<'a> Fit<'a> {
                     .lr_at(self.base_lr, epoch as f64 + step as f64 / nb as f64, epochs);
                 self.optimizer.set_learning_rate(lr);
                 let out = self.model.forward_t(&batch.inputs, true)?;
-                let mut loss = compute_loss(self.loss, &out, &batch.labels, Reduction::Mean)?;
-                if let Some(p) = self.l2.as_ref().map(L2Penalty::penalty).transpose()?.flatten() {
-                    loss = (loss + p)?;
-                }
+                let data_loss = compute_loss(self.loss, &out, &batch.labels, Reduction::Mean)?;
+                let penalty = self.l2.as_ref().map(L2Penalty::penalty).transpose()?.flatten();
+                let loss = match &penalty {
+                    Some(p) => (&data_loss + p)?,
+                    None => data_loss.clone(),
+                };
                 let lv = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+                // Only a non-finite loss pays for finding out which part is to blame.
+                let parts = if lv.is_finite() {
+                    None
+                } else {
+                    Some(LossParts::of(&data_loss, penalty.as_ref(), &params))
+                };
                 let info = StepLoss {
                     epoch,
                     step,
                     loss: lv,
                     lr,
+                    parts,
                 };
                 for c in self.callbacks.iter_mut() {
                     c.on_loss(&info)?;
