@@ -419,7 +419,7 @@ impl RunDir {
             complete,
             created_by: format!("digitlab {}", env!("CARGO_PKG_VERSION")),
         };
-        write_json(&self.path.join(MARKER_FILE), &m)
+        Ok(write_json(&self.path.join(MARKER_FILE), &m)?)
     }
 
     /// Records that the run finished and wrote all its outputs (for the config it
@@ -458,7 +458,7 @@ pub fn ensure_shared_dir(dir: &Path, kind: &str) -> Result<()> {
         complete: true,
         created_by: format!("digitlab {}", env!("CARGO_PKG_VERSION")),
     };
-    write_json(&dir.join(MARKER_FILE), &m)
+    Ok(write_json(&dir.join(MARKER_FILE), &m)?)
 }
 
 /// Removes the temporary files ([`crate::io::temp_path`]) that crashed or killed runs left in

@@ -192,7 +192,6 @@ pub fn train(cfg: &ExperimentConfig, data: &PreparedData, opts: &RunOptions) -> 
             );
         }
         state = s;
-        }
     }
 
     let batch_size = if cfg.train.batch_size == 0 {
