@@ -277,13 +277,11 @@ impl<'a> Fit<'a> {
         }
         let (mut train_seconds, mut eval_seconds, mut train_samples) = (0.0, 0.0, 0u64);
         let (mut stopped_early, mut complete, mut val_eval) = (false, true, None);
-        let mut epochs_run = 0;
-        for epoch in self.state.epochs_done()..epochs {
+        for (epochs_run, epoch) in (self.state.epochs_done()..epochs).enumerate() {
             if self.stop_after.is_some_and(|m| epochs_run >= m) {
                 complete = false;
                 break;
             }
-            epochs_run += 1;
             for c in self.callbacks.iter_mut() {
                 c.on_epoch_start(epoch, nb)?;
             }
