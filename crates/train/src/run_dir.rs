@@ -641,6 +641,28 @@ mod tests {
     }
 
     #[test]
+    fn a_second_writer_of_a_file_waits_for_the_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("f.safetensors");
+        let first = FileLock::acquire(&target, |_| panic!("nobody else holds it")).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let t = target.clone();
+        // flock locks belong to open files, so a second open in this process waits too.
+        let second = std::thread::spawn(move || {
+            let l = FileLock::acquire(&t, |who| tx.send(who.to_string()).unwrap()).unwrap();
+            drop(l);
+        });
+        let who = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the second writer waits");
+        assert_eq!(who, format!("process {}", std::process::id()));
+        assert!(!second.is_finished());
+        drop(first);
+        second.join().unwrap();
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
     fn file_locks_are_removed_when_released() {
         let dir = tempfile::tempdir().unwrap();
         let target = dir.path().join("x.safetensors");

@@ -113,7 +113,7 @@ impl Job for ExperimentJob {
             }
             run_dir.finish()?;
         }
-        let summary: Summary = serde_json::from_slice(&std::fs::read(&summary_file)?)
+        let summary: Box<Summary> = serde_json::from_slice(&std::fs::read(&summary_file)?)
             .with_context(|| format!("{}: unreadable summary", summary_file.display()))?;
         ctx.say(format!(
             "{:<22} test acc {:>7}  ({:.1}s)",
@@ -125,7 +125,7 @@ impl Job for ExperimentJob {
             t0.elapsed().as_secs_f64()
         ));
         Ok(Outcome::Ran {
-            cfg: self.cfg,
+            cfg: Box::new(self.cfg),
             summary,
             dir: self.dir,
             seconds: t0.elapsed().as_secs_f64(),

@@ -8,8 +8,8 @@ use std::path::PathBuf;
 pub enum Outcome {
     Skipped(String),
     Ran {
-        cfg: ExperimentConfig,
-        summary: Summary,
+        cfg: Box<ExperimentConfig>,
+        summary: Box<Summary>,
         dir: PathBuf,
         seconds: f64,
         reused: bool,
