@@ -459,7 +459,7 @@ fn corrupt_reordered_or_non_finite_cache_files_are_recomputed_with_a_warning() {
     let first = summary()["test_accuracy"].as_f64().unwrap();
     let cache = scene.path("cache");
 
-    type Corrupt = fn(&mut Vec<u8>);
+    type Corrupt = fn(&mut [u8]);
     let zero: Corrupt = |b| {
         // Zero 128 KiB (or all) of the features.
         let (_, start, fb, fe, _) = layout(b);
@@ -504,7 +504,7 @@ fn corrupt_reordered_or_non_finite_cache_files_are_recomputed_with_a_warning() {
 
 /// Puts a NaN into the first feature and updates the stored digest, so only the
 /// finiteness check can catch it.
-fn nan_with_a_valid_digest(b: &mut Vec<u8>) {
+fn nan_with_a_valid_digest(b: &mut [u8]) {
     use sha2::Digest;
     let (header, start, fb, fe, _) = layout(b);
     b[start + fb..start + fb + 4].copy_from_slice(&f32::NAN.to_le_bytes());
