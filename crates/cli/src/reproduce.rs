@@ -223,8 +223,7 @@ pub fn run(suite: &str, data_dir: &Path, out: &Path, device: candle_core::Device
                     }
                     digitlab_train::io::write_atomic(&hash_file, hash.as_bytes())?;
                 }
-                let summary: Summary = serde_json::from_slice(&std::fs::read(&summary_file)?)
-                    .with_context(|| format!("{}: unreadable summary", summary_file.display()))?;
+                let summary: Summary = digitlab_report::RunSummary::read(&summary_file)?;
                 Outcome::Ran {
                     cfg,
                     summary,

@@ -152,9 +152,7 @@ pub fn run(
     let mut rows = Vec::new();
     for label in &labels {
         let file = dir.join(label).join("summary.json");
-        let s: TransferSummary =
-            serde_json::from_slice(&std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?)
-                .with_context(|| format!("{}: unreadable summary", file.display()))?;
+        let s: TransferSummary = digitlab_report::RunSummary::read(&file)?;
         say(format!(
             "{:<22} test acc {:>7}  ({:.1}s)",
             format!("{} / {}", cfg.name, label),
