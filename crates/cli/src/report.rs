@@ -269,8 +269,9 @@ fn transfer_section(
         );
         let _ = writeln!(md, "|{}", " --- |".repeat(if with_reported { 10 } else { 9 }));
         for s in rows {
+            let Some(t) = s.transfer() else { continue };
             // Local files by name (the full path is in the configuration below).
-            let weights = match s.pretrained.as_str() {
+            let weights = match t.pretrained.as_str() {
                 "none" => "random".to_string(),
                 p if p.starts_with("hf:") => format!("`{p}`"),
                 p => format!(
@@ -291,17 +292,17 @@ fn transfer_section(
                 "| {} | {} | {}x{}x{} | {} | {} | {} | {} | {} |{} {:.1}s / {:.1}s |",
                 s.name,
                 weights,
-                s.input_channels,
-                s.input_height,
-                s.input_width,
-                s.feature_dim,
+                t.input_channels,
+                t.input_height,
+                t.input_width,
+                t.feature_dim,
                 pct(Some(s.train_accuracy)),
                 pct(s.val_accuracy),
                 pct(s.test_accuracy),
                 s.test_macro_f1.map(|v| format!("{v:.4}")).unwrap_or_else(|| "–".into()),
                 coursework,
-                s.backbone_seconds,
-                s.head_seconds
+                t.backbone_seconds,
+                t.head_seconds
             );
         }
         md.push('\n');

@@ -12,7 +12,7 @@
 //! - the [`catalog`] of known datasets with their published checksums, used by
 //!   `cargo xtask download` and `digitlab datasets`.
 //!
-//! ```no_run
+//! ```
 //! use digitlab_data::{catalog, Batcher, DatasetKind, Pipeline, Split};
 //! let dir = digitlab_data::resolve_data_dir(None);
 //! let train = catalog::load(DatasetKind::Digits, Split::Train, &dir)?;

@@ -31,6 +31,20 @@
 //!   (`digitlab compare`).
 //! - [`error`]: [`FinetuneError`] and [`Result`].
 //!
+//! A randomly initialised backbone with a new 10-class head (no files, no network):
+//!
+//! ```
+//! use digitlab_finetune::{create_model, CreateOptions, WeightsSource};
+//! use digitlab_models::InputShape;
+//! let input = InputShape { channels: 3, height: 32, width: 32 };
+//! let created = create_model("lenet5", &WeightsSource::None, 10, &CreateOptions::new(input))?;
+//! assert_eq!((created.name, created.num_classes), ("lenet5", 10));
+//! assert!(created.pretrained.is_none());
+//! # Ok::<(), digitlab_finetune::FinetuneError>(())
+//! ```
+//!
+//! Pretrained weights from the hub, checked against the tensors a model expects:
+//!
 //! ```no_run
 //! use digitlab_finetune::{hub, load_weights, check_against, HubConfig, WeightsSource};
 //!

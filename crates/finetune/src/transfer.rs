@@ -57,6 +57,7 @@ use candle_core::Device;
 use digitlab_data::{Dataset, Normalization, Pipeline};
 use digitlab_report::io::{write_atomic, write_atomic_with, write_json};
 use digitlab_report::plots;
+use digitlab_report::summary::{RunExtras, RunSummary, TransferExtras};
 use digitlab_train::experiment::metrics_csv;
 use digitlab_train::run_dir::{config_hash, RunDir, Start};
 use digitlab_train::{DataConfig, Evaluation, OptimizerConfig, PreparedData, Verbosity};
@@ -417,77 +418,11 @@ impl Default for TransferRunOptions {
     }
 }
 
-/// The flat results of one backbone, written as `summary.json`. Shares the keys of
-/// `digitlab train`'s summary (`test_accuracy`, `test_macro_f1`, `val_accuracy`,
-/// `train_accuracy`, `epochs`, `wall_seconds`, `train_samples_per_second`,
-/// `parameters`, ...) and adds the transfer-specific ones.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TransferSummary {
-    /// The backbone's label.
-    pub name: String,
-    /// The experiment (config) name.
-    pub experiment: String,
-    pub kind: String,
-    pub dataset: String,
-    /// Canonical model name.
-    pub model: String,
-    /// The weights source as configured (`none`, `hf:...`, a path).
-    pub pretrained: String,
-    /// SHA-256 of the pretrained file (`None` for random weights).
-    pub weights_sha256: Option<String>,
-    pub weights_loaded: usize,
-    /// Head tensors of the checkpoint re-initialised (shape differs / absent).
-    pub head_reinitialized: Vec<String>,
-    pub seed: u64,
-    pub epochs: usize,
-    pub input_channels: usize,
-    pub input_height: usize,
-    pub input_width: usize,
-    pub normalization: String,
-    pub feature_dim: usize,
-    /// Root mean square of the raw training features (before standardisation).
-    pub feature_rms: f64,
-    /// Whether features were standardised before the head.
-    pub standardize: bool,
-    pub train_images: usize,
-    pub val_images: usize,
-    pub test_images: usize,
-    /// Same as `params_total` (the key `digitlab train` writes).
-    pub parameters: usize,
-    /// Backbone + new head.
-    pub params_total: usize,
-    /// The new head only.
-    pub params_trainable: usize,
-    pub train_accuracy: f64,
-    pub val_accuracy: Option<f64>,
-    pub val_macro_f1: Option<f64>,
-    pub test_accuracy: Option<f64>,
-    pub test_macro_f1: Option<f64>,
-    pub test_loss: Option<f64>,
-    /// `train_accuracy - val_accuracy`.
-    pub train_val_gap: Option<f64>,
-    /// `train_val_gap > overfit_gap`.
-    pub overfit: Option<bool>,
-    pub overfit_gap: f64,
-    /// Whole run, model creation to outputs.
-    pub wall_seconds: f64,
-    /// Backbone passes of this run (0 when every split came from the cache).
-    pub backbone_seconds: f64,
-    /// Head training and evaluation on cached features.
-    pub head_seconds: f64,
-    /// Head optimisation steps only.
-    pub train_seconds: f64,
-    /// Feature vectors per second in head training steps.
-    pub train_samples_per_second: f64,
-    /// Images through the backbone in this run (train + val + test on a cold cache,
-    /// whatever the number of epochs).
-    pub backbone_images: usize,
-    pub backbone_batches: usize,
-    pub cache_hits: usize,
-    pub cache_misses: usize,
-    pub cache_load_seconds: f64,
-    pub device: String,
-}
+/// The flat results of one backbone, written as `summary.json`: a
+/// [`RunSummary`] of kind `transfer` (its [`TransferExtras`] hold the
+/// transfer-specific keys). The name is kept for callers; the type is the one
+/// run summary of the workspace.
+pub type TransferSummary = RunSummary;
 
 /// Everything one backbone's run produced.
 pub struct TransferOutcome {
@@ -699,12 +634,8 @@ pub fn run_backbone(
     let gap = val_accuracy.map(|v| train_eval.accuracy() - v);
     let params_trainable = head.parameters;
     let params_total = created.parameter_count() - created.head_parameter_count() + params_trainable;
-    let mut summary = TransferSummary {
-        name: label.clone(),
+    let extras = TransferExtras {
         experiment: cfg.name.clone(),
-        kind: "transfer".into(),
-        dataset: data.train.name().to_string(),
-        model: created.name.to_string(),
         pretrained: source.to_string(),
         weights_sha256: created.pretrained.as_ref().map(|p| p.sha256.clone()),
         weights_loaded: created.pretrained.as_ref().map_or(0, |p| p.report.loaded.len()),
@@ -713,8 +644,6 @@ pub fn run_backbone(
             .as_ref()
             .map(|p| p.report.reinitialized().map(String::from).collect())
             .unwrap_or_default(),
-        seed: cfg.seed,
-        epochs: head.history.len(),
         input_channels: input.channels,
         input_height: input.height,
         input_width: input.width,
@@ -722,32 +651,40 @@ pub fn run_backbone(
         feature_dim: train.dim(),
         feature_rms,
         standardize: standardizer.is_some(),
+        params_total,
+        params_trainable,
+        train_val_gap: gap,
+        overfit: gap.map(|g| g > cfg.transfer.overfit_gap),
+        overfit_gap: cfg.transfer.overfit_gap,
+        backbone_seconds: stats.backbone_seconds,
+        head_seconds,
+        backbone_images: stats.backbone_images,
+        backbone_batches: stats.backbone_batches,
+        cache_hits: stats.hits,
+        cache_misses: stats.misses,
+        cache_load_seconds: stats.load_seconds,
+    };
+    let mut summary = RunSummary {
+        name: label.clone(),
+        dataset: data.train.name().to_string(),
+        model: created.name.to_string(),
+        seed: cfg.seed,
+        epochs: head.history.len(),
         train_images: data.train.len(),
         val_images: data.val.as_ref().map_or(0, |v| v.len()),
         test_images: data.test.as_ref().map_or(0, |t| t.len()),
         parameters: params_total,
-        params_total,
-        params_trainable,
         train_accuracy: train_eval.accuracy(),
         val_accuracy,
         val_macro_f1: head.val.as_ref().map(|e| e.macro_f1()),
         test_accuracy: test_eval.as_ref().map(|e| e.accuracy()),
         test_macro_f1: test_eval.as_ref().map(|e| e.macro_f1()),
         test_loss: test_eval.as_ref().map(|e| e.loss),
-        train_val_gap: gap,
-        overfit: gap.map(|g| g > cfg.transfer.overfit_gap),
-        overfit_gap: cfg.transfer.overfit_gap,
         wall_seconds: 0.0,
-        backbone_seconds: stats.backbone_seconds,
-        head_seconds,
         train_seconds: head.train_seconds,
         train_samples_per_second: head.train_samples as f64 / head.train_seconds.max(1e-9),
-        backbone_images: stats.backbone_images,
-        backbone_batches: stats.backbone_batches,
-        cache_hits: stats.hits,
-        cache_misses: stats.misses,
-        cache_load_seconds: stats.load_seconds,
         device: format!("{:?}", opts.device),
+        extras: RunExtras::Transfer(Box::new(extras)),
     };
     let out_dir = opts.out_dir.as_ref().map(|o| o.join(&label));
     if let Some(dir) = &out_dir {
@@ -775,7 +712,7 @@ pub fn run_backbone(
         write_json(&dir.join("summary.json"), &summary)?;
     }
     if opts.verbosity != Verbosity::Silent {
-        let pct = |v: Option<f64>| v.map(|v| format!("{:.2}%", 100.0 * v)).unwrap_or_else(|| "-".into());
+        let pct = |v: Option<f64>| digitlab_report::format::pct(v, 2);
         eprintln!(
             "{label}: train {} | val {} | test {} (macro-F1 {}) | backbone {:.1}s ({} images), head {:.2}s",
             pct(Some(summary.train_accuracy)),
@@ -785,9 +722,9 @@ pub fn run_backbone(
                 .test_macro_f1
                 .map(|v| format!("{v:.4}"))
                 .unwrap_or_else(|| "-".into()),
-            summary.backbone_seconds,
-            summary.backbone_images,
-            summary.head_seconds
+            stats.backbone_seconds,
+            stats.backbone_images,
+            head_seconds
         );
     }
     Ok(TransferOutcome {

@@ -3,33 +3,32 @@ use std::path::Path;
 
 use digitlab_finetune::compare::{compare, read_rows};
 use digitlab_finetune::FinetuneError;
-use digitlab_report::summary::{RunExtras, RunSummary, TransferExtras};
-use digitlab_train::experiment::Summary;
+use digitlab_report::summary::{RunExtras, RunSummary, TrainExtras, TransferExtras};
 
 fn train_summary(dir: &Path, name: &str, train: f64, val: f64, test: f64) {
-    let s = Summary {
-        name: name.into(),
-        dataset: "svhn/train_32x32[train]".into(),
-        model: "lenet5".into(),
-        seed: 42,
-        epochs: 5,
-        best_epoch: Some(5),
-        stopped_early: false,
-        train_images: 100,
-        val_images: 10,
-        test_images: 10,
-        parameters: 62_006,
-        train_accuracy: train,
-        val_accuracy: Some(val),
-        val_macro_f1: Some(val),
-        test_accuracy: Some(test),
-        test_macro_f1: Some(test - 0.01),
-        test_loss: Some(0.5),
-        wall_seconds: 12.5,
-        train_seconds: 11.0,
-        train_samples_per_second: 800.0,
-        device: "Cpu".into(),
-    };
+    let mut s = RunSummary::new(
+        name,
+        "svhn/train_32x32[train]",
+        "lenet5",
+        RunExtras::Train(TrainExtras {
+            best_epoch: Some(5),
+            ..Default::default()
+        }),
+    );
+    s.seed = 42;
+    s.epochs = 5;
+    (s.train_images, s.val_images, s.test_images) = (100, 10, 10);
+    s.parameters = 62_006;
+    s.train_accuracy = train;
+    s.val_accuracy = Some(val);
+    s.val_macro_f1 = Some(val);
+    s.test_accuracy = Some(test);
+    s.test_macro_f1 = Some(test - 0.01);
+    s.test_loss = Some(0.5);
+    s.wall_seconds = 12.5;
+    s.train_seconds = 11.0;
+    s.train_samples_per_second = 800.0;
+    s.device = "Cpu".into();
     std::fs::create_dir_all(dir).unwrap();
     std::fs::write(dir.join("summary.json"), serde_json::to_string_pretty(&s).unwrap()).unwrap();
 }

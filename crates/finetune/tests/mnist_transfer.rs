@@ -45,7 +45,7 @@ fn pretrained_features_beat_random_features_on_mnist() {
         let s = &o.summary;
         assert_eq!(s.test_images, 300);
         assert_eq!(
-            s.backbone_images,
+            s.transfer().unwrap().backbone_images,
             s.train_images + s.val_images + s.test_images,
             "{label}: one backbone pass"
         );

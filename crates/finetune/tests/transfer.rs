@@ -127,27 +127,28 @@ fn end_to_end_on_synthetic_svhn_with_an_offline_hub_cache() {
 
     for o in &outcomes {
         let s = &o.summary;
+        let t = s.transfer().expect("a transfer summary");
         let dir = out.join(&o.label);
         // One backbone pass per split for five epochs.
         assert_eq!(s.epochs, 5);
         assert_eq!((s.train_images, s.val_images, s.test_images), (120, 40, 60));
-        assert_eq!(s.backbone_images, 120 + 40 + 60, "{}: {s:?}", o.label);
-        assert_eq!(s.backbone_batches, 4 + 2 + 2);
-        assert_eq!((s.cache_hits, s.cache_misses), (0, 3));
+        assert_eq!(t.backbone_images, 120 + 40 + 60, "{}: {s:?}", o.label);
+        assert_eq!(t.backbone_batches, 4 + 2 + 2);
+        assert_eq!((t.cache_hits, t.cache_misses), (0, 3));
         assert_eq!(o.head.history.len(), 5);
         // Counts: the ccexam-layout CNN at 32 px; only the new 256 -> 10 head trains.
         assert_eq!(
-            (s.params_total, s.params_trainable, s.feature_dim),
+            (t.params_total, t.params_trainable, t.feature_dim),
             (815_018, 2_570, 256)
         );
-        assert!(s.backbone_seconds > 0.0 && s.head_seconds > 0.0);
+        assert!(t.backbone_seconds > 0.0 && t.head_seconds > 0.0);
         let test = s.test_accuracy.unwrap();
         assert!(
             test > 0.6,
             "{}: test accuracy {test} on an easy synthetic task",
             o.label
         );
-        assert_eq!(s.overfit, Some(s.train_val_gap.unwrap() > 0.05));
+        assert_eq!(t.overfit, Some(t.train_val_gap.unwrap() > 0.05));
 
         let sj = json(&dir.join("summary.json"));
         for key in [
@@ -291,7 +292,7 @@ fn feature_cache_hits_misses_and_invalidation() {
     let again = run(&[only_random]);
     assert_eq!((again.stats.hits, again.stats.misses), (3, 0));
     assert_eq!((again.stats.backbone_images, again.stats.backbone_batches), (0, 0));
-    assert_eq!(again.summary.backbone_seconds, 0.0);
+    assert_eq!(again.summary.transfer().unwrap().backbone_seconds, 0.0);
     assert_eq!(again.summary.test_accuracy, first.summary.test_accuracy);
     let metrics = |o: &TransferOutcome| -> Vec<Vec<(String, f64)>> {
         let timing = ["seconds", "train_samples_per_second"];
@@ -458,16 +459,17 @@ fn committed_svhn_transfer_config_runs_its_resnet18_entry() {
     };
     let o = run_transfer(&cfg, &data, &opts).unwrap().pop().unwrap();
     let s = &o.summary;
+    let t = s.transfer().expect("a transfer summary");
     assert_eq!(s.name, "resnet18-pretrained");
-    assert_eq!((s.input_channels, s.input_height, s.input_width), (3, 224, 224));
+    assert_eq!((t.input_channels, t.input_height, t.input_width), (3, 224, 224));
     assert_eq!(
-        (s.normalization.as_str(), s.feature_dim, s.epochs),
+        (t.normalization.as_str(), t.feature_dim, s.epochs),
         ("imagenet", 512, 5)
     );
     // A 25% subset of 80 images (2 per class; the stratified 75/25 split keeps 1
     // per class for validation), and all 20 test images.
     assert_eq!((s.train_images, s.val_images, s.test_images), (10, 10, 20));
-    assert_eq!(s.backbone_images, 40);
+    assert_eq!(t.backbone_images, 40);
     let r = &o.created.pretrained.as_ref().unwrap().report;
     assert_eq!(
         r.loaded.len(),
@@ -475,6 +477,6 @@ fn committed_svhn_transfer_config_runs_its_resnet18_entry() {
         "all but fc and 20 num_batches_tracked: {r}"
     );
     assert_eq!(r.reinitialized().collect::<Vec<_>>(), ["fc.bias", "fc.weight"]);
-    assert_eq!((s.params_total, s.params_trainable), (11_689_512 - 513 * 990, 5_130));
+    assert_eq!((t.params_total, t.params_trainable), (11_689_512 - 513 * 990, 5_130));
     assert!(dir.path().join("out/compare.md").is_file());
 }

@@ -27,6 +27,18 @@
 //! (x86-64; `DIGITLAB_KEEP_DENORMALS=1` keeps them), and glibc's malloc keeps
 //! freed blocks of up to 32 MiB for reuse instead of returning them to the OS
 //! (`DIGITLAB_DEFAULT_MALLOC=1` keeps glibc's defaults).
+//!
+//! ```
+//! use candle_core::{Device, Tensor};
+//! use digitlab_kernels::{linear, Activation};
+//! let x = Tensor::new(&[[1f32, -2.0]], &Device::Cpu)?;
+//! let w = Tensor::new(&[[1f32, 1.0], [0.5, 0.0]], &Device::Cpu)?;
+//! let b = Tensor::new(&[0f32, 1.0], &Device::Cpu)?;
+//! // relu(x @ w^T + b) = relu([-1, 1.5])
+//! let y = linear(&x, &w, Some(&b), Activation::Relu)?;
+//! assert_eq!(y.to_vec2::<f32>()?, [[0.0, 1.5]]);
+//! # Ok::<(), candle_core::Error>(())
+//! ```
 pub mod conv;
 pub(crate) mod cpu;
 pub mod denormal;

@@ -12,6 +12,21 @@
 //!   with a frozen backbone ([`Model::features`], [`Model::with_head`]);
 //! - one entry point, [`build_model`], from a typed [`ModelConfig`];
 //! - [`SeededVarMap`] for weights that are the same on every run with the same seed.
+//!
+//! ```
+//! use candle_core::{DType, Device, Tensor};
+//! use candle_nn::{ModuleT, VarMap};
+//! use digitlab_models::{build_model, count_parameters, InputShape, ModelConfig, SeededVarMap};
+//! let input = InputShape { channels: 1, height: 28, width: 28 };
+//! let varmap = VarMap::new();
+//! let vb = SeededVarMap::var_builder(&varmap, 42, DType::F32, &Device::Cpu);
+//! let model = build_model(&ModelConfig::Lenet5, input, 10, vb)?;
+//! assert!(count_parameters(&varmap) > 10_000);
+//! let images = Tensor::zeros((4, 1, 28, 28), DType::F32, &Device::Cpu)?;
+//! let logits = model.forward_t(&images, false)?;
+//! assert_eq!(logits.dims(), [4, 10]);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 pub mod backbone;
 pub mod cnn;
 pub mod conv;

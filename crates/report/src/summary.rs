@@ -82,11 +82,24 @@ impl std::fmt::Display for RunKind {
     }
 }
 
-/// Extras of a `digitlab train` run.
+/// Extras of a `digitlab train` run (and of the final run of a `digitlab sweep`,
+/// which adds the search fields).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TrainExtras {
     pub best_epoch: Option<usize>,
     pub stopped_early: bool,
+    /// Sweep: the metric trials were ranked by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub search_metric: Option<String>,
+    /// Sweep: the winning trial (its assignments and scores).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best_trial: Option<serde_json::Value>,
+    /// Sweep: how many trials ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trials: Option<usize>,
+    /// Sweep: whether the final run was retrained on train + validation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retrained_on_train_val: Option<bool>,
 }
 
 /// Extras of one backbone of a `digitlab transfer` run.

@@ -33,12 +33,15 @@
 //! `$DIGITLAB_DATA` (a stratified subsample, [`TheoryConfig::mnist_samples`] images),
 //! the embedded 8x8 digits otherwise. See [`data`].
 //!
-//! ```no_run
+//! ```
 //! use digitlab_theory::{report, TheoryConfig, Topic};
-//! let report = report::run_topics(&Topic::ALL, &TheoryConfig::default(), "theory-out".as_ref(), |s| {
-//!     println!("{}", s.to_text("theory-out".as_ref()));
+//! let out = tempfile::tempdir().unwrap();
+//! // One topic on the embedded digits; `Topic::ALL` runs the whole lab.
+//! let report = report::run_topics(&[Topic::Softmax], &TheoryConfig::embedded(), out.path(), |s| {
+//!     println!("{}", s.to_text(out.path()));
 //! })?;
 //! assert!(report.all_hold());
+//! assert!(out.path().join("theory.md").is_file());
 //! # Ok::<(), digitlab_theory::TheoryError>(())
 //! ```
 pub mod backprop;

@@ -9,34 +9,13 @@ use candle_core::DType;
 use digitlab_data::Dataset;
 use digitlab_models::count_parameters;
 use digitlab_report::plots;
+use digitlab_report::summary::{RunExtras, RunSummary, TrainExtras};
 use std::path::Path;
 
-/// The flat results of a run, written as `summary.json`.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Summary {
-    pub name: String,
-    pub dataset: String,
-    pub model: String,
-    pub seed: u64,
-    /// Epochs completed.
-    pub epochs: usize,
-    pub best_epoch: Option<usize>,
-    pub stopped_early: bool,
-    pub train_images: usize,
-    pub val_images: usize,
-    pub test_images: usize,
-    pub parameters: usize,
-    pub train_accuracy: f64,
-    pub val_accuracy: Option<f64>,
-    pub val_macro_f1: Option<f64>,
-    pub test_accuracy: Option<f64>,
-    pub test_macro_f1: Option<f64>,
-    pub test_loss: Option<f64>,
-    pub wall_seconds: f64,
-    pub train_seconds: f64,
-    pub train_samples_per_second: f64,
-    pub device: String,
-}
+/// The flat results of a run, written as `summary.json`: a [`RunSummary`] of kind
+/// `train`. The name is kept for callers; the type is the one run summary of the
+/// workspace.
+pub type Summary = RunSummary;
 
 /// A finished experiment: its summary plus the trained model and evaluations.
 pub struct ExperimentResult {
@@ -62,14 +41,12 @@ pub fn run_experiment(cfg: &ExperimentConfig, data: &PreparedData, opts: &RunOpt
         Some(t) if run.complete => Some(evaluate(&run.model, t, &pipeline, eb, cfg.train.loss, &opts.device)?),
         _ => None,
     };
-    let summary = Summary {
+    let summary = RunSummary {
         name: cfg.name.clone(),
         dataset: data.train.name().to_string(),
         model: cfg.model.kind().to_string(),
         seed: cfg.seed,
         epochs: run.history.len(),
-        best_epoch: run.best_epoch,
-        stopped_early: run.stopped_early,
         train_images: data.train.len(),
         val_images: data.val.as_ref().map_or(0, |v| v.len()),
         test_images: data.test.as_ref().map_or(0, |t| t.len()),
@@ -84,6 +61,11 @@ pub fn run_experiment(cfg: &ExperimentConfig, data: &PreparedData, opts: &RunOpt
         train_seconds: run.train_seconds,
         train_samples_per_second: run.train_samples as f64 / run.train_seconds.max(1e-9),
         device: format!("{:?}", opts.device),
+        extras: RunExtras::Train(TrainExtras {
+            best_epoch: run.best_epoch,
+            stopped_early: run.stopped_early,
+            ..Default::default()
+        }),
     };
     if let Some(dir) = &opts.out_dir {
         write_outputs(dir, cfg, data, &run, test.as_ref(), &summary)?;

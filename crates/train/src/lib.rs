@@ -15,6 +15,35 @@
 //! - grid and random hyperparameter search ([`search`], [`sweep`]);
 //! - outputs: `summary.json`, `metrics.csv`, PNG plots ([`experiment`]; rendering and
 //!   crash-safe writes come from `digitlab-report`, re-exported as [`io`]).
+//!
+//! ```
+//! use digitlab_train::{run_experiment, ExperimentConfig, PreparedData, RunOptions, Verbosity};
+//! let cfg = ExperimentConfig::from_toml_str(
+//!     r#"
+//!     name = "doc"
+//!     seed = 1
+//!     [data]
+//!     dataset = "digits"
+//!     [model]
+//!     kind = "softmax"
+//!     [optim]
+//!     kind = "adam"
+//!     lr = 0.01
+//!     [train]
+//!     epochs = 3
+//!     batch_size = 32
+//!     loss = "cross_entropy"
+//!     "#,
+//!     &[],
+//! )?;
+//! // The embedded 8x8 digits: no files needed.
+//! let data = PreparedData::load(&cfg, "data".as_ref())?;
+//! let opts = RunOptions { verbosity: Verbosity::Silent, ..Default::default() };
+//! let result = run_experiment(&cfg, &data, &opts)?;
+//! assert_eq!(result.summary.epochs, 3);
+//! assert!(result.summary.test_accuracy.unwrap() > 0.8);
+//! # Ok::<(), digitlab_train::TrainError>(())
+//! ```
 pub mod checkpoint;
 pub mod config;
 pub mod error;

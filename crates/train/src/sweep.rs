@@ -148,19 +148,16 @@ pub fn run_sweep(cfg: &ExperimentConfig, data_dir: &Path, opts: &RunOptions) -> 
     };
     let final_run = run_experiment(&fc, &final_data, &final_opts)?;
     if let Some(dir) = &opts.out_dir {
-        let mut summary = serde_json::to_value(&final_run.summary).map_err(|e| TrainError::Config(e.to_string()))?;
-        if let Some(o) = summary.as_object_mut() {
-            o.insert("search_metric".into(), search.metric.as_str().into());
-            o.insert(
-                "best_trial".into(),
-                serde_json::to_value(&trials[best]).unwrap_or_default(),
-            );
-            o.insert("trials".into(), trials.len().into());
-            o.insert("retrained_on_train_val".into(), search.retrain_on_train_val.into());
-            // The selection's validation score, since the final run may have no validation split.
-            o.insert("val_accuracy".into(), trials[best].val_accuracy.into());
-            o.insert("val_macro_f1".into(), trials[best].val_macro_f1.into());
+        let mut summary = final_run.summary.clone();
+        if let digitlab_report::summary::RunExtras::Train(t) = &mut summary.extras {
+            t.search_metric = Some(search.metric.as_str().into());
+            t.best_trial = serde_json::to_value(&trials[best]).ok();
+            t.trials = Some(trials.len());
+            t.retrained_on_train_val = Some(search.retrain_on_train_val);
         }
+        // The selection's validation score, since the final run may have no validation split.
+        summary.val_accuracy = Some(trials[best].val_accuracy).filter(|v| v.is_finite());
+        summary.val_macro_f1 = Some(trials[best].val_macro_f1).filter(|v| v.is_finite());
         write_json(&dir.join("summary.json"), &summary)?;
     }
     run_dir.as_ref().map(crate::run_dir::RunDir::finish).transpose()?;

@@ -113,8 +113,7 @@ impl Job for ExperimentJob {
             }
             run_dir.finish()?;
         }
-        let summary: Box<Summary> = serde_json::from_slice(&std::fs::read(&summary_file)?)
-            .with_context(|| format!("{}: unreadable summary", summary_file.display()))?;
+        let summary: Box<Summary> = Box::new(digitlab_report::RunSummary::read(&summary_file)?);
         ctx.say(format!(
             "{:<22} test acc {:>7}  ({:.1}s)",
             summary.name,

@@ -179,9 +179,7 @@ impl Job for TransferJob {
         let mut rows = Vec::new();
         for label in &self.labels {
             let file = dir.join(label).join("summary.json");
-            let s: TransferSummary =
-                serde_json::from_slice(&std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?)
-                    .with_context(|| format!("{}: unreadable summary", file.display()))?;
+            let s: TransferSummary = digitlab_report::RunSummary::read(&file)?;
             ctx.say(format!(
                 "{:<22} test acc {:>7}  ({:.1}s)",
                 format!("{} / {}", cfg.name, label),
