@@ -49,6 +49,10 @@ enum Command {
         /// Continue from <out>/last.json.
         #[arg(long)]
         resume: bool,
+        /// Compute precision, f32 or bf16 (mixed: f32 weights, loss and metrics);
+        /// the same as --set train.dtype="bf16".
+        #[arg(long)]
+        dtype: Option<digitlab_models::Precision>,
         #[command(flatten)]
         common: Common,
     },
@@ -121,6 +125,10 @@ enum Command {
         /// Feature cache folder (default: transfer.cache_dir, else runs/feature-cache).
         #[arg(long)]
         cache_dir: Option<PathBuf>,
+        /// Precision of the backbone pass, f32 or bf16 (features and head stay f32);
+        /// the same as --set transfer.dtype="bf16".
+        #[arg(long)]
+        dtype: Option<digitlab_models::Precision>,
         #[command(flatten)]
         common: Common,
     },
@@ -153,8 +161,12 @@ fn main() -> Result<()> {
             overrides,
             out,
             resume,
+            dtype,
             common,
-        } => commands::train(&config, &overrides, out, resume, &common),
+        } => {
+            let overrides = with_dtype(overrides, "train", dtype);
+            commands::train(&config, &overrides, out, resume, &common)
+        }
         Command::Sweep {
             config,
             overrides,
@@ -182,8 +194,12 @@ fn main() -> Result<()> {
             overrides,
             out,
             cache_dir,
+            dtype,
             common,
-        } => transfer::run(&config, &overrides, out, cache_dir, &common),
+        } => {
+            let overrides = with_dtype(overrides, "transfer", dtype);
+            transfer::run(&config, &overrides, out, cache_dir, &common)
+        }
         Command::Compare { runs, out, overfit_gap } => compare::run(&runs, &out, overfit_gap),
         Command::Reproduce { suite, out, common } => {
             let name = std::path::Path::new(&suite)
@@ -198,4 +214,12 @@ fn main() -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// `--dtype D` as the last override of `<section>.dtype`.
+fn with_dtype(mut overrides: Vec<String>, section: &str, dtype: Option<digitlab_models::Precision>) -> Vec<String> {
+    if let Some(d) = dtype {
+        overrides.push(format!("{section}.dtype=\"{d}\""));
+    }
+    overrides
 }

@@ -22,6 +22,7 @@ pub mod linear_models;
 pub mod mlp;
 pub mod model;
 pub mod pool;
+pub mod precision;
 pub mod resnet;
 pub mod vgg;
 
@@ -33,5 +34,6 @@ pub use layers::Activation;
 pub use linear_models::{LogisticRegression, SoftmaxRegression};
 pub use mlp::{Mlp, MlpConfig};
 pub use model::{build_model, count_parameters, is_buffer, InputShape, Model, ModelConfig, OutputKind};
+pub use precision::{MixedBackbone, Precision};
 pub use resnet::{ResNet, ResNetConfig};
 pub use vgg::{Vgg, VggConfig};
