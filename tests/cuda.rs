@@ -162,7 +162,7 @@ fn few_steps(model: &str, resize: Option<usize>, dev: &Device, dtype: Precision)
     let toml = format!(
         "name = \"cuda-parity\"\nseed = 7\n[data]\ndataset = \"digits\"\nsubset = 0.15\nval_fraction = 0.0\nnormalize = \"symmetric\"\n{resize}\
          [model]\n{model}\n[optim]\nkind = \"sgd\"\nlr = 0.05\nmomentum = 0.9\n\
-         [train]\nepochs = 1\nbatch_size = 32\nloss = \"cross_entropy\"\ncheckpoints = false\ndtype = \"{dtype}\"\n"
+         [train]\nepochs = 1\nbatch_size = 32\nloss = \"cross_entropy\"\nselect_metric = \"train_loss\"\ncheckpoints = false\ndtype = \"{dtype}\"\n"
     );
     let cfg = ExperimentConfig::from_toml_str(&toml, &[]).unwrap();
     let data = PreparedData::load(&cfg, Path::new("/nonexistent-digits-are-embedded")).unwrap();
