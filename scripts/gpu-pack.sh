@@ -29,7 +29,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target/cuda}"
 # paths cargo reports in its JSON messages.
 msgs="$(mktemp)"
 trap 'rm -f "$msgs"' EXIT
-cargo build --release --workspace --features cuda --bins >&2
+cargo build --release --workspace --features cuda --all-targets >&2
 cargo test --release --workspace --features cuda --no-run --message-format=json >"$msgs"
 tests_exe="$(python3 - "$msgs" <<'EOF'
 import json, sys
