@@ -52,7 +52,8 @@ export DIGITLAB_BIN="$BIN/digitlab" DIGITLAB_CONFIGS="$PACK/configs"
 tests_status="passed"
 for t in tests-cuda cli-cuda; do
   echo "== $t"
-  if ! timeout 240 "$BIN/$t" --test-threads 1; then tests_status="FAILED ($t)"; fail=1; fi
+  if ! timeout 240 "$BIN/$t" --test-threads 1 2>&1 | tee "$BIN/$t.log"; then tests_status="FAILED ($t)"; fail=1
+  elif grep -Eq '; [1-9][0-9]* ignored' "$BIN/$t.log"; then tests_status="NOT RUN ($t ignored its tests: not a --features cuda build)"; fail=1; fi
 done
 
 # 2. The table.
