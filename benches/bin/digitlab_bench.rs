@@ -20,11 +20,14 @@ use digitlab_models::Precision;
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.is_empty() || args.iter().any(|a| a == "--help" || a == "-h") {
-        println!("usage: digitlab-bench --list | <workload> [--seconds S] [--warmup N] [--min-steps N]");
+        println!("usage: digitlab-bench --list | --list-gpu | <workload> [--seconds S] [--warmup N] [--min-steps N] [--device cpu|cuda] [--dtype f32|bf16] [--scale F]");
         return Ok(());
     }
-    if args[0] == "--list" {
-        for w in WORKLOADS.iter().chain(GPU_WORKLOADS) {
+    // `--list` is what `cargo xtask bench` runs (CPU workloads); `--list-gpu` the
+    // workloads of scripts/gpu-check.sh.
+    if args[0] == "--list" || args[0] == "--list-gpu" {
+        let list = if args[0] == "--list" { WORKLOADS } else { GPU_WORKLOADS };
+        for w in list {
             println!("{}\t{}\t{}", w.name, w.samples_per_step, w.about);
         }
         return Ok(());
