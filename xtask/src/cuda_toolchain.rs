@@ -355,7 +355,42 @@ fn build_stand_ins(cuda_root: &Path, cudarc_src: &Path) -> Result<()> {
     if stubs.exists() {
         std::fs::remove_dir_all(&stubs).with_context(|| format!("cannot replace {}", stubs.display()))?;
     }
-    std::fs::rename(&staging, &stubs).with_context(|| format!("cannot move the stand-ins to {}", stubs.display()))
+    std::fs::rename(&staging, &stubs).with_context(|| format!("cannot move the stand-ins to {}", stubs.display()))?;
+    check_link(&cc, &stubs)
+}
+
+/// Links a tiny C program the way cargo links the cuda build (`-lcuda -lnvrtc
+/// -lcurand -lcublas -lcublasLt -lcudart` from the stubs folder): the stand-ins and
+/// the real runtime resolve, under the sonames a GPU machine provides.
+fn check_link(cc: &str, stubs: &Path) -> Result<()> {
+    let dir = stubs.join(format!(".link-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let c = dir.join("main.c");
+    std::fs::write(
+        &c,
+        "int cuInit(unsigned); int nvrtcVersion(int*, int*); int curandCreateGenerator(void*, int);\n\
+         int cublasCreate_v2(void*); int cublasLtCreate(void*); int cudaGetDeviceCount(int*);\n\
+         int main(void) { int n = 0; return cudaGetDeviceCount(&n) + cuInit(0) + nvrtcVersion(0, 0)\n\
+         + curandCreateGenerator(0, 0) + cublasCreate_v2(0) + cublasLtCreate(0); }\n",
+    )?;
+    let out = Command::new(cc)
+        .arg("-o")
+        .arg(dir.join("main"))
+        .arg(&c)
+        .arg("-L")
+        .arg(stubs)
+        .args(["-lcuda", "-lnvrtc", "-lcurand", "-lcublas", "-lcublasLt", "-lcudart"])
+        .output()
+        .with_context(|| format!("cannot run `{cc}`"))?;
+    let _ = std::fs::remove_dir_all(&dir);
+    ensure!(
+        out.status.success(),
+        "linking a test program against the stand-ins in {} failed:\n{}",
+        stubs.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("cuda-toolchain: a test program links against the stand-ins and the real libcudart");
+    Ok(())
 }
 
 #[cfg(test)]
