@@ -1,5 +1,6 @@
 //! Shared helpers for the benchmarks, and the workloads of `cargo xtask bench`
 //! ([`workloads`]).
+pub mod gpu;
 pub mod workloads;
 
 /// Peak resident set size of this process in MiB (Linux `VmHWM`), if known.

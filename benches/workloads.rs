@@ -128,6 +128,10 @@ pub struct Prepared {
 }
 
 impl Prepared {
+    /// A workload from its step function.
+    pub fn new(workload: Workload, step: Box<dyn FnMut() -> Result<()>>) -> Self {
+        Self { workload, step }
+    }
     pub fn step(&mut self) -> Result<()> {
         (self.step)()
     }
@@ -231,7 +235,7 @@ fn params(map: &VarMap) -> Vec<(String, Var)> {
 /// checkpoint for feature extraction, filled with [`synthetic`] values scaled to
 /// each initialiser's spread (uniform with the same standard deviation). Made in
 /// f32 directly, so building VGG-16 does not hold f64 copies of its 138M weights.
-struct SyntheticWeights;
+pub(crate) struct SyntheticWeights;
 
 impl SimpleBackend for SyntheticWeights {
     fn get(&self, s: Shape, name: &str, init: Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {

@@ -7,24 +7,34 @@
 //! ```text
 //! digitlab-bench --list
 //! digitlab-bench <workload> [--seconds 2] [--warmup 3] [--min-steps 3]
+//! digitlab-bench gpu_<workload> [--device cuda] [--dtype f32|bf16] [--scale 1] ...
 //! ```
+//!
+//! The `gpu_*` workloads (`digitlab_benches::gpu`, for `scripts/gpu-check.sh`) run
+//! on `--device` (default `cuda`) in `--dtype`.
 use anyhow::{bail, Context, Result};
+use digitlab_benches::gpu::{prepare_gpu, GPU_WORKLOADS};
 use digitlab_benches::workloads::{measure, prepare, WORKLOADS};
+use digitlab_models::Precision;
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.is_empty() || args.iter().any(|a| a == "--help" || a == "-h") {
-        println!("usage: digitlab-bench --list | <workload> [--seconds S] [--warmup N] [--min-steps N]");
+        println!("usage: digitlab-bench --list | --list-gpu | <workload> [--seconds S] [--warmup N] [--min-steps N] [--device cpu|cuda] [--dtype f32|bf16] [--scale F]");
         return Ok(());
     }
-    if args[0] == "--list" {
-        for w in WORKLOADS {
+    // `--list` is what `cargo xtask bench` runs (CPU workloads); `--list-gpu` the
+    // workloads of scripts/gpu-check.sh.
+    if args[0] == "--list" || args[0] == "--list-gpu" {
+        let list = if args[0] == "--list" { WORKLOADS } else { GPU_WORKLOADS };
+        for w in list {
             println!("{}\t{}\t{}", w.name, w.samples_per_step, w.about);
         }
         return Ok(());
     }
     let name = args[0].clone();
     let (mut seconds, mut warmup, mut min_steps) = (2.0f64, 3usize, 3usize);
+    let (mut device, mut dtype, mut scale) = (None::<String>, Precision::F32, 1.0f64);
     let mut it = args[1..].iter();
     while let Some(flag) = it.next() {
         let value = it.next().with_context(|| format!("{flag} needs a value"))?;
@@ -32,13 +42,29 @@ fn main() -> Result<()> {
             "--seconds" => seconds = value.parse().with_context(|| format!("--seconds {value}"))?,
             "--warmup" => warmup = value.parse().with_context(|| format!("--warmup {value}"))?,
             "--min-steps" => min_steps = value.parse().with_context(|| format!("--min-steps {value}"))?,
+            "--device" => device = Some(value.clone()),
+            "--dtype" => dtype = value.parse().map_err(anyhow::Error::msg)?,
+            "--scale" => scale = value.parse().with_context(|| format!("--scale {value}"))?,
             other => bail!("unknown option {other}"),
         }
     }
     if !(seconds.is_finite() && seconds >= 0.0) {
         bail!("--seconds must be a non-negative number, got {seconds}");
     }
-    let mut p = prepare(&name)?;
+    let gpu_workload = name.starts_with("gpu_");
+    let mut p = if gpu_workload {
+        let dev = match device.as_deref().unwrap_or("cuda") {
+            "cpu" => candle_core::Device::Cpu,
+            "cuda" => candle_core::Device::new_cuda(0).context("--device cuda")?,
+            other => bail!("--device {other}: use cpu or cuda"),
+        };
+        prepare_gpu(&name, &dev, dtype, scale)?
+    } else {
+        if device.is_some() || dtype != Precision::F32 {
+            bail!("--device and --dtype apply to the gpu_* workloads only; {name} runs on the CPU in f32");
+        }
+        prepare(&name)?
+    };
     let cpu0 = digitlab_benches::cpu_seconds();
     let m = measure(&mut p, warmup, seconds, min_steps)?;
     let cpu1 = digitlab_benches::cpu_seconds();
@@ -54,6 +80,8 @@ fn main() -> Result<()> {
         "peak_rss_mib": digitlab_benches::peak_rss_mib(),
         // CPU time of the warm-up and timed steps (all threads), for reading runs on a busy machine.
         "cpu_seconds": cpu0.zip(cpu1).map(|(a, b)| b - a),
+        "device": if gpu_workload { device.as_deref().unwrap_or("cuda") } else { "cpu" },
+        "dtype": if gpu_workload { dtype.name() } else { "f32" },
     });
     println!("{line}");
     Ok(())

@@ -1,11 +1,14 @@
 //! `cargo xtask`: developer tasks for digitlab (dataset downloads, benchmarks).
 mod bench;
+mod cuda_toolchain;
 mod download;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use digitlab_data::DatasetKind;
 use std::path::PathBuf;
+
+use bench::workspace_root;
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "digitlab developer tasks")]
@@ -65,6 +68,25 @@ enum Command {
         #[arg(long)]
         no_save: bool,
     },
+    /// Install a CUDA compiler and link-time stand-ins from PyPI wheels into a folder
+    /// under target/ (idempotent) and print the environment for the `cuda` build:
+    /// `eval "$(cargo xtask cuda-toolchain)"; cargo build --release --features cuda`.
+    CudaToolchain {
+        /// Toolchain folder (default: target/cuda-toolchain).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Compute capability the kernels are compiled for (major*10+minor: 90 for
+        /// H100/H200, 80 for A100, 89 for L4 / RTX 40xx).
+        #[arg(long, default_value_t = 90)]
+        compute_cap: u32,
+        /// Python interpreter whose pip installs the wheels.
+        #[arg(long, default_value = "python3")]
+        python: String,
+        /// CARGO_TARGET_DIR printed for the cuda build (default: target/cuda; a
+        /// separate folder keeps the CPU build's artifacts untouched).
+        #[arg(long)]
+        target_dir: Option<PathBuf>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -122,5 +144,19 @@ fn main() -> Result<()> {
             results_dir,
             no_save,
         }),
+        Command::CudaToolchain {
+            dir,
+            compute_cap,
+            python,
+            target_dir,
+        } => {
+            let target = workspace_root().join("target");
+            cuda_toolchain::run(&cuda_toolchain::Options {
+                dir: dir.unwrap_or_else(|| target.join("cuda-toolchain")),
+                compute_cap,
+                python,
+                target_dir: target_dir.unwrap_or_else(|| target.join("cuda")),
+            })
+        }
     }
 }

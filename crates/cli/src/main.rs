@@ -51,6 +51,10 @@ enum Command {
         /// (only one with digitlab's marker; anything else is never touched).
         #[arg(long)]
         force: bool,
+        /// Compute precision, f32 or bf16 (mixed: f32 weights, loss and metrics);
+        /// the same as --set train.dtype="bf16".
+        #[arg(long)]
+        dtype: Option<digitlab_models::Precision>,
         #[command(flatten)]
         common: Common,
     },
@@ -135,6 +139,10 @@ enum Command {
         /// (only one with digitlab's marker; anything else is never touched).
         #[arg(long)]
         force: bool,
+        /// Precision of the backbone pass, f32 or bf16 (features and head stay f32);
+        /// the same as --set transfer.dtype="bf16".
+        #[arg(long)]
+        dtype: Option<digitlab_models::Precision>,
         #[command(flatten)]
         common: Common,
     },
@@ -168,8 +176,12 @@ fn main() -> Result<()> {
             out,
             resume,
             force,
+            dtype,
             common,
-        } => commands::train(&config, &overrides, out, resume, force, &common),
+        } => {
+            let overrides = with_dtype(overrides, "train", dtype);
+            commands::train(&config, &overrides, out, resume, force, &common)
+        }
         Command::Sweep {
             config,
             overrides,
@@ -204,8 +216,12 @@ fn main() -> Result<()> {
             out,
             cache_dir,
             force,
+            dtype,
             common,
-        } => transfer::run(&config, &overrides, out, cache_dir, force, &common),
+        } => {
+            let overrides = with_dtype(overrides, "transfer", dtype);
+            transfer::run(&config, &overrides, out, cache_dir, force, &common)
+        }
         Command::Compare { runs, out, overfit_gap } => compare::run(&runs, &out, overfit_gap),
         Command::Reproduce { suite, out, common } => {
             let name = std::path::Path::new(&suite)
@@ -220,4 +236,12 @@ fn main() -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// `--dtype D` as the last override of `<section>.dtype`.
+fn with_dtype(mut overrides: Vec<String>, section: &str, dtype: Option<digitlab_models::Precision>) -> Vec<String> {
+    if let Some(d) = dtype {
+        overrides.push(format!("{section}.dtype=\"{d}\""));
+    }
+    overrides
 }

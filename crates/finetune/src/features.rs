@@ -92,6 +92,10 @@ pub struct FeatureKey {
     pub images: usize,
     /// SHA-256 of the split's shape, pixels and labels (see [`dataset_digest`]).
     pub data_sha256: String,
+    /// Precision of the backbone pass (bf16 features differ from f32 ones); absent
+    /// for f32, so f32 keys are those of earlier versions.
+    #[serde(default, skip_serializing_if = "digitlab_models::Precision::is_f32")]
+    pub dtype: digitlab_models::Precision,
 }
 
 impl FeatureKey {

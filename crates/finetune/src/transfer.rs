@@ -20,6 +20,7 @@
 //! overfit_gap = 0.05         # train - val accuracy above this flags over-fitting
 //! cache = true
 //! cache_dir = "runs/feature-cache"
+//! dtype = "f32"              # or "bf16": backbone pass in bf16 (head and features f32)
 //!
 //! [[backbones]]
 //! model = "resnet18"                     # a crate::zoo name
@@ -129,6 +130,10 @@ pub struct TransferOptions {
     /// Feature cache folder (default `runs/feature-cache`, or the `--cache-dir` flag).
     #[serde(default)]
     pub cache_dir: Option<PathBuf>,
+    /// Precision of the backbone pass: `f32`, or `bf16` (features, the head and its
+    /// training stay f32). Not written when f32.
+    #[serde(default, skip_serializing_if = "digitlab_models::Precision::is_f32")]
+    pub dtype: digitlab_models::Precision,
 }
 
 fn default_epochs() -> usize {
@@ -163,6 +168,7 @@ impl Default for TransferOptions {
             overfit_gap: default_gap(),
             cache: true,
             cache_dir: None,
+            dtype: digitlab_models::Precision::F32,
         }
     }
 }
@@ -532,7 +538,8 @@ pub fn run_backbone(
     if let (Some(p), true) = (&created.pretrained, opts.verbosity != Verbosity::Silent) {
         eprintln!("{label}: {}\n{}", p.path.display(), p.report);
     }
-    let backbone = created.backbone();
+    // bf16: the backbone computes in bf16, features come back (and are cached) as f32.
+    let backbone = digitlab_models::MixedBackbone::wrap(created.backbone(), cfg.transfer.dtype);
     let weights_id = created.weights_id()?;
 
     let cache_dir = opts
@@ -563,6 +570,7 @@ pub fn run_backbone(
             normalize: pipeline.normalize.clone(),
             images: ds.len(),
             data_sha256: dataset_digest(ds),
+            dtype: cfg.transfer.dtype,
         }
     };
     let mut stats = CacheStats::default();

@@ -17,6 +17,7 @@
 //! its own scratch buffers (kept per thread and reused across calls) and a
 //! single-threaded gemm; a lone image uses gemm's own threads instead.
 use crate::cpu::{self, all_cpu_f32, f32_data, Mat, View};
+use crate::precision::{cast_like, cast_opt_like, widen};
 use crate::threading::{gemm_parallelism, map_parts_mut, parts, GEMM_SERIAL_MAX_MACS};
 use crate::Activation;
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
@@ -49,6 +50,16 @@ impl Default for Conv2dParams {
 /// else runs candle's `conv2d` (+ bias, as candle_nn's `Conv2d` adds it) and the
 /// activation ([`conv2d_reference`]).
 pub fn conv2d(x: &Tensor, w: &Tensor, b: Option<&Tensor>, p: Conv2dParams, act: Activation) -> Result<Tensor> {
+    if crate::precision::is_half(x.dtype()) {
+        let (w, b) = (cast_like(w, x)?, cast_opt_like(b, x)?);
+        if x.device().is_cpu() {
+            // candle's CPU conv2d has no half kernel: the half values widened to f32
+            // (exactly), convolved with f32 sums as GPUs do, rounded back.
+            let (x32, w32, b32) = widen(x, &w, b.as_ref())?;
+            return conv2d(&x32, &w32, b32.as_ref(), p, act)?.to_dtype(x.dtype());
+        }
+        return conv2d_reference(x, &w, b.as_ref(), p, act);
+    }
     let mut ts = vec![x, w];
     ts.extend(b);
     if p.dilation == 1 && p.groups == 1 && x.rank() == 4 && w.rank() == 4 && all_cpu_f32(&ts) {

@@ -18,7 +18,8 @@
 //! CPU (so CUDA keeps candle's kernels), dtypes other than f32 (f64 is also
 //! supported by [`softmax_cross_entropy`]), or geometries the kernels do not cover
 //! (grouped or dilated convolutions). The results agree with those references up
-//! to float reassociation (tests in `tests/`).
+//! to float reassociation (tests in `tests/`). With bf16/f16 activations the f32
+//! parameters are cast to the activations' dtype at use ([`precision`]).
 //!
 //! Threads: gemm calls and loops stay on the calling thread for small shapes and use
 //! up to [`threading::threads`] threads for big ones (see [`threading`]).
@@ -46,6 +47,7 @@ pub mod linear;
 pub mod loss;
 pub mod norm;
 pub mod pool;
+pub mod precision;
 pub mod relu;
 pub mod runtime;
 pub mod threading;

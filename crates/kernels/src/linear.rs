@@ -9,6 +9,7 @@
 //! computes `dW` in `[out, in]` layout, `db`, and `dx` only for the inputs that need
 //! them (`Tensor::track_op`).
 use crate::cpu::{self, all_cpu_f32, f32_data, Mat, View};
+use crate::precision::{cast_like, cast_opt_like, widen};
 use crate::threading::gemm_parallelism;
 use crate::Activation;
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
@@ -21,6 +22,16 @@ use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape,
 /// anything else (other devices or dtypes) runs candle_nn's `Linear` composition
 /// (`x.matmul(&w.t())`, `broadcast_add`) followed by the activation.
 pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, act: Activation) -> Result<Tensor> {
+    if crate::precision::is_half(x.dtype()) {
+        let (w, b) = (cast_like(w, x)?, cast_opt_like(b, x)?);
+        if x.device().is_cpu() {
+            // candle's CPU matmul widens half inputs to f32 anyway: do it once and
+            // use the fused kernel.
+            let (x32, w32, b32) = widen(x, &w, b.as_ref())?;
+            return linear(&x32, &w32, b32.as_ref(), act)?.to_dtype(x.dtype());
+        }
+        return linear_reference(x, &w, b.as_ref(), act);
+    }
     let mut ts = vec![x, w];
     ts.extend(b);
     let foldable = x.rank() == 2 || (x.rank() > 2 && x.is_contiguous());

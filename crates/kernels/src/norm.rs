@@ -22,6 +22,12 @@ pub fn batch_norm_eval(
     eps: f64,
     act: Activation,
 ) -> Result<Tensor> {
+    if crate::precision::is_half(x.dtype()) {
+        // Normalise in f32 (as autocast does): the statistics stay exact.
+        let x32 = x.to_dtype(candle_core::DType::F32)?;
+        let y = batch_norm_eval(&x32, running_mean, running_var, weight_and_bias, eps, act)?;
+        return y.to_dtype(x.dtype());
+    }
     let mut ts = vec![x, running_mean, running_var];
     if let Some((w, b)) = weight_and_bias {
         ts.push(w);

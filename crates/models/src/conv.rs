@@ -10,7 +10,7 @@
 //! other devices.
 use crate::layers::FusedActivation;
 use crate::pool::{window_views, Window};
-use candle_core::{Module, ModuleT, Result, Tensor};
+use candle_core::{Module, Result, Tensor};
 use candle_nn::init::{FanInOut, NonLinearity, NormalOrUniform};
 use candle_nn::{BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, Init, VarBuilder};
 
@@ -71,7 +71,7 @@ impl Conv2dExt for Conv2d {
 /// candle_nn's batch norm followed by the activation.
 pub fn bn_act(bn: &BatchNorm, xs: &Tensor, train: bool, act: FusedActivation) -> Result<Tensor> {
     if train {
-        let y = bn.forward_t(xs, true)?;
+        let y = crate::precision::batch_norm_t(bn, xs, true)?;
         return match act {
             FusedActivation::Relu => crate::layers::relu(&y),
             FusedActivation::Identity => Ok(y),

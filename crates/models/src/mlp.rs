@@ -86,7 +86,7 @@ impl ModuleT for Mlp {
                     None => {
                         x = layer.forward_act(&x, FusedActivation::Identity)?;
                         if let Some(bn) = self.norms.get(i) {
-                            x = bn.forward_t(&x, train)?;
+                            x = crate::precision::batch_norm_t(bn, &x, train)?;
                         }
                         x = self.activation.forward(&x)?;
                     }

@@ -162,6 +162,22 @@ impl Model {
             None => candle_core::bail!("model `{}` has no feature extractor to put a new head on", self.kind),
         }
     }
+    /// This model computing in `precision` (see [`crate::precision`]): for bf16 the
+    /// input is cast to bf16 and the output back to f32, parameters stay f32 (and
+    /// keep receiving f32 gradients). f32 returns the model unchanged.
+    pub fn with_precision(self, precision: crate::Precision) -> Model {
+        if precision.is_f32() {
+            return self;
+        }
+        let dtype = precision.compute_dtype();
+        Model {
+            net: Box::new(crate::precision::MixedNet { inner: self.net, dtype }),
+            backbone: self
+                .backbone
+                .map(|b| crate::precision::MixedBackbone::wrap(b, precision)),
+            ..self
+        }
+    }
     /// The feature extractor of convolutional models (`None` for linear models and MLPs).
     pub fn backbone(&self) -> Option<&Arc<dyn Backbone>> {
         self.backbone.as_ref()

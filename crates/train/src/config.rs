@@ -166,6 +166,10 @@ pub struct TrainOptions {
     /// Write checkpoints (best and last) every epoch.
     #[serde(default = "yes")]
     pub checkpoints: bool,
+    /// Compute precision: `f32`, or `bf16` mixed precision (f32 master weights,
+    /// loss and metrics; see `digitlab_models::precision`). Not written when f32.
+    #[serde(default, skip_serializing_if = "digitlab_models::Precision::is_f32")]
+    pub dtype: digitlab_models::Precision,
 }
 
 fn eval_batch() -> usize {

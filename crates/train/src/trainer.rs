@@ -139,7 +139,8 @@ pub fn train(cfg: &ExperimentConfig, data: &PreparedData, opts: &RunOptions) -> 
 
     let varmap = VarMap::new();
     let vb = SeededVarMap::var_builder(&varmap, cfg.seed, DType::F32, device);
-    let model = build_model(&cfg.model, input_shape, num_classes, vb)?;
+    // bf16: f32 variables, bf16 compute, f32 logits (digitlab_models::precision).
+    let model = build_model(&cfg.model, input_shape, num_classes, vb)?.with_precision(cfg.train.dtype);
     let params = trainable_params(&varmap);
     // L2 applies to weight matrices / kernels, not biases or norm scales.
     let l2 = L2Penalty {
