@@ -7,11 +7,12 @@
 //! - convolutional networks with torchvision / timm / `efficientnet_pytorch` tensor
 //!   names, so their PyTorch checkpoints load by name: [`LeNet5`], [`SmallCnn`]
 //!   (the ccexam SVHN CNN), [`ResNet`] 18/34/50/101, [`Vgg`] 11/13/16/19 (with or
-//!   without batch norm), [`EfficientNetLite0`];
+//!   without batch norm), [`AlexNet`], [`EfficientNetLite0`];
 //! - [`Backbone`]: the embedding before the classification head, for fine-tuning
 //!   with a frozen backbone ([`Model::features`], [`Model::with_head`]);
 //! - one entry point, [`build_model`], from a typed [`ModelConfig`];
 //! - [`SeededVarMap`] for weights that are the same on every run with the same seed.
+pub mod alexnet;
 pub mod backbone;
 pub mod cnn;
 pub mod conv;
@@ -25,6 +26,7 @@ pub mod pool;
 pub mod resnet;
 pub mod vgg;
 
+pub use alexnet::AlexNet;
 pub use backbone::{Backbone, Head};
 pub use cnn::{LeNet5, SmallCnn};
 pub use efficientnet::EfficientNetLite0;
