@@ -11,6 +11,8 @@
 //!   `HF_*` environment variables or built directly) and [`hub::resolve`], which finds
 //!   a hub file in the standard Hugging Face cache and otherwise downloads it with
 //!   hf-hub, failing with a message that says how to pre-download it.
+//! - [`torchhub`]: torchvision's published ImageNet weights (`torchvision:vgg16`)
+//!   through torch.hub's checkpoint cache, hash-checked as torch.hub does.
 //! - [`pth`]: a reader for PyTorch `torch.save` checkpoints that interprets the
 //!   pickle as data only and refuses any callable outside a tensor-rebuild
 //!   allow-list (so a malicious `.pth` is rejected, never run).
@@ -54,6 +56,7 @@ pub mod head;
 pub mod hub;
 pub mod pth;
 pub mod source;
+pub mod torchhub;
 pub mod transfer;
 pub mod weights;
 pub mod zoo;

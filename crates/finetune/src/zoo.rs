@@ -42,7 +42,9 @@
 //!   `model.` prefix: the prefix is stripped when every name has it.
 //!
 //! Files may be `.safetensors` or PyTorch `torch.save` checkpoints (`.pth`, `.pt`,
-//! `.bin`, read safely by [`crate::pth`]), from the hub or local paths
+//! `.bin`, zip or legacy format, read safely by [`crate::pth`]), from the hub,
+//! torchvision's published files (`torchvision:vgg16`, through torch.hub's cache:
+//! [`crate::torchhub`], settings from the environment) or local paths
 //! ([`WeightsSource`]).
 //!
 //! # Loading
@@ -73,6 +75,7 @@ use sha2::{Digest, Sha256};
 use crate::error::{FinetuneError, Result};
 use crate::hub::{self, HubConfig};
 use crate::source::WeightsSource;
+use crate::torchhub::{self, TorchHubConfig};
 use crate::weights::{
     check_shapes, detect_format, load_weights, strip_common_prefixes, LoadReport, WeightsFormat,
     DEFAULT_IGNORED_SUFFIXES, DEFAULT_STRIP_PREFIXES,
@@ -480,6 +483,7 @@ pub fn create_model(
             hub::resolve_source(&config, pretrained)?
         }
         WeightsSource::Local(_) => hub::resolve_source(&HubConfig::new("."), pretrained)?,
+        WeightsSource::Torchvision { model } => Some(torchhub::resolve(&TorchHubConfig::from_env()?, model)?),
     };
 
     let map = VarMap::new();
