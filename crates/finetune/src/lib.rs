@@ -23,6 +23,8 @@
 //! - [`zoo`]: [`create_model`]`(name, pretrained, num_classes, options)` — ResNet,
 //!   VGG, EfficientNet-Lite0, the ccexam SVHN CNN, LeNet-5 by name, torchvision and
 //!   timm layouts, every mismatch reported at once, the head re-initialised.
+//! - [`imagenet`]: [`imagenet_top5`] — the top-5 ImageNet classes of a photo under a
+//!   1000-class model, with torchvision's evaluation preprocessing.
 //! - [`features`]: eval-mode backbone embeddings computed once and kept in a
 //!   [`FeatureCache`] (safetensors, keyed by model, weights, data and preprocessing).
 //! - [`head`]: [`train_head`] — a new linear head trained on cached features with
@@ -54,6 +56,7 @@ pub mod error;
 pub mod features;
 pub mod head;
 pub mod hub;
+pub mod imagenet;
 pub mod pth;
 pub mod source;
 pub mod torchhub;
@@ -66,6 +69,7 @@ pub use error::{FinetuneError, Result};
 pub use features::{CacheStats, FeatureCache, FeatureKey};
 pub use head::{train_head, HeadConfig, HeadRun, LabeledFeatures, Standardizer};
 pub use hub::{HubConfig, HubUnavailable, DEFAULT_FILE, FALLBACK_FILES};
+pub use imagenet::{imagenet_top5, RgbImage};
 pub use pth::{read_pth, read_pth_with, PthOptions};
 pub use source::WeightsSource;
 pub use transfer::{run_transfer, BackboneSpec, TransferConfig, TransferOutcome, TransferRunOptions, TransferSummary};
