@@ -647,3 +647,52 @@ fn hand_made_legacy_files() {
     assert_eq!(t.len(), 1);
     assert_eq!(f32s(&t[0].1), [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
 }
+
+#[test]
+#[ignore = "needs full-size legacy torchvision files: `python3 crates/finetune/tests/fixtures/make_pth_fixtures.py torchvision DIR`, then DIGITLAB_TORCHVISION_LEGACY=DIR cargo test --release --workspace --test pth -- --ignored"]
+fn full_size_legacy_torchvision_checkpoints_match_pytorch() {
+    use candle_core::ModuleT;
+    use digitlab_finetune::zoo::CreateOptions;
+    use digitlab_finetune::{create_model, WeightsSource};
+    let dir = PathBuf::from(
+        std::env::var_os("DIGITLAB_TORCHVISION_LEGACY")
+            .expect("set DIGITLAB_TORCHVISION_LEGACY to the folder make_pth_fixtures.py torchvision wrote"),
+    );
+    let reference =
+        candle_core::safetensors::load(dir.join("reference.safetensors"), &candle_core::Device::Cpu).unwrap();
+    let input = digitlab_models::InputShape {
+        channels: 3,
+        height: 224,
+        width: 224,
+    };
+    for name in ["alexnet", "resnet18"] {
+        let path = dir.join(format!("{name}-legacy.pth"));
+        let t0 = std::time::Instant::now();
+        let m = create_model(name, &WeightsSource::Local(path), 1000, &CreateOptions::new(input)).unwrap();
+        let load_s = t0.elapsed().as_secs_f64();
+        let info = m.pretrained.as_ref().unwrap();
+        assert!(
+            info.report.missing.is_empty()
+                && info.report.unexpected.is_empty()
+                && info.report.reinitialized().next().is_none(),
+            "{name}: {}",
+            info.report
+        );
+        let logits = m.model.forward_t(&reference["input"], false).unwrap();
+        let want = &reference[&format!("{name}.logits")];
+        let diff: f32 = (&logits - want)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        let scale: f32 = want.abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+        println!(
+            "{name}: loaded in {load_s:.1}s, relative max logit error {:.2e}",
+            diff / scale
+        );
+        assert!(diff / scale < 1e-4, "{name}: {}", diff / scale);
+    }
+}
