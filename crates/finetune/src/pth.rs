@@ -222,6 +222,7 @@ pub fn read_pth_from<R: Read + Seek>(
 
     let mut storages: HashMap<(String, u64), Rc<Vec<u8>>> = HashMap::new();
     let mut tensors = Vec::with_capacity(specs.len());
+    let mut budget = OutputBudget::new(archive_len);
     for (name, spec) in specs {
         let kind = spec.storage.kind;
         let needed = spec
@@ -248,9 +249,43 @@ pub fn read_pth_from<R: Read + Seek>(
             }
         };
         let tensor = materialize(&spec, &bytes, big_endian).map_err(|e| invalid(format!("tensor `{name}`: {e}")))?;
+        budget.add(&tensor).map_err(invalid)?;
         tensors.push((name, tensor));
     }
     Ok(tensors)
+}
+
+/// The bytes all returned tensors may take together: [`MAX_VIEW_EXPANSION`] times the
+/// file's size. Each tensor is bounded by its storage already, but one storage shared
+/// by many names (pickle memo references) could otherwise make a small file
+/// materialise without bound.
+struct OutputBudget {
+    limit: u64,
+    total: u64,
+}
+
+impl OutputBudget {
+    fn new(file_len: u64) -> Self {
+        Self {
+            limit: file_len.max(1).saturating_mul(MAX_VIEW_EXPANSION),
+            total: 0,
+        }
+    }
+
+    /// Counts a tensor just built; an error once the total is over the limit.
+    fn add(&mut self, t: &Tensor) -> std::result::Result<(), String> {
+        self.total = self
+            .total
+            .saturating_add((t.elem_count() as u64).saturating_mul(t.dtype().size_in_bytes() as u64));
+        if self.total > self.limit {
+            return Err(format!(
+                "the tensors add up to more than {} bytes, {MAX_VIEW_EXPANSION} times the file's size \
+                 (one storage repeated under many names?)",
+                self.limit
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Whether `module.name` is one of [`ALLOWED_CALLABLES`].

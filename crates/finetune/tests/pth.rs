@@ -621,6 +621,27 @@ fn hand_made_legacy_files() {
     let p = write("expand.pth", legacy_file(true, 1001, &exp, &["0"], &[(6, &data)]));
     assert!(invalid_reason(read_pth(&p)).contains("repeats a storage"));
 
+    // One storage under a million names (a list of memo references): refused before
+    // anything is materialised.
+    let mut many = b"\x80\x02}(".to_vec();
+    many.extend(unicode("w"));
+    many.push(b']');
+    many.push(b'(');
+    let tensor = legacy_tensor_pickle(4096, None, 0, &[4096], &[1]);
+    // The tensor expression of `{"w": T}` is between the key and the final `u.`.
+    let start = 4 + 5 + 1; // after `\x80\x02}(` and X"w"
+    many.extend_from_slice(&tensor[start..tensor.len() - 2]);
+    many.extend_from_slice(b"q\x00");
+    // 10,000 views of 16 KiB from a file of about 37 KiB.
+    for _ in 0..10_000 {
+        many.extend_from_slice(b"h\x00");
+    }
+    many.extend_from_slice(b"eu.");
+    let big = vec![0u8; 4096 * 4];
+    let p = write("many.pth", legacy_file(true, 1001, &many, &["0"], &[(4096, &big)]));
+    let e = invalid_reason(read_pth(&p));
+    assert!(e.contains("tensors add up to"), "{e}");
+
     // Header values torch never writes.
     let p = write("be.pth", legacy_file(false, 1001, &obj, &["0"], &[(6, &data)]));
     let e = read_pth(&p).unwrap_err();

@@ -34,8 +34,8 @@ use std::rc::Rc;
 use candle_core::Tensor;
 
 use super::{
-    materialize, select_tensors, well_known_alias, PickleError, PthOptions, StorageKind, StorageRef, Unpickler, Value,
-    MAX_PICKLE_BYTES,
+    materialize, select_tensors, well_known_alias, OutputBudget, PickleError, PthOptions, StorageKind, StorageRef,
+    Unpickler, Value, MAX_PICKLE_BYTES,
 };
 use crate::error::{FinetuneError, Result};
 
@@ -317,11 +317,13 @@ pub(super) fn read_legacy<R: Read + Seek>(
     }
 
     // 4. Tensors from their views of the storages (always little-endian).
+    let mut budget = OutputBudget::new(file_len);
     specs
         .into_iter()
         .map(|(name, spec)| {
             let bytes = &bytes_of[spec.storage.key.as_str()];
             let tensor = materialize(&spec, bytes, false).map_err(|e| invalid(format!("tensor `{name}`: {e}")))?;
+            budget.add(&tensor).map_err(invalid)?;
             Ok((name, tensor))
         })
         .collect()
