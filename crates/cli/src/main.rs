@@ -3,6 +3,7 @@
 mod commands;
 mod compare;
 mod device;
+mod imagenet;
 mod reproduce;
 mod theory;
 mod transfer;
@@ -83,10 +84,17 @@ enum Command {
         #[command(flatten)]
         common: Common,
     },
-    /// Classify PNG/JPEG images with a checkpoint.
+    /// Classify PNG/JPEG images with a checkpoint, or (with --model and --pretrained)
+    /// print the top-5 ImageNet classes of photos under pretrained ImageNet weights.
     Predict {
-        #[arg(long)]
-        checkpoint: PathBuf,
+        #[arg(long, required_unless_present = "model", conflicts_with = "model")]
+        checkpoint: Option<PathBuf>,
+        /// An ImageNet model name (resnet18, vgg16, alexnet, efficientnet_lite0, ...).
+        #[arg(long, requires = "pretrained")]
+        model: Option<String>,
+        /// Its weights: torchvision:NAME, hf:org/repo, or a local .pth/.safetensors file.
+        #[arg(long, requires = "model")]
+        pretrained: Option<String>,
         images: Vec<PathBuf>,
         /// Invert colours: auto (dark digit on light background is inverted), yes, no.
         #[arg(long, default_value = "auto")]
@@ -196,10 +204,16 @@ fn main() -> Result<()> {
         } => commands::eval(&checkpoint, &split, &common),
         Command::Predict {
             checkpoint,
+            model,
+            pretrained,
             images,
             invert,
             common,
-        } => commands::predict(&checkpoint, &images, &invert, &common),
+        } => match (model, pretrained, checkpoint) {
+            (Some(model), Some(pretrained), _) => imagenet::predict(&model, &pretrained, &images, &common),
+            (_, _, Some(checkpoint)) => commands::predict(&checkpoint, &images, &invert, &common),
+            _ => anyhow::bail!("predict needs --checkpoint, or --model with --pretrained"),
+        },
         Command::Theory {
             topic,
             out,

@@ -7,6 +7,7 @@
 use std::path::PathBuf;
 
 use crate::hub::HubUnavailable;
+use crate::torchhub::TorchHubUnavailable;
 use crate::weights::LoadReport;
 
 /// Result alias with [`FinetuneError`].
@@ -32,6 +33,29 @@ pub enum FinetuneError {
     /// (offline, network failure, missing file ...). The message says how to fix it.
     #[error("{0}")]
     HubUnavailable(Box<HubUnavailable>),
+
+    /// torchvision weights are not in torch.hub's cache and could not be downloaded
+    /// (offline, network failure ...). The message names the file, its URL and the folder.
+    #[error("{0}")]
+    TorchHubUnavailable(Box<TorchHubUnavailable>),
+
+    /// A file's SHA-256 does not start with the hash prefix in its name (torch.hub's
+    /// `check_hash`).
+    #[error(
+        "{}: SHA-256 {actual} does not start with `{expected_prefix}`, the hash prefix in its name, \
+         so the file is corrupt, truncated or not the published one; {note}",
+        path.display()
+    )]
+    HashMismatch {
+        /// The file (for a failed download, the name it would have had).
+        path: PathBuf,
+        /// The hex digits from the file name.
+        expected_prefix: String,
+        /// The file's SHA-256, hex.
+        actual: String,
+        /// What was done about it.
+        note: String,
+    },
 
     /// An I/O error on a given file.
     #[error("I/O error on {}: {source}", path.display())]

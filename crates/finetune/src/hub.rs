@@ -360,7 +360,8 @@ pub fn resolve(config: &HubConfig, repo: &str, revision: Option<&str>, file: Opt
 }
 
 /// Resolves any [`WeightsSource`] to a local file: `None` gives `Ok(None)`, `Local`
-/// its path (checked to exist), `Hub` goes through [`resolve`].
+/// its path (checked to exist), `Hub` goes through [`resolve`], `Torchvision`
+/// through [`crate::torchhub::resolve`] with settings from the environment.
 pub fn resolve_source(config: &HubConfig, source: &WeightsSource) -> Result<Option<PathBuf>> {
     match source {
         WeightsSource::None => Ok(None),
@@ -379,6 +380,10 @@ pub fn resolve_source(config: &HubConfig, source: &WeightsSource) -> Result<Opti
         }
         WeightsSource::Hub { repo, revision, file } => {
             resolve(config, repo, revision.as_deref(), file.as_deref()).map(Some)
+        }
+        // Not a Hugging Face file: torch.hub's cache, configured from the environment.
+        WeightsSource::Torchvision { model } => {
+            crate::torchhub::resolve(&crate::torchhub::TorchHubConfig::from_env()?, model).map(Some)
         }
     }
 }

@@ -11,6 +11,8 @@
 //!   `HF_*` environment variables or built directly) and [`hub::resolve`], which finds
 //!   a hub file in the standard Hugging Face cache and otherwise downloads it with
 //!   hf-hub, failing with a message that says how to pre-download it.
+//! - [`torchhub`]: torchvision's published ImageNet weights (`torchvision:vgg16`)
+//!   through torch.hub's checkpoint cache, hash-checked as torch.hub does.
 //! - [`pth`]: a reader for PyTorch `torch.save` checkpoints that interprets the
 //!   pickle as data only and refuses any callable outside a tensor-rebuild
 //!   allow-list (so a malicious `.pth` is rejected, never run).
@@ -21,6 +23,8 @@
 //! - [`zoo`]: [`create_model`]`(name, pretrained, num_classes, options)` — ResNet,
 //!   VGG, EfficientNet-Lite0, the ccexam SVHN CNN, LeNet-5 by name, torchvision and
 //!   timm layouts, every mismatch reported at once, the head re-initialised.
+//! - [`imagenet`]: [`imagenet_top5`] — the top-5 ImageNet classes of a photo under a
+//!   1000-class model, with torchvision's evaluation preprocessing.
 //! - [`features`]: eval-mode backbone embeddings computed once and kept in a
 //!   [`FeatureCache`] (safetensors, keyed by model, weights, data and preprocessing).
 //! - [`head`]: [`train_head`] — a new linear head trained on cached features with
@@ -66,8 +70,10 @@ pub mod error;
 pub mod features;
 pub mod head;
 pub mod hub;
+pub mod imagenet;
 pub mod pth;
 pub mod source;
+pub mod torchhub;
 pub mod transfer;
 pub mod weights;
 pub mod zoo;
@@ -77,6 +83,7 @@ pub use error::{FinetuneError, Result};
 pub use features::{CacheStats, FeatureCache, FeatureKey};
 pub use head::{train_head, HeadConfig, HeadRun, LabeledFeatures, Standardizer};
 pub use hub::{HubConfig, HubUnavailable, DEFAULT_FILE, FALLBACK_FILES};
+pub use imagenet::{imagenet_top5, RgbImage};
 pub use pth::{read_pth, read_pth_with, PthOptions};
 pub use source::WeightsSource;
 pub use transfer::{

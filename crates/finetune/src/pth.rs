@@ -49,8 +49,14 @@
 //! tuples give dotted names (`a.b.0`), non-tensor leaves (ints, strings) are skipped.
 //! Names keep the pickle's order; a repeated name keeps the last value.
 //!
-//! Legacy (pre-1.6, non-zip) checkpoints and TorchScript archives (`torch.jit.save`)
-//! are reported as unsupported.
+//! # Legacy format
+//!
+//! Files written before PyTorch 1.6 (or with `_use_new_zipfile_serialization=False`),
+//! such as torchvision's VGG and AlexNet weights, are not zip archives but five
+//! pickles in a row followed by raw storages; see [`legacy`]. They go through the
+//! same interpreter, allow-list and limits.
+//!
+//! TorchScript archives (`torch.jit.save`) are reported as unsupported.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -64,6 +70,8 @@ use zip::{CompressionMethod, ZipArchive};
 
 use crate::error::{FinetuneError, Result};
 
+pub mod legacy;
+
 /// Largest `data.pkl` accepted (state-dict pickles are kilobytes to a few megabytes).
 pub const MAX_PICKLE_BYTES: u64 = 512 << 20;
 
@@ -73,6 +81,10 @@ pub const MAX_EXPANDED_VIEW_BYTES: u64 = 256 << 20;
 
 /// Deepest nesting of pickled containers accepted.
 pub const MAX_NESTING: u32 = 200;
+
+/// A view that repeats storage elements (stride 0) may not be more than this many
+/// times larger than the bytes it reads, so the output stays in proportion to the file.
+pub const MAX_VIEW_EXPANSION: u64 = 1024;
 
 /// Most container nodes visited while flattening (shared sub-objects count each time).
 const MAX_FLATTEN_NODES: usize = 10_000_000;
@@ -161,13 +173,8 @@ pub fn read_pth_from<R: Read + Seek>(
     if got == 0 {
         return Err(invalid("the file is empty".into()));
     }
-    if magic[0] == 0x80 && got >= 2 && magic[1] <= 5 {
-        return Err(unsupported(
-            "this is the legacy (pre-PyTorch-1.6, non-zip) torch.save format; re-save it with a \
-             recent PyTorch (torch.save(torch.load(f, weights_only=True), g)) or convert it to \
-             .safetensors"
-                .into(),
-        ));
+    if legacy::looks_legacy(&magic[..got]) {
+        return legacy::read_legacy(reader, path, archive_len, options);
     }
     if &magic[..got.min(2)] != b"PK" {
         return Err(invalid(format!(
@@ -215,6 +222,7 @@ pub fn read_pth_from<R: Read + Seek>(
 
     let mut storages: HashMap<(String, u64), Rc<Vec<u8>>> = HashMap::new();
     let mut tensors = Vec::with_capacity(specs.len());
+    let mut budget = OutputBudget::new(archive_len);
     for (name, spec) in specs {
         let kind = spec.storage.kind;
         let needed = spec
@@ -241,9 +249,43 @@ pub fn read_pth_from<R: Read + Seek>(
             }
         };
         let tensor = materialize(&spec, &bytes, big_endian).map_err(|e| invalid(format!("tensor `{name}`: {e}")))?;
+        budget.add(&tensor).map_err(invalid)?;
         tensors.push((name, tensor));
     }
     Ok(tensors)
+}
+
+/// The bytes all returned tensors may take together: [`MAX_VIEW_EXPANSION`] times the
+/// file's size. Each tensor is bounded by its storage already, but one storage shared
+/// by many names (pickle memo references) could otherwise make a small file
+/// materialise without bound.
+struct OutputBudget {
+    limit: u64,
+    total: u64,
+}
+
+impl OutputBudget {
+    fn new(file_len: u64) -> Self {
+        Self {
+            limit: file_len.max(1).saturating_mul(MAX_VIEW_EXPANSION),
+            total: 0,
+        }
+    }
+
+    /// Counts a tensor just built; an error once the total is over the limit.
+    fn add(&mut self, t: &Tensor) -> std::result::Result<(), String> {
+        self.total = self
+            .total
+            .saturating_add((t.elem_count() as u64).saturating_mul(t.dtype().size_in_bytes() as u64));
+        if self.total > self.limit {
+            return Err(format!(
+                "the tensors add up to more than {} bytes, {MAX_VIEW_EXPANSION} times the file's size \
+                 (one storage repeated under many names?)",
+                self.limit
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Whether `module.name` is one of [`ALLOWED_CALLABLES`].
@@ -503,7 +545,10 @@ fn resolve_global(module: &str, name: &str) -> Option<Global> {
 struct StorageRef {
     kind: StorageKind,
     key: String,
+    /// Elements of the whole storage `key`.
     numel: u64,
+    /// A legacy storage view: `(offset, numel)` in elements within storage `key`.
+    view: Option<(u64, u64)>,
 }
 
 #[derive(Debug)]
@@ -524,12 +569,13 @@ type Pairs = Vec<(Value, Value)>;
 #[derive(Clone)]
 enum Value {
     None,
-    /// Non-tensor leaves (bools, floats, bytes) are kept only as markers: a state
-    /// dict never needs their values.
-    Bool,
+    /// Non-tensor leaves (floats, bytes) are kept only as markers: a state dict
+    /// never needs their values. Bools and big integers are kept for the legacy
+    /// header (its endianness flag and magic number).
+    Bool(bool),
     Int(i64),
-    /// An integer that does not fit in i64 (its value is not needed).
-    BigInt,
+    /// An integer that does not fit in i64: its value when it fits in i128.
+    BigInt(Option<i128>),
     Float,
     Str(Rc<str>),
     Bytes,
@@ -545,8 +591,8 @@ impl Value {
     fn kind(&self) -> &'static str {
         match self {
             Value::None => "None",
-            Value::Bool => "bool",
-            Value::Int(_) | Value::BigInt => "int",
+            Value::Bool(_) => "bool",
+            Value::Int(_) | Value::BigInt(_) => "int",
             Value::Float => "float",
             Value::Str(_) => "str",
             Value::Bytes => "bytes",
@@ -601,6 +647,11 @@ struct Unpickler<'a> {
     stack: Vec<Value>,
     marks: Vec<usize>,
     memo: HashMap<u64, Value>,
+    /// Every storage reference met, in order (the legacy reader needs them all).
+    storages: Vec<Rc<StorageRef>>,
+    /// Set when a read went past the end of `data`: how many more bytes were needed
+    /// at least (the legacy reader then retries with more of the file).
+    short_by: Option<u64>,
 }
 
 impl<'a> Unpickler<'a> {
@@ -611,12 +662,15 @@ impl<'a> Unpickler<'a> {
             stack: Vec::new(),
             marks: Vec::new(),
             memo: HashMap::new(),
+            storages: Vec::new(),
+            short_by: None,
         }
     }
 
     fn take(&mut self, n: u64) -> PResult<&'a [u8]> {
         let remaining = (self.data.len() - self.pos) as u64;
         if n > remaining {
+            self.short_by = Some(n - remaining);
             return bad(format!(
                 "truncated pickle: {n} bytes needed at offset {} but only {remaining} remain",
                 self.pos
@@ -640,6 +694,7 @@ impl<'a> Unpickler<'a> {
     fn line(&mut self) -> PResult<&'a str> {
         let rest = &self.data[self.pos..];
         let Some(end) = rest.iter().position(|&b| b == b'\n') else {
+            self.short_by = Some(1);
             return bad(format!("truncated pickle: unterminated line at offset {}", self.pos));
         };
         self.pos += end + 1;
@@ -772,11 +827,12 @@ impl<'a> Unpickler<'a> {
         let line = self.line()?;
         let digits = line.strip_suffix('L').unwrap_or(line);
         match digits {
-            "00" | "01" => Ok(Value::Bool),
+            "00" => Ok(Value::Bool(false)),
+            "01" => Ok(Value::Bool(true)),
             d => match d.parse::<i64>() {
                 Ok(v) => Ok(Value::Int(v)),
                 Err(_) if !d.is_empty() && d.trim_start_matches('-').bytes().all(|b| b.is_ascii_digit()) => {
-                    Ok(Value::BigInt)
+                    Ok(Value::BigInt(d.parse::<i128>().ok()))
                 }
                 Err(_) => bad(format!("bad integer literal {d:?}")),
             },
@@ -787,16 +843,21 @@ impl<'a> Unpickler<'a> {
         if bytes.is_empty() {
             return Value::Int(0);
         }
-        if bytes.len() > 8 {
-            return Value::BigInt;
+        if bytes.len() > 16 {
+            return Value::BigInt(None);
         }
+        // Two's complement, little-endian, sign-extended.
         let mut buf = if bytes[bytes.len() - 1] & 0x80 != 0 {
-            [0xffu8; 8]
+            [0xffu8; 16]
         } else {
-            [0u8; 8]
+            [0u8; 16]
         };
         buf[..bytes.len()].copy_from_slice(bytes);
-        Value::Int(i64::from_le_bytes(buf))
+        let v = i128::from_le_bytes(buf);
+        match i64::try_from(v) {
+            Ok(v) => Value::Int(v),
+            Err(_) => Value::BigInt(Some(v)),
+        }
     }
 
     fn string(&self, bytes: &[u8]) -> PResult<Value> {
@@ -806,11 +867,13 @@ impl<'a> Unpickler<'a> {
         }
     }
 
-    /// Runs the pickle to its STOP opcode and returns the result.
-    fn run(mut self) -> PResult<Value> {
+    /// Runs the pickle to its STOP opcode and returns the result; [`Self::pos`] is
+    /// then just past the STOP.
+    fn run(&mut self) -> PResult<Value> {
         loop {
             let at = self.pos;
             let Some(&op) = self.data.get(self.pos) else {
+                self.short_by = Some(1);
                 return bad("pickle ended without a STOP opcode (truncated)");
             };
             self.pos += 1;
@@ -843,7 +906,8 @@ impl<'a> Unpickler<'a> {
                     self.push(v);
                 }
                 b'N' => self.push(Value::None),
-                0x88 | 0x89 => self.push(Value::Bool),
+                0x88 => self.push(Value::Bool(true)),
+                0x89 => self.push(Value::Bool(false)),
                 b'I' | b'L' => {
                     let v = self.int_line()?;
                     self.push(v);
@@ -1217,34 +1281,60 @@ impl<'a> Unpickler<'a> {
         }
     }
 
-    /// `persistent_load` for torch's `("storage", StorageClass, key, location, numel)`.
-    fn persistent_load(&self, pid: Value) -> PResult<Value> {
+    /// `persistent_load` for torch's `("storage", StorageClass, key, location, numel)`
+    /// (zip format) and `(..., numel, view_metadata)` (legacy format, where
+    /// `view_metadata` is `None` or `(view_key, offset, view_numel)`).
+    fn persistent_load(&mut self, pid: Value) -> PResult<Value> {
         let Some(items) = pid.items() else {
             return bad(format!("persistent id is a {}, not a tuple", pid.kind()));
         };
-        match items.as_slice() {
-            [Value::Str(tag), Value::Global(Global::Storage(kind)), key, _location, numel] if &**tag == "storage" => {
-                let key = match key {
-                    Value::Str(s) => s.to_string(),
-                    Value::Int(i) => i.to_string(),
-                    other => return bad(format!("storage key is a {}", other.kind())),
-                };
-                if key.is_empty() || key.contains(['/', '\\']) || key == "." || key == ".." {
-                    return bad(format!("invalid storage key {key:?}"));
-                }
-                let numel = match numel {
-                    Value::Int(n) if *n >= 0 => *n as u64,
-                    _ => return bad("storage size is not a non-negative int"),
-                };
-                Ok(Value::Storage(Rc::new(StorageRef {
-                    kind: *kind,
-                    key,
-                    numel,
-                })))
+        let (tag, kind, key, numel, view) = match items.as_slice() {
+            [Value::Str(tag), Value::Global(Global::Storage(kind)), key, _location, numel] => {
+                (tag, *kind, key, numel, &Value::None)
             }
-            _ => bad("persistent id is not a torch storage reference (\"storage\", type, key, location, size)"),
+            [Value::Str(tag), Value::Global(Global::Storage(kind)), key, _location, numel, view] => {
+                (tag, *kind, key, numel, view)
+            }
+            _ => return bad("persistent id is not a torch storage reference (\"storage\", type, key, location, size)"),
+        };
+        if &**tag != "storage" {
+            return bad(format!(
+                "persistent id of kind {tag:?}; only \"storage\" is read (whole pickled modules are not)"
+            ));
         }
+        let key = storage_key(key)?;
+        let numel = match numel {
+            Value::Int(n) if *n >= 0 => *n as u64,
+            _ => return bad("storage size is not a non-negative int"),
+        };
+        let view = match view {
+            Value::None => None,
+            v => match v.items().as_deref() {
+                Some([view_key, Value::Int(offset), Value::Int(size)]) if *offset >= 0 && *size >= 0 => {
+                    storage_key(view_key)?;
+                    Some((*offset as u64, *size as u64))
+                }
+                _ => return bad("storage view metadata is not (key, offset, size)"),
+            },
+        };
+        let storage = Rc::new(StorageRef { kind, key, numel, view });
+        self.storages.push(storage.clone());
+        Ok(Value::Storage(storage))
     }
+}
+
+/// A storage key (a string, or an int in some writers), checked to be a plain name
+/// since the zip format uses it as an entry name.
+fn storage_key(key: &Value) -> PResult<String> {
+    let key = match key {
+        Value::Str(s) => s.to_string(),
+        Value::Int(i) => i.to_string(),
+        other => return bad(format!("storage key is a {}", other.kind())),
+    };
+    if key.is_empty() || key.contains(['/', '\\']) || key == "." || key == ".." {
+        return bad(format!("invalid storage key {key:?}"));
+    }
+    Ok(key)
 }
 
 fn int_tuple(v: &Value, what: &str) -> PResult<Vec<u64>> {
@@ -1403,7 +1493,20 @@ fn flatten(
 fn materialize(spec: &TensorSpec, bytes: &[u8], big_endian: bool) -> std::result::Result<Tensor, String> {
     let kind = spec.storage.kind;
     let elem = kind.elem_size() as usize;
-    let storage_numel = spec.storage.numel;
+    // A legacy storage view narrows the bytes first.
+    let (base, storage_numel) = spec.storage.view.unwrap_or((0, spec.storage.numel));
+    let end = base
+        .checked_add(storage_numel)
+        .filter(|&e| e <= spec.storage.numel)
+        .and_then(|e| e.checked_mul(elem as u64))
+        .filter(|&e| e <= bytes.len() as u64)
+        .ok_or_else(|| {
+            format!(
+                "storage view (offset {base}, {storage_numel} elements) reaches past its storage of {} elements",
+                spec.storage.numel
+            )
+        })?;
+    let bytes = &bytes[(base * elem as u64) as usize..end as usize];
     let numel = spec
         .size
         .iter()
@@ -1438,10 +1541,14 @@ fn materialize(spec: &TensorSpec, bytes: &[u8], big_endian: bool) -> std::result
         ));
     }
     let out_bytes = numel.checked_mul(elem as u64).ok_or("byte count overflows")?;
-    if numel > storage_numel && out_bytes > MAX_EXPANDED_VIEW_BYTES {
+    let read_bytes = storage_numel.saturating_mul(elem as u64);
+    if numel > storage_numel
+        && (out_bytes > MAX_EXPANDED_VIEW_BYTES || out_bytes > read_bytes.saturating_mul(MAX_VIEW_EXPANSION))
+    {
         return Err(format!(
             "view of size {:?} repeats a storage of {storage_numel} elements into {out_bytes} bytes \
-             (more than the {MAX_EXPANDED_VIEW_BYTES} accepted)",
+             (more than the {MAX_EXPANDED_VIEW_BYTES} bytes or {MAX_VIEW_EXPANSION} times the storage \
+             accepted)",
             spec.size
         ));
     }
@@ -1532,6 +1639,27 @@ mod tests {
     }
 
     #[test]
+    fn big_integers_and_bools_keep_their_values() {
+        // LONG1 with the 10-byte legacy magic number, protocol 2.
+        let Ok(Value::BigInt(Some(v))) = run(b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19.") else {
+            panic!("expected a big int");
+        };
+        assert_eq!(v, 0x1950a86a20f9469cfc6c);
+        // The same as a text LONG (protocol 0), and a negative LONG1.
+        let Ok(Value::BigInt(Some(v))) = run(b"L119547037146038801333356L\n.") else {
+            panic!("expected a big int");
+        };
+        assert_eq!(v, 0x1950a86a20f9469cfc6c);
+        assert!(matches!(run(b"\x8a\x02\x00\x80."), Ok(Value::Int(-32768))));
+        assert!(matches!(
+            run(b"\x8a\x11\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x01."),
+            Ok(Value::BigInt(None))
+        ));
+        assert!(matches!(run(b"\x88."), Ok(Value::Bool(true))));
+        assert!(matches!(run(b"I00\n."), Ok(Value::Bool(false))));
+    }
+
+    #[test]
     fn refuses_unknown_globals_immediately() {
         let Err(PickleError::Refused { callable }) = run(b"cposix\nsystem\n(S'echo'\ntR.") else {
             panic!("expected refusal");
@@ -1616,6 +1744,7 @@ mod tests {
             kind: StorageKind::U8,
             key: "0".into(),
             numel: 12,
+            view: None,
         });
         let bytes: Vec<u8> = (0..12).collect();
         // base.reshape(3, 4).t() -> shape [4, 3], stride [1, 4]

@@ -1,4 +1,5 @@
-//! Where pretrained weights come from: nowhere, the Hugging Face hub, or a local file.
+//! Where pretrained weights come from: nowhere, the Hugging Face hub, torchvision's
+//! published files, or a local file.
 //!
 //! [`WeightsSource`] parses from the strings a user types (CLI flags, config files):
 //!
@@ -9,6 +10,7 @@
 //! | `hf:timm/resnet18.a1_in1k@v1.0` | hub repo at a branch, tag or commit hash |
 //! | `hf:timm/resnet18.a1_in1k@main:pytorch_model.bin` | ... and a specific file |
 //! | `timm/resnet18.a1_in1k` | hub repo too: one `/` and not an existing path |
+//! | `torchvision:vgg16`, `torchvision:resnet18`, ... | [`WeightsSource::Torchvision`]: the IMAGENET1K_V1 file via torch.hub's cache ([`crate::torchhub`]) |
 //! | `weights/resnet18.safetensors`, `x.pth`, `x.pt`, `x.bin` | [`WeightsSource::Local`] |
 //! | `file:some/path` or any existing path | [`WeightsSource::Local`] |
 //!
@@ -46,6 +48,12 @@ pub enum WeightsSource {
     },
     /// A local `.safetensors` or PyTorch checkpoint file.
     Local(PathBuf),
+    /// torchvision's published ImageNet weights of `model` (a name of
+    /// [`crate::torchhub::TORCHVISION_WEIGHTS`], e.g. `vgg16`).
+    Torchvision {
+        /// Canonical model name.
+        model: String,
+    },
 }
 
 impl WeightsSource {
@@ -74,6 +82,12 @@ impl WeightsSource {
         }
         if let Some(rest) = strip_prefix_ci(s, "hf://").or_else(|| strip_prefix_ci(s, "hf:")) {
             return parse_hub(rest).map_err(err);
+        }
+        if let Some(rest) = strip_prefix_ci(s, "torchvision:") {
+            let model = crate::torchhub::canonical_model(rest).map_err(err)?;
+            return Ok(Self::Torchvision {
+                model: model.to_string(),
+            });
         }
         if let Some(rest) = strip_prefix_ci(s, "file:") {
             if rest.is_empty() {
@@ -108,8 +122,8 @@ impl WeightsSource {
 }
 
 fn accepted_forms() -> String {
-    "expected `none`, `hf:org/name[@revision][:file]`, `org/name`, or a path to a \
-     .safetensors/.pth/.pt/.bin file"
+    "expected `none`, `hf:org/name[@revision][:file]`, `org/name`, `torchvision:<model>`, or a \
+     path to a .safetensors/.pth/.pt/.bin file"
         .to_string()
 }
 
@@ -255,6 +269,7 @@ impl fmt::Display for WeightsSource {
                 }
                 Ok(())
             }
+            Self::Torchvision { model } => write!(f, "torchvision:{model}"),
             Self::Local(path) => {
                 if has_weight_extension(path) {
                     write!(f, "{}", path.display())
@@ -308,6 +323,19 @@ mod tests {
     }
 
     #[test]
+    fn parses_torchvision_names() {
+        let tv = |m: &str| WeightsSource::Torchvision { model: m.into() };
+        assert_eq!(parse("torchvision:vgg16").unwrap(), tv("vgg16"));
+        assert_eq!(parse("TorchVision:ResNet18").unwrap(), tv("resnet18"));
+        assert_eq!(parse("torchvision:vgg16-bn").unwrap(), tv("vgg16_bn"));
+        assert_eq!(parse("torchvision:alexnet").unwrap().to_string(), "torchvision:alexnet");
+        for bad in ["torchvision:", "torchvision:resnet152", "torchvision:../x"] {
+            let e = parse(bad).unwrap_err().to_string();
+            assert!(e.contains("valid: alexnet, resnet18"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn parses_local_paths() {
         for s in ["w.safetensors", "dir/x.pth", "/abs/y.PT", "pytorch_model.bin"] {
             assert_eq!(parse(s).unwrap(), WeightsSource::Local(s.into()), "{s}");
@@ -353,6 +381,7 @@ mod tests {
             "hf:timm/resnet18.a1_in1k@main:model.safetensors",
             "weights/r.safetensors",
             "file:weights/dir",
+            "torchvision:vgg19_bn",
         ] {
             let src = parse(s).unwrap();
             assert_eq!(src.to_string(), s);

@@ -54,7 +54,7 @@ pub fn detect_format(path: impl AsRef<Path>) -> Result<WeightsFormat> {
         }
     }
     let head = &head[..got];
-    if head.starts_with(b"PK") {
+    if head.starts_with(b"PK") || crate::pth::legacy::looks_legacy(head) {
         return Ok(WeightsFormat::PyTorch);
     }
     if head.len() == 9 && head[8] == b'{' {
@@ -67,11 +67,6 @@ pub fn detect_format(path: impl AsRef<Path>) -> Result<WeightsFormat> {
         .unwrap_or_default();
     let detail = if head.is_empty() {
         format!("the file is empty{ext}")
-    } else if head[0] == 0x80 {
-        format!(
-            "starts like a bare pickle: the legacy pre-1.6 torch.save format, which is not \
-             supported{ext}"
-        )
     } else {
         format!("starts with bytes {head:02x?}{ext}")
     };

@@ -8,6 +8,7 @@
 //! | `resnet18`, `resnet34`, `resnet50`, `resnet101` | torchvision ResNet | 3x224x224, ImageNet mean/std |
 //! | `resnet18_cifar`, ... `resnet101_cifar` | the same with the 3x3 stride-1 stem (no pretrained weights exist) | the data's |
 //! | `vgg11`, `vgg13`, `vgg16`, `vgg19` and `..._bn` | torchvision VGG | 3x224x224, ImageNet mean/std |
+//! | `alexnet` | torchvision AlexNet (at least 63 px) | 3x224x224, ImageNet mean/std |
 //! | `efficientnet_lite0` | EfficientNet-Lite0, `efficientnet_pytorch` names | 3x224x224, ImageNet mean/std |
 //! | `ccexam_svhn_cnn` | the ccexam SVHN CNN ([`ModelConfig::SmallCnn`]) | 3x32x32, the SVHN mean/std it was trained with |
 //! | `small_cnn` | the same architecture, for training from scratch | the data's |
@@ -41,7 +42,9 @@
 //!   `model.` prefix: the prefix is stripped when every name has it.
 //!
 //! Files may be `.safetensors` or PyTorch `torch.save` checkpoints (`.pth`, `.pt`,
-//! `.bin`, read safely by [`crate::pth`]), from the hub or local paths
+//! `.bin`, zip or legacy format, read safely by [`crate::pth`]), from the hub,
+//! torchvision's published files (`torchvision:vgg16`, through torch.hub's cache:
+//! [`crate::torchhub`], settings from the environment) or local paths
 //! ([`WeightsSource`]).
 //!
 //! # Loading
@@ -72,6 +75,7 @@ use sha2::{Digest, Sha256};
 use crate::error::{FinetuneError, Result};
 use crate::hub::{self, HubConfig};
 use crate::source::WeightsSource;
+use crate::torchhub::{self, TorchHubConfig};
 use crate::weights::{
     check_shapes, detect_format, load_weights, strip_common_prefixes, LoadReport, WeightsFormat,
     DEFAULT_IGNORED_SUFFIXES, DEFAULT_STRIP_PREFIXES,
@@ -98,6 +102,7 @@ pub const MODEL_NAMES: &[&str] = &[
     "vgg13_bn",
     "vgg16_bn",
     "vgg19_bn",
+    "alexnet",
     "efficientnet_lite0",
 ];
 
@@ -168,6 +173,7 @@ pub fn resolve_arch(name: &str) -> Result<Arch> {
         "small_cnn" => arch(ModelConfig::SmallCnn, None, None),
         "ccexam_svhn_cnn" => arch(ModelConfig::SmallCnn, rgb(32), Some(svhn_normalization())),
         "efficientnet_lite0" => arch(ModelConfig::EfficientnetLite0, rgb(224), imagenet),
+        "alexnet" => arch(ModelConfig::Alexnet, rgb(224), imagenet),
         r if r.starts_with("resnet") => {
             let (depth, cifar_stem) = match r.strip_suffix("_cifar") {
                 Some(d) => (d, true),
@@ -477,6 +483,7 @@ pub fn create_model(
             hub::resolve_source(&config, pretrained)?
         }
         WeightsSource::Local(_) => hub::resolve_source(&HubConfig::new("."), pretrained)?,
+        WeightsSource::Torchvision { model } => Some(torchhub::resolve(&TorchHubConfig::from_env()?, model)?),
     };
 
     let map = VarMap::new();
@@ -595,9 +602,11 @@ mod tests {
         for name in MODEL_NAMES {
             assert_eq!(resolve_arch(name).unwrap().name, *name);
         }
-        let e = resolve_arch("alexnet").unwrap_err().to_string();
+        assert_eq!(resolve_arch("AlexNet").unwrap().config, ModelConfig::Alexnet);
+        assert_eq!(resolve_arch("alexnet").unwrap().native_input, rgb(224));
+        let e = resolve_arch("googlenet").unwrap_err().to_string();
         assert!(
-            e.contains("alexnet") && e.contains("resnet18") && e.contains("vgg16_bn"),
+            e.contains("googlenet") && e.contains("resnet18") && e.contains("vgg16_bn") && e.contains("alexnet"),
             "{e}"
         );
         assert!(resolve_arch("resnet20").is_err());

@@ -1,5 +1,6 @@
 //! PyTorch checkpoint reading on real `torch.save` fixtures (written by
-//! `tests/fixtures/make_pth_fixtures.py`) and on hand-crafted corrupt archives.
+//! `tests/fixtures/make_pth_fixtures.py`, zip and legacy format) and on
+//! hand-crafted corrupt files.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -222,13 +223,11 @@ fn truncated_and_corrupt_archives_give_clear_errors() {
     std::fs::write(&p, b"hello, not a checkpoint").unwrap();
     assert!(invalid_reason(read_pth(&p)).contains("not a zip archive"));
 
+    // A legacy file cut after its magic number.
     let p = dir.path().join("legacy.pth");
     std::fs::write(&p, b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19.").unwrap();
-    let e = read_pth(&p).unwrap_err();
-    assert!(
-        matches!(e, FinetuneError::UnsupportedCheckpoint { .. }) && e.to_string().contains("legacy"),
-        "{e}"
-    );
+    let e = invalid_reason(read_pth(&p));
+    assert!(e.contains("legacy") && e.contains("protocol version"), "{e}");
 
     let missing = dir.path().join("does-not-exist.pth");
     assert!(matches!(read_pth(&missing).unwrap_err(), FinetuneError::Io { .. }));
@@ -409,4 +408,312 @@ fn lying_sizes_are_refused_without_huge_allocations() {
     std::fs::write(&p, bytes).unwrap();
     let e = read_pth(&p).unwrap_err();
     assert!(e.to_string().contains("TorchScript"), "{e}");
+}
+
+// ---- legacy (pre-1.6) format ---------------------------------------------------------
+
+/// Every tensor as (name, dtype, dims, values as f64).
+fn contents(v: &[(String, Tensor)]) -> Vec<(String, DType, Vec<usize>, Vec<f64>)> {
+    v.iter()
+        .map(|(n, t)| {
+            let values = t
+                .to_dtype(DType::F64)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f64>()
+                .unwrap();
+            (n.clone(), t.dtype(), t.dims().to_vec(), values)
+        })
+        .collect()
+}
+
+#[test]
+fn legacy_checkpoint_loads_the_same_tensors_as_the_zip_one() {
+    // good.pth and legacy.pth hold the same checkpoint (see make_pth_fixtures.py),
+    // whose values good_checkpoint_loads_with_exact_values checks one by one.
+    let zip = read_pth(fixture("good.pth")).unwrap();
+    let legacy = read_pth(fixture("legacy.pth")).unwrap();
+    assert_eq!(legacy.len(), 15);
+    assert_eq!(contents(&legacy), contents(&zip));
+    let m = as_map(legacy);
+    assert_eq!(m["view.sliced"].to_vec2::<f32>().unwrap(), [[4.0, 6.0], [8.0, 10.0]]);
+    assert_eq!(m["1.num_batches_tracked"].to_scalar::<i64>().unwrap(), 7);
+
+    let opts = PthOptions {
+        key: Some("param".into()),
+    };
+    let t = read_pth_with(fixture("legacy.pth"), &opts).unwrap();
+    assert_eq!(t[0].0, "param");
+    assert_eq!(f32s(&t[0].1), [3.0, 4.0]);
+
+    // Protocol 4 (FRAME, MEMOIZE, STACK_GLOBAL) in the legacy layout.
+    let m = as_map(read_pth(fixture("legacy_proto4.pth")).unwrap());
+    assert_eq!(m["fc.weight"].to_vec2::<f32>().unwrap(), [[1.0, 2.0], [3.0, 4.0]]);
+    assert_eq!(m["fc.bias"].to_vec1::<f32>().unwrap(), [0.5, -0.5]);
+    // And through load_weights (format detected from the first bytes).
+    assert_eq!(load_weights(fixture("legacy.pth")).unwrap().len(), 15);
+    assert_eq!(
+        digitlab_finetune::detect_format(fixture("legacy.pth")).unwrap(),
+        digitlab_finetune::WeightsFormat::PyTorch
+    );
+}
+
+#[test]
+fn legacy_malicious_os_system_is_refused() {
+    assert_refused(&fixture("legacy_malicious.pth"), "posix.system", Some("os.system"));
+}
+
+#[test]
+fn every_truncation_and_byte_flip_of_a_legacy_file_is_handled() {
+    let good = std::fs::read(fixture("legacy.pth")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("cut.pth");
+    // The file ends right after its last storage: any cut loses data.
+    for cut in 2..good.len() {
+        std::fs::write(&p, &good[..cut]).unwrap();
+        let e = invalid_reason(read_pth(&p));
+        assert!(e.contains("legacy") && e.contains("cut.pth"), "cut at {cut}: {e}");
+    }
+    // A flipped byte gives an error or (inside storage bytes) other values, never a panic.
+    let mut loaded = 0;
+    for at in (0..good.len()).step_by(3) {
+        let mut bad = good.clone();
+        bad[at] ^= 0x5a;
+        std::fs::write(&p, &bad).unwrap();
+        if read_pth(&p).is_ok() {
+            loaded += 1;
+        }
+    }
+    assert!(loaded > 0, "no flip inside the storages loaded");
+}
+
+fn binunicode(s: &str) -> Vec<u8> {
+    unicode(s)
+}
+
+/// A legacy file: the header pickles, `object`, the key list, then each storage.
+fn legacy_file(
+    little_endian: bool,
+    protocol_version: u16,
+    object: &[u8],
+    keys: &[&str],
+    storages: &[(u64, &[u8])],
+) -> Vec<u8> {
+    let mut f = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19.".to_vec();
+    f.extend_from_slice(b"\x80\x02M");
+    f.extend_from_slice(&protocol_version.to_le_bytes());
+    f.push(b'.');
+    f.extend_from_slice(b"\x80\x02}(");
+    f.extend(binunicode("little_endian"));
+    f.push(if little_endian { 0x88 } else { 0x89 });
+    f.extend_from_slice(b"u.");
+    f.extend_from_slice(object);
+    f.extend_from_slice(b"\x80\x02](");
+    for k in keys {
+        f.extend(binunicode(k));
+    }
+    f.extend_from_slice(b"e.");
+    for (count, bytes) in storages {
+        f.extend_from_slice(&count.to_le_bytes());
+        f.extend_from_slice(bytes);
+    }
+    f
+}
+
+/// `{"w": _rebuild_tensor_v2(storage, offset, size, stride, ...)}` whose storage `"0"`
+/// (numel elements of float32) is referenced with the legacy 6-tuple persistent id,
+/// optionally as a view `(view_offset, view_numel)`.
+fn legacy_tensor_pickle(numel: i64, view: Option<(i64, i64)>, offset: i64, size: &[i64], stride: &[i64]) -> Vec<u8> {
+    let mut p = b"\x80\x02}(".to_vec();
+    p.extend(unicode("w"));
+    p.extend_from_slice(b"ctorch._utils\n_rebuild_tensor_v2\n((");
+    p.extend(unicode("storage"));
+    p.extend_from_slice(b"ctorch\nFloatStorage\n");
+    p.extend(unicode("0"));
+    p.extend(unicode("cpu"));
+    p.extend(long1(numel));
+    match view {
+        None => p.push(b'N'),
+        Some((o, n)) => {
+            p.push(b'(');
+            p.extend(unicode("0v"));
+            p.extend(long1(o));
+            p.extend(long1(n));
+            p.push(b't');
+        }
+    }
+    p.extend_from_slice(b"tQ");
+    p.extend(long1(offset));
+    p.push(b'(');
+    for s in size {
+        p.extend(long1(*s));
+    }
+    p.extend_from_slice(b"t(");
+    for s in stride {
+        p.extend(long1(*s));
+    }
+    p.extend_from_slice(b"t\x89ccollections\nOrderedDict\n)RtRu.");
+    p
+}
+
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|f| f.to_le_bytes()).collect()
+}
+
+#[test]
+fn hand_made_legacy_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, bytes: Vec<u8>| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p
+    };
+    let data = f32_bytes(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+    let obj = legacy_tensor_pickle(6, None, 1, &[2, 2], &[2, 1]);
+    let p = write("ok.pth", legacy_file(true, 1001, &obj, &["0"], &[(6, &data)]));
+    assert_eq!(
+        read_pth(&p).unwrap()[0].1.to_vec2::<f32>().unwrap(),
+        [[2.0, 3.0], [4.0, 5.0]]
+    );
+
+    // A PyTorch 0.x storage view: elements 2..5 of storage "0", then offset 1 in it.
+    let obj = legacy_tensor_pickle(6, Some((2, 3)), 1, &[2], &[1]);
+    let p = write("view.pth", legacy_file(true, 1001, &obj, &["0"], &[(6, &data)]));
+    assert_eq!(read_pth(&p).unwrap()[0].1.to_vec1::<f32>().unwrap(), [4.0, 5.0]);
+    // A view reaching past its storage, and a tensor reaching past its view.
+    let obj = legacy_tensor_pickle(6, Some((4, 3)), 0, &[1], &[1]);
+    let p = write("view_oob.pth", legacy_file(true, 1001, &obj, &["0"], &[(6, &data)]));
+    assert!(invalid_reason(read_pth(&p)).contains("reaches past its storage"));
+    let obj = legacy_tensor_pickle(6, Some((2, 3)), 1, &[3], &[1]);
+    let p = write("view_oob2.pth", legacy_file(true, 1001, &obj, &["0"], &[(6, &data)]));
+    assert!(invalid_reason(read_pth(&p)).contains("reads element"));
+
+    let obj = legacy_tensor_pickle(6, None, 0, &[6], &[1]);
+    // The raw element count disagrees with the pickle.
+    let p = write("count.pth", legacy_file(true, 1001, &obj, &["0"], &[(5, &data)]));
+    let e = invalid_reason(read_pth(&p));
+    assert!(e.contains("gives 5 elements") && e.contains("the pickle 6"), "{e}");
+    // Storage bytes missing at the end.
+    let p = write("short.pth", legacy_file(true, 1001, &obj, &["0"], &[(6, &data[..20])]));
+    let e = invalid_reason(read_pth(&p));
+    assert!(e.contains("needs 24 bytes") && e.contains("truncated"), "{e}");
+    // Key list and persistent ids disagree.
+    let p = write("nokey.pth", legacy_file(true, 1001, &obj, &[], &[]));
+    assert!(invalid_reason(read_pth(&p)).contains("missing from the storage key list"));
+    let p = write(
+        "extrakey.pth",
+        legacy_file(true, 1001, &obj, &["0", "9"], &[(6, &data)]),
+    );
+    assert!(invalid_reason(read_pth(&p)).contains("does not use"));
+    let p = write("twice.pth", legacy_file(true, 1001, &obj, &["0", "0"], &[(6, &data)]));
+    assert!(invalid_reason(read_pth(&p)).contains("listed twice"));
+    // 2^40 floats claimed (and "confirmed" by the count): refused before allocating.
+    let huge = legacy_tensor_pickle(1 << 40, None, 0, &[1 << 20, 1 << 20], &[1 << 20, 1]);
+    let p = write("huge.pth", legacy_file(true, 1001, &huge, &["0"], &[(1 << 40, &data)]));
+    let e = invalid_reason(read_pth(&p));
+    assert!(
+        e.contains("needs 4398046511104 bytes") && e.contains("only 24 remain"),
+        "{e}"
+    );
+    // A stride-0 view expanding 6 floats a million times.
+    let exp = legacy_tensor_pickle(6, None, 0, &[1 << 20, 6], &[0, 1]);
+    let p = write("expand.pth", legacy_file(true, 1001, &exp, &["0"], &[(6, &data)]));
+    assert!(invalid_reason(read_pth(&p)).contains("repeats a storage"));
+
+    // One storage under a million names (a list of memo references): refused before
+    // anything is materialised.
+    let mut many = b"\x80\x02}(".to_vec();
+    many.extend(unicode("w"));
+    many.push(b']');
+    many.push(b'(');
+    let tensor = legacy_tensor_pickle(4096, None, 0, &[4096], &[1]);
+    // The tensor expression of `{"w": T}` is between the key and the final `u.`.
+    let start = 4 + 5 + 1; // after `\x80\x02}(` and X"w"
+    many.extend_from_slice(&tensor[start..tensor.len() - 2]);
+    many.extend_from_slice(b"q\x00");
+    // 10,000 views of 16 KiB from a file of about 37 KiB.
+    for _ in 0..10_000 {
+        many.extend_from_slice(b"h\x00");
+    }
+    many.extend_from_slice(b"eu.");
+    let big = vec![0u8; 4096 * 4];
+    let p = write("many.pth", legacy_file(true, 1001, &many, &["0"], &[(4096, &big)]));
+    let e = invalid_reason(read_pth(&p));
+    assert!(e.contains("tensors add up to"), "{e}");
+
+    // Header values torch never writes.
+    let p = write("be.pth", legacy_file(false, 1001, &obj, &["0"], &[(6, &data)]));
+    let e = read_pth(&p).unwrap_err();
+    assert!(
+        matches!(e, FinetuneError::UnsupportedCheckpoint { .. }) && e.to_string().contains("big-endian"),
+        "{e}"
+    );
+    let p = write("proto.pth", legacy_file(true, 1000, &obj, &["0"], &[(6, &data)]));
+    let e = read_pth(&p).unwrap_err();
+    assert!(
+        matches!(e, FinetuneError::UnsupportedCheckpoint { .. }) && e.to_string().contains("version 1000"),
+        "{e}"
+    );
+    let p = write("notmagic.pth", b"\x80\x02K\x01.".to_vec());
+    assert!(invalid_reason(read_pth(&p)).contains("magic number"));
+
+    // An object pickle far larger than the first 64 KiB window.
+    let mut big = b"\x80\x02}(".to_vec();
+    big.extend(unicode("pad"));
+    big.extend(unicode(&"x".repeat(300_000)));
+    big.extend_from_slice(&legacy_tensor_pickle(6, None, 0, &[6], &[1])[4..]);
+    let p = write("bigpickle.pth", legacy_file(true, 1001, &big, &["0"], &[(6, &data)]));
+    let t = read_pth(&p).unwrap();
+    assert_eq!(t.len(), 1);
+    assert_eq!(f32s(&t[0].1), [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+}
+
+#[test]
+#[ignore = "needs full-size legacy torchvision files: `python3 crates/finetune/tests/fixtures/make_pth_fixtures.py torchvision DIR`, then DIGITLAB_TORCHVISION_LEGACY=DIR cargo test --release --workspace --test pth -- --ignored"]
+fn full_size_legacy_torchvision_checkpoints_match_pytorch() {
+    use candle_core::ModuleT;
+    use digitlab_finetune::zoo::CreateOptions;
+    use digitlab_finetune::{create_model, WeightsSource};
+    let dir = PathBuf::from(
+        std::env::var_os("DIGITLAB_TORCHVISION_LEGACY")
+            .expect("set DIGITLAB_TORCHVISION_LEGACY to the folder make_pth_fixtures.py torchvision wrote"),
+    );
+    let reference =
+        candle_core::safetensors::load(dir.join("reference.safetensors"), &candle_core::Device::Cpu).unwrap();
+    let input = digitlab_models::InputShape {
+        channels: 3,
+        height: 224,
+        width: 224,
+    };
+    for name in ["alexnet", "resnet18"] {
+        let path = dir.join(format!("{name}-legacy.pth"));
+        let t0 = std::time::Instant::now();
+        let m = create_model(name, &WeightsSource::Local(path), 1000, &CreateOptions::new(input)).unwrap();
+        let load_s = t0.elapsed().as_secs_f64();
+        let info = m.pretrained.as_ref().unwrap();
+        assert!(
+            info.report.missing.is_empty()
+                && info.report.unexpected.is_empty()
+                && info.report.reinitialized().next().is_none(),
+            "{name}: {}",
+            info.report
+        );
+        let logits = m.model.forward_t(&reference["input"], false).unwrap();
+        let want = &reference[&format!("{name}.logits")];
+        let diff: f32 = (&logits - want)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        let scale: f32 = want.abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+        println!(
+            "{name}: loaded in {load_s:.1}s, relative max logit error {:.2e}",
+            diff / scale
+        );
+        assert!(diff / scale < 1e-4, "{name}: {}", diff / scale);
+    }
 }

@@ -146,10 +146,15 @@ fn every_mismatch_is_reported_at_once() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("3 input channels") && e.contains("has 1"), "{e}");
+    let e = create_model("googlenet", &WeightsSource::None, 10, &opts(RGB32))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("unknown model `googlenet`") && e.contains("resnet50"), "{e}");
+    // AlexNet's stride-2 pools need 63 px: 32 px is refused before any weights load.
     let e = create_model("alexnet", &WeightsSource::None, 10, &opts(RGB32))
         .unwrap_err()
         .to_string();
-    assert!(e.contains("unknown model `alexnet`") && e.contains("resnet50"), "{e}");
+    assert!(e.contains("alexnet") && e.contains("at least 63x63"), "{e}");
 }
 
 #[test]

@@ -7,7 +7,7 @@
 //! - convolutional networks with torchvision / timm / `efficientnet_pytorch` tensor
 //!   names, so their PyTorch checkpoints load by name: [`LeNet5`], [`SmallCnn`]
 //!   (the ccexam SVHN CNN), [`ResNet`] 18/34/50/101, [`Vgg`] 11/13/16/19 (with or
-//!   without batch norm), [`EfficientNetLite0`];
+//!   without batch norm), [`AlexNet`], [`EfficientNetLite0`];
 //! - [`Backbone`]: the embedding before the classification head, for fine-tuning
 //!   with a frozen backbone ([`Model::features`], [`Model::with_head`]);
 //! - one entry point, [`build_model`], from a typed [`ModelConfig`];
@@ -27,6 +27,7 @@
 //! assert_eq!(logits.dims(), [4, 10]);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+pub mod alexnet;
 pub mod backbone;
 pub mod cnn;
 pub mod conv;
@@ -42,6 +43,7 @@ pub mod resnet;
 pub mod size;
 pub mod vgg;
 
+pub use alexnet::AlexNet;
 pub use backbone::{Backbone, Head};
 pub use cnn::{LeNet5, SmallCnn};
 pub use efficientnet::EfficientNetLite0;

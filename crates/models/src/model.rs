@@ -1,4 +1,5 @@
 //! One entry point for every model: a typed [`ModelConfig`] and [`build_model`].
+use crate::alexnet::AlexNet;
 use crate::backbone::{Backbone, Shared, WithHead};
 use crate::cnn::{LeNet5, SmallCnn};
 use crate::efficientnet::EfficientNetLite0;
@@ -53,6 +54,8 @@ pub enum ModelConfig {
     Vgg(VggConfig),
     /// EfficientNet-Lite0 (`efficientnet_pytorch` names).
     EfficientnetLite0,
+    /// torchvision AlexNet (inputs of at least 63 px).
+    Alexnet,
 }
 
 impl ModelConfig {
@@ -66,6 +69,7 @@ impl ModelConfig {
         "resnet",
         "vgg",
         "efficientnet_lite0",
+        "alexnet",
     ];
 
     pub fn kind(&self) -> &'static str {
@@ -78,6 +82,7 @@ impl ModelConfig {
             ModelConfig::Resnet(_) => "resnet",
             ModelConfig::Vgg(_) => "vgg",
             ModelConfig::EfficientnetLite0 => "efficientnet_lite0",
+            ModelConfig::Alexnet => "alexnet",
         }
     }
 }
@@ -297,6 +302,14 @@ pub fn build_model(cfg: &ModelConfig, input: InputShape, num_classes: usize, vb:
                 "efficientnet_lite0",
             ))
         }
+        ModelConfig::Alexnet => {
+            let m = AlexNet::new(input.channels, input.height, input.width, num_classes, vb)?;
+            Ok(Model::from_backbone_net(
+                Arc::new(m),
+                OutputKind::Logits(num_classes),
+                "alexnet",
+            ))
+        }
     }
 }
 
@@ -468,6 +481,7 @@ mod tests {
             resnet(18, false),
             vgg(11, false),
             ModelConfig::EfficientnetLite0,
+            ModelConfig::Alexnet,
         ];
         let kinds: Vec<_> = cfgs.iter().map(|c| c.kind()).collect();
         assert_eq!(kinds, ModelConfig::KINDS);

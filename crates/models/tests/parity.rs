@@ -2,17 +2,18 @@
 //! `tests/parity/make_fixtures.py` writes (see its docstring for the weight formula).
 //!
 //! - `torchvision_keys_and_shapes`: every torchvision state-dict key (minus
-//!   `num_batches_tracked`) of resnet18/34/50/101 and vgg11/13/16/19(_bn) is a
-//!   variable of our model with the same shape, and nothing else is.
-//! - `synthetic_weights_match_torchvision`: resnet18, resnet50, vgg11 and vgg16 with
-//!   formula weights, loaded by name, give torchvision's features and logits.
+//!   `num_batches_tracked`) of resnet18/34/50/101, vgg11/13/16/19(_bn) and alexnet is
+//!   a variable of our model with the same shape, and nothing else is.
+//! - `synthetic_weights_match_torchvision`: resnet18, resnet50, vgg11, vgg16 and
+//!   alexnet with formula weights, loaded by name, give torchvision's features and
+//!   logits.
 //! - `pretrained_*`: the real EfficientNet-Lite0 and ccexam SVHN CNN load with every
 //!   tensor matched and reproduce the reference packages' outputs (skipped, with the
 //!   reason printed, when `DIGITLAB_WEIGHTS` is unset).
 use candle_core::{DType, Device, ModuleT, Result, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{Init, VarBuilder};
-use digitlab_models::{build_model, Backbone, InputShape, ModelConfig, ResNet, ResNetConfig, Vgg, VggConfig};
+use digitlab_models::{build_model, AlexNet, Backbone, InputShape, ModelConfig, ResNet, ResNetConfig, Vgg, VggConfig};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -131,10 +132,13 @@ impl SimpleBackend for Recorder {
 enum Arch {
     ResNet(ResNetConfig),
     Vgg(VggConfig),
+    AlexNet,
 }
 
 fn arch(model: &str) -> Arch {
-    if let Some(d) = model.strip_prefix("resnet") {
+    if model == "alexnet" {
+        Arch::AlexNet
+    } else if let Some(d) = model.strip_prefix("resnet") {
         Arch::ResNet(ResNetConfig {
             depth: d.parse().unwrap(),
             cifar_stem: false,
@@ -156,6 +160,7 @@ fn build(model: &str, vb: VarBuilder) -> Result<Arc<dyn BackboneNet>> {
     Ok(match arch(model) {
         Arch::ResNet(c) => Arc::new(ResNet::new(&c, 3, 1000, vb)?),
         Arch::Vgg(c) => Arc::new(Vgg::new(&c, 3, 1000, vb)?),
+        Arch::AlexNet => Arc::new(AlexNet::new(3, 224, 224, 1000, vb)?),
     })
 }
 
@@ -179,7 +184,7 @@ fn rel_err(got: &Tensor, want: &Tensor) -> f32 {
 #[test]
 fn torchvision_keys_and_shapes() {
     let all = torchvision_keys();
-    assert_eq!(all.len(), 12);
+    assert_eq!(all.len(), 13);
     for (model, keys) in &all {
         let rec = Recorder::default();
         drop(build(model, rec.var_builder()).unwrap());
@@ -206,6 +211,7 @@ fn synthetic_weights_match_torchvision() {
         ("resnet50", [2, 3, 64, 64]),
         ("vgg11", [1, 3, 32, 32]),
         ("vgg16", [1, 3, 32, 32]),
+        ("alexnet", [1, 3, 224, 200]),
     ] {
         // Load by name: every torchvision tensor, filled by the formula.
         let weights: HashMap<String, Tensor> = keys[model]

@@ -31,6 +31,18 @@ fn reachable(
         WeightsSource::None => Ok("random weights".into()),
         WeightsSource::Local(p) if p.is_file() => Ok(p.display().to_string()),
         WeightsSource::Local(p) => Err(format!("{} does not exist", p.display())),
+        WeightsSource::Torchvision { model } => {
+            let cfg = digitlab_finetune::torchhub::TorchHubConfig::from_vars(var).map_err(|e| e.to_string())?;
+            let file = digitlab_finetune::torchhub::weights_file(&model)?;
+            match digitlab_finetune::torchhub::lookup_cache(&cfg, file) {
+                Some(p) => Ok(p.display().to_string()),
+                None => Err(format!(
+                    "torchvision:{model}: {file} is not in torch.hub's cache {} (fetch {} where there is internet)",
+                    cfg.checkpoints_dir.display(),
+                    cfg.url(file)
+                )),
+            }
+        }
         WeightsSource::Hub { repo, revision, file } => {
             let revision = revision.unwrap_or_else(|| "main".into());
             let files: Vec<String> = match file {

@@ -11,10 +11,10 @@ Run from anywhere:
 
 Outputs (next to this script):
     keys.txt                torchvision state-dict keys and shapes (num_batches_tracked
-                            dropped) of resnet18/34/50/101 and vgg11/13/16/19(_bn),
+                            dropped) of resnet18/34/50/101, vgg11/13/16/19(_bn) and alexnet,
                             all with 1000 classes: one `model key d0xd1x...` per line.
     synthetic.safetensors   inputs' shapes are fixed below; for each of resnet18,
-                            resnet50, vgg11, vgg16: `<model>.features` (the input of the
+                            resnet50, vgg11, vgg16, alexnet: `<model>.features` (the input of the
                             final linear layer) and `<model>.logits`, computed in float64.
     real.safetensors        (only with --weights DIR or $DIGITLAB_WEIGHTS holding
                             efficientnet-lite0.safetensors and ccexam-svhn-cnn.safetensors)
@@ -60,12 +60,16 @@ SYNTHETIC = {
     "resnet50": (torchvision.models.resnet50, (2, 3, 64, 64), "fc"),
     "vgg11": (torchvision.models.vgg11, (1, 3, 32, 32), "classifier.6"),
     "vgg16": (torchvision.models.vgg16, (1, 3, 32, 32), "classifier.6"),
+    # 224x200: the height reaches the 6x6 pool as 6 (identity), the width as 5
+    # (overlapping adaptive bins).
+    "alexnet": (torchvision.models.alexnet, (1, 3, 224, 200), "classifier.6"),
 }
 
 KEY_MODELS = [
     "resnet18", "resnet34", "resnet50", "resnet101",
     "vgg11", "vgg13", "vgg16", "vgg19",
     "vgg11_bn", "vgg13_bn", "vgg16_bn", "vgg19_bn",
+    "alexnet",
 ]
 
 
