@@ -27,6 +27,10 @@
 //!   digitlab-train's optimizers, losses and metrics; the backbone stays frozen.
 //! - [`transfer`]: [`TransferConfig`] (TOML) and [`run_transfer`] — several backbones
 //!   under one frozen-head protocol, one `summary.json` each (`digitlab transfer`).
+//! - [`export`]: the complete classifier of each transfer backbone, `model.safetensors`
+//!   (torchvision / timm names, the new head included) and its `model.json` sidecar.
+//! - [`stages`]: [`stages::unfreeze_groups`] — the trainable and frozen parameter
+//!   prefixes for "the last N stages" or the full network.
 //! - [`compare`]: one Markdown / CSV / PNG table of any runs' `summary.json`
 //!   (`digitlab compare`).
 //! - [`error`]: [`FinetuneError`] and [`Result`].
@@ -49,11 +53,13 @@
 
 pub mod compare;
 pub mod error;
+pub mod export;
 pub mod features;
 pub mod head;
 pub mod hub;
 pub mod pth;
 pub mod source;
+pub mod stages;
 pub mod transfer;
 pub mod weights;
 pub mod zoo;
@@ -65,7 +71,10 @@ pub use head::{train_head, HeadConfig, HeadRun, LabeledFeatures, Standardizer};
 pub use hub::{HubConfig, HubUnavailable, DEFAULT_FILE, FALLBACK_FILES};
 pub use pth::{read_pth, read_pth_with, PthOptions};
 pub use source::WeightsSource;
-pub use transfer::{run_transfer, BackboneSpec, TransferConfig, TransferOutcome, TransferRunOptions, TransferSummary};
+pub use transfer::{
+    run_transfer, run_transfer_all, BackboneFailure, BackboneSpec, TransferConfig, TransferOutcome, TransferRun,
+    TransferRunOptions, TransferSummary,
+};
 pub use weights::{
     check_against, detect_format, load_weights, strip_common_prefixes, LoadReport, LoadedWeights, WeightsFormat,
 };

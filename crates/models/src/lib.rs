@@ -25,7 +25,7 @@ pub mod pool;
 pub mod resnet;
 pub mod vgg;
 
-pub use backbone::{Backbone, Head};
+pub use backbone::{Backbone, FrozenStages, Head, Stage};
 pub use cnn::{LeNet5, SmallCnn};
 pub use efficientnet::EfficientNetLite0;
 pub use init::SeededVarMap;
