@@ -135,19 +135,103 @@ pub fn check_paths(out: &Path, data_dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Rebuilds the model a sidecar describes from its verified weights.
-fn load_checkpoint(
-    path: &Path,
-    device: &candle_core::Device,
-) -> Result<(ExperimentConfig, checkpoint::Sidecar, digitlab_models::Model)> {
-    let sidecar_path = checkpoint::resolve(path)?;
-    Ok(checkpoint::load_inference_model(&sidecar_path, device)?)
+/// A model to evaluate or apply, from any kind of checkpoint, with what it needs
+/// to see data as it was trained: the data split and the preprocessing.
+struct Loaded {
+    name: String,
+    sidecar: checkpoint::Sidecar,
+    model: digitlab_models::Model,
+    data: digitlab_train::DataConfig,
+    seed: u64,
+    /// Channels, resize and normalisation (never augmentation).
+    pipeline: digitlab_data::Pipeline,
+    eval_batch_size: usize,
+    loss: digitlab_losses::LossKind,
+}
+
+/// The sidecar a `--checkpoint` path means: see [`checkpoint::resolve`]; a folder
+/// without one whose sub-folders hold exactly one (a `digitlab transfer` output
+/// folder with one backbone) means that one.
+fn resolve_sidecar(path: &Path) -> Result<PathBuf> {
+    let direct = checkpoint::resolve(path);
+    if direct.is_ok() || !path.is_dir() {
+        return Ok(direct?);
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir(path)
+        .with_context(|| format!("{}: cannot list the folder", path.display()))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| checkpoint::SIDECAR_NAMES.iter().any(|n| p.join(n).is_file()))
+        .collect();
+    found.sort();
+    match found.as_slice() {
+        [] => Ok(direct?),
+        [one] => Ok(checkpoint::resolve(one)?),
+        many => {
+            let names: Vec<String> = many.iter().map(|p| p.display().to_string()).collect();
+            bail!(
+                "{}: holds several checkpoints; pass one of: {}",
+                path.display(),
+                names.join(", ")
+            )
+        }
+    }
+}
+
+/// Rebuilds the model a sidecar describes from its verified weights, by the
+/// checkpoint's kind (`digitlab train` or `digitlab transfer`).
+fn load_checkpoint(path: &Path, device: &candle_core::Device) -> Result<Loaded> {
+    let sidecar_path = resolve_sidecar(path)?;
+    let sidecar = checkpoint::read_sidecar(&sidecar_path)?;
+    match checkpoint::checkpoint_kind(&sidecar) {
+        "train" => {
+            let (cfg, sidecar, model) = checkpoint::load_inference_model(&sidecar_path, device)?;
+            Ok(Loaded {
+                name: cfg.name.clone(),
+                sidecar,
+                model,
+                pipeline: cfg.data.pipeline(),
+                data: cfg.data,
+                seed: cfg.seed,
+                eval_batch_size: cfg.train.eval_batch_size,
+                loss: cfg.train.loss,
+            })
+        }
+        digitlab_finetune::export::KIND => {
+            let e = digitlab_finetune::export::load_exported(&sidecar_path, device)?;
+            let t = e.config.transfer;
+            let label = t.backbones.first().map(|b| b.label()).unwrap_or_default();
+            Ok(Loaded {
+                name: format!("{}/{label}", t.name),
+                sidecar: e.sidecar,
+                model: e.model,
+                pipeline: e.config.preprocess,
+                data: t.data,
+                seed: t.seed,
+                eval_batch_size: t.transfer.eval_batch_size,
+                loss: digitlab_losses::LossKind::CrossEntropy,
+            })
+        }
+        other => bail!(
+            "{}: checkpoint kind `{other}` is not known to this digitlab version",
+            sidecar_path.display()
+        ),
+    }
 }
 
 pub fn eval(path: &Path, split: &str, common: &Common) -> Result<()> {
     let device = parse_device(&common.device)?;
-    let (cfg, sidecar, model) = load_checkpoint(path, &device)?;
-    let data = PreparedData::load(&cfg, &resolve_data_dir(common.data_dir.as_deref()))?;
+    let Loaded {
+        name,
+        sidecar,
+        model,
+        data: data_cfg,
+        seed,
+        pipeline,
+        eval_batch_size,
+        loss,
+    } = load_checkpoint(path, &device)?;
+    let data = PreparedData::from_data_config(&data_cfg, seed, &resolve_data_dir(common.data_dir.as_deref()))?;
     let ds = match split {
         "test" => data
             .test
@@ -157,17 +241,10 @@ pub fn eval(path: &Path, split: &str, common: &Common) -> Result<()> {
             .context("this config has no validation split (data.val_fraction = 0)")?,
         other => bail!("--split must be test or val, got `{other}`"),
     };
-    let e = evaluate(
-        &model,
-        &ds,
-        &cfg.data.pipeline(),
-        cfg.train.eval_batch_size,
-        cfg.train.loss,
-        &device,
-    )?;
+    let e = evaluate(&model, &ds, &pipeline, eval_batch_size, loss, &device)?;
     println!(
         "{} (epoch {}) on {} ({} images)",
-        cfg.name,
+        name,
         sidecar.epoch,
         ds.name(),
         ds.len()
@@ -196,9 +273,13 @@ pub fn predict(path: &Path, images: &[PathBuf], invert: &str, common: &Common) -
         bail!("give at least one image file");
     }
     let device = parse_device(&common.device)?;
-    let (cfg, sidecar, model) = load_checkpoint(path, &device)?;
+    let Loaded {
+        sidecar,
+        model,
+        pipeline,
+        ..
+    } = load_checkpoint(path, &device)?;
     let [c, h, w] = sidecar.input_shape;
-    let pipeline = cfg.data.pipeline();
     for img_path in images {
         // Decoded as it looks on screen (alpha on white, 16-bit scaled), at its own size.
         let (mut px, src_shape) = digitlab_data::image_file::load_image_as_seen(img_path, c, [h, w])?;

@@ -2,9 +2,10 @@
 //! (see `digitlab_finetune::transfer`).
 use crate::device::parse_device;
 use crate::Common;
-use anyhow::Result;
+use anyhow::{bail, Result};
 use digitlab_data::resolve_data_dir;
-use digitlab_finetune::{run_transfer, TransferConfig, TransferRunOptions, TRANSFER_KIND};
+use digitlab_finetune::transfer::run_transfer_all;
+use digitlab_finetune::{TransferConfig, TransferRunOptions, TRANSFER_KIND};
 use digitlab_train::run_dir::{config_hash, RunDir, Start};
 use digitlab_train::Verbosity;
 use std::path::{Path, PathBuf};
@@ -38,15 +39,26 @@ pub fn run(
         cache_dir,
         ..Default::default()
     };
-    let outcomes = run_transfer(&cfg, &data_dir, &opts)?;
+    let run = run_transfer_all(&cfg, &data_dir, &opts)?;
     run_dir.finish()?;
+    let outcomes = &run.outcomes;
     let table = std::fs::read_to_string(out.join("compare.md")).unwrap_or_default();
     println!("{table}");
-    for o in &outcomes {
+    for o in outcomes {
         if let Some(dir) = &o.out_dir {
             println!("{}: {}", o.label, dir.display());
         }
     }
     println!("comparison: {}", out.join("compare.md").display());
+    if !run.failed.is_empty() {
+        let names: Vec<&str> = run.failed.iter().map(|f| f.label.as_str()).collect();
+        bail!(
+            "{} of {} backbones failed: {} (the others ran; reasons in {})",
+            run.failed.len(),
+            cfg.backbones.len(),
+            names.join(", "),
+            out.join("compare.md").display()
+        );
+    }
     Ok(())
 }

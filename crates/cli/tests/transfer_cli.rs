@@ -156,3 +156,79 @@ fn transfer_and_compare_errors_name_the_problem() {
     assert!(!o.status.success());
     assert!(text(&o).contains("missing"), "{}", text(&o));
 }
+
+/// `digitlab eval` / `predict` on a transfer backbone's folder, and `transfer`
+/// carrying on past a backbone that cannot load, then failing at the end.
+#[test]
+fn eval_and_predict_a_transfer_run_and_continue_past_a_failed_backbone() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let cfg = d.join("t.toml");
+    let missing = d.join("missing-weights.safetensors");
+    std::fs::write(
+        &cfg,
+        format!(
+            "{CONFIG}\n[[backbones]]\nmodel = \"small_cnn\"\nlabel = \"broken\"\npretrained = \"{}\"\n",
+            missing.display()
+        ),
+    )
+    .unwrap();
+    let out = d.join("out");
+    let o = digitlab(&[
+        "transfer",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--cache-dir",
+        d.join("cache").to_str().unwrap(),
+        "--quiet",
+    ]);
+    let t = text(&o);
+    assert!(
+        !o.status.success(),
+        "a failed backbone makes the exit status non-zero: {t}"
+    );
+    assert!(
+        t.contains("1 of 3 backbones failed: broken") && t.contains("missing-weights"),
+        "{t}"
+    );
+    let md = std::fs::read_to_string(out.join("compare.md")).unwrap();
+    assert!(
+        md.contains("| broken | transfer | small_cnn | ") && md.contains(" | FAILED"),
+        "{md}"
+    );
+    assert!(md.contains("| lenet5-random | transfer |") && md.contains("| small-cnn-8px | transfer |"));
+
+    // eval on the backbone folder: the transfer's own test accuracy.
+    let run = out.join("lenet5-random");
+    let summary = json(&run.join("summary.json"));
+    let o = digitlab(&["eval", "--checkpoint", run.to_str().unwrap()]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    let want = format!("accuracy {:.2}%", 100.0 * summary["test_accuracy"].as_f64().unwrap());
+    assert!(
+        t.contains(&want) && t.contains("digits_transfer/lenet5-random"),
+        "{want} not in {t}"
+    );
+    // The run folder holds two backbones with models: it names them.
+    let o = digitlab(&["eval", "--checkpoint", out.to_str().unwrap()]);
+    let t = text(&o);
+    assert!(
+        !o.status.success() && t.contains("several checkpoints") && t.contains("lenet5-random"),
+        "{t}"
+    );
+
+    // predict applies the stored preprocessing (8x8 gray resized to 28 px for LeNet-5).
+    let img = d.join("digit.png");
+    let mut px = image::GrayImage::new(8, 8);
+    for y in 1..7 {
+        px.put_pixel(3, y, image::Luma([255]));
+        px.put_pixel(4, y, image::Luma([255]));
+    }
+    px.save(&img).unwrap();
+    let o = digitlab(&["predict", "--checkpoint", run.to_str().unwrap(), img.to_str().unwrap()]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("digit.png: ") && t.matches(" 0.").count() >= 3, "{t}");
+}

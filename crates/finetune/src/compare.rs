@@ -88,6 +88,7 @@ pub fn row(s: &RunSummary, path: &Path, overfit_gap: f64) -> RunRow {
         params_total: Some(s.parameters as u64),
         params_trainable: Some(s.params_trainable() as u64),
         path: path.to_path_buf(),
+        failed: None,
     }
 }
 
@@ -110,12 +111,22 @@ pub fn read_rows(runs: &[PathBuf], overfit_gap: f64) -> Result<Vec<RunRow>> {
 
 /// Reads `runs` and writes `compare.md`, `compare.csv` and `compare.png` into `out`.
 pub fn compare(runs: &[PathBuf], out: &Path, overfit_gap: f64) -> Result<Vec<RunRow>> {
+    compare_with_failed(runs, &[], out, overfit_gap)
+}
+
+/// [`compare`] with `failed` rows ([`RunRow::failed`]) appended after the runs read.
+pub fn compare_with_failed(runs: &[PathBuf], failed: &[RunRow], out: &Path, overfit_gap: f64) -> Result<Vec<RunRow>> {
     if !(overfit_gap >= 0.0 && overfit_gap.is_finite()) {
         return Err(FinetuneError::Config(format!(
             "overfit gap must be >= 0, got {overfit_gap}"
         )));
     }
-    let rows = read_rows(runs, overfit_gap)?;
+    let mut rows = if runs.is_empty() {
+        vec![]
+    } else {
+        read_rows(runs, overfit_gap)?
+    };
+    rows.extend(failed.iter().cloned());
     write_atomic(&out.join("compare.md"), markdown(&rows, overfit_gap).as_bytes())?;
     write_atomic(&out.join("compare.csv"), csv(&rows).as_bytes())?;
     digitlab_report::compare::bar_chart(&out.join("compare.png"), &rows)?;

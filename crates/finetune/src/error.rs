@@ -181,6 +181,27 @@ pub enum FinetuneError {
         message: String,
     },
 
+    /// One backbone of a transfer run could not be created or its weights loaded
+    /// (missing file, hub offline, weights that do not fit, unset variable).
+    #[error("backbone `{label}` cannot be loaded: {source}")]
+    BackboneLoad {
+        /// The backbone's label.
+        label: String,
+        /// Why.
+        #[source]
+        source: Box<FinetuneError>,
+    },
+
+    /// Some backbones of a transfer run could not be loaded; the others ran and
+    /// `compare.md` / `compare.csv` list the failed ones with their reason.
+    #[error("{}", failed_message(*total, failed))]
+    BackbonesFailed {
+        /// Backbones in the config.
+        total: usize,
+        /// `(label, reason)` of each failed backbone, in config order.
+        failed: Vec<(String, String)>,
+    },
+
     /// An error from the data crate (missing dataset files, bad splits ...).
     #[error(transparent)]
     Data(#[from] digitlab_data::DataError),
@@ -192,6 +213,19 @@ pub enum FinetuneError {
     /// Any other candle error (tensor construction ...).
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+}
+
+fn failed_message(total: usize, failed: &[(String, String)]) -> String {
+    let names: Vec<&str> = failed.iter().map(|(l, _)| l.as_str()).collect();
+    let mut s = format!(
+        "{} of {total} backbones failed ({}); the others ran",
+        failed.len(),
+        names.join(", ")
+    );
+    for (label, reason) in failed {
+        s += &format!("\n- {label}: {reason}");
+    }
+    s
 }
 
 impl FinetuneError {

@@ -31,6 +31,10 @@
 //!   digitlab-train's optimizers, losses and metrics; the backbone stays frozen.
 //! - [`transfer`]: [`TransferConfig`] (TOML) and [`run_transfer`] — several backbones
 //!   under one frozen-head protocol, one `summary.json` each (`digitlab transfer`).
+//! - [`export`]: the complete classifier of each transfer backbone, `model.safetensors`
+//!   (torchvision / timm names, the new head included) and its `model.json` sidecar.
+//! - [`stages`]: [`stages::unfreeze_groups`] — the trainable and frozen parameter
+//!   prefixes for "the last N stages" or the full network.
 //! - [`compare`]: one Markdown / CSV / PNG table of any runs' `summary.json`
 //!   (`digitlab compare`).
 //! - [`error`]: [`FinetuneError`] and [`Result`].
@@ -67,6 +71,7 @@
 
 pub mod compare;
 pub mod error;
+pub mod export;
 pub mod features;
 pub mod head;
 pub mod hub;
@@ -74,6 +79,7 @@ pub mod imagenet;
 pub mod pth;
 pub mod source;
 pub mod torchhub;
+pub mod stages;
 pub mod transfer;
 pub mod weights;
 pub mod zoo;
@@ -87,7 +93,8 @@ pub use imagenet::{imagenet_top5, RgbImage};
 pub use pth::{read_pth, read_pth_with, PthOptions};
 pub use source::WeightsSource;
 pub use transfer::{
-    run_transfer, BackboneSpec, TransferConfig, TransferOutcome, TransferRunOptions, TransferSummary, TRANSFER_KIND,
+    run_transfer, run_transfer_all, BackboneFailure, BackboneSpec, TransferConfig, TransferOutcome, TransferRun,
+    TransferRunOptions, TransferSummary, TRANSFER_KIND,
 };
 pub use weights::{
     check_against, detect_format, load_weights, strip_common_prefixes, LoadReport, LoadedWeights, WeightsFormat,

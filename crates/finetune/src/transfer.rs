@@ -47,6 +47,7 @@
 //! head on the cached features ([`train_head`]) and evaluate it. Outputs in
 //! `<out>/<label>/`: `summary.json` ([`TransferSummary`]), `metrics.csv`,
 //! `per_class.csv`, `weights_report.txt`, `config.toml`, `head.safetensors`,
+//! `model.safetensors` + `model.json` (the whole classifier, see [`crate::export`]),
 //! `loss.png`, `accuracy.png`, `confusion.png` (`head.safetensors` holds the head with the
 //! feature standardisation folded in: one linear layer on raw backbone features); after all backbones, `compare.md`,
 //! `compare.csv` and `compare.png` in `<out>` ([`crate::compare`]).
@@ -445,8 +446,10 @@ pub struct TransferOutcome {
 }
 
 /// Runs every backbone of `cfg` on data from `data_dir`, then (with an output
-/// folder) writes the comparison table of all of them.
-pub fn run_transfer(cfg: &TransferConfig, data_dir: &Path, opts: &TransferRunOptions) -> Result<Vec<TransferOutcome>> {
+/// folder) writes the comparison table of all of them. A backbone that cannot be
+/// created or loaded ([`FinetuneError::BackboneLoad`]) does not stop the others: it
+/// is returned in [`TransferRun::failed`] and shown as a failed row in the table.
+pub fn run_transfer_all(cfg: &TransferConfig, data_dir: &Path, opts: &TransferRunOptions) -> Result<TransferRun> {
     cfg.validate()?;
     // Held for the whole run (a no-op when the caller already holds the folder).
     let run_dir = opts
@@ -466,15 +469,69 @@ pub fn run_transfer(cfg: &TransferConfig, data_dir: &Path, opts: &TransferRunOpt
         );
     }
     let mut outcomes = Vec::with_capacity(cfg.backbones.len());
+    let mut failed = vec![];
     for spec in &cfg.backbones {
-        outcomes.push(run_backbone(cfg, spec, &data, opts)?);
+        match run_backbone(cfg, spec, &data, opts) {
+            Ok(o) => outcomes.push(o),
+            // A backbone that cannot be loaded is a failed row; the others still run.
+            Err(FinetuneError::BackboneLoad { label, source }) => {
+                if opts.verbosity != Verbosity::Silent {
+                    eprintln!("{label}: FAILED, continuing with the other backbones: {source}");
+                }
+                failed.push(BackboneFailure {
+                    label,
+                    model: spec.model.clone(),
+                    pretrained: spec.pretrained.clone(),
+                    reason: source.to_string(),
+                });
+            }
+            Err(e) => return Err(e),
+        }
     }
     if let Some(out) = &opts.out_dir {
         let dirs: Vec<PathBuf> = outcomes.iter().filter_map(|o| o.out_dir.clone()).collect();
-        crate::compare::compare(&dirs, out, cfg.transfer.overfit_gap)?;
+        let failed_rows: Vec<crate::compare::RunRow> = failed
+            .iter()
+            .map(|f| crate::compare::RunRow::failed(&f.label, &f.model, data.train.name(), &f.reason))
+            .collect();
+        crate::compare::compare_with_failed(&dirs, &failed_rows, out, cfg.transfer.overfit_gap)?;
     }
+    // Marked complete even with failed backbones: their rows say why, and a rerun
+    // of the same config would fail the same way.
     run_dir.as_ref().map(RunDir::finish).transpose()?;
-    Ok(outcomes)
+    Ok(TransferRun { outcomes, failed })
+}
+
+/// A backbone of a transfer run that could not be created or loaded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackboneFailure {
+    pub label: String,
+    pub model: String,
+    /// The weights source as configured.
+    pub pretrained: String,
+    /// The error, as printed.
+    pub reason: String,
+}
+
+/// The backbones that ran and those that could not be loaded.
+pub struct TransferRun {
+    pub outcomes: Vec<TransferOutcome>,
+    pub failed: Vec<BackboneFailure>,
+}
+
+/// [`run_transfer_all`], failing at the end (after every other backbone ran and the
+/// comparison was written) with [`FinetuneError::BackbonesFailed`] when any
+/// backbone could not be loaded.
+pub fn run_transfer(cfg: &TransferConfig, data_dir: &Path, opts: &TransferRunOptions) -> Result<Vec<TransferOutcome>> {
+    let run = run_transfer_all(cfg, data_dir, opts)?;
+    if run.failed.is_empty() {
+        Ok(run.outcomes)
+    } else {
+        Err(FinetuneError::BackbonesFailed {
+            total: cfg.backbones.len(),
+            failed: run.failed.into_iter().map(|f| (f.label, f.reason)).collect(),
+        })
+    }
 }
 
 fn normalization_name(n: &Normalization) -> String {
@@ -500,8 +557,12 @@ pub fn run_backbone(
 ) -> Result<TransferOutcome> {
     let started = Instant::now();
     let label = spec.label();
+    let load_failed = |e: FinetuneError| FinetuneError::BackboneLoad {
+        label: label.clone(),
+        source: Box::new(e),
+    };
     let arch = resolve_arch(&spec.model)?;
-    let source = spec.source(opts.vars.as_ref())?;
+    let source = spec.source(opts.vars.as_ref()).map_err(load_failed)?;
     let pipeline = Pipeline {
         channels: spec.channels.or(arch.channels()).or(cfg.data.channels),
         resize: spec.resize.or(cfg.data.resize),
@@ -534,7 +595,7 @@ pub fn run_backbone(
         device: opts.device.clone(),
         hub: opts.hub.clone(),
     };
-    let created = create_model(&spec.model, &source, num_classes, &create)?;
+    let created = create_model(&spec.model, &source, num_classes, &create).map_err(load_failed)?;
     if let (Some(p), true) = (&created.pretrained, opts.verbosity != Verbosity::Silent) {
         eprintln!("{label}: {}\n{}", p.path.display(), p.report);
     }
@@ -713,6 +774,25 @@ pub fn run_backbone(
             test_eval.as_ref(),
             &data.train,
             &summary,
+        )?;
+        let one = TransferConfig {
+            backbones: vec![spec.clone()],
+            ..cfg.clone()
+        };
+        let steps_per_epoch = data.train.len().div_ceil(cfg.transfer.batch_size) as u64;
+        crate::export::export_model(
+            dir,
+            &created,
+            &crate::export::ExportParts {
+                head_weight: &head_tensors[&format!("{}.weight", created.head_prefix())],
+                head_bias: &head_tensors[&format!("{}.bias", created.head_prefix())],
+                preprocess: &pipeline,
+                config: &one,
+                pretrained: &spec.pretrained,
+                class_names: data.train.class_names(),
+                history: &head.history,
+                optimizer_steps: steps_per_epoch * head.history.len() as u64,
+            },
         )?;
     }
     summary.wall_seconds = started.elapsed().as_secs_f64();

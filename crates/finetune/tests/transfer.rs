@@ -480,3 +480,59 @@ fn committed_svhn_transfer_config_runs_its_resnet18_entry() {
     assert_eq!((t.params_total, t.params_trainable), (11_689_512 - 513 * 990, 5_130));
     assert!(dir.path().join("out/compare.md").is_file());
 }
+
+#[test]
+fn a_backbone_that_cannot_load_is_a_failed_row_and_the_others_run() {
+    let f = fixture();
+    let out = f.root.join("out");
+    let cache = f.root.join("feature-cache");
+    let opts = options(&f, Some(out.clone()), &cache);
+    // Three backbones: a hub repo missing from the offline cache, a weights file
+    // that does not exist, and one that loads.
+    let missing_file = f.root.join("no-such-weights.safetensors");
+    let cfg = config(&[&format!(
+        "backbones=[{{model = \"resnet18\", pretrained = \"hf:timm/resnet18.a1_in1k\", label = \"offline\"}}, \
+         {{model = \"small_cnn\", pretrained = \"{}\", label = \"no-file\"}}, \
+         {{model = \"small_cnn\", pretrained = \"hf:{REPO}\", normalize = \"svhn\", label = \"good\"}}]",
+        missing_file.display()
+    )]);
+    let run = digitlab_finetune::run_transfer_all(&cfg, &f.data, &opts).unwrap();
+    assert_eq!(run.outcomes.len(), 1);
+    assert_eq!(run.outcomes[0].label, "good");
+    let failed: Vec<&str> = run.failed.iter().map(|f| f.label.as_str()).collect();
+    assert_eq!(failed, ["offline", "no-file"]);
+    assert!(
+        run.failed[0].reason.contains("timm/resnet18.a1_in1k"),
+        "{}",
+        run.failed[0].reason
+    );
+    assert!(
+        run.failed[1].reason.contains("no-such-weights"),
+        "{}",
+        run.failed[1].reason
+    );
+    assert!(out.join("good/summary.json").is_file());
+    assert!(!out.join("offline").exists() && !out.join("no-file").exists());
+
+    let md = std::fs::read_to_string(out.join("compare.md")).unwrap();
+    assert!(md.contains("| good |"), "{md}");
+    assert!(
+        md.contains("| offline | transfer | resnet18 | svhn/train[train] | FAILED"),
+        "{md}"
+    );
+    assert!(md.contains("- **no-file**: ") && md.contains("no-such-weights"), "{md}");
+    let csv = std::fs::read_to_string(out.join("compare.csv")).unwrap();
+    assert!(csv.lines().next().unwrap().ends_with(",summary,failed"), "{csv}");
+    assert_eq!(csv.lines().count(), 4, "{csv}");
+    let offline = csv.lines().find(|l| l.starts_with("offline,")).unwrap();
+    assert!(offline.contains("timm/resnet18.a1_in1k"), "{offline}");
+    let good = csv.lines().find(|l| l.starts_with("good,")).unwrap();
+    assert!(good.ends_with(','), "a good row has an empty `failed` field: {good}");
+
+    // The strict entry point ends with an error naming every failed backbone.
+    let e = run_transfer(&cfg, &f.data, &opts).err().unwrap().to_string();
+    assert!(
+        e.contains("2 of 3 backbones failed") && e.contains("offline") && e.contains("no-file"),
+        "{e}"
+    );
+}

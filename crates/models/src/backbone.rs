@@ -15,6 +15,7 @@
 use crate::layers::{linear, FusedActivation, LinearExt};
 use candle_core::{ModuleT, Result, Tensor};
 use candle_nn::{Dropout, Linear, VarBuilder};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// A network that can stop before its classification head.
@@ -27,6 +28,82 @@ pub trait Backbone: Send + Sync {
     fn feature_dim(&self) -> usize;
     /// Variable-name prefix of the head's linear layer (`fc`, `classifier.6`, ...).
     fn head_prefix(&self) -> &'static str;
+    /// The network's stages from input to output, head excluded: every variable
+    /// outside the head belongs to exactly one stage (see [`Stage::contains`]).
+    /// Fine-tuning unfreezes "the last N stages". Empty when the architecture is
+    /// not split into stages (only "frozen" and "full" apply then); a new
+    /// architecture (e.g. AlexNet: the conv layers between its max-pools in
+    /// `features.*`, then `classifier.1` and `classifier.4`) overrides this.
+    fn stages(&self) -> Vec<Stage> {
+        Vec::new()
+    }
+    /// Makes the first `n` of [`Backbone::stages`] run in eval mode whatever
+    /// `train` says — frozen stages keep their batch-norm running statistics and
+    /// use no dropout — while the later stages follow `train`; 0 undoes it. Errors
+    /// when `n` exceeds the number of stages.
+    fn freeze_stages(&self, n: usize) -> Result<()> {
+        if n > 0 {
+            candle_core::bail!("this network is not split into stages; it cannot freeze {n} of them")
+        }
+        Ok(())
+    }
+    /// How many leading stages [`Backbone::freeze_stages`] froze.
+    fn frozen_stages(&self) -> usize {
+        0
+    }
+}
+
+/// The count of frozen leading stages of a network (see
+/// [`Backbone::freeze_stages`]), shared by its forward passes.
+#[derive(Debug, Default)]
+pub struct FrozenStages(AtomicUsize);
+
+impl Clone for FrozenStages {
+    fn clone(&self) -> Self {
+        Self(AtomicUsize::new(self.get()))
+    }
+}
+
+impl FrozenStages {
+    pub fn get(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+    /// Freezes the first `n` of `stages` stages.
+    pub fn set(&self, n: usize, stages: usize) -> Result<()> {
+        if n > stages {
+            candle_core::bail!("cannot freeze {n} stages: the network has {stages}")
+        }
+        self.0.store(n, Ordering::Relaxed);
+        Ok(())
+    }
+    /// The train flag stage `stage` runs with: `train`, unless the stage is frozen.
+    pub fn train(&self, stage: usize, train: bool) -> bool {
+        train && stage >= self.get()
+    }
+}
+
+/// A named group of variables, by name prefix (`layer1`, `features.0` ...).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stage {
+    pub name: String,
+    /// Variable-name prefixes, without the trailing dot.
+    pub prefixes: Vec<String>,
+}
+
+impl Stage {
+    pub fn new(name: impl Into<String>, prefixes: &[&str]) -> Self {
+        Self {
+            name: name.into(),
+            prefixes: prefixes.iter().map(|p| p.to_string()).collect(),
+        }
+    }
+    /// Whether variable `name` lies under one of the prefixes (`layer1` holds
+    /// `layer1.0.conv1.weight`, not `layer10.x`).
+    pub fn contains(&self, name: &str) -> bool {
+        self.prefixes
+            .iter()
+            .any(|p| name.strip_prefix(p.as_str()).is_some_and(|r| r.starts_with('.')))
+    }
 }
 
 /// Classification head: optional dropout, then a linear layer (PyTorch default

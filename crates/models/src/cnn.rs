@@ -1,5 +1,5 @@
 //! Small convolutional networks for digits: [`LeNet5`] and [`SmallCnn`].
-use crate::backbone::{Backbone, Head};
+use crate::backbone::{Backbone, FrozenStages, Head, Stage};
 use crate::conv::{bn, bn_act, conv2d, Conv2dExt, ConvInit};
 use crate::layers::{linear, FusedActivation, LinearExt};
 use crate::pool::max_pool2d;
@@ -24,6 +24,7 @@ pub struct LeNet5 {
     fc1: Linear,
     fc2: Linear,
     head: Head,
+    frozen: FrozenStages,
 }
 
 impl LeNet5 {
@@ -42,6 +43,7 @@ impl LeNet5 {
             fc1: linear(16 * fh * fw, 120, vc.pp("0"))?,
             fc2: linear(120, 84, vc.pp("2"))?,
             head: Head::new(84, num_classes, 0.0, vc.pp("4"))?,
+            frozen: FrozenStages::default(),
         })
     }
 }
@@ -59,6 +61,23 @@ impl Backbone for LeNet5 {
     }
     fn head_prefix(&self) -> &'static str {
         "classifier.4"
+    }
+    /// One layer each: `conv1` (`features.0`), `conv2` (`features.3`), `fc1`
+    /// (`classifier.0`), `fc2` (`classifier.2`).
+    fn stages(&self) -> Vec<Stage> {
+        vec![
+            Stage::new("conv1", &["features.0"]),
+            Stage::new("conv2", &["features.3"]),
+            Stage::new("fc1", &["classifier.0"]),
+            Stage::new("fc2", &["classifier.2"]),
+        ]
+    }
+    /// LeNet-5 has no batch norm or dropout: frozen stages only need no gradient.
+    fn freeze_stages(&self, n: usize) -> Result<()> {
+        self.frozen.set(n, 4)
+    }
+    fn frozen_stages(&self) -> usize {
+        self.frozen.get()
     }
 }
 
@@ -113,6 +132,7 @@ pub struct SmallCnn {
     dropout: Dropout,
     fc1: Linear,
     head: Head,
+    frozen: FrozenStages,
 }
 
 impl SmallCnn {
@@ -136,6 +156,7 @@ impl SmallCnn {
             dropout: Dropout::new(Self::DROPOUT),
             fc1: linear(128 * fh * fw, 256, vc.pp("1"))?,
             head: Head::new(256, num_classes, Self::DROPOUT, vc.pp("4"))?,
+            frozen: FrozenStages::default(),
         })
     }
 }
@@ -143,10 +164,11 @@ impl SmallCnn {
 impl Backbone for SmallCnn {
     fn features(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
         let mut x = xs.clone();
-        for b in &self.blocks {
-            x = b.forward_t(&x, train)?;
+        for (i, b) in self.blocks.iter().enumerate() {
+            x = b.forward_t(&x, self.frozen.train(i, train))?;
         }
-        let x = self.dropout.forward_t(&x.flatten_from(1)?, train)?;
+        let fc1_train = self.frozen.train(self.blocks.len(), train);
+        let x = self.dropout.forward_t(&x.flatten_from(1)?, fc1_train)?;
         self.fc1.forward_act(&x, FusedActivation::Relu)
     }
     fn feature_dim(&self) -> usize {
@@ -154,6 +176,21 @@ impl Backbone for SmallCnn {
     }
     fn head_prefix(&self) -> &'static str {
         "classifier.4"
+    }
+    /// The three conv blocks `features.0` .. `features.2`, then `fc1` (`classifier.1`).
+    fn stages(&self) -> Vec<Stage> {
+        vec![
+            Stage::new("block1", &["features.0"]),
+            Stage::new("block2", &["features.1"]),
+            Stage::new("block3", &["features.2"]),
+            Stage::new("fc1", &["classifier.1"]),
+        ]
+    }
+    fn freeze_stages(&self, n: usize) -> Result<()> {
+        self.frozen.set(n, self.blocks.len() + 1)
+    }
+    fn frozen_stages(&self) -> usize {
+        self.frozen.get()
     }
 }
 

@@ -32,7 +32,7 @@
 //! whose stride-2 layers all see even sizes (multiples of 32: 32, 64, 96, ...).
 //! For other sizes (e.g. 28 px) this follows TensorFlow rather than the static
 //! 224 px pads, which would not fit.
-use crate::backbone::{Backbone, Head};
+use crate::backbone::{Backbone, FrozenStages, Head, Stage};
 use crate::conv::{batch_norm2d, conv2d, Conv2dExt, ConvInit, DepthwiseConv2d, DepthwisePadding, SameConv2d};
 use crate::layers::FusedActivation;
 use crate::pool::global_avg_pool;
@@ -142,6 +142,9 @@ pub struct EfficientNetLite0 {
     conv_head: Conv2d,
     bn1: BatchNorm,
     fc: Head,
+    /// Stage (1..=7, see [`Backbone::stages`]) of each block.
+    block_stage: Vec<usize>,
+    frozen: FrozenStages,
 }
 
 impl EfficientNetLite0 {
@@ -156,8 +159,10 @@ impl EfficientNetLite0 {
         let bn0 = bn(32, vb.pp("_bn0"))?;
         let vblocks = vb.pp("_blocks");
         let mut blocks = Vec::with_capacity(Self::NUM_BLOCKS);
-        for &(repeats, k, stride, expand, cin, cout) in &LITE0_STAGES {
+        let mut block_stage = Vec::with_capacity(Self::NUM_BLOCKS);
+        for (stage, &(repeats, k, stride, expand, cin, cout)) in LITE0_STAGES.iter().enumerate() {
             for r in 0..repeats {
+                block_stage.push(stage + 1);
                 let n = blocks.len();
                 let rate = Self::DROP_CONNECT * n as f64 / Self::NUM_BLOCKS as f64;
                 let (s, i) = if r == 0 { (stride, cin) } else { (1, cout) };
@@ -174,19 +179,23 @@ impl EfficientNetLite0 {
             conv_head,
             bn1,
             fc,
+            block_stage,
+            frozen: FrozenStages::default(),
         })
     }
 
     /// The head convolution's activations, `[B, 1280, ceil(H/32), ceil(W/32)]`.
     pub fn feature_map(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
-        let mut x = relu6(&self.bn0.forward_t(&self.conv_stem.forward(xs)?, train)?)?;
-        for b in &self.blocks {
-            x = b.forward_t(&x, train)?;
+        let f = &self.frozen;
+        let mut x = relu6(&self.bn0.forward_t(&self.conv_stem.forward(xs)?, f.train(0, train))?)?;
+        for (b, &stage) in self.blocks.iter().zip(&self.block_stage) {
+            x = b.forward_t(&x, f.train(stage, train))?;
         }
+        let head_train = f.train(LITE0_STAGES.len() + 1, train);
         relu6(
             &self
                 .bn1
-                .forward_t(&self.conv_head.forward_act(&x, FusedActivation::Identity)?, train)?,
+                .forward_t(&self.conv_head.forward_act(&x, FusedActivation::Identity)?, head_train)?,
         )
     }
 }
@@ -200,6 +209,26 @@ impl Backbone for EfficientNetLite0 {
     }
     fn head_prefix(&self) -> &'static str {
         "_fc"
+    }
+    /// `stem` (`_conv_stem`, `_bn0`), the seven block stages of the module docs'
+    /// table (`_blocks.{n}`), then `conv_head` (`_conv_head`, `_bn1`).
+    fn stages(&self) -> Vec<Stage> {
+        let mut s = vec![Stage::new("stem", &["_conv_stem", "_bn0"])];
+        let mut n = 0;
+        for (i, &(repeats, ..)) in LITE0_STAGES.iter().enumerate() {
+            let blocks: Vec<String> = (n..n + repeats).map(|b| format!("_blocks.{b}")).collect();
+            let prefixes: Vec<&str> = blocks.iter().map(String::as_str).collect();
+            s.push(Stage::new(format!("stage{}", i + 1), &prefixes));
+            n += repeats;
+        }
+        s.push(Stage::new("conv_head", &["_conv_head", "_bn1"]));
+        s
+    }
+    fn freeze_stages(&self, n: usize) -> Result<()> {
+        self.frozen.set(n, LITE0_STAGES.len() + 2)
+    }
+    fn frozen_stages(&self) -> usize {
+        self.frozen.get()
     }
 }
 

@@ -44,7 +44,7 @@ pub mod size;
 pub mod vgg;
 
 pub use alexnet::AlexNet;
-pub use backbone::{Backbone, Head};
+pub use backbone::{Backbone, FrozenStages, Head, Stage};
 pub use cnn::{LeNet5, SmallCnn};
 pub use efficientnet::EfficientNetLite0;
 pub use init::SeededVarMap;

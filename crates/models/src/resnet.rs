@@ -9,7 +9,7 @@
 //! With `cifar_stem`, `conv1` is a 3x3 stride-1 convolution (weight
 //! `[64, C, 3, 3]`) and there is no max-pool: the usual setup for training on
 //! 32 px images from scratch. Other names are unchanged.
-use crate::backbone::{Backbone, Head};
+use crate::backbone::{Backbone, FrozenStages, Head, Stage};
 use crate::conv::{bn, bn_act, conv2d, Conv2dExt, ConvInit};
 use crate::layers::{relu, FusedActivation};
 use crate::pool::{global_avg_pool, max_pool2d};
@@ -174,6 +174,7 @@ pub struct ResNet {
     layers: Vec<Vec<Block>>,
     fc: Head,
     feature_dim: usize,
+    frozen: FrozenStages,
 }
 
 impl ResNet {
@@ -207,17 +208,19 @@ impl ResNet {
             layers,
             fc,
             feature_dim: inplanes,
+            frozen: FrozenStages::default(),
         })
     }
 
     /// The output of `layer4`, `[B, feature_dim, H/32, W/32]` (H/8 with the CIFAR stem).
     pub fn feature_map(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
         let conv = self.conv1.forward_act(xs, FusedActivation::Identity)?;
-        let mut x = bn_act(&self.bn1, &conv, train, FusedActivation::Relu)?;
+        let mut x = bn_act(&self.bn1, &conv, self.frozen.train(0, train), FusedActivation::Relu)?;
         if self.maxpool {
             x = max_pool2d(&x, 3, 2, 1)?;
         }
-        for layer in &self.layers {
+        for (i, layer) in self.layers.iter().enumerate() {
+            let train = self.frozen.train(i + 1, train);
             for block in layer {
                 x = block.forward_t(&x, train)?;
             }
@@ -239,6 +242,21 @@ impl Backbone for ResNet {
     }
     fn head_prefix(&self) -> &'static str {
         "fc"
+    }
+    /// `stem` (`conv1`, `bn1`), then `layer1` .. `layer4`.
+    fn stages(&self) -> Vec<Stage> {
+        let mut s = vec![Stage::new("stem", &["conv1", "bn1"])];
+        for i in 1..=self.layers.len() {
+            let name = format!("layer{i}");
+            s.push(Stage::new(name.clone(), &[name.as_str()]));
+        }
+        s
+    }
+    fn freeze_stages(&self, n: usize) -> Result<()> {
+        self.frozen.set(n, 1 + self.layers.len())
+    }
+    fn frozen_stages(&self) -> usize {
+        self.frozen.get()
     }
 }
 

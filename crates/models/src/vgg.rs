@@ -12,7 +12,7 @@
 //! torchvision: identity at 224 px, replication of the 1x1 map at 32 px.
 //! Inputs smaller than 32 px (28 px MNIST) are zero-padded to 32 px first, since
 //! five 2x2 max-pools need at least 32 px.
-use crate::backbone::{Backbone, Head};
+use crate::backbone::{Backbone, FrozenStages, Head, Stage};
 use crate::conv::{bn, bn_act, conv2d, Conv2dExt, ConvInit};
 use crate::layers::{FusedActivation, LinearExt};
 use crate::pool::{adaptive_avg_pool2d, max_pool2d};
@@ -69,6 +69,8 @@ pub struct Vgg {
     fc2: Linear,
     dropout: Dropout,
     head: Head,
+    stages: Vec<Stage>,
+    frozen: FrozenStages,
 }
 
 /// torchvision's VGG linear init: weight N(0, 0.01), bias 0.
@@ -86,11 +88,21 @@ impl Vgg {
         let mut layers = Vec::new();
         let mut idx = 0;
         let mut cin = in_channels;
+        // One stage per conv block (the convs between two max-pools).
+        let mut stages = vec![];
+        let mut block: Vec<String> = vec![];
         for &v in cfg.layout()? {
             if v == M {
                 layers.push(Layer::MaxPool);
                 idx += 1;
+                let prefixes: Vec<&str> = block.iter().map(String::as_str).collect();
+                stages.push(Stage::new(format!("block{}", stages.len() + 1), &prefixes));
+                block.clear();
                 continue;
+            }
+            block.push(format!("features.{idx}"));
+            if cfg.batch_norm {
+                block.push(format!("features.{}", idx + 1));
             }
             let conv = conv2d(cin, v, 3, 1, 1, true, ConvInit::KaimingFanOut, vf.pp(idx.to_string()))?;
             let norm = if cfg.batch_norm {
@@ -106,12 +118,15 @@ impl Vgg {
         let fc1 = vgg_linear(512 * 7 * 7, 4096, vc.pp("0"))?;
         let fc2 = vgg_linear(4096, 4096, vc.pp("3"))?;
         let head = Head::from_linear(vgg_linear(4096, num_classes, vc.pp("6"))?, Self::DROPOUT);
+        stages.push(Stage::new("classifier", &["classifier.0", "classifier.3"]));
         Ok(Self {
             layers,
             fc1,
             fc2,
             dropout: Dropout::new(Self::DROPOUT),
             head,
+            stages,
+            frozen: FrozenStages::default(),
         })
     }
 
@@ -125,18 +140,23 @@ impl Vgg {
         if w < 32 {
             x = x.pad_with_zeros(3, (32 - w) / 2, 32 - w - (32 - w) / 2)?;
         }
+        // Stage k is the k-th conv block, which ends at the k-th max-pool.
+        let mut block = 0;
         for layer in &self.layers {
             x = match layer {
                 Layer::Conv(conv, norm) => match norm {
                     Some(n) => bn_act(
                         n,
                         &conv.forward_act(&x, FusedActivation::Identity)?,
-                        train,
+                        self.frozen.train(block, train),
                         FusedActivation::Relu,
                     )?,
                     None => conv.forward_act(&x, FusedActivation::Relu)?,
                 },
-                Layer::MaxPool => max_pool2d(&x, 2, 2, 0)?,
+                Layer::MaxPool => {
+                    block += 1;
+                    max_pool2d(&x, 2, 2, 0)?
+                }
             };
         }
         adaptive_avg_pool2d(&x, 7, 7)
@@ -147,7 +167,8 @@ impl Backbone for Vgg {
     fn features(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
         let x = self.conv_features(xs, train)?.flatten_from(1)?;
         let x = self.fc1.forward_act(&x, FusedActivation::Relu)?;
-        let x = self.dropout.forward_t(&x, train)?;
+        let classifier_stage = self.stages.len() - 1;
+        let x = self.dropout.forward_t(&x, self.frozen.train(classifier_stage, train))?;
         self.fc2.forward_act(&x, FusedActivation::Relu)
     }
     fn feature_dim(&self) -> usize {
@@ -155,6 +176,17 @@ impl Backbone for Vgg {
     }
     fn head_prefix(&self) -> &'static str {
         "classifier.6"
+    }
+    /// `block1` .. `block5` (the convs, with their batch norms, between max-pools
+    /// in `features.*`), then `classifier` (`classifier.0`, `classifier.3`).
+    fn stages(&self) -> Vec<Stage> {
+        self.stages.clone()
+    }
+    fn freeze_stages(&self, n: usize) -> Result<()> {
+        self.frozen.set(n, self.stages.len())
+    }
+    fn frozen_stages(&self) -> usize {
+        self.frozen.get()
     }
 }
 

@@ -27,8 +27,35 @@ pub struct RunRow {
     pub wall_seconds: Option<f64>,
     pub params_total: Option<u64>,
     pub params_trainable: Option<u64>,
-    /// The summary file read.
+    /// The summary file read (empty for a failed run).
     pub path: PathBuf,
+    /// Why the run produced no results (a backbone that could not be loaded).
+    pub failed: Option<String>,
+}
+
+impl RunRow {
+    /// A row without results: the run `name` failed for `reason`.
+    pub fn failed(name: &str, model: &str, dataset: &str, reason: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            kind: "transfer".into(),
+            model: model.to_string(),
+            dataset: dataset.to_string(),
+            test_accuracy: None,
+            test_macro_f1: None,
+            train_accuracy: None,
+            val_accuracy: None,
+            gap: None,
+            overfit: None,
+            backbone_seconds: None,
+            head_seconds: None,
+            wall_seconds: None,
+            params_total: None,
+            params_trainable: None,
+            path: PathBuf::new(),
+            failed: Some(reason.to_string()),
+        }
+    }
 }
 
 /// Percentage points without the sign (the column headers say `%`).
@@ -61,6 +88,16 @@ pub fn markdown(rows: &[RunRow], overfit_gap: f64) -> String {
     );
     let cell = markdown_cell;
     for r in rows {
+        if r.failed.is_some() {
+            s += &format!(
+                "| {} | {} | {} | {} | FAILED (see below) | - | - | - | - | - | - | - | - | - | - |\n",
+                cell(&r.name),
+                r.kind,
+                cell(&r.model),
+                cell(&r.dataset)
+            );
+            continue;
+        }
         s += &format!(
             "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             cell(&r.name),
@@ -88,6 +125,14 @@ pub fn markdown(rows: &[RunRow], overfit_gap: f64) -> String {
          (transfer runs; 0 backbone seconds means every feature came from the cache).\n",
         100.0 * overfit_gap
     );
+    let failed: Vec<&RunRow> = rows.iter().filter(|r| r.failed.is_some()).collect();
+    if !failed.is_empty() {
+        s += "\nFailed (no results; the other runs are unaffected):\n\n";
+        for r in failed {
+            let reason = r.failed.as_deref().unwrap_or_default().replace('\n', "\n  ");
+            s += &format!("- **{}**: {reason}\n", r.name);
+        }
+    }
     s
 }
 
@@ -104,7 +149,7 @@ pub fn csv(rows: &[RunRow]) -> String {
     let o = |v: Option<f64>| v.map(|v| v.to_string()).unwrap_or_default();
     let mut s = String::from(
         "name,kind,model,dataset,test_accuracy,test_macro_f1,train_accuracy,val_accuracy,train_val_gap,overfit,\
-         backbone_seconds,head_seconds,wall_seconds,params_total,params_trainable,summary\n",
+         backbone_seconds,head_seconds,wall_seconds,params_total,params_trainable,summary,failed\n",
     );
     for r in rows {
         let fields = [
@@ -124,6 +169,15 @@ pub fn csv(rows: &[RunRow]) -> String {
             r.params_total.map(|v| v.to_string()).unwrap_or_default(),
             r.params_trainable.map(|v| v.to_string()).unwrap_or_default(),
             csv_field(&r.path.display().to_string()),
+            // One line per row: the reason's lines joined.
+            csv_field(
+                &r.failed
+                    .as_deref()
+                    .unwrap_or_default()
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            ),
         ];
         s += &(fields.join(",") + "\n");
     }

@@ -295,11 +295,30 @@ fn check_sha256(field: &str, hex: &str) -> std::result::Result<(), String> {
     }
 }
 
+/// Sidecar names [`resolve`] looks for, in order: `digitlab train`'s best and last
+/// epochs, and the one complete model of a `digitlab transfer` backbone.
+pub const SIDECAR_NAMES: [&str; 3] = ["best.json", "last.json", "model.json"];
+
+/// Key of a sidecar's `config` naming what wrote the checkpoint when it is not
+/// `digitlab train` (whose `config` is an [`crate::ExperimentConfig`]).
+pub const KIND_KEY: &str = "checkpoint_kind";
+
+/// What wrote a checkpoint: `train` (no [`KIND_KEY`] in its config), or the value
+/// of [`KIND_KEY`] (`transfer`).
+pub fn checkpoint_kind(sidecar: &Sidecar) -> &str {
+    sidecar
+        .config
+        .get(KIND_KEY)
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or("train")
+}
+
 /// Finds a sidecar from a user-given path: a `.json` sidecar, a run folder
-/// (its `best.json`, else `last.json`), or a weights file with a sidecar naming it.
+/// (its `best.json`, else `last.json`, else `model.json`), or a weights file with
+/// a sidecar naming it.
 pub fn resolve(path: &Path) -> Result<PathBuf> {
     if path.is_dir() {
-        for tag in ["best.json", "last.json"] {
+        for tag in SIDECAR_NAMES {
             let p = path.join(tag);
             if p.is_file() {
                 return Ok(p);
@@ -307,7 +326,7 @@ pub fn resolve(path: &Path) -> Result<PathBuf> {
         }
         return Err(TrainError::Checkpoint {
             path: path.to_path_buf(),
-            message: "folder has no best.json or last.json".into(),
+            message: "folder has no best.json, last.json or model.json".into(),
         });
     }
     if path.extension().is_some_and(|e| e == "json") {
@@ -318,7 +337,7 @@ pub fn resolve(path: &Path) -> Result<PathBuf> {
         .file_name()
         .map(|n| n.to_string_lossy().to_string())
         .unwrap_or_default();
-    for tag in ["best.json", "last.json"] {
+    for tag in SIDECAR_NAMES {
         let p = dir.join(tag);
         if read_sidecar(&p).is_ok_and(|s| s.model_file == name) {
             return Ok(p);
@@ -326,7 +345,9 @@ pub fn resolve(path: &Path) -> Result<PathBuf> {
     }
     Err(TrainError::Checkpoint {
         path: path.to_path_buf(),
-        message: "no best.json / last.json beside it refers to this file; pass the run folder or a sidecar".into(),
+        message: "no best.json / last.json / model.json beside it refers to this file; pass the run folder or a \
+                  sidecar"
+            .into(),
     })
 }
 
@@ -369,6 +390,15 @@ pub fn set_model_tensors(path: &Path, tensors: &HashMap<String, Tensor>, map: &V
 
 /// The experiment config a sidecar stores.
 pub fn stored_config(sidecar_path: &Path, sidecar: &Sidecar) -> Result<crate::ExperimentConfig> {
+    let kind = checkpoint_kind(sidecar);
+    if kind != "train" {
+        return Err(TrainError::Checkpoint {
+            path: sidecar_path.to_path_buf(),
+            message: format!(
+                "a `{kind}` checkpoint, not one of `digitlab train`: load it with `digitlab eval` / `predict`"
+            ),
+        });
+    }
     serde_json::from_value(sidecar.config.clone()).map_err(|e| TrainError::Checkpoint {
         path: sidecar_path.to_path_buf(),
         message: format!("the stored config is not valid for this digitlab version: {e}"),
@@ -404,6 +434,20 @@ pub fn inference_model_from_parts(
     device: &Device,
 ) -> Result<(crate::ExperimentConfig, digitlab_models::Model)> {
     let cfg = stored_config(sidecar_path, sidecar)?;
+    let model = model_from_tensors(&cfg.model, sidecar, weights_path, tensors, device)?;
+    Ok((cfg, model))
+}
+
+/// Builds `model` for the sidecar's input shape and classes *from* `tensors` (read
+/// from `weights_path`): a layer the tensors do not back with the right shape is an
+/// error, whatever kind of checkpoint the sidecar belongs to.
+pub fn model_from_tensors(
+    model: &digitlab_models::ModelConfig,
+    sidecar: &Sidecar,
+    weights_path: &Path,
+    tensors: HashMap<String, Tensor>,
+    device: &Device,
+) -> Result<digitlab_models::Model> {
     let [channels, height, width] = sidecar.input_shape;
     let input = digitlab_models::InputShape {
         channels,
@@ -411,13 +455,23 @@ pub fn inference_model_from_parts(
         width,
     };
     let vb = candle_nn::VarBuilder::from_tensors(tensors, candle_core::DType::F32, device);
-    let model = digitlab_models::build_model(&cfg.model, input, sidecar.class_names.len(), vb).map_err(|e| {
-        TrainError::Checkpoint {
-            path: weights_path.to_path_buf(),
-            message: format!("does not hold the model the sidecar's config describes: {e}"),
-        }
-    })?;
-    Ok((cfg, model))
+    digitlab_models::build_model(model, input, sidecar.class_names.len(), vb).map_err(|e| TrainError::Checkpoint {
+        path: weights_path.to_path_buf(),
+        message: format!("does not hold the model the sidecar's config describes: {e}"),
+    })
+}
+
+/// Reads the weights file a sidecar (at `sidecar_path`) names, verified against
+/// its SHA-256. Returns the file's path and its tensors.
+pub fn load_sidecar_weights(
+    sidecar_path: &Path,
+    sidecar: &Sidecar,
+    device: &Device,
+) -> Result<(PathBuf, HashMap<String, Tensor>)> {
+    let dir = sidecar_path.parent().unwrap_or(Path::new("."));
+    let weights = dir.join(&sidecar.model_file);
+    let tensors = load_verified(&weights, &sidecar.model_sha256, device)?;
+    Ok((weights, tensors))
 }
 
 /// Loads and verifies the optimizer state a sidecar names.
