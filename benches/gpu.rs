@@ -14,7 +14,7 @@ use digitlab_losses::{softmax_cross_entropy, Reduction};
 use digitlab_models::{
     build_model, InputShape, MlpConfig, ModelConfig, Precision, ResNetConfig, SeededVarMap, VggConfig,
 };
-use digitlab_train::optim::{Optimizer, OptimizerConfig};
+use digitlab_train::optim::{AdamConfig, OptimizerConfig, SgdConfig};
 
 use crate::workloads::{synthetic, BenchError, Prepared, Result, SyntheticWeights, Workload};
 
@@ -104,7 +104,7 @@ fn train_step(
     let map = VarMap::new();
     let vb = SeededVarMap::var_builder(&map, 0, DType::F32, dev);
     let m = build_model(&cfg, input, 10, vb)?.with_precision(precision);
-    let mut opt = Optimizer::new(optim, digitlab_train::trainable_params(&map));
+    let mut opt = optim.build(digitlab_train::trainable_params(&map))?;
     let x = images(batch, input.channels, input.height, dev)?;
     let y = labels(batch, dev)?;
     Ok(Box::new(move || {
@@ -208,27 +208,16 @@ pub fn prepare_gpu(name: &str, dev: &Device, precision: Precision, scale: f64) -
         height: 28,
         width: 28,
     };
-    let sgd = OptimizerConfig::Sgd {
-        lr: 0.01,
-        momentum: 0.0,
-        nesterov: false,
-        weight_decay: 0.0,
-    };
-    let adam = OptimizerConfig::Adam {
-        lr: 1e-3,
-        beta1: 0.9,
-        beta2: 0.999,
-        eps: 1e-8,
-        weight_decay: 0.0,
-    };
+    let sgd = || -> OptimizerConfig { SgdConfig::new(0.01).into() };
+    let adam = || -> OptimizerConfig { AdamConfig::new(1e-3).into() };
     let vgg16 = ModelConfig::Vgg(VggConfig {
         depth: 16,
         batch_norm: false,
     });
     let step = match name {
-        "gpu_mlp_sgd_b100" => train_step(mlp, mnist, 100, sgd, dev, precision)?,
-        "gpu_mlp_sgd_b1024" => train_step(mlp, mnist, 1024, sgd, dev, precision)?,
-        "gpu_lenet5_adam_b256" => train_step(ModelConfig::Lenet5, rgb(32), 256, adam, dev, precision)?,
+        "gpu_mlp_sgd_b100" => train_step(mlp, mnist, 100, sgd(), dev, precision)?,
+        "gpu_mlp_sgd_b1024" => train_step(mlp, mnist, 1024, sgd(), dev, precision)?,
+        "gpu_lenet5_adam_b256" => train_step(ModelConfig::Lenet5, rgb(32), 256, adam(), dev, precision)?,
         "gpu_resnet18_feat224_b256" => features_step(RESNET18, 224, 256, dev, precision)?,
         "gpu_vgg16_feat224_b256" => features_step(vgg16, 224, 256, dev, precision)?,
         "gpu_transfer_svhn" => {

@@ -58,6 +58,12 @@ pub fn estimate_size(cfg: &ModelConfig, input: InputShape, num_classes: usize) -
                 activations_per_image: features + 14.0 * pixels,
             }
         }
+        // torchvision's layout: 2.47 M conv + 54.5 M classifier parameters before the
+        // head (the 6x6 adaptive pool fixes the classifier's size).
+        ModelConfig::Alexnet => SizeEstimate {
+            parameters: 57.0e6 + 4097.0 * k,
+            activations_per_image: features + 30.0 * pixels,
+        },
         ModelConfig::SmallCnn => SizeEstimate {
             parameters: 287_296.0 + c * 288.0 + 128.0 * (h / 8.0).floor() * (w / 8.0).floor() * 256.0 + 257.0 * k,
             activations_per_image: features + 200.0 * pixels,
