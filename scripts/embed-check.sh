@@ -33,6 +33,13 @@ candle-nn = "0.11.1"
 getrandom = { version = "0.4", features = ["std", "sys_rng"] }
 rustix = { version = "1", features = ["termios"] }
 
+# Host dependencies (build scripts, proc macros) unify their features among
+# themselves: the workspace builds syn 3 with "full" (for a dev-dependency's proc
+# macro), and every proc macro built on syn, and every crate using those macros,
+# hashes that in. Without this line candle is compiled a second time.
+[build-dependencies]
+syn = { version = "3", features = ["full"] }
+
 # The workspace's release profile (same settings, same artifacts).
 [profile.release]
 debug = false

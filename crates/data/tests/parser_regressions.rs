@@ -167,27 +167,17 @@ fn idx_gzip_header_claiming_more_than_it_holds_allocates_little() {
 /// A little-endian MAT-file with one uint8 matrix `X` of `dims` whose data
 /// element claims `claimed` bytes but holds `held`.
 fn lying_mat(dims: [u32; 2], claimed: u32, held: usize) -> Vec<u8> {
-    fn elem(dtype: u32, nbytes: u32, data: &[u8]) -> Vec<u8> {
-        let mut v = dtype.to_le_bytes().to_vec();
-        v.extend_from_slice(&nbytes.to_le_bytes());
-        v.extend_from_slice(data);
-        while v.len() % 8 != 0 {
-            v.push(0);
-        }
-        v
-    }
-    let mut f = vec![b' '; 128];
-    f[..22].copy_from_slice(b"MATLAB 5.0 MAT-file, t");
-    f[116..124].fill(0);
-    f[124..126].copy_from_slice(&0x0100u16.to_le_bytes());
-    f[126..128].copy_from_slice(b"IM");
-    let mut body = elem(6, 8, &[9, 0, 0, 0, 0, 0, 0, 0]);
+    use digitlab_test_support::mat::{
+        element, element_claiming, header, CLASS_UINT8, MI_INT32, MI_INT8, MI_MATRIX, MI_UINT32, MI_UINT8,
+    };
+    let mut body = element(MI_UINT32, &[CLASS_UINT8, 0, 0, 0, 0, 0, 0, 0]);
     let d: Vec<u8> = dims.iter().flat_map(|x| x.to_le_bytes()).collect();
-    body.extend(elem(5, 8, &d));
-    body.extend(elem(1, 1, b"X"));
-    body.extend(elem(2, claimed, &vec![7; held]));
+    body.extend(element(MI_INT32, &d));
+    body.extend(element(MI_INT8, b"X"));
+    body.extend(element_claiming(MI_UINT8, claimed, &vec![7; held]));
     let len = body.len() as u32;
-    f.extend(elem(14, len.max(claimed.saturating_add(48)), &body));
+    let mut f = header();
+    f.extend(element_claiming(MI_MATRIX, len.max(claimed.saturating_add(48)), &body));
     f
 }
 

@@ -21,45 +21,7 @@ fn names() -> Vec<String> {
 /// A little-endian level-5 MAT-file with `X` (uint8, 32x32x3xN, column-major) and
 /// `y` (double, Nx1), each optionally in an miCOMPRESSED element.
 fn svhn_mat(x: &[u8], y: &[f64], compress: bool) -> Vec<u8> {
-    fn elem(dtype: u32, data: &[u8]) -> Vec<u8> {
-        let mut v = dtype.to_le_bytes().to_vec();
-        v.extend_from_slice(&(data.len() as u32).to_le_bytes());
-        v.extend_from_slice(data);
-        while v.len() % 8 != 0 {
-            v.push(0);
-        }
-        v
-    }
-    fn matrix(class: u8, dims: &[u32], name: &str, dtype: u32, data: &[u8]) -> Vec<u8> {
-        let mut body = elem(6, &[&[class, 0, 0, 0][..], &[0; 4]].concat());
-        body.extend(elem(5, &dims.iter().flat_map(|d| d.to_le_bytes()).collect::<Vec<_>>()));
-        body.extend(elem(1, name.as_bytes()));
-        body.extend(elem(dtype, data));
-        elem(14, &body)
-    }
-    let mut f = vec![b' '; 128];
-    f[..22].copy_from_slice(b"MATLAB 5.0 MAT-file, t");
-    f[116..124].fill(0);
-    f[124..126].copy_from_slice(&0x0100u16.to_le_bytes());
-    f[126..128].copy_from_slice(b"IM");
-    let n = y.len() as u32;
-    let ybytes: Vec<u8> = y.iter().flat_map(|v| v.to_le_bytes()).collect();
-    for m in [
-        matrix(9, &[32, 32, 3, n], "X", 2, x),
-        matrix(6, &[n, 1], "y", 9, &ybytes),
-    ] {
-        if compress {
-            let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
-            z.write_all(&m).unwrap();
-            let z = z.finish().unwrap();
-            f.extend_from_slice(&15u32.to_le_bytes());
-            f.extend_from_slice(&(z.len() as u32).to_le_bytes());
-            f.extend(z);
-        } else {
-            f.extend(m);
-        }
-    }
-    f
+    digitlab_test_support::mat::svhn(x, y, compress)
 }
 
 const FIXTURE: &[u8] = include_bytes!("fixtures/svhn_small_compressed.mat");

@@ -11,75 +11,12 @@ use digitlab_models::{build_model, InputShape, ModelConfig, SeededVarMap};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-fn pad8(v: &mut Vec<u8>) {
-    while v.len() % 8 != 0 {
-        v.push(0);
-    }
-}
-
-/// One uncompressed level-5 `miMATRIX` element: a real numeric array.
-fn mat_matrix(name: &str, class: u32, dims: &[u32], elem_type: u32, data: &[u8]) -> Vec<u8> {
-    let mut body = Vec::new();
-    // Array flags (miUINT32, 8 bytes): class in the low byte.
-    body.extend(6u32.to_le_bytes());
-    body.extend(8u32.to_le_bytes());
-    body.extend(class.to_le_bytes());
-    body.extend(0u32.to_le_bytes());
-    // Dimensions (miINT32).
-    body.extend(5u32.to_le_bytes());
-    body.extend((4 * dims.len() as u32).to_le_bytes());
-    for d in dims {
-        body.extend((*d as i32).to_le_bytes());
-    }
-    pad8(&mut body);
-    // Name (miINT8).
-    body.extend(1u32.to_le_bytes());
-    body.extend((name.len() as u32).to_le_bytes());
-    body.extend(name.as_bytes());
-    pad8(&mut body);
-    // Real part.
-    body.extend(elem_type.to_le_bytes());
-    body.extend((data.len() as u32).to_le_bytes());
-    body.extend(data);
-    pad8(&mut body);
-    let mut out = Vec::new();
-    out.extend(14u32.to_le_bytes());
-    out.extend((body.len() as u32).to_le_bytes());
-    out.extend(body);
-    out
-}
-
 /// Writes an SVHN "cropped digits" file: `X` uint8 32x32x3xN (column-major, MATLAB's
 /// (row, column, channel, image) order) and `y` double Nx1 with labels 1..10 (10 =
 /// digit 0), from NCHW `images` and labels 0..9.
 pub fn write_svhn_mat(path: &Path, images: &[u8], labels: &[u8]) {
-    let n = labels.len();
-    assert_eq!(images.len(), n * 3 * 32 * 32);
-    let mut x = vec![0u8; images.len()];
-    for i in 0..n {
-        for ch in 0..3 {
-            for r in 0..32 {
-                for c in 0..32 {
-                    x[r + 32 * (c + 32 * (ch + 3 * i))] = images[((i * 3 + ch) * 32 + r) * 32 + c];
-                }
-            }
-        }
-    }
-    let y: Vec<u8> = labels
-        .iter()
-        .flat_map(|&l| (if l == 0 { 10.0f64 } else { l as f64 }).to_le_bytes())
-        .collect();
-    let mut file = Vec::new();
-    let mut text = b"MATLAB 5.0 MAT-file, written by digitlab-finetune tests".to_vec();
-    text.resize(116, b' ');
-    file.extend(text);
-    file.extend([0u8; 8]);
-    file.extend(0x0100u16.to_le_bytes());
-    file.extend(b"IM");
-    file.extend(mat_matrix("X", 9, &[32, 32, 3, n as u32], 2, &x));
-    file.extend(mat_matrix("y", 6, &[n as u32, 1], 9, &y));
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(path, file).unwrap();
+    std::fs::write(path, digitlab_test_support::mat::svhn_from_nchw(images, labels)).unwrap();
 }
 
 /// `n` synthetic 32x32 RGB "digits" (NCHW) and labels 0..9: class k is a bright
