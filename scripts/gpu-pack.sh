@@ -4,6 +4,7 @@
 # a machine with an NVIDIA GPU but no Rust toolchain or network.
 #
 #   scripts/gpu-pack.sh [OUT_DIR]
+#   DIGITLAB_GPU_FEATURES=cuda,cudnn scripts/gpu-pack.sh target/gpu-pack-cudnn   # with cuDNN
 #
 # Needs the CUDA toolchain (`cargo xtask cuda-toolchain`, run here when CUDA_ROOT
 # is not set) and builds in target/cuda. OUT_DIR must be new, empty, or a folder this
@@ -12,6 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${1:-target/gpu-pack}"
 LIMIT_MIB=64
+FEATURES="${DIGITLAB_GPU_FEATURES:-cuda}"
 
 if [ -e "$OUT" ] && [ -n "$(ls -A "$OUT")" ] && [ ! -f "$OUT/.digitlab-gpu-pack" ]; then
   echo "error: $OUT exists and was not made by gpu-pack.sh (no .digitlab-gpu-pack): choose another folder" >&2
@@ -20,7 +22,9 @@ fi
 
 if [ -z "${CUDA_ROOT:-}" ]; then
   command -v cargo >/dev/null || { echo "error: cargo is needed to build" >&2; exit 1; }
-  env_lines="$(cargo xtask cuda-toolchain)"
+  # The xtask of the CPU build when there is one (`cargo xtask` would resolve its own
+  # feature set and compile candle once more).
+  if [ -x target/release/xtask ]; then env_lines="$(target/release/xtask cuda-toolchain)"; else env_lines="$(cargo xtask cuda-toolchain)"; fi
   eval "$env_lines"
 fi
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target/cuda}"
@@ -29,8 +33,8 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target/cuda}"
 # paths cargo reports in its JSON messages.
 msgs="$(mktemp)"
 trap 'rm -f "$msgs"' EXIT
-cargo build --release --workspace --features cuda --all-targets >&2
-cargo test --release --workspace --features cuda --no-run --message-format=json >"$msgs"
+cargo build --release --workspace --features "$FEATURES" --all-targets >&2
+cargo test --release --workspace --features "$FEATURES" --no-run --message-format=json >"$msgs"
 tests_exe="$(python3 - "$msgs" <<'EOF'
 import json, sys
 found = {}
@@ -56,7 +60,7 @@ mkdir -p "$stage/configs"
 cp configs/quickstart.toml "$stage/configs/"
 cp scripts/gpu-check.sh scripts/gpu_reference.py benches/reference/bench.py "$stage/"
 xz -T0 -6 "$stage/digitlab" "$stage/digitlab-bench" "$stage/cli-cuda" "$stage/tests-cuda"
-git rev-parse HEAD >"$stage/commit" 2>/dev/null || echo unknown >"$stage/commit"
+{ git rev-parse HEAD 2>/dev/null || echo unknown; } | sed "s/\$/ (features $FEATURES)/" >"$stage/commit"
 touch "$stage/.digitlab-gpu-pack"
 size_mib=$(( $(du -sk "$stage" | cut -f1) / 1024 ))
 if [ "$size_mib" -gt "$LIMIT_MIB" ]; then
