@@ -3,7 +3,7 @@
 #
 #   fuzz/smoke.sh [SECONDS_PER_TARGET] [TARGET...]
 #
-# Defaults: 20 seconds per target, all targets (idx mat checkpoint config).
+# Defaults: 20 seconds per target, all targets (idx mat checkpoint config pth).
 # Builds the targets (the first build compiles candle with coverage
 # instrumentation: minutes), then runs each from its seed corpus for the given
 # time. Exits 1 if a target crashes (the input is saved under
@@ -20,7 +20,7 @@ cd "$(dirname "$0")/.."
 SECS="${1:-20}"
 shift || true
 TARGETS=("$@")
-[ ${#TARGETS[@]} -eq 0 ] && TARGETS=(idx mat checkpoint config)
+[ ${#TARGETS[@]} -eq 0 ] && TARGETS=(idx mat checkpoint config pth)
 case "$SECS" in '' | *[!0-9]*) echo "fuzz smoke: SECONDS_PER_TARGET must be a whole number, got '$SECS'" >&2; exit 2 ;; esac
 
 skip() {
@@ -42,7 +42,8 @@ seeds_for() {
     mat) echo fuzz/seeds/mat ;;
     checkpoint) echo fuzz/seeds/checkpoint ;;
     config) echo configs ;;
-    *) echo "fuzz smoke: unknown target '$1' (known: idx mat checkpoint config)" >&2; exit 2 ;;
+    pth) echo fuzz/seeds/pth ;;
+    *) echo "fuzz smoke: unknown target '$1' (known: idx mat checkpoint config pth)" >&2; exit 2 ;;
   esac
 }
 

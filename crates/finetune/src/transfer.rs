@@ -992,10 +992,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("unknown field `epoch`") && e.contains("epochs"), "{e}");
-        let e = TransferConfig::from_toml_str(BASE, &["backbones=[{model = \"alexnet\"}]".into()])
+        let e = TransferConfig::from_toml_str(BASE, &["backbones=[{model = \"googlenet\"}]".into()])
             .unwrap_err()
             .to_string();
-        assert!(e.contains("backbones[0].model") && e.contains("alexnet"), "{e}");
+        assert!(e.contains("backbones[0].model") && e.contains("googlenet"), "{e}");
         let e = TransferConfig::from_toml_str(BASE, &["data.augment={crop_padding = 2}".into()])
             .unwrap_err()
             .to_string();
