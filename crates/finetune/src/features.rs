@@ -460,6 +460,7 @@ mod tests {
             normalize: Normalization::Unit,
             images: 4,
             data_sha256: "x".into(),
+            dtype: Default::default(),
         }
     }
 
