@@ -64,10 +64,10 @@ pub fn train(
     let cfg = ExperimentConfig::load(config, overrides)?;
     let out = out.unwrap_or_else(|| PathBuf::from("runs").join(&cfg.name));
     let device = parse_device(&common.device)?;
-    // Before any work: refuse a folder that is not ours or in use.
-    let run_dir = RunDir::claim(&out, "train", &config_hash("train", &cfg), start(resume, force))?;
     let data_dir = resolve_data_dir(common.data_dir.as_deref());
     check_paths(&out, &data_dir)?;
+    // Before any work: refuse a folder that is not ours or in use.
+    let run_dir = RunDir::claim(&out, "train", &config_hash("train", &cfg), start(resume, force))?;
     let data = PreparedData::load(&cfg, &data_dir)?;
     if data.test.is_none() {
         eprintln!(

@@ -362,7 +362,11 @@ fn the_offline_hub_error_suggests_what_really_works() {
     )
     .unwrap();
     let (out, cache) = (scene.s("out"), scene.s("cache"));
-    let t = scene.refused_env(
+    // The backbone that cannot load is a failed row of the comparison (issue 14,
+    // continue on failure): the run exits non-zero and writes only inside `out`.
+    let before = Snapshot::take(scene.root());
+    let o = digitlab_in(
+        scene.root(),
         &[
             "transfer",
             "--config",
@@ -373,9 +377,17 @@ fn the_offline_hub_error_suggests_what_really_works() {
             &cache,
         ],
         &[("HF_HUB_CACHE", hub.as_path()), ("HF_HOME", hub.as_path())],
-        &["timm/resnet18.a1_in1k", "pretrained = \"path/to/model.safetensors\""],
     );
+    let after = Snapshot::take(scene.root());
+    let t = text(&o);
+    assert!(!o.status.success(), "expected a failure: {t}");
+    for n in ["timm/resnet18.a1_in1k", "pretrained = \"path/to/model.safetensors\""] {
+        assert!(t.contains(n), "message lacks `{n}`: {t}");
+    }
     assert!(!t.contains("--weights"), "{t}");
+    before.assert_only_changed_within(&after, &[Path::new("out")]);
+    let table = std::fs::read_to_string(scene.path("out").join("compare.md")).unwrap();
+    assert!(table.contains("FAILED"), "{table}");
 }
 
 // ---- case 9: degenerate inputs ----
