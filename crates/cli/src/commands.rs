@@ -333,7 +333,7 @@ pub fn datasets(verify: bool, common: &Common) -> Result<()> {
     let data_dir = resolve_data_dir(common.data_dir.as_deref());
     digitlab_data::check_data_dir(&data_dir, None)?;
     println!("data directory: {}", data_dir.display());
-    println!("{:<14} {:<7} {}", "dataset", "status", "details");
+    println!("{:<14} {:<7} details", "dataset", "status");
     println!(
         "{:<14} {:<7} embedded UCI 8x8 digits, 1,797 images ({})",
         "digits",

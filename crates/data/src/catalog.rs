@@ -364,6 +364,15 @@ pub fn load(kind: DatasetKind, split: Split, data_dir: &Path) -> Result<Dataset>
     }
 }
 
+impl RemoteFile {
+    /// The expected digest as hex.
+    pub fn checksum_hex(&self) -> &'static str {
+        match self.checksum {
+            Checksum::PayloadSha256(h) | Checksum::FileMd5(h) => h,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -402,14 +411,5 @@ mod tests {
             e.contains("expected sha256") && e.contains(MNIST_FILES[3].checksum_hex()) && e.contains("found"),
             "{e}"
         );
-    }
-}
-
-impl RemoteFile {
-    /// The expected digest as hex.
-    pub fn checksum_hex(&self) -> &'static str {
-        match self.checksum {
-            Checksum::PayloadSha256(h) | Checksum::FileMd5(h) => h,
-        }
     }
 }

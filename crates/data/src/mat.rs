@@ -263,8 +263,7 @@ impl MatData {
                     // 2^63 is exactly representable; i64 covers [-2^63, 2^63).
                     if x.is_finite()
                         && x.fract() == 0.0
-                        && x >= -9.223_372_036_854_776e18
-                        && x < 9.223_372_036_854_776e18
+                        && (-9.223_372_036_854_776e18..9.223_372_036_854_776e18).contains(&x)
                     {
                         Ok(x as i64)
                     } else {

@@ -39,7 +39,7 @@ impl Normalization {
                     std.len()
                 )));
             }
-            if let Some(s) = std.iter().find(|s| !(**s > 0.0) || !s.is_finite()) {
+            if let Some(s) = std.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
                 return Err(DataError::Invalid(format!(
                     "normalisation std must be positive and finite, found {s}"
                 )));

@@ -106,7 +106,7 @@ fn idx_zero_image_count_with_huge_sides_is_an_error() {
     let labels = encode_idx(&[0], &[]);
     let (ip, lp) = (Path::new("images.idx"), Path::new("labels.idx"));
     let (r, peak) = peak_alloc(|| idx_pair_from_bytes((&images, ip), (&labels, lp), "t", names()));
-    let e = r.err().expect("zero images accepted").to_string();
+    let e = r.expect_err("zero images accepted").to_string();
     assert!(e.contains("images.idx") && e.contains("at least one image"), "{e}");
     assert!(peak < 1 << 20, "allocated {peak} bytes for an empty file");
     for dims in [[5, 0, 7], [5, 7, 0]] {
@@ -129,7 +129,7 @@ fn idx_gzip_bomb_behind_a_small_header_is_refused_early() {
     assert!(gz.len() < 200_000);
     let p = Path::new("labels.idx.gz");
     let (r, peak) = peak_alloc(|| decode_maybe_gz(gz.clone(), p));
-    let e = r.err().expect("trailing data accepted").to_string();
+    let e = r.expect_err("trailing data accepted").to_string();
     assert!(
         e.contains("labels.idx.gz") && e.contains("continues past the 18 bytes"),
         "{e}"
@@ -150,7 +150,7 @@ fn idx_gzip_header_claiming_more_than_it_holds_allocates_little() {
     let gz = gzip(&bytes);
     let p = Path::new("images.idx.gz");
     let (r, peak) = peak_alloc(|| decode_maybe_gz(gz.clone(), p).and_then(|d| parse_idx(&d, IMAGES_MAGIC, p)));
-    let e = r.err().expect("truncated file accepted").to_string();
+    let e = r.expect_err("truncated file accepted").to_string();
     assert!(e.contains("images.idx.gz") && e.contains("truncated"), "{e}");
     assert!(
         peak <= gz.len() * 1032 + (1 << 16),
@@ -188,7 +188,7 @@ fn mat_lying_sizes_allocate_from_the_real_length() {
     let f = lying_mat([1 << 16, 1 << 15], 1 << 31, 16);
     let p = Path::new("lying.mat");
     let (r, peak) = peak_alloc(|| read_mat_variables_from(Cursor::new(&f), p, &["X"]));
-    let e = r.err().expect("a lying file was accepted").to_string();
+    let e = r.expect_err("a lying file was accepted").to_string();
     assert!(e.starts_with("lying.mat: "), "{e}");
     assert!(
         peak < cap(f.len()),

@@ -757,7 +757,7 @@ impl<'a> Unpickler<'a> {
     }
 
     fn pairs(&self, mut flat: Vec<Value>) -> PResult<Pairs> {
-        if flat.len() % 2 != 0 {
+        if !flat.len().is_multiple_of(2) {
             return bad(format!("odd number of items for a dict at offset {}", self.pos));
         }
         let mut pairs = Vec::with_capacity(flat.len() / 2);

@@ -76,40 +76,6 @@ pub fn map_ranges<R: Send>(items: usize, parts: usize, f: impl Fn(usize, Range<u
     results.into_iter().flatten().collect()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn split_covers_everything_once() {
-        for items in 0..20 {
-            for parts in 1..6 {
-                let r = split(items, parts);
-                assert_eq!(r.first().map(|r| r.start), Some(0));
-                assert_eq!(r.last().map(|r| r.end), Some(items));
-                for w in r.windows(2) {
-                    assert_eq!(w[0].end, w[1].start);
-                }
-                let lens: Vec<usize> = r.iter().map(|r| r.len()).collect();
-                let (mn, mx) = (lens.iter().min().unwrap(), lens.iter().max().unwrap());
-                assert!(mx - mn <= 1, "{items} {parts} {lens:?}");
-            }
-        }
-    }
-
-    #[test]
-    fn small_work_stays_serial() {
-        assert_eq!(parts(1000, 10, LOOP_SERIAL_MAX_ELEMS), 1);
-        assert!(matches!(gemm_parallelism(1, 256, 784), gemm::Parallelism::None));
-        let got = map_ranges(10, 3, |i, r| (i, r.len()));
-        assert_eq!(got.iter().map(|g| g.1).sum::<usize>(), 10);
-        assert_eq!(
-            got.iter().map(|g| g.0).collect::<Vec<_>>(),
-            (0..got.len()).collect::<Vec<_>>()
-        );
-    }
-}
-
 /// Calls `f(start, chunk)` on consecutive chunks of `out` (`start` is the chunk's
 /// offset), split over threads when `out` has at least [`LOOP_SERIAL_MAX_ELEMS`]
 /// elements.
@@ -163,4 +129,38 @@ pub fn map_parts_mut<R: Send>(
         }
     });
     results.into_iter().flatten().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_covers_everything_once() {
+        for items in 0..20 {
+            for parts in 1..6 {
+                let r = split(items, parts);
+                assert_eq!(r.first().map(|r| r.start), Some(0));
+                assert_eq!(r.last().map(|r| r.end), Some(items));
+                for w in r.windows(2) {
+                    assert_eq!(w[0].end, w[1].start);
+                }
+                let lens: Vec<usize> = r.iter().map(|r| r.len()).collect();
+                let (mn, mx) = (lens.iter().min().unwrap(), lens.iter().max().unwrap());
+                assert!(mx - mn <= 1, "{items} {parts} {lens:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn small_work_stays_serial() {
+        assert_eq!(parts(1000, 10, LOOP_SERIAL_MAX_ELEMS), 1);
+        assert!(matches!(gemm_parallelism(1, 256, 784), gemm::Parallelism::None));
+        let got = map_ranges(10, 3, |i, r| (i, r.len()));
+        assert_eq!(got.iter().map(|g| g.1).sum::<usize>(), 10);
+        assert_eq!(
+            got.iter().map(|g| g.0).collect::<Vec<_>>(),
+            (0..got.len()).collect::<Vec<_>>()
+        );
+    }
 }

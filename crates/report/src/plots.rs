@@ -679,13 +679,7 @@ fn min_max(values: impl IntoIterator<Item = f64>) -> Option<(f64, f64)> {
 
 /// A non-empty range around a single value.
 fn widen_degenerate(v: f64, integer: bool) -> (f64, f64) {
-    let d = if integer {
-        1.0
-    } else if v == 0.0 {
-        1.0
-    } else {
-        v.abs() * 0.1
-    };
+    let d = if integer || v == 0.0 { 1.0 } else { v.abs() * 0.1 };
     (v - d, v + d)
 }
 
@@ -2702,7 +2696,7 @@ mod tests {
             .map(|k| {
                 format!(
                     "run {k}: lr = {:.0e}",
-                    10f64.powi(-(k as i32 / 2) - 1) * if k % 2 == 0 { 1.0 } else { 3.0 }
+                    10f64.powi(-(k / 2) - 1) * if k % 2 == 0 { 1.0 } else { 3.0 }
                 )
             })
             .collect();

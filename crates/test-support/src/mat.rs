@@ -39,7 +39,7 @@ pub fn element_claiming(dtype: u32, claimed: u32, data: &[u8]) -> Vec<u8> {
     let mut v = dtype.to_le_bytes().to_vec();
     v.extend_from_slice(&claimed.to_le_bytes());
     v.extend_from_slice(data);
-    while v.len() % 8 != 0 {
+    while !v.len().is_multiple_of(8) {
         v.push(0);
     }
     v

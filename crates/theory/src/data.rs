@@ -66,7 +66,7 @@ pub struct BinaryProblem {
 impl BinaryProblem {
     /// Builds a problem from rows and labels.
     pub fn new(name: impl Into<String>, x: Vec<f64>, y: Vec<f64>, d: usize) -> Result<Self> {
-        if d == 0 || x.len() % d != 0 || x.len() / d != y.len() || y.is_empty() {
+        if d == 0 || !x.len().is_multiple_of(d) || x.len() / d != y.len() || y.is_empty() {
             return Err(TheoryError::invalid(format!(
                 "binary problem: {} inputs of width {d} do not match {} labels",
                 x.len(),

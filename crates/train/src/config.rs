@@ -235,7 +235,7 @@ impl ExperimentConfig {
             return bad("train.eval_batch_size must be at least 1".into());
         }
         if let Some(c) = self.train.grad_clip {
-            if !(c > 0.0) {
+            if c.is_nan() || c <= 0.0 {
                 return bad(format!("train.grad_clip must be positive, got {c}"));
             }
         }

@@ -129,7 +129,7 @@ fn per_class_csv(e: &Evaluation, names: &[String]) -> String {
     s
 }
 
-fn curve<'a>(history: &[EpochMetrics], key: &str) -> Vec<(f64, f64)> {
+fn curve(history: &[EpochMetrics], key: &str) -> Vec<(f64, f64)> {
     history
         .iter()
         .filter_map(|h| Some((h["epoch"], *h.get(key)?)))

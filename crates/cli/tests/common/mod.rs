@@ -28,7 +28,10 @@ impl Snapshot {
     pub fn take(root: &Path) -> Snapshot {
         let mut entries = BTreeMap::new();
         walk(root, root, &mut entries);
-        Snapshot { root: root.to_path_buf(), entries }
+        Snapshot {
+            root: root.to_path_buf(),
+            entries,
+        }
     }
 
     /// The relative paths that were added, removed or changed between `self` and
@@ -78,7 +81,9 @@ fn walk(root: &Path, dir: &Path, entries: &mut BTreeMap<PathBuf, Entry>) {
     for item in read.flatten() {
         let path = item.path();
         let rel = path.strip_prefix(root).unwrap_or(&path).to_path_buf();
-        let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
         if meta.is_dir() {
             entries.insert(rel, Entry::Dir);
             walk(root, &path, entries);
@@ -86,7 +91,13 @@ fn walk(root: &Path, dir: &Path, entries: &mut BTreeMap<PathBuf, Entry>) {
             let bytes = std::fs::read(&path).unwrap_or_default();
             let mut h = DefaultHasher::new();
             bytes.hash(&mut h);
-            entries.insert(rel, Entry::File { len: meta.len(), hash: h.finish() });
+            entries.insert(
+                rel,
+                Entry::File {
+                    len: meta.len(),
+                    hash: h.finish(),
+                },
+            );
         } else {
             entries.insert(rel, Entry::Other);
         }

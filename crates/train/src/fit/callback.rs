@@ -28,7 +28,11 @@ pub struct LossParts {
 
 impl LossParts {
     /// Reads the data loss and penalty and checks the weights.
-    pub fn of(data_loss: &candle_core::Tensor, l2_penalty: Option<&candle_core::Tensor>, params: &[(String, candle_core::Var)]) -> Self {
+    pub fn of(
+        data_loss: &candle_core::Tensor,
+        l2_penalty: Option<&candle_core::Tensor>,
+        params: &[(String, candle_core::Var)],
+    ) -> Self {
         let value = |t: &candle_core::Tensor| {
             t.to_dtype(candle_core::DType::F64)
                 .and_then(|t| t.to_scalar::<f64>())
@@ -41,7 +45,11 @@ impl LossParts {
                 .and_then(|t| t.to_scalar::<f64>())
                 .is_ok_and(f64::is_finite)
         });
-        LossParts { data_loss: value(data_loss), l2_penalty: l2_penalty.map(value), weights_finite }
+        LossParts {
+            data_loss: value(data_loss),
+            l2_penalty: l2_penalty.map(value),
+            weights_finite,
+        }
     }
 }
 

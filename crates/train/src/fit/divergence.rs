@@ -15,7 +15,14 @@ impl Callback for DivergenceGuard {
         }
         Err(match s.parts {
             // Blame the part that is not finite: weights, L2 penalty or data loss.
-            Some(p) => crate::validate::diverged(s.epoch + 1, s.step + 1, p.data_loss, p.l2_penalty, p.weights_finite, s.lr),
+            Some(p) => crate::validate::diverged(
+                s.epoch + 1,
+                s.step + 1,
+                p.data_loss,
+                p.l2_penalty,
+                p.weights_finite,
+                s.lr,
+            ),
             None => TrainError::Diverged {
                 epoch: s.epoch + 1,
                 step: s.step + 1,

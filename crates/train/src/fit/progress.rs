@@ -74,7 +74,7 @@ impl Callback for Progress {
 
     fn on_batch_end(&mut self, step: &StepLoss, mean_loss: f64) -> Result<()> {
         self.batch_bar.inc(1);
-        if step.step % 20 == 0 {
+        if step.step.is_multiple_of(20) {
             self.batch_bar.set_message(format!("loss {mean_loss:.4}"));
         }
         Ok(())
