@@ -13,9 +13,9 @@ use candle_nn::VarMap;
 use digitlab_losses::LossKind;
 use digitlab_models::{Head, OutputKind, SeededVarMap};
 use digitlab_train::eval::evaluate_source;
-use digitlab_train::fit::{DivergenceGuard, Progress};
+use digitlab_train::fit::{DivergenceGuard, KeepBest, Progress};
 use digitlab_train::trainer::EpochMetrics;
-use digitlab_train::{Batch, BatchSource, Evaluation, Fit, OptimizerConfig, ParamGroup, Verbosity};
+use digitlab_train::{Batch, BatchSource, Evaluation, Fit, MetricName, OptimizerConfig, ParamGroup, Verbosity};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -34,6 +34,9 @@ pub struct HeadConfig {
     pub seed: u64,
     /// Batch size of evaluation passes.
     pub eval_batch_size: usize,
+    /// The epoch whose weights are kept: the best by this metric (the last when
+    /// it needs validation data and there is none).
+    pub select: MetricName,
 }
 
 impl Default for HeadConfig {
@@ -46,6 +49,7 @@ impl Default for HeadConfig {
             dropout: 0.0,
             seed: 42,
             eval_batch_size: 1000,
+            select: MetricName::ValAccuracy,
         }
     }
 }
@@ -146,8 +150,10 @@ pub struct HeadRun {
     pub eval_seconds: f64,
     /// Feature vectors seen by optimisation steps (N x epochs).
     pub train_samples: u64,
-    /// Validation result after the last epoch.
+    /// Validation result of the kept weights.
     pub val: Option<Evaluation>,
+    /// The 1-based epoch whose weights were kept (`None`: the last one).
+    pub best_epoch: Option<usize>,
     /// Trainable parameter count.
     pub parameters: usize,
 }
@@ -190,6 +196,8 @@ pub fn train_head(
     };
     let mut progress = Progress::new(format!("{name} head"), lines);
     let mut guard = DivergenceGuard;
+    let mut keep = KeepBest::of_varmap(&varmap);
+    let select = (val.is_some() || !cfg.select.needs_validation()).then_some(cfg.select);
     let mut fit = Fit::new(&head, OutputKind::Logits(num_classes), optimizer.as_mut(), &batches)
         .epochs(cfg.epochs)
         .loss(LossKind::CrossEntropy)
@@ -198,8 +206,19 @@ pub fn train_head(
     if let Some(v) = &val_batches {
         fit = fit.validation(v);
     }
-    let outcome = fit.run()?;
+    if let Some(metric) = select {
+        fit = fit.select(metric).callback(&mut keep);
+    }
+    let mut outcome = fit.run()?;
+    // The kept weights are an earlier epoch's: their validation result is that epoch's.
+    if keep.restored() {
+        if let Some(v) = val {
+            outcome.val = Some(evaluate_head(&head, v, num_classes, cfg.eval_batch_size)?);
+        }
+    }
+    let best_epoch = keep.best_epoch().filter(|_| select.is_some());
     Ok(HeadRun {
+        best_epoch,
         head,
         varmap,
         trainable,

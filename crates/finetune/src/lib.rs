@@ -76,11 +76,13 @@ pub mod features;
 pub mod head;
 pub mod hub;
 pub mod imagenet;
+pub mod protocol;
 pub mod pth;
 pub mod source;
 pub mod stages;
 pub mod torchhub;
 pub mod transfer;
+pub mod tune;
 pub mod weights;
 pub mod zoo;
 

@@ -72,7 +72,9 @@ use crate::error::{FinetuneError, Result};
 use crate::features::{dataset_digest, features_for, CacheStats, FeatureCache, FeatureKey, CACHE_FORMAT};
 use crate::head::{evaluate_head, train_head, HeadConfig, HeadRun, LabeledFeatures, Standardizer};
 use crate::hub::HubConfig;
+use crate::protocol::{FrozenBn, Mode, Protocol, DEFAULT_BACKBONE_LR_MULT};
 use crate::source::WeightsSource;
+use crate::stages::Unfreeze;
 use crate::zoo::{create_model, resolve_arch, svhn_normalization, CreateOptions, CreatedModel};
 
 /// A transfer experiment (see the module docs for the TOML layout).
@@ -135,6 +137,11 @@ pub struct TransferOptions {
     /// training stay f32). Not written when f32.
     #[serde(default, skip_serializing_if = "digitlab_models::Precision::is_f32")]
     pub dtype: digitlab_models::Precision,
+    /// The epoch kept, heads and fine-tuned backbones alike: the best by this
+    /// metric (`val_accuracy`, `val_loss`, `val_macro_f1`, `train_loss`); the last
+    /// epoch when a validation metric is chosen and there is no validation data.
+    #[serde(default)]
+    pub select: digitlab_train::MetricName,
 }
 
 fn default_epochs() -> usize {
@@ -170,6 +177,7 @@ impl Default for TransferOptions {
             cache: true,
             cache_dir: None,
             dtype: digitlab_models::Precision::F32,
+            select: digitlab_train::MetricName::ValAccuracy,
         }
     }
 }
@@ -226,10 +234,56 @@ pub struct BackboneSpec {
     pub channels: Option<usize>,
     #[serde(default)]
     pub normalize: Option<NormalizeSpec>,
+    /// What trains besides the head (see [`crate::protocol`]).
+    #[serde(default, skip_serializing_if = "Mode::is_frozen")]
+    pub mode: Mode,
+    /// `mode = "unfreeze"`: how many of the last stages train.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unfreeze: Option<usize>,
+    /// Head-only epochs (on cached features) before the backbone trains.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head_epochs: Option<usize>,
+    /// Epochs of this backbone's main phase (default `[transfer].epochs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epochs: Option<usize>,
+    /// Learning-rate factor of the backbone's stages (default 0.1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backbone_lr_mult: Option<f64>,
+    /// Further factor per stage away from the head (default 1: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layer_decay: Option<f64>,
+    /// Batch norm of the frozen stages: `eval` (default) or `train` (the coursework's protocol).
+    #[serde(default, skip_serializing_if = "FrozenBn::is_eval")]
+    pub frozen_bn: FrozenBn,
+    /// Training-time augmentation; only where the backbone runs on every batch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub augment: Option<digitlab_data::Augment>,
 }
 
 fn none_str() -> String {
     "none".into()
+}
+
+impl Default for BackboneSpec {
+    /// No model name, random weights, every other key at its default.
+    fn default() -> Self {
+        Self {
+            model: String::new(),
+            pretrained: none_str(),
+            label: None,
+            resize: None,
+            channels: None,
+            normalize: None,
+            mode: Mode::Frozen,
+            unfreeze: None,
+            head_epochs: None,
+            epochs: None,
+            backbone_lr_mult: None,
+            layer_decay: None,
+            frozen_bn: FrozenBn::Eval,
+            augment: None,
+        }
+    }
 }
 
 /// Expands `${NAME}` with `var`; `where_` names the field for errors.
@@ -275,6 +329,70 @@ impl BackboneSpec {
                 format!("{}-{kind}", self.model)
             }
         }
+    }
+
+    /// The resolved protocol, checked (`i` numbers the entry in errors).
+    pub fn protocol(&self, i: usize, default_epochs: usize) -> Result<Protocol> {
+        let bad = |m: String| Err(FinetuneError::Config(format!("backbones[{i}] ({}): {m}", self.label())));
+        let trainable = !self.mode.is_frozen();
+        let unfreeze = match (self.mode, self.unfreeze) {
+            (Mode::Unfreeze, Some(n)) if n >= 1 => Unfreeze::Last(n),
+            (Mode::Unfreeze, Some(_)) => return bad("unfreeze must be at least 1 (0 is mode = \"frozen\")".into()),
+            (Mode::Unfreeze, None) => {
+                return bad("mode = \"unfreeze\" needs `unfreeze = N`, the number of last stages to train".into())
+            }
+            (_, Some(_)) => return bad("`unfreeze` needs mode = \"unfreeze\"".into()),
+            (Mode::Full, None) => Unfreeze::Full,
+            (Mode::Frozen, None) => Unfreeze::Last(0),
+        };
+        if !trainable {
+            for (key, set) in [
+                ("head_epochs", self.head_epochs.is_some()),
+                ("backbone_lr_mult", self.backbone_lr_mult.is_some()),
+                ("layer_decay", self.layer_decay.is_some()),
+            ] {
+                if set {
+                    return bad(format!(
+                        "`{key}` applies when the backbone trains: set mode = \"unfreeze\" or \"full\""
+                    ));
+                }
+            }
+        }
+        let epochs = self.epochs.unwrap_or(default_epochs);
+        if epochs == 0 {
+            return bad("epochs must be at least 1".into());
+        }
+        let positive = |key: &str, v: Option<f64>, default: f64| -> Result<f64> {
+            match v {
+                Some(x) if x > 0.0 && x.is_finite() => Ok(x),
+                Some(x) => Err(FinetuneError::Config(format!(
+                    "backbones[{i}] ({}): {key} must be a positive number, got {x}",
+                    self.label()
+                ))),
+                None => Ok(default),
+            }
+        };
+        let protocol = Protocol {
+            mode: self.mode,
+            unfreeze,
+            head_epochs: self.head_epochs.unwrap_or(0),
+            epochs,
+            backbone_lr_mult: positive("backbone_lr_mult", self.backbone_lr_mult, DEFAULT_BACKBONE_LR_MULT)?,
+            layer_decay: positive("layer_decay", self.layer_decay, 1.0)?,
+            frozen_bn: self.frozen_bn,
+        };
+        if self.augment.is_some() && !protocol.is_live() {
+            return bad(
+                "augment needs a backbone that runs on every batch (cached features are computed once): set \
+                 mode = \"unfreeze\" or \"full\", or frozen_bn = \"train\""
+                    .into(),
+            );
+        }
+        if let Some(a) = &self.augment {
+            a.validate()
+                .map_err(|e| FinetuneError::Config(format!("backbones[{i}] ({}).augment: {e}", self.label())))?;
+        }
+        Ok(protocol)
     }
 
     /// The weights source, with `${VAR}`s expanded through `var`.
@@ -342,7 +460,8 @@ impl TransferConfig {
         if d.augment.is_some() {
             return bad(
                 "data.augment is not supported by `transfer`: cached backbone features need a deterministic \
-                        pipeline; remove [data.augment] (augmentation needs `digitlab train`)"
+                        pipeline; set `augment` on a [[backbones]] entry whose backbone trains (mode = \"unfreeze\" \
+                        or \"full\") instead"
                     .into(),
             );
         }
@@ -372,6 +491,7 @@ impl TransferConfig {
             }
             b.source(&|_| Some("/placeholder".into()))
                 .map_err(|e| FinetuneError::Config(format!("backbones[{i}]: {e}")))?;
+            b.protocol(i, t.epochs)?;
         }
         Ok(())
     }
@@ -385,6 +505,7 @@ impl TransferConfig {
             dropout: self.transfer.head_dropout,
             seed: self.seed,
             eval_batch_size: self.transfer.eval_batch_size,
+            select: self.transfer.select,
         }
     }
 }
@@ -492,7 +613,17 @@ pub fn run_transfer_all(cfg: &TransferConfig, data_dir: &Path, opts: &TransferRu
         let dirs: Vec<PathBuf> = outcomes.iter().filter_map(|o| o.out_dir.clone()).collect();
         let failed_rows: Vec<crate::compare::RunRow> = failed
             .iter()
-            .map(|f| crate::compare::RunRow::failed(&f.label, &f.model, data.train.name(), &f.reason))
+            .map(|f| {
+                let mut row = crate::compare::RunRow::failed(&f.label, &f.model, data.train.name(), &f.reason);
+                row.protocol = cfg
+                    .backbones
+                    .iter()
+                    .enumerate()
+                    .find(|(_, b)| b.label() == f.label)
+                    .and_then(|(i, b)| b.protocol(i, cfg.transfer.epochs).ok())
+                    .map(|p| p.describe());
+                row
+            })
             .collect();
         crate::compare::compare_with_failed(&dirs, &failed_rows, out, cfg.transfer.overfit_gap)?;
     }
@@ -652,51 +783,133 @@ pub fn run_backbone(
         )?;
         LabeledFeatures::new(f, ds.labels())
     };
-    let train = features("train", &data.train, &mut stats)?;
-    let val = data.val.as_ref().map(|v| features("val", v, &mut stats)).transpose()?;
-    let test = data
-        .test
-        .as_ref()
-        .map(|t| features("test", t, &mut stats))
-        .transpose()?;
-    let feature_rms = train
-        .features
-        .sqr()?
-        .mean_all()?
-        .to_dtype(candle_core::DType::F64)?
-        .to_scalar::<f64>()?
-        .sqrt();
-    let standardizer = cfg
-        .transfer
-        .standardize
-        .then(|| Standardizer::fit(&train.features))
-        .transpose()?;
-    let (train, val, test) = match &standardizer {
-        Some(s) => (
-            s.apply_to(&train)?,
-            val.map(|v| s.apply_to(&v)).transpose()?,
-            test.map(|t| s.apply_to(&t)).transpose()?,
-        ),
-        None => (train, val, test),
+    // Eval-mode features of train and validation (and test), once each, standardised when asked.
+    let cached = |with_test: bool, stats: &mut CacheStats| -> Result<CachedSplits> {
+        let train = features("train", &data.train, stats)?;
+        let val = data.val.as_ref().map(|v| features("val", v, stats)).transpose()?;
+        let test = match (&data.test, with_test) {
+            (Some(t), true) => Some(features("test", t, stats)?),
+            _ => None,
+        };
+        let rms = train
+            .features
+            .sqr()?
+            .mean_all()?
+            .to_dtype(candle_core::DType::F64)?
+            .to_scalar::<f64>()?
+            .sqrt();
+        let standardizer = cfg
+            .transfer
+            .standardize
+            .then(|| Standardizer::fit(&train.features))
+            .transpose()?;
+        let (train, val, test) = match &standardizer {
+            Some(s) => (
+                s.apply_to(&train)?,
+                val.map(|v| s.apply_to(&v)).transpose()?,
+                test.map(|t| s.apply_to(&t)).transpose()?,
+            ),
+            None => (train, val, test),
+        };
+        Ok(CachedSplits {
+            train,
+            val,
+            test,
+            rms,
+            standardizer,
+        })
     };
 
     let head_started = Instant::now();
-    let head_cfg = cfg.head_config();
-    let head = train_head(
-        &head_cfg,
-        created.head_prefix(),
-        num_classes,
-        &train,
-        val.as_ref(),
-        opts.verbosity,
-        &label,
-    )?;
     let eb = cfg.transfer.eval_batch_size;
-    let train_eval = evaluate_head(&head.head, &train, num_classes, eb)?;
-    let test_eval = test
-        .as_ref()
-        .map(|t| evaluate_head(&head.head, t, num_classes, eb))
-        .transpose()?;
+    let index = cfg.backbones.iter().position(|b| b.label() == label).unwrap_or(0);
+    let protocol = spec.protocol(index, cfg.transfer.epochs)?;
+    let head_cfg = |epochs: usize| HeadConfig {
+        epochs,
+        ..cfg.head_config()
+    };
+    let mut feature_rms = None;
+    let mut trained_stages = vec![];
+    let (head, standardizer, train_eval, test_eval) = if !protocol.is_live() {
+        // The linear probe: every epoch on the cached features.
+        let c = cached(true, &mut stats)?;
+        feature_rms = Some(c.rms);
+        let head = train_head(
+            &head_cfg(protocol.epochs),
+            created.head_prefix(),
+            num_classes,
+            &c.train,
+            c.val.as_ref(),
+            opts.verbosity,
+            &label,
+        )?;
+        let train_eval = evaluate_head(&head.head, &c.train, num_classes, eb)?;
+        let test_eval = c
+            .test
+            .as_ref()
+            .map(|t| evaluate_head(&head.head, t, num_classes, eb))
+            .transpose()?;
+        (head, c.standardizer, train_eval, test_eval)
+    } else {
+        if cfg.transfer.dtype != digitlab_models::Precision::F32 {
+            return Err(FinetuneError::Config(format!(
+                "backbone `{label}`: transfer.dtype = \"bf16\" applies to cached feature passes only; this \
+                 backbone trains ({}), so use dtype = \"f32\"",
+                protocol.describe()
+            )));
+        }
+        let train_pipeline = Pipeline {
+            augment: spec.augment.clone(),
+            ..pipeline.clone()
+        };
+        let live = crate::tune::LiveTune {
+            created: &created,
+            protocol: &protocol,
+            cfg,
+            data,
+            pipeline: &pipeline,
+            train_pipeline: &train_pipeline,
+            verbosity: opts.verbosity,
+            label: &label,
+        };
+        let (mut history, mut seconds, mut samples) = (vec![], 0.0, 0u64);
+        if protocol.head_epochs > 0 && protocol.frozen_bn.is_eval() {
+            // fastai's fine_tune: the head alone first, on cached features (one backbone pass).
+            let c = cached(false, &mut stats)?;
+            feature_rms = Some(c.rms);
+            let head = train_head(
+                &head_cfg(protocol.head_epochs),
+                created.head_prefix(),
+                num_classes,
+                &c.train,
+                c.val.as_ref(),
+                opts.verbosity,
+                &label,
+            )?;
+            let (w, b) = folded_head(&head, c.standardizer.as_ref(), created.head_prefix())?;
+            crate::tune::set_head(&created, &w, &b)?;
+            (seconds, samples) = (head.train_seconds, head.train_samples);
+            history = head.history;
+        } else if protocol.head_epochs > 0 {
+            // The coursework's protocol throughout: the head alone with batch norm in train mode.
+            let p = live.run(true, protocol.head_epochs, 0)?;
+            (seconds, samples) = (p.train_seconds, p.train_samples);
+            history = p.history;
+        }
+        let main = if protocol.mode.is_frozen() {
+            live.run(true, protocol.epochs, history.len())?
+        } else {
+            live.run(false, protocol.epochs, history.len())?
+        };
+        trained_stages = main.stages.clone();
+        seconds += main.train_seconds;
+        samples += main.train_samples;
+        history.extend(main.history.iter().cloned());
+        let train_eval = live.evaluate(&data.train)?;
+        let test_eval = data.test.as_ref().map(|t| live.evaluate(t)).transpose()?;
+        let head = live.head_run(history, main, seconds, samples)?;
+        (head, None, train_eval, test_eval)
+    };
     let head_seconds = head_started.elapsed().as_secs_f64();
 
     let val_accuracy = head.val.as_ref().map(|e| e.accuracy());
@@ -717,9 +930,13 @@ pub fn run_backbone(
         input_height: input.height,
         input_width: input.width,
         normalization: normalization_name(&pipeline.normalize),
-        feature_dim: train.dim(),
+        feature_dim: created.feature_dim(),
         feature_rms,
         standardize: standardizer.is_some(),
+        protocol: protocol.describe(),
+        trained_stages,
+        best_epoch: head.best_epoch,
+        selected_by: head.best_epoch.map(|_| cfg.transfer.select.as_str().to_string()),
         params_total,
         params_trainable,
         train_val_gap: gap,
@@ -825,6 +1042,16 @@ pub fn run_backbone(
         stats,
         out_dir,
     })
+}
+
+/// Cached features of one backbone's splits, standardised when configured.
+struct CachedSplits {
+    train: LabeledFeatures,
+    val: Option<LabeledFeatures>,
+    test: Option<LabeledFeatures>,
+    /// Root mean square of the raw training features.
+    rms: f64,
+    standardizer: Option<Standardizer>,
 }
 
 /// The trained head's weight and bias with the standardisation folded in: one
@@ -1037,10 +1264,7 @@ mod tests {
         let spec = BackboneSpec {
             model: "ccexam_svhn_cnn".into(),
             pretrained: "${W}/ccexam-svhn-cnn.safetensors".into(),
-            label: None,
-            resize: None,
-            channels: None,
-            normalize: None,
+            ..BackboneSpec::default()
         };
         assert_eq!(spec.label(), "ccexam_svhn_cnn-pretrained");
         assert_eq!(

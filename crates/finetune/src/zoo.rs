@@ -253,6 +253,8 @@ pub struct CreatedModel {
     pub input: InputShape,
     pub num_classes: usize,
     pub seed: u64,
+    /// Where the variables live.
+    pub device: Device,
     /// `None` when built without pretrained weights.
     pub pretrained: Option<PretrainedInfo>,
 }
@@ -551,6 +553,7 @@ pub fn create_model(
         input: opts.input,
         num_classes,
         seed: opts.seed,
+        device: opts.device.clone(),
         pretrained: pretrained_info,
     })
 }

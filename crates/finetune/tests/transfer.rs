@@ -517,7 +517,7 @@ fn a_backbone_that_cannot_load_is_a_failed_row_and_the_others_run() {
     let md = std::fs::read_to_string(out.join("compare.md")).unwrap();
     assert!(md.contains("| good |"), "{md}");
     assert!(
-        md.contains("| offline | transfer | resnet18 | svhn/train[train] | FAILED"),
+        md.contains("| offline | transfer | resnet18 | frozen | svhn/train[train] | FAILED"),
         "{md}"
     );
     assert!(md.contains("- **no-file**: ") && md.contains("no-such-weights"), "{md}");

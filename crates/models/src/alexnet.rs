@@ -12,7 +12,7 @@
 //!
 //! The three 3x3 stride-2 pools need inputs of at least 63x63 pixels; smaller
 //! inputs are refused when the model is built (resize them, e.g. to 224 px).
-use crate::backbone::{Backbone, Head};
+use crate::backbone::{Backbone, FrozenStages, Head, Stage};
 use crate::conv::{conv2d, Conv2dExt, ConvInit};
 use crate::layers::{linear, FusedActivation, LinearExt};
 use crate::pool::{adaptive_avg_pool2d, max_pool2d};
@@ -31,6 +31,7 @@ pub struct AlexNet {
     fc2: Linear,
     dropout: Dropout,
     head: Head,
+    frozen: FrozenStages,
 }
 
 impl AlexNet {
@@ -39,6 +40,8 @@ impl AlexNet {
     pub const MIN_SIDE: usize = 63;
     /// Width of [`Backbone::features`].
     pub const FEATURE_DIM: usize = 4096;
+    /// Index of the `classifier` stage in [`Backbone::stages`].
+    const CLASSIFIER_STAGE: usize = 3;
 
     pub fn new(in_channels: usize, height: usize, width: usize, num_classes: usize, vb: VarBuilder) -> Result<Self> {
         if height.min(width) < Self::MIN_SIDE {
@@ -66,6 +69,7 @@ impl AlexNet {
             fc2: linear(4096, 4096, vc.pp("4"))?,
             dropout: Dropout::new(Self::DROPOUT),
             head: Head::new(4096, num_classes, 0.0, vc.pp("6"))?,
+            frozen: FrozenStages::default(),
         })
     }
 
@@ -86,6 +90,8 @@ impl Backbone for AlexNet {
     fn features(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
         let relu = FusedActivation::Relu;
         let x = self.conv_features(xs)?.flatten_from(1)?;
+        // Only the classifier stage has train-mode behaviour (dropout); no batch norm.
+        let train = self.frozen.train(Self::CLASSIFIER_STAGE, train);
         let x = self.fc1.forward_act(&self.dropout.forward_t(&x, train)?, relu)?;
         self.fc2.forward_act(&self.dropout.forward_t(&x, train)?, relu)
     }
@@ -94,6 +100,23 @@ impl Backbone for AlexNet {
     }
     fn head_prefix(&self) -> &'static str {
         "classifier.6"
+    }
+    /// `block1` (`features.0`), `block2` (`features.3`), `block3` (`features.6`,
+    /// `.8`, `.10`: the convs between max-pools), then `classifier`
+    /// (`classifier.1`, `classifier.4`).
+    fn stages(&self) -> Vec<Stage> {
+        vec![
+            Stage::new("block1", &["features.0"]),
+            Stage::new("block2", &["features.3"]),
+            Stage::new("block3", &["features.6", "features.8", "features.10"]),
+            Stage::new("classifier", &["classifier.1", "classifier.4"]),
+        ]
+    }
+    fn freeze_stages(&self, n: usize) -> Result<()> {
+        self.frozen.set(n, Self::CLASSIFIER_STAGE + 1)
+    }
+    fn frozen_stages(&self) -> usize {
+        self.frozen.get()
     }
 }
 
@@ -132,6 +155,16 @@ mod tests {
         // torchvision's alexnet(num_classes=10): 61,100,840 - 4097 * 990.
         assert_eq!(crate::count_parameters(&map), 61_100_840 - 4097 * 990);
         assert_eq!(m.head_prefix(), "classifier.6");
+        // Every variable outside the head lies in exactly one stage.
+        let stages = m.stages();
+        for name in map.data().lock().unwrap().keys() {
+            let n = stages.iter().filter(|s| s.contains(name)).count();
+            assert_eq!(n, usize::from(!name.starts_with("classifier.6.")), "{name}");
+        }
+        // Freezing the classifier stage turns its dropout off.
+        m.freeze_stages(4).unwrap();
+        assert_eq!(diff(&eval, &m.forward_t(&x, true).unwrap()), 0.0);
+        assert!(m.freeze_stages(5).is_err());
     }
 
     #[test]

@@ -13,11 +13,15 @@ pub struct RunRow {
     /// `transfer` or `train`.
     pub kind: String,
     pub model: String,
+    /// What trained (transfer runs): `frozen`, `unfreeze 1`, `full`, ...
+    pub protocol: Option<String>,
     pub dataset: String,
     pub test_accuracy: Option<f64>,
     pub test_macro_f1: Option<f64>,
     pub train_accuracy: Option<f64>,
     pub val_accuracy: Option<f64>,
+    /// The epoch whose weights were kept (`None`: the last one, or not recorded).
+    pub best_epoch: Option<usize>,
     /// `train_accuracy - val_accuracy`.
     pub gap: Option<f64>,
     /// `gap > overfit_gap`.
@@ -40,11 +44,13 @@ impl RunRow {
             name: name.to_string(),
             kind: "transfer".into(),
             model: model.to_string(),
+            protocol: None,
             dataset: dataset.to_string(),
             test_accuracy: None,
             test_macro_f1: None,
             train_accuracy: None,
             val_accuracy: None,
+            best_epoch: None,
             gap: None,
             overfit: None,
             backbone_seconds: None,
@@ -82,32 +88,35 @@ fn flag(v: Option<bool>) -> &'static str {
 /// The Markdown table (with a one-line legend).
 pub fn markdown(rows: &[RunRow], overfit_gap: f64) -> String {
     let mut s = String::from(
-        "| run | kind | model | dataset | test acc % | test macro-F1 | train acc % | val acc % | train−val gap (pts) | \
-         overfit | backbone s | head s | wall s | params total | params trainable |\n\
-         |---|---|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|\n",
+        "| run | kind | model | trains | dataset | test acc % | test macro-F1 | train acc % | val acc % | kept epoch | \
+         train−val gap (pts) | overfit | backbone s | head s | wall s | params total | params trainable |\n\
+         |---|---|---|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|\n",
     );
     let cell = markdown_cell;
     for r in rows {
         if r.failed.is_some() {
             s += &format!(
-                "| {} | {} | {} | {} | FAILED (see below) | - | - | - | - | - | - | - | - | - | - |\n",
+                "| {} | {} | {} | {} | {} | FAILED (see below) | - | - | - | - | - | - | - | - | - | - | - |\n",
                 cell(&r.name),
                 r.kind,
                 cell(&r.model),
+                cell(r.protocol.as_deref().unwrap_or("-")),
                 cell(&r.dataset)
             );
             continue;
         }
         s += &format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             cell(&r.name),
             r.kind,
             cell(&r.model),
+            cell(r.protocol.as_deref().unwrap_or("-")),
             cell(&r.dataset),
             points(r.test_accuracy),
             f4(r.test_macro_f1),
             points(r.train_accuracy),
             points(r.val_accuracy),
+            r.best_epoch.map(|e| e.to_string()).unwrap_or_else(|| "last".into()),
             r.gap
                 .map(|g| format!("{:+.2}", 100.0 * g))
                 .unwrap_or_else(|| "-".into()),
@@ -121,8 +130,10 @@ pub fn markdown(rows: &[RunRow], overfit_gap: f64) -> String {
     }
     s += &format!(
         "\noverfit: train accuracy exceeds validation accuracy by more than {:.1} points. \
-         backbone s / head s: seconds in backbone passes / in head training on cached features \
-         (transfer runs; 0 backbone seconds means every feature came from the cache).\n",
+         backbone s / head s: seconds in cached-feature backbone passes / in training (the head on cached \
+         features, or the head with the trainable backbone; transfer runs; 0 backbone seconds means every \
+         feature came from the cache). trains: what was trained besides the new head. kept epoch: the \
+         epoch whose weights the run kept (best by its selection metric).\n",
         100.0 * overfit_gap
     );
     let failed: Vec<&RunRow> = rows.iter().filter(|r| r.failed.is_some()).collect();
@@ -148,19 +159,21 @@ fn csv_field(t: &str) -> String {
 pub fn csv(rows: &[RunRow]) -> String {
     let o = |v: Option<f64>| v.map(|v| v.to_string()).unwrap_or_default();
     let mut s = String::from(
-        "name,kind,model,dataset,test_accuracy,test_macro_f1,train_accuracy,val_accuracy,train_val_gap,overfit,\
-         backbone_seconds,head_seconds,wall_seconds,params_total,params_trainable,summary,failed\n",
+        "name,kind,model,protocol,dataset,test_accuracy,test_macro_f1,train_accuracy,val_accuracy,best_epoch,\
+         train_val_gap,overfit,backbone_seconds,head_seconds,wall_seconds,params_total,params_trainable,summary,failed\n",
     );
     for r in rows {
         let fields = [
             csv_field(&r.name),
             r.kind.clone(),
             csv_field(&r.model),
+            csv_field(r.protocol.as_deref().unwrap_or_default()),
             csv_field(&r.dataset),
             o(r.test_accuracy),
             o(r.test_macro_f1),
             o(r.train_accuracy),
             o(r.val_accuracy),
+            r.best_epoch.map(|e| e.to_string()).unwrap_or_default(),
             o(r.gap),
             r.overfit.map(|b| b.to_string()).unwrap_or_default(),
             o(r.backbone_seconds),

@@ -119,8 +119,9 @@ pub struct TransferExtras {
     pub input_width: usize,
     pub normalization: String,
     pub feature_dim: usize,
-    /// Root mean square of the raw training features (before standardisation).
-    pub feature_rms: f64,
+    /// Root mean square of the raw training features (before standardisation);
+    /// `None` when no features were cached (the backbone trained throughout).
+    pub feature_rms: Option<f64>,
     /// Whether features were standardised before the head.
     pub standardize: bool,
     /// Backbone + new head (same as `parameters`).
@@ -143,6 +144,19 @@ pub struct TransferExtras {
     pub cache_hits: usize,
     pub cache_misses: usize,
     pub cache_load_seconds: f64,
+    /// What trained: `frozen`, `frozen (bn train)`, `unfreeze N`, `full`, with
+    /// `head K + ` when a head-only phase came first.
+    #[serde(default)]
+    pub protocol: String,
+    /// Backbone stages that trained (empty for a frozen backbone).
+    #[serde(default)]
+    pub trained_stages: Vec<String>,
+    /// The 1-based epoch whose weights were kept (`None`: the last).
+    #[serde(default)]
+    pub best_epoch: Option<usize>,
+    /// The metric that chose [`TransferExtras::best_epoch`].
+    #[serde(default)]
+    pub selected_by: Option<String>,
 }
 
 /// A `summary.json` that could not be read, naming the file.

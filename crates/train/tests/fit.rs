@@ -186,3 +186,56 @@ fn checkpoints_and_resume_of_a_custom_model_are_bit_identical() {
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     assert_eq!(run(a.path(), None), run(b.path(), Some(1)), "resumed = uninterrupted");
 }
+
+/// Validation batches whose labels are shifted by one class: the better the model
+/// learns the training labels, the worse its validation loss.
+struct ShiftedLabels<'a>(Batcher<'a>);
+
+impl digitlab_train::BatchSource for ShiftedLabels<'_> {
+    fn num_batches(&self) -> usize {
+        digitlab_train::BatchSource::num_batches(&self.0)
+    }
+    fn batches(&self, epoch: usize) -> Box<dyn Iterator<Item = digitlab_train::Result<digitlab_train::Batch>> + '_> {
+        let shift = Tensor::new(&[1u32, 2, 3, 4, 5, 6, 7, 8, 9, 0], &Device::Cpu).unwrap();
+        Box::new(self.0.batches(epoch).map(move |b| {
+            let mut b = b?;
+            b.labels = shift.index_select(&b.labels, 0)?;
+            Ok(b)
+        }))
+    }
+}
+
+#[test]
+fn keep_best_restores_the_best_epoch_not_the_last() {
+    use digitlab_train::fit::KeepBest;
+    let (train, val) = digits();
+    let pipeline = Pipeline::default();
+    let batches = Batcher::new(&train, &pipeline, 64, &Device::Cpu).unwrap().training(5);
+    let val_batches = ShiftedLabels(Batcher::new(&val, &pipeline, 500, &Device::Cpu).unwrap());
+    let run = |epochs: usize, keep: bool| -> (Vec<(String, Vec<u32>)>, Option<usize>, Vec<f64>) {
+        let (net, varmap) = model(1);
+        let params = trainable_params(&varmap);
+        let mut optimizer = adam()
+            .build_groups(vec![ParamGroup::trainable("all", params.clone())])
+            .unwrap();
+        let mut keep_best = KeepBest::of_varmap(&varmap);
+        let mut fit = Fit::new(&net, OutputKind::Logits(10), optimizer.as_mut(), &batches)
+            .epochs(epochs)
+            .validation(&val_batches)
+            .select(MetricName::ValLoss);
+        if keep {
+            fit = fit.callback(&mut keep_best);
+        }
+        let outcome = fit.run().unwrap();
+        let losses = outcome.state.history.iter().map(|h| h["val_loss"]).collect();
+        (bits(&params), keep_best.best_epoch(), losses)
+    };
+    let (after_one, _, _) = run(1, false);
+    let (last, _, losses) = run(4, false);
+    // Validation loss on shifted labels rises once the model learns: epoch 1 is best.
+    assert!(losses.windows(2).all(|w| w[1] > w[0]), "{losses:?}");
+    let (kept, best_epoch, _) = run(4, true);
+    assert_eq!(best_epoch, Some(1));
+    assert_eq!(kept, after_one, "the weights of epoch 1 are put back");
+    assert_ne!(kept, last);
+}

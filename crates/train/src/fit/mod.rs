@@ -6,7 +6,8 @@
 //! loss/accuracy/macro-F1, timings) and tracks the best epoch of a chosen metric.
 //! Everything else is a [`Callback`] object: progress bars or log lines
 //! ([`Progress`]), early stopping ([`EarlyStopping`]), best/last checkpoints and
-//! resume ([`Checkpoints`]), the divergence guard ([`DivergenceGuard`]).
+//! resume ([`Checkpoints`]), the best epoch's weights kept in memory ([`KeepBest`]),
+//! the divergence guard ([`DivergenceGuard`]).
 //! `digitlab_train::train` is the config front-end that builds a model and data
 //! from an `ExperimentConfig` and calls it; head training in `digitlab-finetune`
 //! calls it too.
@@ -57,12 +58,14 @@ mod callback;
 mod checkpoints;
 mod divergence;
 mod early_stopping;
+mod keep_best;
 mod progress;
 
 pub use callback::{Callback, Control, EpochEnd, FitEnd, LossParts, StepLoss};
 pub use checkpoints::{Checkpoints, RunInfo};
 pub use divergence::DivergenceGuard;
 pub use early_stopping::EarlyStopping;
+pub use keep_best::KeepBest;
 pub use progress::{Progress, Verbosity};
 
 use crate::config::MetricName;
