@@ -129,8 +129,9 @@ enum Command {
         #[command(flatten)]
         common: Common,
     },
-    /// Frozen-backbone transfer learning: per backbone, cached features and a new
-    /// head (see configs/*transfer*.toml); writes one folder per backbone and compare.md.
+    /// Transfer learning: per backbone, a new head on cached frozen features, or the
+    /// last stages / the whole network fine-tuned (see configs/*transfer*.toml and
+    /// configs/*finetune*.toml); writes one folder per backbone and compare.md.
     Transfer {
         #[arg(long, short)]
         config: PathBuf,

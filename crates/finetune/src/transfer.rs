@@ -1,5 +1,6 @@
-//! Frozen-backbone transfer learning from a typed TOML config: several backbones,
-//! one protocol, one `summary.json` per backbone.
+//! Transfer learning from a typed TOML config: several backbones, each frozen (a
+//! linear probe on cached features) or fine-tuned (the last N stages or all of
+//! them, see [`crate::protocol`]), one `summary.json` per backbone.
 //!
 //! ```toml
 //! name = "svhn_transfer"
@@ -29,7 +30,14 @@
 //! # normalize = "imagenet"               # imagenet | svhn | unit | symmetric | { mean_std = {...} }
 //! # channels = 3
 //! # label = "resnet18-imagenet"          # output folder / table row; default model-pretrained|random
+//! # mode = "unfreeze"                    # frozen (default) | unfreeze | full: see crate::protocol
+//! # unfreeze = 1                         # with head_epochs, epochs, backbone_lr_mult, layer_decay,
+//! #                                      # frozen_bn, augment
 //! ```
+//!
+//! `[transfer].select = "val_accuracy"` (or `val_loss`, `val_macro_f1`,
+//! `train_loss`) picks the epoch each run keeps, heads and fine-tuned backbones
+//! alike; without validation data the last epoch is kept.
 //!
 //! `pretrained` strings may use `${VAR}` for environment variables (e.g.
 //! `"${DIGITLAB_WEIGHTS}/ccexam-svhn-cnn.safetensors"`); an unset variable is an
@@ -38,13 +46,16 @@
 //! and ImageNet mean/std for ResNet, VGG and EfficientNet; the SVHN statistics for
 //! `ccexam_svhn_cnn`), then `[data]`'s; random-weight backbones get the same
 //! defaults as their pretrained counterparts so that the two are compared on
-//! identical inputs. `[data].augment` is refused: cached features need a
-//! deterministic pipeline.
+//! identical inputs. `[data].augment` is refused (cached features need a
+//! deterministic pipeline); a backbone that trains takes its own `augment`.
 //!
-//! Protocol per backbone ([`run_backbone`]): build with [`create_model`], compute
-//! (or read from the [`FeatureCache`]) the eval-mode embeddings of the train,
-//! validation and test splits — one backbone pass each at most — then train a new
-//! head on the cached features ([`train_head`]) and evaluate it. Outputs in
+//! Protocol per backbone ([`run_backbone`]): build with [`create_model`]; frozen,
+//! compute (or read from the [`FeatureCache`]) the eval-mode embeddings of the
+//! train, validation and test splits — one backbone pass each at most — then train
+//! a new head on the cached features ([`train_head`]) and evaluate it. Fine-tuned,
+//! optionally train the head that way first (`head_epochs`), then train the head
+//! and the unfrozen stages on images through [`digitlab_train::fit`]
+//! ([`crate::tune`]), and evaluate the whole network. Outputs in
 //! `<out>/<label>/`: `summary.json` ([`TransferSummary`]), `metrics.csv`,
 //! `per_class.csv`, `weights_report.txt`, `config.toml`, `head.safetensors`,
 //! `model.safetensors` + `model.json` (the whole classifier, see [`crate::export`]),

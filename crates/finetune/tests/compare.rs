@@ -97,7 +97,7 @@ fn one_table_of_train_and_transfer_runs() {
     assert_eq!((r18.backbone_seconds, r18.head_seconds), (Some(25.0), Some(0.4)));
 
     let md = std::fs::read_to_string(out.join("compare.md")).unwrap();
-    assert!(md.contains("| svhn_lenet | train | lenet5 | svhn/train_32x32[train] | 84.00 | 0.8300 | 95.00 | 85.00 | +10.00 | yes | - | - | 12.50 | 62006 | 62006 |"), "{md}");
+    assert!(md.contains("| svhn_lenet | train | lenet5 | - | svhn/train_32x32[train] | 84.00 | 0.8300 | 95.00 | 85.00 | - | +10.00 | yes | - | - | 12.50 | 62006 | 62006 |"), "{md}");
     assert!(
         md.contains("| resnet18-pretrained | transfer | resnet18 |") && md.contains("| 25.00 | 0.40 |"),
         "{md}"
@@ -108,7 +108,7 @@ fn one_table_of_train_and_transfer_runs() {
         csv.lines()
             .nth(1)
             .unwrap()
-            .starts_with("svhn_lenet,train,lenet5,svhn/train_32x32[train],0.84,0.83,0.95,0.85,"),
+            .starts_with("svhn_lenet,train,lenet5,,svhn/train_32x32[train],0.84,0.83,0.95,0.85,,"),
         "{csv}"
     );
     let png = std::fs::read(out.join("compare.png")).unwrap();

@@ -74,6 +74,50 @@ fn transfer_configs_parse() {
 }
 
 #[test]
+fn finetune_configs_compare_frozen_unfreeze_and_full() {
+    use digitlab_finetune::protocol::{FrozenBn, Mode};
+    let s = TransferConfig::load(&config("svhn_finetune.toml"), &[]).unwrap();
+    assert_eq!(s.data.dataset, DatasetKind::Svhn);
+    for model in ["vgg16", "alexnet", "resnet18", "resnet50", "resnet101"] {
+        let runs: Vec<_> = s.backbones.iter().filter(|b| b.model == model).collect();
+        assert!(
+            runs.iter()
+                .all(|b| b.pretrained == format!("torchvision:{model}") && b.resize == Some([224, 224])),
+            "{model}"
+        );
+        assert!(runs.iter().any(|b| b.mode == Mode::Frozen), "{model}: a frozen row");
+    }
+    let modes: Vec<Mode> = s.backbones.iter().map(|b| b.mode).collect();
+    assert!(modes.contains(&Mode::Unfreeze) && modes.contains(&Mode::Full));
+    assert!(s.backbones.iter().any(|b| b.frozen_bn == FrozenBn::Train));
+
+    let m = TransferConfig::load(&config("mnist_finetune.toml"), &[]).unwrap();
+    assert_eq!(m.data.dataset, DatasetKind::Mnist);
+    for model in ["ccexam_svhn_cnn", "efficientnet_lite0"] {
+        let protocols: Vec<String> = m
+            .backbones
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.model == model)
+            .map(|(i, b)| b.protocol(i, m.transfer.epochs).unwrap().describe())
+            .collect();
+        assert_eq!(
+            protocols,
+            ["frozen", "frozen (bn train)", "head 2 + unfreeze 1", "head 2 + full"],
+            "{model}"
+        );
+        assert!(m
+            .backbones
+            .iter()
+            .filter(|b| b.model == model)
+            .all(|b| b.pretrained.contains("${DIGITLAB_WEIGHTS}/")));
+    }
+    // Both are in the full suite.
+    let suite = std::fs::read_to_string(config("suites/full.toml")).unwrap();
+    assert!(suite.contains("config = \"svhn_finetune.toml\"") && suite.contains("config = \"mnist_finetune.toml\""));
+}
+
+#[test]
 fn transfer_splits_are_those_of_digitlab_train() {
     // The same [data] section and seed give the same train / validation / test
     // images in `digitlab train` and `digitlab transfer`, so their runs compare.

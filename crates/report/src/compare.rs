@@ -116,7 +116,7 @@ pub fn markdown(rows: &[RunRow], overfit_gap: f64) -> String {
             f4(r.test_macro_f1),
             points(r.train_accuracy),
             points(r.val_accuracy),
-            r.best_epoch.map(|e| e.to_string()).unwrap_or_else(|| "last".into()),
+            r.best_epoch.map(|e| e.to_string()).unwrap_or_else(|| "-".into()),
             r.gap
                 .map(|g| format!("{:+.2}", 100.0 * g))
                 .unwrap_or_else(|| "-".into()),
@@ -133,7 +133,7 @@ pub fn markdown(rows: &[RunRow], overfit_gap: f64) -> String {
          backbone s / head s: seconds in cached-feature backbone passes / in training (the head on cached \
          features, or the head with the trainable backbone; transfer runs; 0 backbone seconds means every \
          feature came from the cache). trains: what was trained besides the new head. kept epoch: the \
-         epoch whose weights the run kept (best by its selection metric).\n",
+         epoch whose weights the run kept (best by its selection metric; - where not recorded: the last).\n",
         100.0 * overfit_gap
     );
     let failed: Vec<&RunRow> = rows.iter().filter(|r| r.failed.is_some()).collect();

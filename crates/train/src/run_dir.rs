@@ -5,8 +5,11 @@
 //! format version, run id, kind, config hash, whether the run completed). digitlab
 //! deletes, replaces or reuses only folders that carry it, and only the folder it
 //! was given: anything else in the way is an error naming the path, and nothing is
-//! touched. Replacing a marked folder removes everything in it (digitlab's run
-//! folders are digitlab's; keep your own files elsewhere).
+//! touched. The marker also lists the entries the run created in the folder
+//! ([`Marker::outputs`], recorded when the run finishes or ends with an error).
+//! Replacing a marked folder removes exactly those; a folder holding anything
+//! else (a file you put there, or the outputs of a run killed before it could
+//! record them) is refused with the names, and nothing is removed.
 //!
 //! A run holds an advisory lock (`flock` through `fs4`) on its folder for as long
 //! as its [`RunDir`] lives; [`LOCK_FILE`] inside it names the holder's process id
@@ -19,7 +22,8 @@ use crate::io::{run_id, temp_file_run_id, write_json};
 use crate::{Result, TrainError};
 use fs4::fs_std::FileExt;
 use sha2::Digest;
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
+use std::ffi::OsString;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -46,6 +50,10 @@ pub struct Marker {
     /// Whether the run finished and wrote all its outputs.
     pub complete: bool,
     pub created_by: String,
+    /// Top-level entries the runs in this folder created (besides the marker),
+    /// sorted; `None` in markers of older digitlab versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outputs: Option<Vec<String>>,
 }
 
 /// SHA-256 of a run's kind, the digitlab version and its config (as JSON): two
@@ -121,11 +129,26 @@ pub struct RunDir {
     /// The outermost parent folder this claim created (removed again with the
     /// folder when they are empty).
     created_parent: Option<PathBuf>,
+    /// Entries recorded as digitlab's before this claim (kept on resume / reuse).
+    previous_outputs: BTreeSet<OsString>,
+    /// Entries present when the folder was claimed that are not digitlab's (a
+    /// reused shared folder may hold them): never recorded as outputs.
+    foreign: BTreeSet<OsString>,
+    /// Whether [`RunDir::finish`] ran (the marker says complete).
+    finished: std::cell::Cell<bool>,
 }
 
 impl Drop for RunDir {
     fn drop(&mut self) {
-        if self.lock.is_none() || !self.created {
+        if self.lock.is_none() {
+            return;
+        }
+        // A run that ends early (an error) still records what it wrote, so that a
+        // later run may replace exactly that.
+        if !self.finished.get() && matches!(read_marker(&self.path), Ok(Some(m)) if m.run_id == run_id()) {
+            let _ = self.write_marker(false);
+        }
+        if !self.created {
             return;
         }
         let only_ours = std::fs::read_dir(&self.path).is_ok_and(|entries| {
@@ -196,6 +219,42 @@ fn is_empty_dir(dir: &Path) -> Result<bool> {
         .all(|e| e.file_name() == LOCK_FILE))
 }
 
+/// The top-level entries of `dir` that are not digitlab bookkeeping (the marker,
+/// the lock's pid file, temporary files of digitlab's atomic writes).
+fn entries(dir: &Path) -> Result<BTreeSet<OsString>> {
+    Ok(std::fs::read_dir(dir)
+        .map_err(io_err(dir))?
+        .flatten()
+        .map(|e| e.file_name())
+        .filter(|n| n != MARKER_FILE && n != LOCK_FILE && !n.to_str().is_some_and(|n| temp_file_run_id(n).is_some()))
+        .collect())
+}
+
+/// The recorded outputs of `m`, as file names.
+fn recorded(m: &Marker) -> BTreeSet<OsString> {
+    m.outputs.iter().flatten().map(OsString::from).collect()
+}
+
+/// Whether `name` belongs to the recorded `outputs`: one of them, or the lock
+/// file of one (`.<output>.lock`, left by a killed writer).
+fn is_recorded(name: &OsString, outputs: &BTreeSet<OsString>) -> bool {
+    outputs.contains(name)
+        || name
+            .to_str()
+            .and_then(|n| n.strip_prefix('.')?.strip_suffix(".lock"))
+            .is_some_and(|o| outputs.contains(&OsString::from(o)))
+}
+
+/// Entries of the marked folder `dir` that its marker does not record as digitlab's.
+fn unrecorded(dir: &Path, m: &Marker) -> Result<Vec<String>> {
+    let outputs = recorded(m);
+    Ok(entries(dir)?
+        .into_iter()
+        .filter(|n| !is_recorded(n, &outputs))
+        .map(|n| n.to_string_lossy().into_owned())
+        .collect())
+}
+
 /// Checks, without changing anything, that `dir` could be claimed with `start`
 /// for `kind`/`hash` as things are now (a suite checks all its folders before it
 /// runs anything). Returns the folder's marker, if any.
@@ -244,6 +303,7 @@ pub fn check(dir: &Path, kind: &str, hash: &str, start: Start) -> Result<Option<
         ));
     };
     if start == Start::Force {
+        refuse_unrecorded(dir, &m)?;
         return Ok(Some(m));
     }
     // Suites and caches have no --force: a folder of another kind is never theirs.
@@ -268,14 +328,44 @@ pub fn check(dir: &Path, kind: &str, hash: &str, start: Start) -> Result<Option<
              (use --force to replace it, or choose another output folder)",
         ));
     }
+    if start == Start::Fresh {
+        refuse_unrecorded(dir, &m)?;
+    }
     Ok(Some(m))
 }
 
-/// Removes everything in the marked folder `dir` (it is about to be rewritten).
-fn clear(dir: &Path) -> Result<()> {
+/// Replacing a marked folder removes only what digitlab recorded there: anything
+/// else is an error naming it.
+fn refuse_unrecorded(dir: &Path, m: &Marker) -> Result<()> {
+    let mut unknown = unrecorded(dir, m)?;
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    let more = unknown.len().saturating_sub(8);
+    unknown.truncate(8);
+    let list = unknown.join(", ") + &if more > 0 { format!(" and {more} more") } else { String::new() };
+    Err(err(
+        dir,
+        format!(
+            "holds entries digitlab did not record writing ({list}); nothing was changed: move them away, or \
+             choose another output folder (the outputs of a run killed before it could record them are \
+             listed too: remove that folder yourself, or continue it with --resume where the command has it)"
+        ),
+    ))
+}
+
+/// Removes what the marker `m` of `dir` records as digitlab's (and digitlab's
+/// temporary files and lock files of those): [`check`] has refused anything else.
+fn clear(dir: &Path, m: &Marker) -> Result<()> {
+    let outputs = recorded(m);
     for e in std::fs::read_dir(dir).map_err(io_err(dir))?.flatten() {
+        let name = e.file_name();
+        let ours = is_recorded(&name, &outputs) || name.to_str().is_some_and(|n| temp_file_run_id(n).is_some());
+        if !ours {
+            continue;
+        }
         let p = e.path();
-        let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
+        let is_dir = e.file_type().is_ok_and(|t| t.is_dir() && !t.is_symlink());
         let r = if is_dir {
             std::fs::remove_dir_all(&p)
         } else {
@@ -337,6 +427,9 @@ impl RunDir {
                     lock: None,
                     created: false,
                     created_parent: None,
+                    previous_outputs: BTreeSet::new(),
+                    foreign: BTreeSet::new(),
+                    finished: std::cell::Cell::new(false),
                 });
             }
         }
@@ -379,12 +472,21 @@ impl RunDir {
         let marker = check(dir, kind, hash, start)?;
         let reuse = match (start, &marker) {
             (Start::Resume | Start::Keep, Some(_)) => true,
-            (Start::Fresh | Start::Force, Some(_)) => {
-                clear(dir)?;
+            (Start::Fresh | Start::Force, Some(m)) => {
+                clear(dir, m)?;
                 false
             }
             (_, None) => false,
         };
+        // What is ours from before (kept when reusing), and what is not (never recorded).
+        let previous_outputs = match (&marker, reuse) {
+            (Some(m), true) => recorded(m),
+            _ => BTreeSet::new(),
+        };
+        let foreign = entries(dir)?
+            .into_iter()
+            .filter(|n| !is_recorded(n, &previous_outputs))
+            .collect();
         // Informational: who holds the lock (removed when the run ends). A folder
         // that cannot take it (read-only) still fails at the first real write.
         lock.wrote_pid = std::fs::write(&lock.pid_file, format!("{}\n", std::process::id())).is_ok();
@@ -398,6 +500,9 @@ impl RunDir {
             lock: Some(lock),
             created,
             created_parent,
+            previous_outputs,
+            foreign,
+            finished: std::cell::Cell::new(false),
         };
         if !reuse {
             run.write_marker(false)?;
@@ -411,6 +516,13 @@ impl RunDir {
     }
 
     fn write_marker(&self, complete: bool) -> Result<()> {
+        let now = entries(&self.path)?;
+        let mut outputs: Vec<String> = now
+            .iter()
+            .filter(|n| self.previous_outputs.contains(*n) || !self.foreign.contains(*n))
+            .filter_map(|n| n.to_str().map(String::from))
+            .collect();
+        outputs.sort();
         let m = Marker {
             digitlab_run: MARKER_VERSION,
             run_id: run_id().to_string(),
@@ -418,6 +530,7 @@ impl RunDir {
             config_hash: self.config_hash.clone(),
             complete,
             created_by: format!("digitlab {}", env!("CARGO_PKG_VERSION")),
+            outputs: Some(outputs),
         };
         Ok(write_json(&self.path.join(MARKER_FILE), &m)?)
     }
@@ -428,7 +541,9 @@ impl RunDir {
         if self.lock.is_none() {
             return Ok(());
         }
-        self.write_marker(true)
+        self.write_marker(true)?;
+        self.finished.set(true);
+        Ok(())
     }
 }
 
@@ -457,6 +572,8 @@ pub fn ensure_shared_dir(dir: &Path, kind: &str) -> Result<()> {
         config_hash: String::new(),
         complete: true,
         created_by: format!("digitlab {}", env!("CARGO_PKG_VERSION")),
+        // A shared folder is never replaced, only reused: it records nothing.
+        outputs: None,
     };
     Ok(write_json(&dir.join(MARKER_FILE), &m)?)
 }
@@ -561,6 +678,53 @@ mod tests {
     use super::*;
 
     #[test]
+    fn replacing_a_run_removes_only_what_it_recorded() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("run");
+        {
+            let r = RunDir::claim(&dir, "train", "h1", Start::Fresh).unwrap();
+            std::fs::create_dir(dir.join("plots")).unwrap();
+            std::fs::write(dir.join("plots/loss.png"), b"png").unwrap();
+            std::fs::write(dir.join("summary.json"), b"{}").unwrap();
+            r.finish().unwrap();
+        }
+        // A file the user put into the run folder afterwards.
+        std::fs::write(dir.join("my-notes.txt"), b"mine").unwrap();
+        for start in [Start::Fresh, Start::Force] {
+            let e = RunDir::claim(&dir, "train", "h1", start).unwrap_err().to_string();
+            assert!(e.contains("my-notes.txt") && e.contains("nothing was changed"), "{e}");
+            assert!(dir.join("summary.json").exists() && dir.join("plots/loss.png").exists());
+        }
+        // Resuming or reusing never removes anything, and never adopts the user's file.
+        {
+            let r = RunDir::claim(&dir, "train", "h1", Start::Resume).unwrap();
+            std::fs::write(dir.join("last.json"), b"{}").unwrap();
+            r.finish().unwrap();
+        }
+        let m = read_marker(&dir).unwrap().unwrap();
+        assert_eq!(
+            m.outputs.unwrap(),
+            ["last.json", "plots", "summary.json"].map(String::from)
+        );
+        assert!(RunDir::claim(&dir, "train", "h2", Start::Force).is_err());
+        std::fs::rename(dir.join("my-notes.txt"), root.path().join("my-notes.txt")).unwrap();
+        drop(RunDir::claim(&dir, "train", "h2", Start::Force).unwrap());
+        assert!(!dir.join("summary.json").exists() && !dir.join("plots").exists());
+
+        // A run that ends with an error still records what it wrote (on drop).
+        {
+            let _r = RunDir::claim(&dir, "train", "h3", Start::Force).unwrap();
+            std::fs::write(dir.join("partial.csv"), b"1").unwrap();
+        }
+        assert_eq!(
+            read_marker(&dir).unwrap().unwrap().outputs.unwrap(),
+            ["partial.csv".to_string()]
+        );
+        drop(RunDir::claim(&dir, "train", "h3", Start::Fresh).unwrap());
+        assert!(!dir.join("partial.csv").exists());
+    }
+
+    #[test]
     fn claim_creates_marks_and_refuses_foreign_or_other_configs() {
         let root = tempfile::tempdir().unwrap();
         let dir = root.path().join("run");
@@ -578,9 +742,11 @@ mod tests {
                 .finish()
                 .unwrap();
             assert!(!read_marker(&dir).unwrap().unwrap().complete);
-            r.finish().unwrap();
-            assert!(read_marker(&dir).unwrap().unwrap().complete);
             std::fs::write(dir.join("summary.json"), b"{}").unwrap();
+            r.finish().unwrap();
+            let m = read_marker(&dir).unwrap().unwrap();
+            assert!(m.complete);
+            assert_eq!(m.outputs, Some(vec!["summary.json".to_string()]));
         }
         assert!(!dir.join(LOCK_FILE).exists(), "the pid file goes with the lock");
         let e = RunDir::claim(&dir, "train", "h2", Start::Fresh)
