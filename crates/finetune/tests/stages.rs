@@ -195,3 +195,32 @@ fn frozen_stages_keep_their_batch_norm_statistics_in_a_train_mode_forward() {
         assert!(backbone.freeze_stages(backbone.stages().len() + 1).is_err());
     }
 }
+
+#[test]
+fn backward_stops_at_the_last_frozen_stage() {
+    use digitlab_finetune::stages::apply_unfreeze;
+    for name in MODELS {
+        let side = if *name == "alexnet" { 64 } else { 32 };
+        let input = InputShape {
+            channels: 3,
+            height: side,
+            width: side,
+        };
+        let created = create_model(name, &WeightsSource::None, 10, &CreateOptions::new(input)).unwrap();
+        let x = candle_core::Tensor::randn(0f32, 1.0, (2, 3, side, side), &Device::Cpu).unwrap();
+        for unfreeze in [Unfreeze::Last(1), Unfreeze::Last(2), Unfreeze::Full] {
+            let (trainable, frozen) = apply_unfreeze(&created, unfreeze).unwrap();
+            let out = candle_core::ModuleT::forward_t(&created.model, &x, true).unwrap();
+            let grads = out.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+            for (n, v) in digitlab_train::trainable_params(&created.varmap) {
+                let has = grads.get(v.as_tensor()).is_some();
+                if under_any(&n, &frozen) {
+                    assert!(!has, "{name} {unfreeze:?}: frozen `{n}` got a gradient");
+                } else {
+                    assert!(under_any(&n, &trainable), "{name}: `{n}`");
+                    assert!(has, "{name} {unfreeze:?}: trainable `{n}` got no gradient");
+                }
+            }
+        }
+    }
+}

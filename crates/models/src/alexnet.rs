@@ -77,11 +77,13 @@ impl AlexNet {
     pub fn conv_features(&self, xs: &Tensor) -> Result<Tensor> {
         let relu = FusedActivation::Relu;
         let [c0, c1, c2, c3, c4] = &self.convs;
-        let x = max_pool2d(&c0.forward_act(xs, relu)?, 3, 2, 0)?;
-        let x = max_pool2d(&c1.forward_act(&x, relu)?, 3, 2, 0)?;
+        // Stages end at the max-pools (backward stops at the last frozen one).
+        let f = &self.frozen;
+        let x = f.cut(0, max_pool2d(&c0.forward_act(xs, relu)?, 3, 2, 0)?)?;
+        let x = f.cut(1, max_pool2d(&c1.forward_act(&x, relu)?, 3, 2, 0)?)?;
         let x = c2.forward_act(&x, relu)?;
         let x = c3.forward_act(&x, relu)?;
-        let x = max_pool2d(&c4.forward_act(&x, relu)?, 3, 2, 0)?;
+        let x = f.cut(2, max_pool2d(&c4.forward_act(&x, relu)?, 3, 2, 0)?)?;
         adaptive_avg_pool2d(&x, 6, 6)
     }
 }
@@ -93,7 +95,10 @@ impl Backbone for AlexNet {
         // Only the classifier stage has train-mode behaviour (dropout); no batch norm.
         let train = self.frozen.train(Self::CLASSIFIER_STAGE, train);
         let x = self.fc1.forward_act(&self.dropout.forward_t(&x, train)?, relu)?;
-        self.fc2.forward_act(&self.dropout.forward_t(&x, train)?, relu)
+        self.frozen.cut(
+            Self::CLASSIFIER_STAGE,
+            self.fc2.forward_act(&self.dropout.forward_t(&x, train)?, relu)?,
+        )
     }
     fn feature_dim(&self) -> usize {
         Self::FEATURE_DIM

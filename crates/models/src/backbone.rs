@@ -39,8 +39,9 @@ pub trait Backbone: Send + Sync {
     }
     /// Makes the first `n` of [`Backbone::stages`] run in eval mode whatever
     /// `train` says — frozen stages keep their batch-norm running statistics and
-    /// use no dropout — while the later stages follow `train`; 0 undoes it. Errors
-    /// when `n` exceeds the number of stages.
+    /// use no dropout — while the later stages follow `train`; 0 undoes it. Their
+    /// parameters also get no gradient (backward stops at the last frozen stage,
+    /// [`FrozenStages::cut`]). Errors when `n` exceeds the number of stages.
     fn freeze_stages(&self, n: usize) -> Result<()> {
         if n > 0 {
             candle_core::bail!("this network is not split into stages; it cannot freeze {n} of them")
@@ -79,6 +80,13 @@ impl FrozenStages {
     /// The train flag stage `stage` runs with: `train`, unless the stage is frozen.
     pub fn train(&self, stage: usize, train: bool) -> bool {
         train && stage >= self.get()
+    }
+    /// `x`, the output of stage `stage`, cut from the autograd graph when it is the
+    /// last frozen stage: nothing before it trains, so backward stops there
+    /// (fine-tuning the last stage then costs a backward pass through that stage
+    /// only). Cutting inside or after earlier frozen stages would change nothing.
+    pub fn cut(&self, stage: usize, x: Tensor) -> Result<Tensor> {
+        Ok(if stage + 1 == self.get() { x.detach() } else { x })
     }
 }
 

@@ -51,10 +51,11 @@ impl LeNet5 {
 impl Backbone for LeNet5 {
     fn features(&self, xs: &Tensor, _train: bool) -> Result<Tensor> {
         let relu = FusedActivation::Relu;
-        let x = max_pool2d(&self.conv1.forward_act(xs, relu)?, 2, 2, 0)?;
-        let x = max_pool2d(&self.conv2.forward_act(&x, relu)?, 2, 2, 0)?;
-        let x = self.fc1.forward_act(&x.flatten_from(1)?, relu)?;
-        self.fc2.forward_act(&x, relu)
+        let f = &self.frozen;
+        let x = f.cut(0, max_pool2d(&self.conv1.forward_act(xs, relu)?, 2, 2, 0)?)?;
+        let x = f.cut(1, max_pool2d(&self.conv2.forward_act(&x, relu)?, 2, 2, 0)?)?;
+        let x = f.cut(2, self.fc1.forward_act(&x.flatten_from(1)?, relu)?)?;
+        f.cut(3, self.fc2.forward_act(&x, relu)?)
     }
     fn feature_dim(&self) -> usize {
         84
@@ -165,11 +166,12 @@ impl Backbone for SmallCnn {
     fn features(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
         let mut x = xs.clone();
         for (i, b) in self.blocks.iter().enumerate() {
-            x = b.forward_t(&x, self.frozen.train(i, train))?;
+            x = self.frozen.cut(i, b.forward_t(&x, self.frozen.train(i, train))?)?;
         }
         let fc1_train = self.frozen.train(self.blocks.len(), train);
         let x = self.dropout.forward_t(&x.flatten_from(1)?, fc1_train)?;
-        self.fc1.forward_act(&x, FusedActivation::Relu)
+        self.frozen
+            .cut(self.blocks.len(), self.fc1.forward_act(&x, FusedActivation::Relu)?)
     }
     fn feature_dim(&self) -> usize {
         256

@@ -187,15 +187,23 @@ impl EfficientNetLite0 {
     /// The head convolution's activations, `[B, 1280, ceil(H/32), ceil(W/32)]`.
     pub fn feature_map(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
         let f = &self.frozen;
-        let mut x = relu6(&self.bn0.forward_t(&self.conv_stem.forward(xs)?, f.train(0, train))?)?;
+        let mut x = f.cut(
+            0,
+            relu6(&self.bn0.forward_t(&self.conv_stem.forward(xs)?, f.train(0, train))?)?,
+        )?;
         for (b, &stage) in self.blocks.iter().zip(&self.block_stage) {
-            x = b.forward_t(&x, f.train(stage, train))?;
+            // Cutting after every block of the last frozen stage cuts after its last.
+            x = f.cut(stage, b.forward_t(&x, f.train(stage, train))?)?;
         }
-        let head_train = f.train(LITE0_STAGES.len() + 1, train);
-        relu6(
-            &self
-                .bn1
-                .forward_t(&self.conv_head.forward_act(&x, FusedActivation::Identity)?, head_train)?,
+        let head_stage = LITE0_STAGES.len() + 1;
+        let head_train = f.train(head_stage, train);
+        f.cut(
+            head_stage,
+            relu6(
+                &self
+                    .bn1
+                    .forward_t(&self.conv_head.forward_act(&x, FusedActivation::Identity)?, head_train)?,
+            )?,
         )
     }
 }

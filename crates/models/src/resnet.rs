@@ -219,11 +219,13 @@ impl ResNet {
         if self.maxpool {
             x = max_pool2d(&x, 3, 2, 1)?;
         }
+        x = self.frozen.cut(0, x)?;
         for (i, layer) in self.layers.iter().enumerate() {
             let train = self.frozen.train(i + 1, train);
             for block in layer {
                 x = block.forward_t(&x, train)?;
             }
+            x = self.frozen.cut(i + 1, x)?;
         }
         Ok(x)
     }

@@ -155,7 +155,7 @@ impl Vgg {
                 },
                 Layer::MaxPool => {
                     block += 1;
-                    max_pool2d(&x, 2, 2, 0)?
+                    self.frozen.cut(block - 1, max_pool2d(&x, 2, 2, 0)?)?
                 }
             };
         }
@@ -169,7 +169,8 @@ impl Backbone for Vgg {
         let x = self.fc1.forward_act(&x, FusedActivation::Relu)?;
         let classifier_stage = self.stages.len() - 1;
         let x = self.dropout.forward_t(&x, self.frozen.train(classifier_stage, train))?;
-        self.fc2.forward_act(&x, FusedActivation::Relu)
+        self.frozen
+            .cut(classifier_stage, self.fc2.forward_act(&x, FusedActivation::Relu)?)
     }
     fn feature_dim(&self) -> usize {
         4096

@@ -343,7 +343,12 @@ fn refuse_unrecorded(dir: &Path, m: &Marker) -> Result<()> {
     }
     let more = unknown.len().saturating_sub(8);
     unknown.truncate(8);
-    let list = unknown.join(", ") + &if more > 0 { format!(" and {more} more") } else { String::new() };
+    let list = unknown.join(", ")
+        + &if more > 0 {
+            format!(" and {more} more")
+        } else {
+            String::new()
+        };
     Err(err(
         dir,
         format!(
