@@ -835,9 +835,22 @@ pub fn run_backbone(
     let eb = cfg.transfer.eval_batch_size;
     let index = cfg.backbones.iter().position(|b| b.label() == label).unwrap_or(0);
     let protocol = spec.protocol(index, cfg.transfer.epochs)?;
-    let head_cfg = |epochs: usize| HeadConfig {
-        epochs,
-        ..cfg.head_config()
+    // A new head on the cached features `c`, for `epochs`.
+    let probe = |c: &CachedSplits, epochs: usize| {
+        let head_cfg = HeadConfig {
+            epochs,
+            ..cfg.head_config()
+        };
+        let prefix = created.head_prefix();
+        train_head(
+            &head_cfg,
+            prefix,
+            num_classes,
+            &c.train,
+            c.val.as_ref(),
+            opts.verbosity,
+            &label,
+        )
     };
     let mut feature_rms = None;
     let mut trained_stages = vec![];
@@ -845,15 +858,7 @@ pub fn run_backbone(
         // The linear probe: every epoch on the cached features.
         let c = cached(true, &mut stats)?;
         feature_rms = Some(c.rms);
-        let head = train_head(
-            &head_cfg(protocol.epochs),
-            created.head_prefix(),
-            num_classes,
-            &c.train,
-            c.val.as_ref(),
-            opts.verbosity,
-            &label,
-        )?;
+        let head = probe(&c, protocol.epochs)?;
         let train_eval = evaluate_head(&head.head, &c.train, num_classes, eb)?;
         let test_eval = c
             .test
@@ -888,15 +893,7 @@ pub fn run_backbone(
             // fastai's fine_tune: the head alone first, on cached features (one backbone pass).
             let c = cached(false, &mut stats)?;
             feature_rms = Some(c.rms);
-            let head = train_head(
-                &head_cfg(protocol.head_epochs),
-                created.head_prefix(),
-                num_classes,
-                &c.train,
-                c.val.as_ref(),
-                opts.verbosity,
-                &label,
-            )?;
+            let head = probe(&c, protocol.head_epochs)?;
             let (w, b) = folded_head(&head, c.standardizer.as_ref(), created.head_prefix())?;
             crate::tune::set_head(&created, &w, &b)?;
             (seconds, samples) = (head.train_seconds, head.train_samples);
