@@ -1,5 +1,6 @@
 //! `digitlab`: train, search, evaluate and run digit-recognition experiments
 //! from TOML configs.
+mod array;
 mod commands;
 mod compare;
 mod device;
@@ -59,7 +60,9 @@ enum Command {
         #[command(flatten)]
         common: Common,
     },
-    /// Hyperparameter search (grid or random) from a config with a [search] section.
+    /// Hyperparameter search (grid, random or successive halving) from a config with
+    /// a [search] section; serially, or as a job array (--list-trials, --trial,
+    /// --worker, --collect: see "Running on a cluster" in the README).
     Sweep {
         #[arg(long, short)]
         config: PathBuf,
@@ -69,8 +72,11 @@ enum Command {
         out: Option<PathBuf>,
         /// Replace a digitlab run folder of another config at the output folder
         /// (only one with digitlab's marker; anything else is never touched).
+        /// With --trial: the trial's own folder.
         #[arg(long)]
         force: bool,
+        #[command(flatten)]
+        array: array::ArrayMode,
         #[command(flatten)]
         common: Common,
     },
@@ -195,8 +201,15 @@ fn main() -> Result<()> {
             overrides,
             out,
             force,
+            array,
             common,
-        } => commands::sweep(&config, &overrides, out, force, &common),
+        } => {
+            if array.is_serial() {
+                commands::sweep(&config, &overrides, out, force, &common)
+            } else {
+                array::sweep(&config, &overrides, out, force, &array, &common)
+            }
+        }
         Command::Eval {
             checkpoint,
             split,

@@ -323,6 +323,27 @@ fn lock(dir: &Path) -> Result<DirLock> {
     })
 }
 
+/// Who holds the lock of the folder `dir` right now (`None`: nobody, or no such
+/// folder). Only tries the lock: nothing in the folder changes.
+pub fn holder(dir: &Path) -> Result<Option<String>> {
+    if !dir.is_dir() {
+        return Ok(None);
+    }
+    if let Ok(c) = dir.canonicalize() {
+        if held().lock().is_ok_and(|h| h.contains(&c)) {
+            return Ok(Some(format!("process {}", std::process::id())));
+        }
+    }
+    match lock(dir) {
+        Ok(l) => {
+            drop(l);
+            Ok(None)
+        }
+        Err(TrainError::InUse { holder, .. }) => Ok(Some(holder)),
+        Err(e) => Err(e),
+    }
+}
+
 impl RunDir {
     /// Claims `dir` for a run of `kind` with config hash `hash` (see [`Start`]),
     /// creating it (and its parents) when absent. Holds the folder's lock until
