@@ -116,6 +116,19 @@ enum Command {
         /// Output folder (default: runs/reproduce-<suite>).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Print the suite's experiments, one per line by index (0-based); nothing runs.
+        #[arg(long, conflicts_with_all = ["entry", "collect"])]
+        list: bool,
+        /// Run only experiment I (0-based) into its folder under <out>; `env` takes I
+        /// from DIGITLAB_TRIAL, SLURM_ARRAY_TASK_ID or JOB_COMPLETION_INDEX.
+        #[arg(long, value_name = "I|env", conflicts_with = "collect")]
+        entry: Option<String>,
+        /// Write the report from the experiments that finished under <out> (nothing trains).
+        #[arg(long)]
+        collect: bool,
+        /// With --collect: report the finished experiments when some have not (they are named).
+        #[arg(long, requires = "collect")]
+        allow_missing: bool,
         #[command(flatten)]
         common: Common,
     },
@@ -250,7 +263,18 @@ fn main() -> Result<()> {
             transfer::run(&config, &overrides, out, cache_dir, force, &common)
         }
         Command::Compare { runs, out, overfit_gap } => compare::run(&runs, &out, overfit_gap),
-        Command::Reproduce { suite, out, common } => {
+        Command::Reproduce {
+            suite,
+            out,
+            list,
+            entry,
+            collect,
+            allow_missing,
+            common,
+        } => {
+            if list {
+                return reproduce::list(&suite);
+            }
             let name = std::path::Path::new(&suite)
                 .file_stem()
                 .map(|s| s.to_string_lossy().to_string())
@@ -258,7 +282,17 @@ fn main() -> Result<()> {
             let out = out.unwrap_or_else(|| PathBuf::from("runs").join(format!("reproduce-{name}")));
             let device = device::parse_device(&common.device)?;
             let data_dir = digitlab_data::resolve_data_dir(common.data_dir.as_deref());
-            let report = reproduce::run(&suite, &data_dir, &out, device, common.quiet)?;
+            if let Some(e) = entry {
+                let index = array::index_from(&e, "--entry")?;
+                let done = digitlab_cli::suite::run_entry(&suite, index, &data_dir, &out, device, common.quiet)?;
+                println!("{done}");
+                return Ok(());
+            }
+            let report = if collect {
+                reproduce::collect(&suite, &data_dir, &out, device, common.quiet, allow_missing)?
+            } else {
+                reproduce::run(&suite, &data_dir, &out, device, common.quiet)?
+            };
             println!("report: {}", report.display());
             Ok(())
         }

@@ -29,8 +29,9 @@ pub const TRIAL_KIND: &str = "sweep-trial";
 pub const TRIAL_FILE: &str = "trial.json";
 /// Why a trial failed, in its folder.
 pub const ERROR_FILE: &str = "error.txt";
-/// How long a process waits for the shared folder's lock (held only for moments).
-const ROOT_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+/// How long a process waits for a shared folder's lock (held only for moments,
+/// except by a collect).
+pub const SHARED_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The folder of trial `index` (0-based, as array indices are) under `root`.
 pub fn trial_dir(root: &Path, index: usize) -> PathBuf {
@@ -49,16 +50,7 @@ pub fn list_trials(cfg: &ExperimentConfig) -> Result<Vec<BTreeMap<String, toml::
 pub fn claim_root(root: &Path, cfg: &ExperimentConfig) -> Result<RunDir> {
     let hash = config_hash(ROOT_KIND, cfg);
     // Checked under the lock only: another process may be creating the folder.
-    let waited = std::time::Instant::now();
-    let dir = loop {
-        match RunDir::claim(root, ROOT_KIND, &hash, Start::Keep) {
-            Ok(d) => break d,
-            Err(TrainError::InUse { .. }) if waited.elapsed() < ROOT_WAIT => {
-                std::thread::sleep(std::time::Duration::from_millis(50));
-            }
-            Err(e) => return Err(e),
-        }
-    };
+    let dir = RunDir::claim_waiting(root, ROOT_KIND, &hash, Start::Keep, SHARED_WAIT)?;
     let marker = read_marker(root)?.ok_or_else(|| TrainError::RunFolder {
         path: root.into(),
         message: "lost its marker while claimed".into(),
@@ -260,7 +252,13 @@ pub fn describe_unfinished(unfinished: &[(usize, TrialState)]) -> String {
 /// retrains and tests it once into `root/final` (a later collect with the same
 /// choice reuses that run). Unfinished trials are an error naming them, unless
 /// `allow_missing`.
-pub fn collect(cfg: &ExperimentConfig, root: &Path, data_dir: &Path, opts: &RunOptions, allow_missing: bool) -> Result<Collected> {
+pub fn collect(
+    cfg: &ExperimentConfig,
+    root: &Path,
+    data_dir: &Path,
+    opts: &RunOptions,
+    allow_missing: bool,
+) -> Result<Collected> {
     let search = sweep::search_of(cfg)?;
     if !root.join(crate::run_dir::MARKER_FILE).exists() {
         return Err(TrainError::RunFolder {

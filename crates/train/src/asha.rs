@@ -344,10 +344,15 @@ fn outcome(s: &Setup, state: &State) -> Result<(Vec<Trial>, usize, String)> {
         }
     }
     let csv = sweep::trials_table(&rows, &["rung", "epochs"]);
-    let highest = top.values().map(|(k, _)| *k).max().ok_or_else(|| {
-        TrainError::Config("no successive-halving job has finished: nothing to choose from".into())
-    })?;
-    let finalists: Vec<Trial> = top.values().filter(|(k, _)| *k == highest).map(|(_, t)| (*t).clone()).collect();
+    let highest =
+        top.values().map(|(k, _)| *k).max().ok_or_else(|| {
+            TrainError::Config("no successive-halving job has finished: nothing to choose from".into())
+        })?;
+    let finalists: Vec<Trial> = top
+        .values()
+        .filter(|(k, _)| *k == highest)
+        .map(|(_, t)| (*t).clone())
+        .collect();
     let best_index = finalists[sweep::best_trial(&finalists, s.search.metric)?].index;
     let trials: Vec<Trial> = top.values().map(|(_, t)| (*t).clone()).collect();
     let best = trials.iter().position(|t| t.index == best_index).expect("a finalist");
@@ -435,12 +440,17 @@ pub(crate) fn collect(
 
 /// A worker of the job-array search in `cfg` sharing `root` (claimed and marked
 /// like the trials' shared folder).
-pub fn run_worker(cfg: &ExperimentConfig, root: &Path, data_dir: &Path, opts: &RunOptions, name: &str) -> Result<usize> {
+pub fn run_worker(
+    cfg: &ExperimentConfig,
+    root: &Path,
+    data_dir: &Path,
+    opts: &RunOptions,
+    name: &str,
+) -> Result<usize> {
     let s = setup(cfg)?;
     if s.search.strategy != crate::search::Strategy::Asha {
         return Err(TrainError::Config(
-            "--worker is for search.strategy = \"asha\"; a grid or random search runs its trials with --trial I"
-                .into(),
+            "--worker is for search.strategy = \"asha\"; a grid or random search runs its trials with --trial I".into(),
         ));
     }
     drop(array::claim_root(root, cfg)?);
@@ -497,7 +507,10 @@ mod tests {
         for (i, acc) in [(0, 0.5), (1, 0.9), (2, f64::NAN)] {
             st.results.insert(job_key(0, i), trial(i, acc));
         }
-        assert_eq!(rung_members(&plan, &st, MetricName::ValAccuracy), vec![vec![0, 1, 2, 3]]);
+        assert_eq!(
+            rung_members(&plan, &st, MetricName::ValAccuracy),
+            vec![vec![0, 1, 2, 3]]
+        );
         st.results.insert(job_key(0, 3), trial(3, 0.9));
         // Ties go to the lower index; the diverged trial is last.
         let m = rung_members(&plan, &st, MetricName::ValAccuracy);

@@ -426,6 +426,26 @@ impl RunDir {
         Ok(run)
     }
 
+    /// [`RunDir::claim`], waiting up to `wait` while another process holds the
+    /// folder (for shared folders that processes hold only for moments).
+    pub fn claim_waiting(
+        dir: &Path,
+        kind: &str,
+        hash: &str,
+        start: Start,
+        wait: std::time::Duration,
+    ) -> Result<RunDir> {
+        let started = std::time::Instant::now();
+        loop {
+            match RunDir::claim(dir, kind, hash, start) {
+                Err(TrainError::InUse { .. }) if started.elapsed() < wait => {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                r => return r,
+            }
+        }
+    }
+
     /// The folder.
     pub fn path(&self) -> &Path {
         &self.path
