@@ -46,9 +46,10 @@ fn wait_ok(c: Child) -> String {
     text(&o)
 }
 
-const GRID: &str = r#"
-name = "grid"
-seed = 3
+/// The sections of a small model on the embedded digits (seconds to train).
+macro_rules! small {
+    () => {
+        r#"
 [data]
 dataset = "digits"
 val_fraction = 0.2
@@ -62,12 +63,21 @@ lr = 0.01
 epochs = 2
 batch_size = 64
 loss = "cross_entropy"
+"#
+    };
+}
+
+const GRID: &str = concat!(
+    "name = \"grid\"\nseed = 3\n",
+    small!(),
+    r#"
 [search]
 retrain_on_train_val = true
 [search.space]
 "optim.lr" = [0.003, 0.03]
 "train.l2" = [0.0, 0.01]
-"#;
+"#
+);
 
 /// A CSV without its `seconds` column (wall time differs between runs).
 fn without_seconds(csv: &str) -> Vec<String> {
@@ -307,21 +317,10 @@ fn a_failed_trial_is_named_and_can_be_left_out() {
     );
 }
 
-const ASHA: &str = r#"
-name = "asha"
-seed = 5
-[data]
-dataset = "digits"
-val_fraction = 0.2
-[model]
-kind = "softmax"
-[optim]
-kind = "sgd"
-lr = 0.01
-[train]
-epochs = 1
-batch_size = 64
-loss = "cross_entropy"
+const ASHA: &str = concat!(
+    "name = \"asha\"\nseed = 5\n",
+    small!(),
+    r#"
 [search]
 strategy = "asha"
 min_epochs = 1
@@ -330,7 +329,8 @@ reduction_factor = 3
 [search.space]
 "optim.lr" = [0.001, 0.01, 0.1]
 "train.batch_size" = [32, 64, 128]
-"#;
+"#
+);
 
 #[test]
 fn successive_halving_with_two_workers_matches_the_serial_run() {
@@ -425,22 +425,7 @@ set = ["name=c", "seed=9"]
 question = "third"
 "#;
 
-const TRAIN: &str = r#"
-name = "a"
-seed = 1
-[data]
-dataset = "digits"
-val_fraction = 0.2
-[model]
-kind = "softmax"
-[optim]
-kind = "adam"
-lr = 0.01
-[train]
-epochs = 2
-batch_size = 64
-loss = "cross_entropy"
-"#;
+const TRAIN: &str = concat!("name = \"a\"\nseed = 1\n", small!());
 
 #[test]
 fn suite_entries_run_at_once_then_collect_writes_the_report() {

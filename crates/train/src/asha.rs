@@ -19,7 +19,6 @@ use crate::search::{describe, SearchConfig};
 use crate::sweep::{self, SweepResult, Trial};
 use crate::trainer::{PreparedData, RunOptions, Verbosity};
 use crate::{Result, TrainError};
-use fs4::fs_std::FileExt;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -170,21 +169,9 @@ impl Store {
             source,
         })?;
         let path = dir.join(format!("{key}.lock"));
-        let io = |source| TrainError::Io {
-            path: path.clone(),
-            source,
-        };
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(io)?;
-        if FileExt::try_lock_exclusive(&f).map_err(io)? {
-            Ok(Some(JobLock(Some((f, path)))))
-        } else {
-            Ok(None)
+        match crate::run_dir::open_and_try_lock(&path)? {
+            (f, true) => Ok(Some(JobLock(Some((f, path))))),
+            (_, false) => Ok(None),
         }
     }
 }

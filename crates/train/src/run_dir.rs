@@ -539,6 +539,20 @@ pub struct FileLock {
     path: PathBuf,
 }
 
+/// Opens (creating it) the lock file `path` and tries to take its exclusive
+/// `flock` without waiting: the file, and whether the lock was taken.
+pub fn open_and_try_lock(path: &Path) -> Result<(File, bool)> {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(io_err(path))?;
+    let got = FileExt::try_lock_exclusive(&f).map_err(io_err(path))?;
+    Ok((f, got))
+}
+
 impl FileLock {
     /// Locks `target` (its lock file), waiting while another process holds it;
     /// `waiting` is called once if it has to wait.
@@ -547,14 +561,8 @@ impl FileLock {
         let path = target.with_file_name(format!(".{name}.lock"));
         let mut waiting = Some(waiting);
         loop {
-            let f = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(&path)
-                .map_err(io_err(&path))?;
-            if !FileExt::try_lock_exclusive(&f).map_err(io_err(&path))? {
+            let (f, got) = open_and_try_lock(&path)?;
+            if !got {
                 if let Some(w) = waiting.take() {
                     let pid = std::fs::read_to_string(&path).unwrap_or_default();
                     let who = match pid.trim() {

@@ -98,6 +98,9 @@ impl SearchConfig {
                 "search.min_epochs ({min}) must be >= 1 and at most search.max_epochs ({max})"
             )));
         }
+        if self.trials == Some(0) {
+            return Err(TrainError::Config("search.trials must be >= 1".into()));
+        }
         if self.reduction_factor.is_some_and(|f| f < 2) {
             return Err(TrainError::Config("search.reduction_factor must be >= 2".into()));
         }
