@@ -25,7 +25,7 @@ fn pct(v: Option<f64>) -> String {
     digitlab_report::format::pct(v, 2)
 }
 
-fn print_summary(s: &Summary, out: &Path) {
+pub(crate) fn print_summary(s: &Summary, out: &Path) {
     println!(
         "{}: {} on {} ({} parameters, {} epochs, {:.1}s)",
         s.name, s.model, s.dataset, s.parameters, s.epochs, s.wall_seconds
@@ -111,10 +111,17 @@ pub fn sweep(config: &Path, overrides: &[String], out: Option<PathBuf>, force: b
     };
     let r = run_sweep(&cfg, &data_dir, &opts)?;
     run_dir.finish()?;
+    print_trials(&r.trials, r.trials[r.best].index);
+    print_summary(&r.final_run.summary, &out.join("final"));
+    Ok(())
+}
+
+/// The trials table of a sweep, the best (by trial index) starred.
+pub(crate) fn print_trials(trials: &[digitlab_train::sweep::Trial], best: usize) {
     println!("{:>5}  {:<50} {:>10} {:>10}", "trial", "values", "val acc", "val loss");
-    for t in &r.trials {
+    for t in trials {
         let values: Vec<String> = t.assignment.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        let mark = if t.index == r.best { "*" } else { " " };
+        let mark = if t.index == best { "*" } else { " " };
         println!(
             "{:>4}{mark}  {:<50} {:>10} {:>10.4}",
             t.index + 1,
@@ -123,8 +130,17 @@ pub fn sweep(config: &Path, overrides: &[String], out: Option<PathBuf>, force: b
             t.val_loss
         );
     }
-    print_summary(&r.final_run.summary, &out.join("final"));
-    Ok(())
+}
+
+/// `RunOptions` of a command writing into `out`.
+pub(crate) fn run_options(out: &Path, device: candle_core::Device, common: &Common) -> RunOptions {
+    RunOptions {
+        out_dir: Some(out.to_path_buf()),
+        device,
+        verbosity: verbosity(common),
+        resume: false,
+        max_epochs_this_run: None,
+    }
 }
 
 /// The output folder must be a folder or creatable, the data folder a folder when

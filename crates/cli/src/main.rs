@@ -1,5 +1,6 @@
 //! `digitlab`: train, search, evaluate and run digit-recognition experiments
 //! from TOML configs.
+mod array;
 mod commands;
 mod compare;
 mod device;
@@ -59,7 +60,9 @@ enum Command {
         #[command(flatten)]
         common: Common,
     },
-    /// Hyperparameter search (grid or random) from a config with a [search] section.
+    /// Hyperparameter search (grid, random or successive halving) from a config with
+    /// a [search] section; serially, or as a job array (--list-trials, --trial,
+    /// --worker, --collect: see "Running on a cluster" in the README).
     Sweep {
         #[arg(long, short)]
         config: PathBuf,
@@ -69,8 +72,11 @@ enum Command {
         out: Option<PathBuf>,
         /// Replace a digitlab run folder of another config at the output folder
         /// (only one with digitlab's marker; anything else is never touched).
+        /// With --trial: the trial's own folder.
         #[arg(long)]
         force: bool,
+        #[command(flatten)]
+        array: array::ArrayMode,
         #[command(flatten)]
         common: Common,
     },
@@ -110,6 +116,19 @@ enum Command {
         /// Output folder (default: runs/reproduce-<suite>).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Print the suite's experiments, one per line by index (0-based); nothing runs.
+        #[arg(long, conflicts_with_all = ["entry", "collect"])]
+        list: bool,
+        /// Run only experiment I (0-based) into its folder under <out>; `env` takes I
+        /// from DIGITLAB_TRIAL, SLURM_ARRAY_TASK_ID or JOB_COMPLETION_INDEX.
+        #[arg(long, value_name = "I|env", conflicts_with = "collect")]
+        entry: Option<String>,
+        /// Write the report from the experiments that finished under <out> (nothing trains).
+        #[arg(long)]
+        collect: bool,
+        /// With --collect: report the finished experiments when some have not (they are named).
+        #[arg(long, requires = "collect")]
+        allow_missing: bool,
         #[command(flatten)]
         common: Common,
     },
@@ -196,8 +215,15 @@ fn main() -> Result<()> {
             overrides,
             out,
             force,
+            array,
             common,
-        } => commands::sweep(&config, &overrides, out, force, &common),
+        } => {
+            if array.is_serial() {
+                commands::sweep(&config, &overrides, out, force, &common)
+            } else {
+                array::sweep(&config, &overrides, out, force, &array, &common)
+            }
+        }
         Command::Eval {
             checkpoint,
             split,
@@ -238,7 +264,18 @@ fn main() -> Result<()> {
             transfer::run(&config, &overrides, out, cache_dir, force, &common)
         }
         Command::Compare { runs, out, overfit_gap } => compare::run(&runs, &out, overfit_gap),
-        Command::Reproduce { suite, out, common } => {
+        Command::Reproduce {
+            suite,
+            out,
+            list,
+            entry,
+            collect,
+            allow_missing,
+            common,
+        } => {
+            if list {
+                return reproduce::list(&suite);
+            }
             let name = std::path::Path::new(&suite)
                 .file_stem()
                 .map(|s| s.to_string_lossy().to_string())
@@ -246,7 +283,17 @@ fn main() -> Result<()> {
             let out = out.unwrap_or_else(|| PathBuf::from("runs").join(format!("reproduce-{name}")));
             let device = device::parse_device(&common.device)?;
             let data_dir = digitlab_data::resolve_data_dir(common.data_dir.as_deref());
-            let report = reproduce::run(&suite, &data_dir, &out, device, common.quiet)?;
+            if let Some(e) = entry {
+                let index = array::index_from(&e, "--entry")?;
+                let done = digitlab_cli::suite::run_entry(&suite, index, &data_dir, &out, device, common.quiet)?;
+                println!("{done}");
+                return Ok(());
+            }
+            let report = if collect {
+                reproduce::collect(&suite, &data_dir, &out, device, common.quiet, allow_missing)?
+            } else {
+                reproduce::run(&suite, &data_dir, &out, device, common.quiet)?
+            };
             println!("report: {}", report.display());
             Ok(())
         }

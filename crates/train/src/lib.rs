@@ -12,7 +12,9 @@
 //!   [`train`] ([`trainer`]);
 //! - metrics (accuracy, per-class precision/recall/F1, macro-F1, confusion
 //!   matrix: [`metrics`]) and evaluation ([`eval`]);
-//! - grid and random hyperparameter search ([`search`], [`sweep`]);
+//! - grid, random and successive-halving hyperparameter search ([`search`],
+//!   [`sweep`], [`asha`]), serially or as a job array of processes sharing one
+//!   output folder ([`array`]);
 //! - outputs: `summary.json`, `metrics.csv`, PNG plots ([`experiment`]; rendering and
 //!   crash-safe writes come from `digitlab-report`, re-exported as [`io`]).
 //!
@@ -44,6 +46,8 @@
 //! assert!(result.summary.test_accuracy.unwrap() > 0.8);
 //! # Ok::<(), digitlab_train::TrainError>(())
 //! ```
+pub mod array;
+pub mod asha;
 pub mod checkpoint;
 pub mod config;
 pub mod error;

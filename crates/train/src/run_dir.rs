@@ -418,6 +418,27 @@ fn lock(dir: &Path) -> Result<DirLock> {
     })
 }
 
+/// Who holds the lock of the folder `dir` right now (`None`: nobody, or no such
+/// folder). Only tries the lock: nothing in the folder changes.
+pub fn holder(dir: &Path) -> Result<Option<String>> {
+    if !dir.is_dir() {
+        return Ok(None);
+    }
+    if let Ok(c) = dir.canonicalize() {
+        if held().lock().is_ok_and(|h| h.contains(&c)) {
+            return Ok(Some(format!("process {}", std::process::id())));
+        }
+    }
+    match lock(dir) {
+        Ok(l) => {
+            drop(l);
+            Ok(None)
+        }
+        Err(TrainError::InUse { holder, .. }) => Ok(Some(holder)),
+        Err(e) => Err(e),
+    }
+}
+
 impl RunDir {
     /// Claims `dir` for a run of `kind` with config hash `hash` (see [`Start`]),
     /// creating it (and its parents) when absent. Holds the folder's lock until
@@ -513,6 +534,26 @@ impl RunDir {
             run.write_marker(false)?;
         }
         Ok(run)
+    }
+
+    /// [`RunDir::claim`], waiting up to `wait` while another process holds the
+    /// folder (for shared folders that processes hold only for moments).
+    pub fn claim_waiting(
+        dir: &Path,
+        kind: &str,
+        hash: &str,
+        start: Start,
+        wait: std::time::Duration,
+    ) -> Result<RunDir> {
+        let started = std::time::Instant::now();
+        loop {
+            match RunDir::claim(dir, kind, hash, start) {
+                Err(TrainError::InUse { .. }) if started.elapsed() < wait => {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                r => return r,
+            }
+        }
     }
 
     /// The folder.
@@ -620,6 +661,20 @@ pub struct FileLock {
     path: PathBuf,
 }
 
+/// Opens (creating it) the lock file `path` and tries to take its exclusive
+/// `flock` without waiting: the file, and whether the lock was taken.
+pub fn open_and_try_lock(path: &Path) -> Result<(File, bool)> {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(io_err(path))?;
+    let got = FileExt::try_lock_exclusive(&f).map_err(io_err(path))?;
+    Ok((f, got))
+}
+
 impl FileLock {
     /// Locks `target` (its lock file), waiting while another process holds it;
     /// `waiting` is called once if it has to wait.
@@ -628,14 +683,8 @@ impl FileLock {
         let path = target.with_file_name(format!(".{name}.lock"));
         let mut waiting = Some(waiting);
         loop {
-            let f = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(&path)
-                .map_err(io_err(&path))?;
-            if !FileExt::try_lock_exclusive(&f).map_err(io_err(&path))? {
+            let (f, got) = open_and_try_lock(&path)?;
+            if !got {
                 if let Some(w) = waiting.take() {
                     let pid = std::fs::read_to_string(&path).unwrap_or_default();
                     let who = match pid.trim() {

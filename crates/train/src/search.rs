@@ -24,6 +24,16 @@ pub struct SearchConfig {
     pub retrain_on_train_val: bool,
     /// Dotted config keys and the values to try, e.g. `"optim.lr" = [0.001, 0.01, 0.1]`.
     pub space: BTreeMap<String, Vec<toml::Value>>,
+    /// Successive halving (`strategy = "asha"`): epochs of the first rung.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_epochs: Option<usize>,
+    /// Successive halving: epochs of the last rung (and of the retrain).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_epochs: Option<usize>,
+    /// Successive halving: each rung keeps the best 1/`reduction_factor` of the one
+    /// before and trains them `reduction_factor` times longer (default 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reduction_factor: Option<usize>,
 }
 
 fn yes() -> bool {
@@ -36,6 +46,9 @@ pub enum Strategy {
     #[default]
     Grid,
     Random,
+    /// Successive halving: every trial starts with `min_epochs`, the better ones are
+    /// promoted to longer budgets ([`crate::asha`]).
+    Asha,
 }
 
 impl SearchConfig {
@@ -57,7 +70,51 @@ impl SearchConfig {
         if !self.metric.needs_validation() {
             return Err(TrainError::Config("search.metric must be a validation metric".into()));
         }
+        if self.strategy == Strategy::Asha {
+            return self.validate_asha();
+        }
+        for (key, set) in [
+            ("min_epochs", self.min_epochs.is_some()),
+            ("max_epochs", self.max_epochs.is_some()),
+            ("reduction_factor", self.reduction_factor.is_some()),
+        ] {
+            if set {
+                return Err(TrainError::Config(format!(
+                    "search.{key} applies only to search.strategy = \"asha\""
+                )));
+            }
+        }
         Ok(())
+    }
+
+    fn validate_asha(&self) -> Result<(), TrainError> {
+        let (Some(min), Some(max)) = (self.min_epochs, self.max_epochs) else {
+            return Err(TrainError::Config(
+                "search.strategy = \"asha\" needs search.min_epochs and search.max_epochs".into(),
+            ));
+        };
+        if min == 0 || max < min {
+            return Err(TrainError::Config(format!(
+                "search.min_epochs ({min}) must be >= 1 and at most search.max_epochs ({max})"
+            )));
+        }
+        if self.trials == Some(0) {
+            return Err(TrainError::Config("search.trials must be >= 1".into()));
+        }
+        if self.reduction_factor.is_some_and(|f| f < 2) {
+            return Err(TrainError::Config("search.reduction_factor must be >= 2".into()));
+        }
+        if self.space.contains_key("train.epochs") {
+            return Err(TrainError::Config(
+                "search.space cannot vary train.epochs with strategy = \"asha\": the rungs set it".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The reduction factor of successive halving (default 3).
+    pub fn reduction(&self) -> usize {
+        self.reduction_factor.unwrap_or(3)
     }
 
     /// Every assignment of the search space, in a fixed order (the last key varies
@@ -115,8 +172,24 @@ impl SearchConfig {
                 }
             },
             Strategy::Random => sample_indices(size, self.trials.unwrap_or(1), seed),
+            // Successive halving starts from the grid, or from `trials` random draws.
+            Strategy::Asha => match self.trials {
+                Some(k) => sample_indices(size, k, seed),
+                None => return Strategy::Grid.pick(self, seed),
+            },
         };
         Ok(indices.into_iter().map(|i| self.assignment_at(i)).collect())
+    }
+}
+
+impl Strategy {
+    /// `search` read with this strategy instead of its own.
+    fn pick(self, search: &SearchConfig, seed: u64) -> Result<Vec<BTreeMap<String, toml::Value>>, TrainError> {
+        SearchConfig {
+            strategy: self,
+            ..search.clone()
+        }
+        .trials(seed)
     }
 }
 
@@ -207,6 +280,9 @@ mod tests {
             metric: MetricName::ValAccuracy,
             retrain_on_train_val: true,
             space: s,
+            min_epochs: None,
+            max_epochs: None,
+            reduction_factor: None,
         }
     }
 
@@ -250,6 +326,9 @@ mod tests {
             metric: MetricName::ValAccuracy,
             retrain_on_train_val: true,
             space,
+            min_epochs: None,
+            max_epochs: None,
+            reduction_factor: None,
         }
     }
 

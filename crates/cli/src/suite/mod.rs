@@ -110,10 +110,25 @@ pub struct SuiteRun {
     pub wall_seconds: f64,
     /// Held until the report is written into `out`.
     pub out_dir: RunDir,
+    /// Entries a collect found unfinished (index, label).
+    pub unfinished: Vec<(usize, String)>,
 }
 
-/// Runs the suite `suite` (a name or a path) into `out`.
-pub fn run(suite: &str, data_dir: &Path, out: &Path, device: candle_core::Device, quiet: bool) -> Result<SuiteRun> {
+/// A suite with every entry prepared (checked, nothing written yet).
+struct Prepared {
+    path: PathBuf,
+    suite: Suite,
+    ctx: Context,
+    jobs: Vec<Box<dyn Job>>,
+}
+
+fn prepare_suite(
+    suite: &str,
+    data_dir: &Path,
+    out: &Path,
+    device: candle_core::Device,
+    quiet: bool,
+) -> Result<Prepared> {
     let path = suite_path(suite);
     let suite = load_suite(&path)?;
     let configs_dir = path
@@ -148,31 +163,48 @@ pub fn run(suite: &str, data_dir: &Path, out: &Path, device: candle_core::Device
         .iter()
         .map(|e| prepare(e, &ctx))
         .collect::<Result<Vec<_>>>()?;
-    let out_dir = RunDir::claim(out, "reproduce", "", Start::Keep)?;
-    let mut seen: BTreeMap<PathBuf, usize> = BTreeMap::new();
-    for (i, job) in jobs.iter().enumerate() {
-        let Some((dir, kind, hash)) = job.target() else {
-            continue;
-        };
-        if let Some(j) = seen.insert(dir.to_path_buf(), i) {
-            bail!(
-                "{}: experiments {} and {} both write {}; give one of them another `name` (set = [\"name=...\"])",
-                path.display(),
-                j + 1,
-                i + 1,
-                dir.display()
-            );
+    Ok(Prepared { path, suite, ctx, jobs })
+}
+
+impl Prepared {
+    /// Claims the suite's folder (waiting while another entry's process checks it)
+    /// and checks every entry's folder in it; changes nothing but the marker.
+    fn claim(&self) -> Result<RunDir> {
+        let (out, path) = (&self.ctx.out, &self.path);
+        let out_dir = RunDir::claim_waiting(out, "reproduce", "", Start::Keep, digitlab_train::array::SHARED_WAIT)?;
+        let mut seen: BTreeMap<PathBuf, usize> = BTreeMap::new();
+        for (i, job) in self.jobs.iter().enumerate() {
+            let Some((dir, kind, hash)) = job.target() else {
+                continue;
+            };
+            if let Some(j) = seen.insert(dir.to_path_buf(), i) {
+                bail!(
+                    "{}: experiments {} and {} both write {}; give one of them another `name` (set = [\"name=...\"])",
+                    path.display(),
+                    j + 1,
+                    i + 1,
+                    dir.display()
+                );
+            }
+            if dir == out.join(transfer::FEATURE_CACHE) {
+                bail!(
+                    "{}: experiment {} would write into the suite's feature cache {}; give it another `name`",
+                    path.display(),
+                    i + 1,
+                    dir.display()
+                );
+            }
+            run_dir::check(dir, kind, hash, Start::Force)?;
         }
-        if dir == out.join(transfer::FEATURE_CACHE) {
-            bail!(
-                "{}: experiment {} would write into the suite's feature cache {}; give it another `name`",
-                path.display(),
-                i + 1,
-                dir.display()
-            );
-        }
-        run_dir::check(dir, kind, hash, Start::Force)?;
+        Ok(out_dir)
     }
+}
+
+/// Runs the suite `suite` (a name or a path) into `out`.
+pub fn run(suite: &str, data_dir: &Path, out: &Path, device: candle_core::Device, quiet: bool) -> Result<SuiteRun> {
+    let p = prepare_suite(suite, data_dir, out, device, quiet)?;
+    let out_dir = p.claim()?;
+    let Prepared { suite, ctx, jobs, .. } = p;
     let started = Instant::now();
     let mut reports = Vec::new();
     for (entry, job) in suite.experiments.iter().zip(jobs) {
@@ -187,5 +219,111 @@ pub fn run(suite: &str, data_dir: &Path, out: &Path, device: candle_core::Device
         reports,
         wall_seconds: started.elapsed().as_secs_f64(),
         out_dir,
+        unfinished: Vec::new(),
+    })
+}
+
+/// `--list`: each entry's mode and config (or topics), by 0-based index.
+pub fn list(suite: &str) -> Result<Vec<String>> {
+    let suite = load_suite(&suite_path(suite))?;
+    Ok(suite
+        .experiments
+        .iter()
+        .map(|e| {
+            let what = match e.mode {
+                Mode::Theory => format!("topics {}", e.topic.as_deref().unwrap_or("all")),
+                _ => e.config.clone(),
+            };
+            format!("{}\t{what}", format!("{:?}", e.mode).to_lowercase())
+        })
+        .collect())
+}
+
+/// `--entry I`: checks the whole suite like [`run`], then runs only entry `index`
+/// (0-based) into its folder under `out`, holding `out` only while checking it,
+/// so that entries can run at once. A finished entry is reused.
+pub fn run_entry(
+    suite: &str,
+    index: usize,
+    data_dir: &Path,
+    out: &Path,
+    device: candle_core::Device,
+    quiet: bool,
+) -> Result<String> {
+    let p = prepare_suite(suite, data_dir, out, device, quiet)?;
+    let n = p.jobs.len();
+    if index >= n {
+        bail!(
+            "--entry {index}: the suite {} has {n} experiments (indices 0 to {})",
+            p.path.display(),
+            n.saturating_sub(1)
+        );
+    }
+    // Marked complete ("a valid suite folder") so that it stays when this claim
+    // ends before the entry has written anything; the collect writes the report.
+    p.claim()?.finish()?;
+    let Prepared { ctx, jobs, .. } = p;
+    let job = jobs.into_iter().nth(index).expect("checked");
+    let label = job.label();
+    match job.run(&ctx)? {
+        Outcome::Skipped(reason) => Ok(format!("entry {index} ({label}) skipped: {reason}")),
+        Outcome::Ran { reused: true, .. }
+        | Outcome::Theory { reused: true, .. }
+        | Outcome::Transfer { reused: true, .. } => Ok(format!("entry {index} ({label}) had already finished")),
+        _ => Ok(format!("entry {index} ({label}) done")),
+    }
+}
+
+/// `--collect`: the report of the entries that finished under `out` (each reused,
+/// nothing trained); unfinished entries are an error naming them, unless
+/// `allow_missing`, when the report lists them as not run.
+pub fn collect(
+    suite: &str,
+    data_dir: &Path,
+    out: &Path,
+    device: candle_core::Device,
+    quiet: bool,
+    allow_missing: bool,
+) -> Result<SuiteRun> {
+    if run_dir::read_marker(out)?.is_none() {
+        bail!(
+            "{}: holds no suite run: nothing to collect (run the entries first)",
+            out.display()
+        );
+    }
+    let p = prepare_suite(suite, data_dir, out, device, quiet)?;
+    let out_dir = p.claim()?;
+    let Prepared { suite, ctx, jobs, .. } = p;
+    let started = Instant::now();
+    let mut unfinished = Vec::new();
+    let mut reports = Vec::new();
+    for (i, (entry, job)) in suite.experiments.iter().zip(jobs).enumerate() {
+        let done = job.target().is_none_or(|(dir, kind, hash)| finished(dir, kind, hash));
+        let outcome = if done {
+            job.run(&ctx)?
+        } else {
+            unfinished.push((i, job.label()));
+            Outcome::Skipped(format!("not run yet (`--entry {i}`)"))
+        };
+        reports.push(ExperimentReport::new(entry, outcome));
+    }
+    ctx.bar.finish_and_clear();
+    if !unfinished.is_empty() && !allow_missing {
+        let names: Vec<String> = unfinished.iter().map(|(i, l)| format!("entry {i} ({l})")).collect();
+        bail!(
+            "{}: {} of {} experiments have not finished: {}; run them (`--entry I`), or pass \
+             --allow-missing to report the finished ones",
+            out.display(),
+            unfinished.len(),
+            reports.len(),
+            names.join(", ")
+        );
+    }
+    Ok(SuiteRun {
+        suite,
+        reports,
+        wall_seconds: started.elapsed().as_secs_f64(),
+        out_dir,
+        unfinished,
     })
 }
