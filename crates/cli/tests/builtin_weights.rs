@@ -77,10 +77,11 @@ fn the_transfer_step_has_both_rows_without_any_weights_folder() {
         "the pretrained row did not use the built-in weights:\n{weights}"
     );
 
-    // DIGITLAB_WEIGHTS still decides: a folder without the file skips the row, saying why.
+    // DIGITLAB_WEIGHTS still decides: a folder without the file skips the row, saying
+    // why. (Same --out: the random row's features come from the suite's cache.)
     let empty = tmp.path().join("empty-weights");
     std::fs::create_dir_all(&empty).unwrap();
-    let text = reproduce(tmp.path(), &suite, "out-env", Some(&empty));
+    let text = reproduce(tmp.path(), &suite, "out", Some(&empty));
     assert!(
         text.contains("skip") && text.contains(&empty.join("ccexam-svhn-cnn.safetensors").display().to_string()),
         "{text}"

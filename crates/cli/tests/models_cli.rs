@@ -125,7 +125,7 @@ fn errors_are_one_message_and_their_causes_without_a_backtrace() {
 #[test]
 fn a_backtrace_only_when_asked_for() {
     let args = ["summary", "--model", "googlenet"];
-    let (_, _, err) = run(&mut digitlab(&args).arg("--verbose"));
+    let (_, _, err) = run(digitlab(&args).arg("--verbose"));
     assert!(err.starts_with("error: ") && err.contains("\nbacktrace:\n"), "{err}");
     for (var, value, shown) in [
         ("RUST_BACKTRACE", "1", true),
