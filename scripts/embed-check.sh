@@ -84,6 +84,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let x = Tensor::zeros((2, 3, 32, 32), DType::F32, &Device::Cpu)?;
     assert_eq!(created.model.forward_t(&x, false)?.dims(), [2, 10]);
 
+    // digitlab-finetune's built-in weights (include_bytes! of a file inside the crate).
+    let builtin: WeightsSource = "builtin:ccexam-svhn-cnn.safetensors".parse()?;
+    let cc = create_model("ccexam_svhn_cnn", &builtin, 10, &CreateOptions::new(input))?;
+    assert!(cc.pretrained.is_some());
+    assert_eq!(cc.model.forward_t(&x, false)?.dims(), [2, 10]);
+
     println!("embed-check: digitlab-data, digitlab-models and digitlab-finetune work outside the workspace");
     Ok(())
 }

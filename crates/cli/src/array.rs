@@ -4,6 +4,7 @@
 use crate::commands::{check_paths, print_summary, print_trials, run_options};
 use crate::device::parse_device;
 use crate::Common;
+use digitlab_cli::args::ArrayMode;
 use anyhow::{bail, Context, Result};
 use digitlab_data::resolve_data_dir;
 use digitlab_train::array::{self, TrialRun};
@@ -14,47 +15,6 @@ use std::path::{Path, PathBuf};
 /// The environment variables `--trial env` and `--entry env` read, first set wins:
 /// digitlab's own, SLURM job arrays', Kubernetes Indexed Jobs'.
 pub const INDEX_VARS: [&str; 3] = ["DIGITLAB_TRIAL", "SLURM_ARRAY_TASK_ID", "JOB_COMPLETION_INDEX"];
-
-/// The job-array modes of `digitlab sweep` (at most one; none: the serial sweep).
-#[derive(clap::Args, Clone, Debug, Default)]
-pub struct ArrayMode {
-    /// Print the number of trials and each one's values, one per line by index
-    /// (0-based, as `--trial` takes them); nothing is run.
-    #[arg(long)]
-    pub list_trials: bool,
-    /// Run only trial I (0-based) into <out>/trials/NNNN; `env` takes I from
-    /// DIGITLAB_TRIAL, SLURM_ARRAY_TASK_ID or JOB_COMPLETION_INDEX.
-    #[arg(long, value_name = "I|env")]
-    pub trial: Option<String>,
-    /// Successive halving (strategy = "asha"): pull jobs from <out>/asha.json until
-    /// none is left; start as many workers as you like.
-    #[arg(long)]
-    pub worker: bool,
-    /// Merge the finished trials under <out> into trials.csv, pick the best, and
-    /// retrain and test it once (a second collect reuses that run).
-    #[arg(long)]
-    pub collect: bool,
-    /// With --list-trials: JSON instead of lines.
-    #[arg(long, requires = "list_trials")]
-    pub json: bool,
-    /// With --collect: go on when some trials have no result (they are named).
-    #[arg(long, requires = "collect")]
-    pub allow_missing: bool,
-}
-
-impl ArrayMode {
-    /// No job-array flag: the ordinary serial sweep.
-    pub fn is_serial(&self) -> bool {
-        self.count() == 0
-    }
-
-    fn count(&self) -> usize {
-        [self.list_trials, self.trial.is_some(), self.worker, self.collect]
-            .iter()
-            .filter(|b| **b)
-            .count()
-    }
-}
 
 /// A 0-based index from `arg` (a number, or `env` for [`INDEX_VARS`]); `flag`
 /// names the option in errors.
@@ -85,7 +45,7 @@ pub fn sweep(
     mode: &ArrayMode,
     common: &Common,
 ) -> Result<()> {
-    if mode.count() > 1 {
+    if mode.modes() > 1 {
         bail!("--list-trials, --trial, --worker and --collect go one at a time");
     }
     let cfg = ExperimentConfig::load(config, overrides)?;

@@ -197,6 +197,15 @@ impl DatasetKind {
         }
     }
 
+    /// The shape of every image of the dataset, as loaded (before any pipeline).
+    pub fn image_shape(self) -> crate::dataset::ImageShape {
+        match self {
+            DatasetKind::Digits => crate::dataset::ImageShape::new(1, 8, 8),
+            DatasetKind::Mnist | DatasetKind::FashionMnist => crate::dataset::ImageShape::new(1, 28, 28),
+            DatasetKind::Svhn => crate::dataset::ImageShape::new(3, 32, 32),
+        }
+    }
+
     /// Human-readable class names, index = label.
     pub fn class_names(self) -> Vec<String> {
         match self {
@@ -376,6 +385,12 @@ impl RemoteFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_embedded_digits_have_the_stated_shape() {
+        let d = load(DatasetKind::Digits, Split::Train, Path::new("no-data")).unwrap();
+        assert_eq!(d.shape(), DatasetKind::Digits.image_shape());
+    }
 
     #[test]
     fn names_round_trip_and_unknown_lists_valid() {

@@ -362,6 +362,8 @@ pub fn resolve(config: &HubConfig, repo: &str, revision: Option<&str>, file: Opt
 /// Resolves any [`WeightsSource`] to a local file: `None` gives `Ok(None)`, `Local`
 /// its path (checked to exist), `Hub` goes through [`resolve`], `Torchvision`
 /// through [`crate::torchhub::resolve`] with settings from the environment.
+/// `Builtin` is an error: those weights are in memory, not in a file
+/// ([`crate::builtin::find`] gives their bytes; [`crate::create_model`] reads them).
 pub fn resolve_source(config: &HubConfig, source: &WeightsSource) -> Result<Option<PathBuf>> {
     match source {
         WeightsSource::None => Ok(None),
@@ -385,6 +387,10 @@ pub fn resolve_source(config: &HubConfig, source: &WeightsSource) -> Result<Opti
         WeightsSource::Torchvision { model } => {
             crate::torchhub::resolve(&crate::torchhub::TorchHubConfig::from_env()?, model).map(Some)
         }
+        WeightsSource::Builtin { file } => Err(FinetuneError::InvalidSource {
+            input: source.to_string(),
+            reason: format!("{file} is compiled into digitlab, not a file on disk"),
+        }),
     }
 }
 

@@ -11,6 +11,8 @@
 //!   `HF_*` environment variables or built directly) and [`hub::resolve`], which finds
 //!   a hub file in the standard Hugging Face cache and otherwise downloads it with
 //!   hf-hub, failing with a message that says how to pre-download it.
+//! - [`builtin`]: the ccexam SVHN CNN's weights, compiled in
+//!   (`builtin:ccexam-svhn-cnn.safetensors`), for a pretrained network with no files.
 //! - [`torchhub`]: torchvision's published ImageNet weights (`torchvision:vgg16`)
 //!   through torch.hub's checkpoint cache, hash-checked as torch.hub does.
 //! - [`pth`]: a reader for PyTorch `torch.save` checkpoints that interprets the
@@ -69,6 +71,7 @@
 //! # }
 //! ```
 
+pub mod builtin;
 pub mod compare;
 pub mod error;
 pub mod export;

@@ -1,5 +1,5 @@
 //! Where pretrained weights come from: nowhere, the Hugging Face hub, torchvision's
-//! published files, or a local file.
+//! published files, a local file, or the copy built into digitlab.
 //!
 //! [`WeightsSource`] parses from the strings a user types (CLI flags, config files):
 //!
@@ -13,6 +13,7 @@
 //! | `torchvision:vgg16`, `torchvision:resnet18`, ... | [`WeightsSource::Torchvision`]: the IMAGENET1K_V1 file via torch.hub's cache ([`crate::torchhub`]) |
 //! | `weights/resnet18.safetensors`, `x.pth`, `x.pt`, `x.bin` | [`WeightsSource::Local`] |
 //! | `file:some/path` or any existing path | [`WeightsSource::Local`] |
+//! | `builtin:ccexam-svhn-cnn.safetensors` (or `builtin:/...`) | [`WeightsSource::Builtin`]: compiled into digitlab ([`crate::builtin`]) |
 //!
 //! Repo ids, revisions and file names are validated (no `..`, no absolute paths,
 //! Hugging Face's repo-id alphabet), because they end up as parts of cache paths.
@@ -54,6 +55,11 @@ pub enum WeightsSource {
         /// Canonical model name.
         model: String,
     },
+    /// Weights compiled into digitlab ([`crate::builtin::BUILTIN_WEIGHTS`]).
+    Builtin {
+        /// File name, e.g. `ccexam-svhn-cnn.safetensors`.
+        file: String,
+    },
 }
 
 impl WeightsSource {
@@ -89,6 +95,12 @@ impl WeightsSource {
                 model: model.to_string(),
             });
         }
+        if let Some(rest) = strip_prefix_ci(s, "builtin:") {
+            let w = crate::builtin::find(rest)?;
+            return Ok(Self::Builtin {
+                file: w.file.to_string(),
+            });
+        }
         if let Some(rest) = strip_prefix_ci(s, "file:") {
             if rest.is_empty() {
                 return Err(err("`file:` needs a path after it".into()));
@@ -122,8 +134,8 @@ impl WeightsSource {
 }
 
 fn accepted_forms() -> String {
-    "expected `none`, `hf:org/name[@revision][:file]`, `org/name`, `torchvision:<model>`, or a \
-     path to a .safetensors/.pth/.pt/.bin file"
+    "expected `none`, `hf:org/name[@revision][:file]`, `org/name`, `torchvision:<model>`, \
+     `builtin:<file>`, or a path to a .safetensors/.pth/.pt/.bin file"
         .to_string()
 }
 
@@ -270,6 +282,7 @@ impl fmt::Display for WeightsSource {
                 Ok(())
             }
             Self::Torchvision { model } => write!(f, "torchvision:{model}"),
+            Self::Builtin { file } => write!(f, "builtin:{file}"),
             Self::Local(path) => {
                 if has_weight_extension(path) {
                     write!(f, "{}", path.display())
@@ -373,6 +386,20 @@ mod tests {
     }
 
     #[test]
+    fn builtin_acts_as_a_folder() {
+        let cc = WeightsSource::Builtin {
+            file: "ccexam-svhn-cnn.safetensors".into(),
+        };
+        assert_eq!(parse("builtin:ccexam-svhn-cnn.safetensors").unwrap(), cc);
+        assert_eq!(parse("builtin:/ccexam-svhn-cnn.safetensors").unwrap(), cc);
+        assert_eq!(parse("BUILTIN:ccexam-svhn-cnn.safetensors").unwrap(), cc);
+        for bad in ["builtin:", "builtin:/", "builtin:resnet18.safetensors"] {
+            let e = parse(bad).unwrap_err().to_string();
+            assert!(e.contains("builtin:ccexam-svhn-cnn.safetensors"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn display_round_trips() {
         for s in [
             "none",
@@ -382,6 +409,7 @@ mod tests {
             "weights/r.safetensors",
             "file:weights/dir",
             "torchvision:vgg19_bn",
+            "builtin:ccexam-svhn-cnn.safetensors",
         ] {
             let src = parse(s).unwrap();
             assert_eq!(src.to_string(), s);

@@ -41,7 +41,9 @@
 //!
 //! `pretrained` strings may use `${VAR}` for environment variables (e.g.
 //! `"${DIGITLAB_WEIGHTS}/ccexam-svhn-cnn.safetensors"`); an unset variable is an
-//! error naming the backbone and the variable. Defaults per backbone: channels and
+//! error naming the backbone and the variable, unless a default follows it as in
+//! the shell: `"${DIGITLAB_WEIGHTS:-builtin:}/ccexam-svhn-cnn.safetensors"` is the
+//! file in `$DIGITLAB_WEIGHTS`, or the copy built into digitlab ([`crate::builtin`]). Defaults per backbone: channels and
 //! normalisation are those the architecture's pretrained weights expect (3 channels
 //! and ImageNet mean/std for ResNet, VGG and EfficientNet; the SVHN statistics for
 //! `ccexam_svhn_cnn`), then `[data]`'s; random-weight backbones get the same
@@ -297,7 +299,8 @@ impl Default for BackboneSpec {
     }
 }
 
-/// Expands `${NAME}` with `var`; `where_` names the field for errors.
+/// Expands `${NAME}` with `var`, and `${NAME:-default}` to `default` when `NAME` is
+/// unset or empty (as the shell does); `where_` names the field for errors.
 pub fn expand_vars(text: &str, var: &dyn Fn(&str) -> Option<String>, where_: &str) -> Result<String> {
     let mut out = String::new();
     let mut rest = text;
@@ -307,18 +310,25 @@ pub fn expand_vars(text: &str, var: &dyn Fn(&str) -> Option<String>, where_: &st
         let end = after
             .find('}')
             .ok_or_else(|| FinetuneError::Config(format!("{where_}: unterminated `${{` in {text:?}")))?;
-        let name = &after[..end];
+        let (name, default) = match after[..end].split_once(":-") {
+            Some((n, d)) => (n, Some(d)),
+            None => (&after[..end], None),
+        };
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
             return Err(FinetuneError::Config(format!(
                 "{where_}: bad variable name `${{{name}}}` in {text:?}"
             )));
         }
-        let value = var(name).filter(|v| !v.is_empty()).ok_or_else(|| {
-            FinetuneError::Config(format!(
-                "{where_}: environment variable {name} is not set (used in {text:?}); set it, e.g. \
-                 `export {name}=/path/to/folder`, or write the path out"
-            ))
-        })?;
+        let value = match (var(name).filter(|v| !v.is_empty()), default) {
+            (Some(v), _) => v,
+            (None, Some(d)) => d.to_string(),
+            (None, None) => {
+                return Err(FinetuneError::Config(format!(
+                    "{where_}: environment variable {name} is not set (used in {text:?}); set it, e.g. \
+                     `export {name}=/path/to/folder`, or write the path out"
+                )))
+            }
+        };
         out.push_str(&value);
         rest = &after[end + 1..];
     }
@@ -1278,6 +1288,35 @@ mod tests {
         assert_eq!(
             spec.source(env.as_ref()).unwrap(),
             WeightsSource::Local("/w/ccexam-svhn-cnn.safetensors".into())
+        );
+    }
+
+    #[test]
+    fn a_default_replaces_an_unset_variable_only() {
+        let env = vars_from(
+            [("W".to_string(), "/w".to_string()), ("E".to_string(), String::new())]
+                .into_iter()
+                .collect(),
+        );
+        assert_eq!(expand_vars("${W:-d}/a", env.as_ref(), "x").unwrap(), "/w/a");
+        assert_eq!(expand_vars("${NOPE:-d}/a", env.as_ref(), "x").unwrap(), "d/a");
+        assert_eq!(expand_vars("${E:-d}/a", env.as_ref(), "x").unwrap(), "d/a");
+        assert_eq!(expand_vars("${NOPE:-}a", env.as_ref(), "x").unwrap(), "a");
+        assert!(expand_vars("${:-d}", env.as_ref(), "x").is_err());
+        let spec = BackboneSpec {
+            model: "ccexam_svhn_cnn".into(),
+            pretrained: "${W:-builtin:}/ccexam-svhn-cnn.safetensors".into(),
+            ..BackboneSpec::default()
+        };
+        assert_eq!(
+            spec.source(env.as_ref()).unwrap(),
+            WeightsSource::Local("/w/ccexam-svhn-cnn.safetensors".into())
+        );
+        assert_eq!(
+            spec.source(&|_| None).unwrap(),
+            WeightsSource::Builtin {
+                file: "ccexam-svhn-cnn.safetensors".into()
+            }
         );
     }
 }

@@ -37,7 +37,8 @@
 //!   `efficientnet-lite0.safetensors` (`_conv_stem`, `_blocks.N.*`, `_fc`). timm's
 //!   own `efficientnet_lite0` layout (`conv_stem`, `blocks.S.B.*`, `classifier`) is
 //!   not mapped: loading it fails with the full list of missing / unexpected names.
-//! - **ccexam SVHN CNN**: `ccexam-svhn-cnn.safetensors` as it is.
+//! - **ccexam SVHN CNN**: `ccexam-svhn-cnn.safetensors` as it is; a copy is built in
+//!   (`builtin:ccexam-svhn-cnn.safetensors`, [`crate::builtin`]).
 //! - Any layout wrapped by `nn.DataParallel` (`module.`) or a Lightning-style
 //!   `model.` prefix: the prefix is stripped when every name has it.
 //!
@@ -137,7 +138,80 @@ impl Arch {
     pub fn channels(&self) -> Option<usize> {
         self.native_input.map(|i| i.channels)
     }
+
+    /// The input to describe the model at: [`Arch::native_input`], else MNIST's
+    /// 1x28x28 for LeNet-5 and 3x32x32 (SVHN, CIFAR) for the other small-image models.
+    pub fn default_input(&self) -> InputShape {
+        self.native_input.unwrap_or(match self.config {
+            ModelConfig::Lenet5 => InputShape {
+                channels: 1,
+                height: 28,
+                width: 28,
+            },
+            _ => InputShape {
+                channels: 3,
+                height: 32,
+                width: 32,
+            },
+        })
+    }
+
+    /// The class count of its pretrained weights: 1000 (ImageNet) for the models
+    /// with ImageNet normalisation, else 10 (digits).
+    pub fn default_classes(&self) -> usize {
+        if self.normalization == Some(Normalization::imagenet()) {
+            1000
+        } else {
+            10
+        }
+    }
+
+    /// Where pretrained weights for this model come from, as weights-source strings
+    /// ([`WeightsSource`]): built in, torchvision's files, the hub repos the configs
+    /// use, and `file:NAME` for a file that has to be obtained by hand.
+    pub fn pretrained_sources(&self) -> Vec<String> {
+        let mut out: Vec<String> = crate::builtin::BUILTIN_WEIGHTS
+            .iter()
+            .filter(|w| w.model == self.name)
+            .map(|w| format!("builtin:{}", w.file))
+            .collect();
+        out.extend(
+            torchhub::TORCHVISION_WEIGHTS
+                .iter()
+                .filter(|(m, _)| *m == self.name)
+                .map(|(m, _)| format!("torchvision:{m}")),
+        );
+        out.extend(
+            HUB_WEIGHTS
+                .iter()
+                .filter(|(m, _)| *m == self.name)
+                .map(|(_, repo)| format!("hf:{repo}")),
+        );
+        out.extend(
+            LOCAL_WEIGHTS
+                .iter()
+                .filter(|(m, _)| *m == self.name)
+                .map(|(_, file)| format!("file:{file}")),
+        );
+        out
+    }
 }
+
+/// Hugging Face repos whose default file loads into a model here, `(model, repo)`:
+/// those `configs/svhn_transfer*.toml` use.
+pub const HUB_WEIGHTS: &[(&str, &str)] = &[
+    ("resnet18", "timm/resnet18.a1_in1k"),
+    ("resnet50", "timm/resnet50.a1_in1k"),
+    ("resnet101", "timm/resnet101.a1h_in1k"),
+    ("vgg16", "timm/vgg16.tv_in1k"),
+];
+
+/// Weights files that load but are not downloadable by digitlab, `(model, file name)`
+/// (`$DIGITLAB_WEIGHTS` holds them in this project's setup).
+pub const LOCAL_WEIGHTS: &[(&str, &str)] = &[
+    ("efficientnet_lite0", "efficientnet-lite0.safetensors"),
+    ("ccexam_svhn_cnn", "ccexam-svhn-cnn.safetensors"),
+];
 
 fn rgb(side: usize) -> Option<InputShape> {
     Some(InputShape {
@@ -229,10 +303,11 @@ impl CreateOptions {
 pub struct PretrainedInfo {
     /// Where the weights came from, as given.
     pub source: WeightsSource,
-    /// The file read (a hub cache path for hub sources).
+    /// The file read (a hub cache path for hub sources; `builtin:<file>` for
+    /// built-in weights, which are read from memory).
     pub path: PathBuf,
     pub format: WeightsFormat,
-    /// SHA-256 of the file, hex.
+    /// SHA-256 of the file (or of the built-in bytes), hex.
     pub sha256: String,
     /// Name / shape check: loaded, re-initialised and dropped head tensors.
     pub report: LoadReport,
@@ -476,7 +551,7 @@ pub fn create_model(
         }
     }
     let path = match pretrained {
-        WeightsSource::None => None,
+        WeightsSource::None | WeightsSource::Builtin { .. } => None,
         WeightsSource::Hub { .. } => {
             let config = match &opts.hub {
                 Some(c) => c.clone(),
@@ -492,9 +567,32 @@ pub fn create_model(
     let pending = Arc::new(Mutex::new(HashMap::new()));
     let requested = Arc::new(Mutex::new(Vec::new()));
     let mut file_info = None;
-    if let Some(path) = &path {
-        let format = detect_format(path)?;
-        let tensors = load_weights(path)?;
+    let loaded = match (pretrained, &path) {
+        (WeightsSource::Builtin { file }, _) => {
+            let w = crate::builtin::find(file)?;
+            let tensors = candle_core::safetensors::load_buffer(w.bytes, &Device::Cpu).map_err(|source| {
+                FinetuneError::Safetensors {
+                    path: PathBuf::from(pretrained.to_string()),
+                    source,
+                }
+            })?;
+            // The source string stands in for a path: it is only displayed.
+            Some((
+                PathBuf::from(pretrained.to_string()),
+                WeightsFormat::Safetensors,
+                tensors,
+                w.sha256(),
+            ))
+        }
+        (_, Some(path)) => Some((
+            path.clone(),
+            detect_format(path)?,
+            load_weights(path)?,
+            file_sha256(path)?,
+        )),
+        (_, None) => None,
+    };
+    if let Some((path, format, tensors, sha256)) = loaded {
         let (tensors, stripped) = strip_common_prefixes(tensors, DEFAULT_STRIP_PREFIXES);
         let (tensors, renamed) = if matches!(arch.config, ModelConfig::Vgg(_)) {
             remap_timm_vgg(tensors)?
@@ -503,7 +601,7 @@ pub fn create_model(
         };
         let shapes: HashMap<String, Vec<usize>> = tensors.iter().map(|(k, t)| (k.clone(), t.dims().to_vec())).collect();
         *pending.lock().expect("lock poisoned") = tensors;
-        file_info = Some((path.clone(), format, stripped, renamed, shapes));
+        file_info = Some((path, format, stripped, renamed, shapes, sha256));
     }
     let backend = LoadingBackend {
         map: map.clone(),
@@ -521,7 +619,7 @@ pub fn create_model(
         .ok_or_else(|| FinetuneError::Config(format!("{}: model has no backbone", arch.name)))?;
     let pretrained_info = match file_info {
         None => None,
-        Some((path, format, stripped_prefixes, renamed, shapes)) => {
+        Some((path, format, stripped_prefixes, renamed, shapes, sha256)) => {
             let expected = requested.lock().expect("lock poisoned").clone();
             let found: HashMap<&str, Vec<usize>> = shapes.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
             let head = format!("{head_prefix}.");
@@ -533,7 +631,6 @@ pub fn create_model(
                     report: Box::new(report),
                 });
             }
-            let sha256 = file_sha256(&path)?;
             Some(PretrainedInfo {
                 source: pretrained.clone(),
                 path,

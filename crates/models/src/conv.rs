@@ -62,7 +62,9 @@ impl Conv2dExt for Conv2d {
             dilation: c.dilation,
             groups: c.groups,
         };
-        digitlab_kernels::conv2d(xs, self.weight(), self.bias(), p, act)
+        let y = digitlab_kernels::conv2d(xs, self.weight(), self.bias(), p, act)?;
+        crate::summary::record_conv("Conv2d", self.weight(), &y);
+        Ok(y)
     }
 }
 
@@ -77,14 +79,16 @@ pub fn bn_act(bn: &BatchNorm, xs: &Tensor, train: bool, act: FusedActivation) ->
             FusedActivation::Identity => Ok(y),
         };
     }
-    digitlab_kernels::batch_norm_eval(
+    let y = digitlab_kernels::batch_norm_eval(
         xs,
         bn.running_mean(),
         bn.running_var(),
         bn.weight_and_bias(),
         bn.eps(),
         act,
-    )
+    )?;
+    crate::summary::record_batch_norm(bn, &y);
+    Ok(y)
 }
 
 /// A square `kernel` x `kernel` convolution (`groups = 1`) with symmetric padding.
@@ -249,7 +253,9 @@ impl Module for DepthwiseConv2d {
                 Some(a) => (a + term)?,
             });
         }
-        acc.expect("kernel has at least one tap").reshape((b, c, oh, ow))
+        let y = acc.expect("kernel has at least one tap").reshape((b, c, oh, ow))?;
+        crate::summary::record_conv("Conv2d (depthwise)", &self.weight, &y);
+        Ok(y)
     }
 }
 

@@ -57,6 +57,13 @@ fn bn(c: usize, vb: VarBuilder) -> Result<BatchNorm> {
     batch_norm2d(c, BN_EPS, BN_MOMENTUM, vb)
 }
 
+/// candle's batch norm, noted for [`crate::summary`].
+fn norm_t(bn: &BatchNorm, xs: &Tensor, train: bool) -> Result<Tensor> {
+    let y = bn.forward_t(xs, train)?;
+    crate::summary::record_batch_norm(bn, &y);
+    Ok(y)
+}
+
 fn relu6(x: &Tensor) -> Result<Tensor> {
     x.clamp(0f32, 6f32)
 }
@@ -109,12 +116,14 @@ impl ModuleT for MbConv {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
         let mut x = xs.clone();
         if let Some((conv, norm)) = &self.expand {
-            x = relu6(&norm.forward_t(&conv.forward_act(&x, FusedActivation::Identity)?, train)?)?;
+            x = relu6(&norm_t(norm, &conv.forward_act(&x, FusedActivation::Identity)?, train)?)?;
         }
-        x = relu6(&self.bn1.forward_t(&self.depthwise.forward(&x)?, train)?)?;
-        x = self
-            .bn2
-            .forward_t(&self.project.forward_act(&x, FusedActivation::Identity)?, train)?;
+        x = relu6(&norm_t(&self.bn1, &self.depthwise.forward(&x)?, train)?)?;
+        x = norm_t(
+            &self.bn2,
+            &self.project.forward_act(&x, FusedActivation::Identity)?,
+            train,
+        )?;
         if !self.skip {
             return Ok(x);
         }
@@ -189,7 +198,7 @@ impl EfficientNetLite0 {
         let f = &self.frozen;
         let mut x = f.cut(
             0,
-            relu6(&self.bn0.forward_t(&self.conv_stem.forward(xs)?, f.train(0, train))?)?,
+            relu6(&norm_t(&self.bn0, &self.conv_stem.forward(xs)?, f.train(0, train))?)?,
         )?;
         for (b, &stage) in self.blocks.iter().zip(&self.block_stage) {
             // Cutting after every block of the last frozen stage cuts after its last.
@@ -199,11 +208,11 @@ impl EfficientNetLite0 {
         let head_train = f.train(head_stage, train);
         f.cut(
             head_stage,
-            relu6(
-                &self
-                    .bn1
-                    .forward_t(&self.conv_head.forward_act(&x, FusedActivation::Identity)?, head_train)?,
-            )?,
+            relu6(&norm_t(
+                &self.bn1,
+                &self.conv_head.forward_act(&x, FusedActivation::Identity)?,
+                head_train,
+            )?)?,
         )
     }
 }

@@ -17,7 +17,9 @@ pub trait LinearExt {
 
 impl LinearExt for Linear {
     fn forward_act(&self, xs: &Tensor, act: FusedActivation) -> Result<Tensor> {
-        digitlab_kernels::linear(xs, self.weight(), self.bias(), act)
+        let y = digitlab_kernels::linear(xs, self.weight(), self.bias(), act)?;
+        crate::summary::record_linear(self.weight(), &y);
+        Ok(y)
     }
 }
 

@@ -11,7 +11,8 @@
 //! - [`Backbone`]: the embedding before the classification head, for fine-tuning
 //!   with a frozen backbone ([`Model::features`], [`Model::with_head`]);
 //! - one entry point, [`build_model`], from a typed [`ModelConfig`];
-//! - [`SeededVarMap`] for weights that are the same on every run with the same seed.
+//! - [`SeededVarMap`] for weights that are the same on every run with the same seed;
+//! - [`summarize`]: a torchinfo-style layer table (output shapes, parameters, MACs).
 //!
 //! ```
 //! use candle_core::{DType, Device, Tensor};
@@ -41,6 +42,7 @@ pub mod pool;
 pub mod precision;
 pub mod resnet;
 pub mod size;
+pub mod summary;
 pub mod vgg;
 
 pub use alexnet::AlexNet;
@@ -55,4 +57,5 @@ pub use model::{build_model, count_parameters, is_buffer, InputShape, Model, Mod
 pub use precision::{MixedBackbone, Precision};
 pub use resnet::{ResNet, ResNetConfig};
 pub use size::{estimate_size, SizeEstimate};
+pub use summary::{summarize, zeros_var_builder, LayerSummary, ModelSummary};
 pub use vgg::{Vgg, VggConfig};

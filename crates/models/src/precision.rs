@@ -62,10 +62,13 @@ impl std::str::FromStr for Precision {
 /// Batch norm's `forward_t` for any activation dtype: half-precision inputs are
 /// normalised in f32 (the running statistics are f32) and cast back.
 pub fn batch_norm_t(bn: &BatchNorm, xs: &Tensor, train: bool) -> Result<Tensor> {
-    if digitlab_kernels::precision::is_half(xs.dtype()) {
-        return bn.forward_t(&xs.to_dtype(DType::F32)?, train)?.to_dtype(xs.dtype());
-    }
-    bn.forward_t(xs, train)
+    let y = if digitlab_kernels::precision::is_half(xs.dtype()) {
+        bn.forward_t(&xs.to_dtype(DType::F32)?, train)?.to_dtype(xs.dtype())?
+    } else {
+        bn.forward_t(xs, train)?
+    };
+    crate::summary::record_batch_norm(bn, &y);
+    Ok(y)
 }
 
 /// A network run in `dtype`: input cast to it, output cast back to f32.

@@ -1,7 +1,7 @@
 //! The runner of `mode = "transfer"` entries: a `digitlab transfer` config run
 //! inside a suite. Only backbones whose weights are reachable without the network
-//! run (random weights, an existing local file, a file already in the Hugging Face
-//! cache); each other backbone is skipped with a one-line reason, so a suite never
+//! run (random weights, weights built into digitlab, an existing local file, a file
+//! already in the Hugging Face cache); each other backbone is skipped with a one-line reason, so a suite never
 //! stalls on a download and says exactly what to fetch.
 use super::{claim_entry, finished, Context, Job, Outcome, Skip, SuiteEntry};
 use anyhow::{Context as _, Result};
@@ -29,6 +29,10 @@ fn reachable(
 ) -> std::result::Result<String, String> {
     match spec.source(var).map_err(|e| e.to_string())? {
         WeightsSource::None => Ok("random weights".into()),
+        WeightsSource::Builtin { file } => {
+            let w = digitlab_finetune::builtin::find(&file).map_err(|e| e.to_string())?;
+            Ok(format!("builtin:{file} (sha256 {})", w.sha256()))
+        }
         WeightsSource::Local(p) if p.is_file() => Ok(p.display().to_string()),
         WeightsSource::Local(p) => Err(format!("{} does not exist", p.display())),
         WeightsSource::Torchvision { model } => {
