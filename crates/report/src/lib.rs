@@ -9,6 +9,7 @@
 //! - [`compare`]: the many-runs comparison (Markdown, CSV, bar chart);
 //! - [`summary`]: [`RunSummary`], the `summary.json` every run writes;
 //! - [`html`]: Markdown to self-contained HTML (escaping, anchors, embedded PNGs);
+//! - [`tensorboard`]: TensorBoard event files (scalars, PNG images, HParams);
 //! - [`format`]: number formatting ([`format::pct`]);
 //! - [`io`]: the one crash-safe write (temporary file, fsync, rename).
 //!
@@ -28,6 +29,7 @@ pub mod io;
 pub mod plots;
 pub mod summary;
 pub mod table;
+pub mod tensorboard;
 
 pub use summary::RunSummary;
 pub use table::Table;
