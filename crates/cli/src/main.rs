@@ -56,6 +56,10 @@ enum Command {
         /// the same as --set train.dtype="bf16".
         #[arg(long)]
         dtype: Option<digitlab_models::Precision>,
+        /// Write no TensorBoard event file (by default every run folder gets
+        /// one: `tensorboard --logdir runs`).
+        #[arg(long)]
+        no_tensorboard: bool,
         #[command(flatten)]
         common: Common,
     },
@@ -71,6 +75,10 @@ enum Command {
         /// (only one with digitlab's marker; anything else is never touched).
         #[arg(long)]
         force: bool,
+        /// Write no TensorBoard event file (by default every run folder gets
+        /// one: `tensorboard --logdir runs`).
+        #[arg(long)]
+        no_tensorboard: bool,
         #[command(flatten)]
         common: Common,
     },
@@ -110,6 +118,10 @@ enum Command {
         /// Output folder (default: runs/reproduce-<suite>).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Write no TensorBoard event file (by default every run folder gets
+        /// one: `tensorboard --logdir runs`).
+        #[arg(long)]
+        no_tensorboard: bool,
         #[command(flatten)]
         common: Common,
     },
@@ -151,6 +163,10 @@ enum Command {
         /// the same as --set transfer.dtype="bf16".
         #[arg(long)]
         dtype: Option<digitlab_models::Precision>,
+        /// Write no TensorBoard event file (by default every run folder gets
+        /// one: `tensorboard --logdir runs`).
+        #[arg(long)]
+        no_tensorboard: bool,
         #[command(flatten)]
         common: Common,
     },
@@ -185,18 +201,20 @@ fn main() -> Result<()> {
             resume,
             force,
             dtype,
+            no_tensorboard,
             common,
         } => {
             let overrides = with_dtype(overrides, "train", dtype);
-            commands::train(&config, &overrides, out, resume, force, &common)
+            commands::train(&config, &overrides, out, resume, force, !no_tensorboard, &common)
         }
         Command::Sweep {
             config,
             overrides,
             out,
             force,
+            no_tensorboard,
             common,
-        } => commands::sweep(&config, &overrides, out, force, &common),
+        } => commands::sweep(&config, &overrides, out, force, !no_tensorboard, &common),
         Command::Eval {
             checkpoint,
             split,
@@ -231,13 +249,19 @@ fn main() -> Result<()> {
             cache_dir,
             force,
             dtype,
+            no_tensorboard,
             common,
         } => {
             let overrides = with_dtype(overrides, "transfer", dtype);
-            transfer::run(&config, &overrides, out, cache_dir, force, &common)
+            transfer::run(&config, &overrides, out, cache_dir, force, !no_tensorboard, &common)
         }
         Command::Compare { runs, out, overfit_gap } => compare::run(&runs, &out, overfit_gap),
-        Command::Reproduce { suite, out, common } => {
+        Command::Reproduce {
+            suite,
+            out,
+            no_tensorboard,
+            common,
+        } => {
             let name = std::path::Path::new(&suite)
                 .file_stem()
                 .map(|s| s.to_string_lossy().to_string())
@@ -245,7 +269,7 @@ fn main() -> Result<()> {
             let out = out.unwrap_or_else(|| PathBuf::from("runs").join(format!("reproduce-{name}")));
             let device = device::parse_device(&common.device)?;
             let data_dir = digitlab_data::resolve_data_dir(common.data_dir.as_deref());
-            let report = reproduce::run(&suite, &data_dir, &out, device, common.quiet)?;
+            let report = reproduce::run(&suite, &data_dir, &out, device, common.quiet, !no_tensorboard)?;
             println!("report: {}", report.display());
             Ok(())
         }

@@ -7,8 +7,15 @@ use digitlab_cli::{report, suite};
 use std::path::{Path, PathBuf};
 
 /// Runs `suite` and writes `report.md` and `report.html` into `out`.
-pub fn run(suite: &str, data_dir: &Path, out: &Path, device: candle_core::Device, quiet: bool) -> Result<PathBuf> {
-    let run = suite::run(suite, data_dir, out, device, quiet)?;
+pub fn run(
+    suite: &str,
+    data_dir: &Path,
+    out: &Path,
+    device: candle_core::Device,
+    quiet: bool,
+    tensorboard: bool,
+) -> Result<PathBuf> {
+    let run = suite::run(suite, data_dir, out, device, quiet, tensorboard)?;
     let index = report::write(
         out,
         &run.suite.name,

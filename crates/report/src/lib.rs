@@ -4,10 +4,11 @@
 //! confusion-matrix counts, pixel buffers): no candle, no training.
 //!
 //! - [`plots`]: PNG charts (line charts, confusion matrices, image grids, weight
-//!   templates, bar charts, heat maps), text laid out with ab_glyph metrics;
+//!   templates, bar charts, heat maps, reliability diagrams), text laid out with ab_glyph metrics;
 //! - [`table`]: titled tables as Markdown or aligned terminal text;
 //! - [`compare`]: the many-runs comparison (Markdown, CSV, bar chart);
 //! - [`summary`]: [`RunSummary`], the `summary.json` every run writes;
+//! - [`interpretation`]: most-confused pairs, top losses and calibration as data;
 //! - [`html`]: Markdown to self-contained HTML (escaping, anchors, embedded PNGs);
 //! - [`tensorboard`]: TensorBoard event files (scalars, PNG images, HParams);
 //! - [`format`]: number formatting ([`format::pct`]);
@@ -25,6 +26,7 @@
 pub mod compare;
 pub mod format;
 pub mod html;
+pub mod interpretation;
 pub mod io;
 pub mod plots;
 pub mod summary;

@@ -163,6 +163,14 @@ impl EventWriter {
         self.plugin_record("_hparams_/session_end_info", &end)
     }
 
+    /// A session (re)start at `step`: TensorBoard drops the events of earlier
+    /// files at `step` and later, so a resumed run's epochs replace those an
+    /// interrupted run logged after its last checkpoint.
+    pub fn session_start(&mut self, step: i64) -> Result<()> {
+        // Event.session_log (6) = SessionLog { status (1): START = 1 }.
+        self.event(step, |e| e.message(6, |log| log.varint(1, 1)))
+    }
+
     /// Writes buffered events to the file and syncs it.
     pub fn flush(&mut self) -> Result<()> {
         self.out.flush().map_err(io_err(&self.path))?;

@@ -44,7 +44,9 @@ pub struct SweepResult {
 }
 
 /// Runs the search in `cfg.search` with data from `data_dir`, writing
-/// `trials.csv`, `sweep.json` and the final run's outputs (`final/`) under `opts.out_dir`.
+/// `trials.csv`, `sweep.json` and the final run's outputs (`final/`) under `opts.out_dir`,
+/// and (with `opts.tensorboard`) each trial's curves and values as a TensorBoard run
+/// `trials/trial-NNN/`, so TensorBoard's HParams table compares the trials.
 pub fn run_sweep(cfg: &ExperimentConfig, data_dir: &Path, opts: &RunOptions) -> Result<SweepResult> {
     let search = cfg
         .search
@@ -80,6 +82,9 @@ pub fn run_sweep(cfg: &ExperimentConfig, data_dir: &Path, opts: &RunOptions) -> 
         let t0 = std::time::Instant::now();
         let trial = match train(&tc, &data, &trial_opts) {
             Ok(run) => {
+                if let (Some(dir), true) = (&opts.out_dir, opts.tensorboard) {
+                    trial_events(&dir.join("trials").join(format!("trial-{:03}", i + 1)), &tc, &run)?;
+                }
                 let v = run.val.as_ref().expect("validation split exists");
                 let train_acc = run.history.last().map_or(0.0, |h| h["train_accuracy"]);
                 Trial {
@@ -166,6 +171,18 @@ pub fn run_sweep(cfg: &ExperimentConfig, data_dir: &Path, opts: &RunOptions) -> 
         best,
         final_run,
     })
+}
+
+/// One trial's event file in `dir` (inside the sweep's own folder), written once
+/// the trial is done: its epochs and its config as hyperparameters.
+fn trial_events(dir: &Path, cfg: &ExperimentConfig, run: &crate::TrainedRun) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|source| TrainError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let config = serde_json::to_value(cfg).map_err(|e| TrainError::Config(e.to_string()))?;
+    crate::fit::TensorBoard::write_history(dir, &config, &run.history, run.complete)?;
+    Ok(())
 }
 
 /// Builds and validates every trial's config (and the final run's) before any

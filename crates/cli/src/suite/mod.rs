@@ -38,6 +38,8 @@ pub struct Context {
     pub out: PathBuf,
     pub device: candle_core::Device,
     pub quiet: bool,
+    /// Runs write TensorBoard event files.
+    pub tensorboard: bool,
     pub bar: ProgressBar,
 }
 
@@ -113,7 +115,14 @@ pub struct SuiteRun {
 }
 
 /// Runs the suite `suite` (a name or a path) into `out`.
-pub fn run(suite: &str, data_dir: &Path, out: &Path, device: candle_core::Device, quiet: bool) -> Result<SuiteRun> {
+pub fn run(
+    suite: &str,
+    data_dir: &Path,
+    out: &Path,
+    device: candle_core::Device,
+    quiet: bool,
+    tensorboard: bool,
+) -> Result<SuiteRun> {
     let path = suite_path(suite);
     let suite = load_suite(&path)?;
     let configs_dir = path
@@ -140,6 +149,7 @@ pub fn run(suite: &str, data_dir: &Path, out: &Path, device: candle_core::Device
         out: out.to_path_buf(),
         device,
         quiet,
+        tensorboard,
         bar,
     };
     // Every entry checked before anything is written.

@@ -6,7 +6,8 @@
 //! loss/accuracy/macro-F1, timings) and tracks the best epoch of a chosen metric.
 //! Everything else is a [`Callback`] object: progress bars or log lines
 //! ([`Progress`]), early stopping ([`EarlyStopping`]), best/last checkpoints and
-//! resume ([`Checkpoints`]), the divergence guard ([`DivergenceGuard`]).
+//! resume ([`Checkpoints`]), the divergence guard ([`DivergenceGuard`]),
+//! TensorBoard event files ([`TensorBoard`]).
 //! `digitlab_train::train` is the config front-end that builds a model and data
 //! from an `ExperimentConfig` and calls it; head training in `digitlab-finetune`
 //! calls it too.
@@ -58,12 +59,14 @@ mod checkpoints;
 mod divergence;
 mod early_stopping;
 mod progress;
+mod tensorboard;
 
 pub use callback::{Callback, Control, EpochEnd, FitEnd, LossParts, StepLoss};
 pub use checkpoints::{Checkpoints, RunInfo};
 pub use divergence::DivergenceGuard;
 pub use early_stopping::EarlyStopping;
 pub use progress::{Progress, Verbosity};
+pub use tensorboard::{hparams_of, tag_for, TensorBoard, END_IMAGES};
 
 use crate::config::MetricName;
 use crate::eval::{compute_loss, evaluate_source, predict, Evaluation};
