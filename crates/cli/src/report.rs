@@ -243,7 +243,11 @@ fn markdown(
 
 /// A run's interpretation (from its `summary.json`): ECE, most-confused pairs and
 /// top losses as tables, then the reliability diagram and top-losses grid from `dir`.
-fn interpretation_section(s: &digitlab_report::RunSummary, dir: &Path, img: &dyn Fn(&Path, &str) -> Option<String>) -> String {
+fn interpretation_section(
+    s: &digitlab_report::RunSummary,
+    dir: &Path,
+    img: &dyn Fn(&Path, &str) -> Option<String>,
+) -> String {
     let Some(i) = &s.interpretation else {
         return String::new();
     };

@@ -102,7 +102,10 @@ fn train_writes_an_event_file_that_matches_metrics_csv() {
     let test_images = summary["test_images"].as_u64().unwrap();
     assert_eq!(i["images"].as_u64(), Some(test_images));
     let bins = i["calibration"]["bins"].as_array().unwrap();
-    assert_eq!(bins.iter().map(|b| b["count"].as_u64().unwrap()).sum::<u64>(), test_images);
+    assert_eq!(
+        bins.iter().map(|b| b["count"].as_u64().unwrap()).sum::<u64>(),
+        test_images
+    );
     let ece = i["calibration"]["ece"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&ece), "{ece}");
     let losses: Vec<f64> = i["top_losses"]
@@ -111,7 +114,10 @@ fn train_writes_an_event_file_that_matches_metrics_csv() {
         .iter()
         .map(|t| t["loss"].as_f64().unwrap())
         .collect();
-    assert!(!losses.is_empty() && losses.windows(2).all(|w| w[0] >= w[1]), "{losses:?}");
+    assert!(
+        !losses.is_empty() && losses.windows(2).all(|w| w[0] >= w[1]),
+        "{losses:?}"
+    );
     let wrong = test_images as f64 * (1.0 - summary["test_accuracy"].as_f64().unwrap());
     let confused: u64 = i["most_confused"]
         .as_array()

@@ -744,7 +744,8 @@ pub fn run_backbone(
         (None, _, Some(e), Some(ds)) => Some((e, "validation", ds)),
         _ => None,
     };
-    let interpretation = final_eval.map(|(e, split, _)| digitlab_train::interpret::interpret(e, data.train.class_names(), split));
+    let interpretation =
+        final_eval.map(|(e, split, _)| digitlab_train::interpret::interpret(e, data.train.class_names(), split));
     let mut summary = RunSummary {
         name: label.clone(),
         dataset: data.train.name().to_string(),

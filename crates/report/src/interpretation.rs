@@ -87,7 +87,10 @@ pub fn markdown(i: &Interpretation, max_rows: usize) -> String {
     if i.most_confused.is_empty() {
         let _ = writeln!(md, "No image was misclassified.\n");
     } else {
-        let _ = writeln!(md, "Most confused (true → predicted):\n\n| true | predicted | images |\n| --- | --- | --- |");
+        let _ = writeln!(
+            md,
+            "Most confused (true → predicted):\n\n| true | predicted | images |\n| --- | --- | --- |"
+        );
         for p in i.most_confused.iter().take(max_rows) {
             let _ = writeln!(md, "| {} | {} | {} |", p.truth, p.predicted, p.count);
         }

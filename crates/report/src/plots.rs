@@ -761,6 +761,29 @@ fn draw_grid(root: &Area<'_>, chart: &Chart<'_, '_>, x: Option<&Axis>, y: &Axis)
     Ok(())
 }
 
+/// The frame of an x-y chart on `body` over `xs` × `ys`: margins, room for the
+/// axes' labels (measured on `root`) and the grid lines.
+fn xy_chart<'a, 'b>(
+    root: &Area<'_>,
+    body: &'a Area<'b>,
+    x: &Axis,
+    y: &Axis,
+    xs: std::ops::Range<f64>,
+    ys: std::ops::Range<f64>,
+) -> Result<Chart<'a, 'b>, String> {
+    let chart = ChartBuilder::on(body)
+        .margin_left(12)
+        .margin_right(30)
+        .margin_top(8)
+        .margin_bottom(6)
+        .x_label_area_size(x.x_area())
+        .y_label_area_size(y.y_area(root)?)
+        .build_cartesian_2d(xs, ys)
+        .map_err(de)?;
+    draw_grid(root, &chart, Some(x), y)?;
+    Ok(chart)
+}
+
 /// Left and bottom axis lines, tick marks, tick labels and axis titles (draw after the
 /// data). Without `x` only the bottom line is drawn (category axes label themselves).
 fn draw_axes(root: &Area<'_>, chart: &Chart<'_, '_>, x: Option<&Axis>, y: &Axis) -> DrawResult {
@@ -902,16 +925,7 @@ pub fn line_chart(path: &Path, title: &str, x_label: &str, y_label: &str, series
         let (_, body) = root.split_vertically(top);
         let x_axis = Axis::new(x0, x1, 10, x_int, x_label);
         let y_axis = Axis::new(y0, y1, 7, false, y_label);
-        let mut chart = ChartBuilder::on(&body)
-            .margin_left(12)
-            .margin_right(30)
-            .margin_top(8)
-            .margin_bottom(6)
-            .x_label_area_size(x_axis.x_area())
-            .y_label_area_size(y_axis.y_area(root)?)
-            .build_cartesian_2d(x0..x1, y0..y1)
-            .map_err(de)?;
-        draw_grid(root, &chart, Some(&x_axis), &y_axis)?;
+        let mut chart = xy_chart(root, &body, &x_axis, &y_axis, x0..x1, y0..y1)?;
         for (i, series_runs) in runs.iter().enumerate() {
             let color = palette(i);
             let n_points: usize = series_runs.iter().map(Vec::len).sum();
@@ -1988,7 +2002,12 @@ pub fn reliability_diagram(
     let bins: Vec<_> = calibration
         .bins
         .iter()
-        .filter(|b| b.count > 0 && [b.lower, b.upper, b.accuracy, b.confidence].iter().all(|v| v.is_finite()))
+        .filter(|b| {
+            b.count > 0
+                && [b.lower, b.upper, b.accuracy, b.confidence]
+                    .iter()
+                    .all(|v| v.is_finite())
+        })
         .collect();
     if bins.is_empty() {
         return Err(no_data(path));
@@ -2017,16 +2036,7 @@ pub fn reliability_diagram(
         let (_, body) = root.split_vertically(top);
         let x_axis = Axis::new(0.0, 1.0, 10, false, "confidence (probability of the predicted class)");
         let y_axis = Axis::new(0.0, 1.0, 5, false, "accuracy");
-        let mut chart = ChartBuilder::on(&body)
-            .margin_left(12)
-            .margin_right(30)
-            .margin_top(8)
-            .margin_bottom(6)
-            .x_label_area_size(x_axis.x_area())
-            .y_label_area_size(y_axis.y_area(root)?)
-            .build_cartesian_2d(0.0..1.0, 0.0..1.0)
-            .map_err(de)?;
-        draw_grid(root, &chart, Some(&x_axis), &y_axis)?;
+        let mut chart = xy_chart(root, &body, &x_axis, &y_axis, 0.0..1.0, 0.0..1.0)?;
         for b in &bins {
             let (acc, conf) = (b.accuracy.clamp(0.0, 1.0), b.confidence.clamp(0.0, 1.0));
             chart
@@ -2043,7 +2053,12 @@ pub fn reliability_diagram(
                 .map_err(de)?;
         }
         chart
-            .draw_series(DashedLineSeries::new([(0.0, 0.0), (1.0, 1.0)], 8, 5, MUTED.stroke_width(2)))
+            .draw_series(DashedLineSeries::new(
+                [(0.0, 0.0), (1.0, 1.0)],
+                8,
+                5,
+                MUTED.stroke_width(2),
+            ))
             .map_err(de)?;
         draw_axes(root, &chart, Some(&x_axis), &y_axis)
     })

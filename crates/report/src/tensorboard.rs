@@ -103,7 +103,15 @@ impl EventWriter {
     }
 
     /// A PNG image (the "Images" tab); `channels` is 1 (gray), 3 (RGB) or 4 (RGBA).
-    pub fn image_png(&mut self, tag: &str, step: i64, png: &[u8], width: u32, height: u32, channels: u32) -> Result<()> {
+    pub fn image_png(
+        &mut self,
+        tag: &str,
+        step: i64,
+        png: &[u8],
+        width: u32,
+        height: u32,
+        channels: u32,
+    ) -> Result<()> {
         self.summary(step, |v| {
             v.string(1, tag);
             v.message(4, |img| {
@@ -167,8 +175,8 @@ impl EventWriter {
     /// files at `step` and later, so a resumed run's epochs replace those an
     /// interrupted run logged after its last checkpoint.
     pub fn session_start(&mut self, step: i64) -> Result<()> {
-        // Event.session_log (6) = SessionLog { status (1): START = 1 }.
-        self.event(step, |e| e.message(6, |log| log.varint(1, 1)))
+        // Event.session_log (7) = SessionLog { status (1): START = 1 }.
+        self.event(step, |e| e.message(7, |log| log.varint(1, 1)))
     }
 
     /// Writes buffered events to the file and syncs it.

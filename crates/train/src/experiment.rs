@@ -229,7 +229,12 @@ pub fn interpretation_plots(dir: &Path, name: &str, i: &Interpretation, ds: &Dat
     if c.bins.iter().any(|b| b.count > 0) {
         plots::reliability_diagram(
             &dir.join("reliability.png"),
-            &format!("{name} — {} reliability (ECE {:.4}, {} bins)", i.split, c.ece, c.bins.len()),
+            &format!(
+                "{name} — {} reliability (ECE {:.4}, {} bins)",
+                i.split,
+                c.ece,
+                c.bins.len()
+            ),
             c,
         )?;
     }

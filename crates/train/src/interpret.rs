@@ -71,7 +71,11 @@ pub fn calibration(confidence: &[f32], correct: &[bool], bins: usize) -> Calibra
     let mut conf_sum = vec![0f64; bins];
     let mut right = vec![0usize; bins];
     for (&c, &ok) in confidence.iter().zip(correct) {
-        let c = if c.is_finite() { f64::from(c).clamp(0.0, 1.0) } else { 0.0 };
+        let c = if c.is_finite() {
+            f64::from(c).clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
         let b = ((c * bins as f64).ceil() as usize).clamp(1, bins) - 1;
         count[b] += 1;
         conf_sum[b] += c;
@@ -217,7 +221,10 @@ mod tests {
         let i = interpret(&eval, &names(2), "test");
         assert_eq!(i.top_losses[0].loss, MAX_LOSS);
         assert!((i.top_losses[1].loss - -(0.3f32 as f64).ln()).abs() < 1e-12);
-        assert_eq!((i.top_losses[1].truth.as_str(), i.top_losses[1].predicted.as_str()), ("c1", "c0"));
+        assert_eq!(
+            (i.top_losses[1].truth.as_str(), i.top_losses[1].predicted.as_str()),
+            ("c1", "c0")
+        );
         assert!((i.top_losses[1].probability - 0.7).abs() < 1e-6);
         assert_eq!(i.most_confused, vec![pair("c0", "c1", 1), pair("c1", "c0", 1)]);
         assert_eq!((i.images, i.split.as_str()), (4, "test"));
