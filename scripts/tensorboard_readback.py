@@ -88,7 +88,7 @@ def check_run(run):
     for t in (SESSION_START, SESSION_END):
         if t not in tags["tensors"]:
             errors.append(f"{run}: HParams record {t!r} missing")
-    print(f"{run}: {checked} values of {len(rows[0]) - 1} scalars match metrics.csv; "
+    print(f"{run}: {checked} values of {len(rows[0]) - 1} scalars checked against metrics.csv; "
           f"images {sorted(tags['images'])}; {len(errors)} problems")
     return errors, checked
 
