@@ -187,11 +187,6 @@ pub fn train(cfg: &ExperimentConfig, data: &PreparedData, opts: &RunOptions) -> 
         .as_deref()
         .map(|d| run_dir::claim_for_training(d, cfg, opts.resume))
         .transpose()?;
-    // After the claim: a fresh run's folder has been cleared of an earlier run's files.
-    let mut tensorboard = match (&opts.out_dir, opts.tensorboard) {
-        (Some(dir), true) => Some(TensorBoard::create(dir, &config_json)?),
-        _ => None,
-    };
     let mut state = FitState::default();
     if let (true, Some(c)) = (opts.resume, &checkpoints) {
         // A missing last.json or fewer epochs than done is an error (resume_point).
@@ -218,6 +213,13 @@ pub fn train(cfg: &ExperimentConfig, data: &PreparedData, opts: &RunOptions) -> 
         None => None,
     };
 
+    // Last before training: after the claim (a fresh run's folder has been cleared of
+    // an earlier run's files) and after every check that can refuse the run (a
+    // refused resume leaves the folder as it was).
+    let mut tensorboard = match (&opts.out_dir, opts.tensorboard) {
+        (Some(dir), true) => Some(TensorBoard::create(dir, &config_json)?),
+        _ => None,
+    };
     let mut progress = Progress::new(cfg.name.clone(), opts.verbosity);
     let mut guard = DivergenceGuard;
     let mut early = cfg.train.early_stopping.as_ref().map(EarlyStopping::from);
