@@ -90,6 +90,10 @@ pub enum Command {
         /// the same as --set train.dtype="bf16".
         #[arg(long)]
         dtype: Option<digitlab_models::Precision>,
+        /// Write no TensorBoard event file (by default every run folder gets
+        /// one: `tensorboard --logdir runs`).
+        #[arg(long)]
+        no_tensorboard: bool,
         #[command(flatten)]
         common: Common,
     },
@@ -111,6 +115,10 @@ pub enum Command {
         /// With --trial: the trial's own folder.
         #[arg(long)]
         force: bool,
+        /// Write no TensorBoard event file (by default every run folder gets
+        /// one: `tensorboard --logdir runs`).
+        #[arg(long)]
+        no_tensorboard: bool,
         #[command(flatten)]
         array: ArrayMode,
         #[command(flatten)]
@@ -170,6 +178,10 @@ pub enum Command {
         /// With --collect: report the finished experiments when some have not (they are named).
         #[arg(long, requires = "collect")]
         allow_missing: bool,
+        /// Write no TensorBoard event file (by default every run folder gets
+        /// one: `tensorboard --logdir runs`).
+        #[arg(long)]
+        no_tensorboard: bool,
         #[command(flatten)]
         common: Common,
     },
@@ -215,6 +227,10 @@ pub enum Command {
         /// the same as --set transfer.dtype="bf16".
         #[arg(long)]
         dtype: Option<digitlab_models::Precision>,
+        /// Write no TensorBoard event file (by default every run folder gets
+        /// one: `tensorboard --logdir runs`).
+        #[arg(long)]
+        no_tensorboard: bool,
         #[command(flatten)]
         common: Common,
     },

@@ -4,8 +4,8 @@
 use crate::commands::{check_paths, print_summary, print_trials, run_options};
 use crate::device::parse_device;
 use crate::Common;
-use digitlab_cli::args::ArrayMode;
 use anyhow::{bail, Context, Result};
+use digitlab_cli::args::ArrayMode;
 use digitlab_data::resolve_data_dir;
 use digitlab_train::array::{self, TrialRun};
 use digitlab_train::search::{describe, Strategy};

@@ -59,6 +59,7 @@ pub fn train(
     out: Option<PathBuf>,
     resume: bool,
     force: bool,
+    tensorboard: bool,
     common: &Common,
 ) -> Result<()> {
     let cfg = ExperimentConfig::load(config, overrides)?;
@@ -82,6 +83,7 @@ pub fn train(
         verbosity: verbosity(common),
         resume,
         max_epochs_this_run: None,
+        tensorboard,
     };
     let result = run_experiment(&cfg, &data, &opts)?;
     run_dir.finish()?;
@@ -89,7 +91,14 @@ pub fn train(
     Ok(())
 }
 
-pub fn sweep(config: &Path, overrides: &[String], out: Option<PathBuf>, force: bool, common: &Common) -> Result<()> {
+pub fn sweep(
+    config: &Path,
+    overrides: &[String],
+    out: Option<PathBuf>,
+    force: bool,
+    tensorboard: bool,
+    common: &Common,
+) -> Result<()> {
     let cfg = ExperimentConfig::load(config, overrides)?;
     if cfg.search.is_none() {
         bail!(
@@ -108,6 +117,7 @@ pub fn sweep(config: &Path, overrides: &[String], out: Option<PathBuf>, force: b
         verbosity: verbosity(common),
         resume: false,
         max_epochs_this_run: None,
+        tensorboard,
     };
     let r = run_sweep(&cfg, &data_dir, &opts)?;
     run_dir.finish()?;
@@ -140,6 +150,8 @@ pub(crate) fn run_options(out: &Path, device: candle_core::Device, common: &Comm
         verbosity: verbosity(common),
         resume: false,
         max_epochs_this_run: None,
+        // Job arrays: the final run of a collect writes its event file.
+        tensorboard: true,
     }
 }
 

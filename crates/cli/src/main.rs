@@ -42,21 +42,23 @@ fn run(command: Command) -> Result<()> {
             resume,
             force,
             dtype,
+            no_tensorboard,
             common,
         } => {
             let overrides = with_dtype(overrides, "train", dtype);
-            commands::train(&config, &overrides, out, resume, force, &common)
+            commands::train(&config, &overrides, out, resume, force, !no_tensorboard, &common)
         }
         Command::Sweep {
             config,
             overrides,
             out,
             force,
+            no_tensorboard,
             array,
             common,
         } => {
             if array.is_serial() {
-                commands::sweep(&config, &overrides, out, force, &common)
+                commands::sweep(&config, &overrides, out, force, !no_tensorboard, &common)
             } else {
                 array::sweep(&config, &overrides, out, force, &array, &common)
             }
@@ -114,10 +116,11 @@ fn run(command: Command) -> Result<()> {
             cache_dir,
             force,
             dtype,
+            no_tensorboard,
             common,
         } => {
             let overrides = with_dtype(overrides, "transfer", dtype);
-            transfer::run(&config, &overrides, out, cache_dir, force, &common)
+            transfer::run(&config, &overrides, out, cache_dir, force, !no_tensorboard, &common)
         }
         Command::Compare { runs, out, overfit_gap } => compare::run(&runs, &out, overfit_gap),
         Command::Reproduce {
@@ -127,6 +130,7 @@ fn run(command: Command) -> Result<()> {
             entry,
             collect,
             allow_missing,
+            no_tensorboard,
             common,
         } => {
             if list {
@@ -141,14 +145,22 @@ fn run(command: Command) -> Result<()> {
             let data_dir = digitlab_data::resolve_data_dir(common.data_dir.as_deref());
             if let Some(e) = entry {
                 let index = array::index_from(&e, "--entry")?;
-                let done = digitlab_cli::suite::run_entry(&suite, index, &data_dir, &out, device, common.quiet)?;
+                let done = digitlab_cli::suite::run_entry(
+                    &suite,
+                    index,
+                    &data_dir,
+                    &out,
+                    device,
+                    common.quiet,
+                    !no_tensorboard,
+                )?;
                 println!("{done}");
                 return Ok(());
             }
             let report = if collect {
                 reproduce::collect(&suite, &data_dir, &out, device, common.quiet, allow_missing)?
             } else {
-                reproduce::run(&suite, &data_dir, &out, device, common.quiet)?
+                reproduce::run(&suite, &data_dir, &out, device, common.quiet, !no_tensorboard)?
             };
             println!("report: {}", report.display());
             Ok(())

@@ -216,6 +216,7 @@ fn markdown(
                         let _ = writeln!(md, "{tag}\n");
                     }
                 }
+                md += &interpretation_section(s, &rd, img);
                 let toml = toml::to_string_pretty(cfg).unwrap_or_default();
                 let _ = writeln!(
                     md,
@@ -237,6 +238,28 @@ fn markdown(
         })
         .collect();
     let _ = writeln!(md, "| seeds | {} |", seeds.join(", "));
+    md
+}
+
+/// A run's interpretation (from its `summary.json`): ECE, most-confused pairs and
+/// top losses as tables, then the reliability diagram and top-losses grid from `dir`.
+fn interpretation_section(
+    s: &digitlab_report::RunSummary,
+    dir: &Path,
+    img: &dyn Fn(&Path, &str) -> Option<String>,
+) -> String {
+    let Some(i) = &s.interpretation else {
+        return String::new();
+    };
+    let mut md = digitlab_report::interpretation::markdown(i, 10);
+    for (file, caption) in [
+        ("reliability.png", "Reliability diagram (calibration)"),
+        ("top_losses.png", "Top losses"),
+    ] {
+        if let Some(tag) = img(&dir.join(file), caption) {
+            let _ = writeln!(md, "{tag}\n");
+        }
+    }
     md
 }
 
@@ -332,6 +355,10 @@ fn transfer_section(
             &format!("Confusion matrix, {}", s.name),
         ) {
             let _ = writeln!(md, "{tag}\n");
+        }
+        if s.interpretation.is_some() {
+            let _ = writeln!(md, "**{}**\n", s.name);
+            md += &interpretation_section(s, &dir.join(&s.name), img);
         }
     }
     let toml = toml::to_string_pretty(cfg).unwrap_or_default();

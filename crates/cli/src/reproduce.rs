@@ -7,8 +7,15 @@ use digitlab_cli::{report, suite};
 use std::path::{Path, PathBuf};
 
 /// Runs `suite` and writes `report.md` and `report.html` into `out`.
-pub fn run(suite: &str, data_dir: &Path, out: &Path, device: candle_core::Device, quiet: bool) -> Result<PathBuf> {
-    write_report(out, suite::run(suite, data_dir, out, device, quiet)?)
+pub fn run(
+    suite: &str,
+    data_dir: &Path,
+    out: &Path,
+    device: candle_core::Device,
+    quiet: bool,
+    tensorboard: bool,
+) -> Result<PathBuf> {
+    write_report(out, suite::run(suite, data_dir, out, device, quiet, tensorboard)?)
 }
 
 /// `--collect`: the report of the experiments that finished under `out`.

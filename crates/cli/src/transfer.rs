@@ -16,6 +16,7 @@ pub fn run(
     out: Option<PathBuf>,
     cache_dir: Option<PathBuf>,
     force: bool,
+    tensorboard: bool,
     common: &Common,
 ) -> Result<()> {
     let cfg = TransferConfig::load(config, overrides)?;
@@ -37,6 +38,7 @@ pub fn run(
             Verbosity::Bars
         },
         cache_dir,
+        tensorboard,
         ..Default::default()
     };
     let run = run_transfer_all(&cfg, &data_dir, &opts)?;

@@ -436,6 +436,17 @@ fn read_only_output_folder_names_the_path_and_keeps_the_last_checkpoint() {
         eprintln!("skipped: running with privileges that ignore folder permissions, and setpriv is not available");
         return;
     };
+    // The resumed run's first write is its new TensorBoard event file.
+    let o = c.output().unwrap();
+    let t = text(&o);
+    assert!(!o.status.success(), "training into a read-only folder succeeded: {t}");
+    let events = run.join("events.out.tfevents.").display().to_string();
+    assert!(t.contains(&events) && t.contains("Permission denied"), "{t}");
+    assert!(!t.contains("panicked"), "{t}");
+    // Without it, the first write is epoch 4's checkpoint.
+    let mut without = train(&run, EPOCHS, true);
+    without.arg("--no-tensorboard");
+    let mut c = unprivileged(without, &run).expect("setpriv worked above");
     let o = c.output().unwrap();
     chmod(&run, 0o755);
     let t = text(&o);

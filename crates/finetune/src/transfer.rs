@@ -74,6 +74,7 @@ use digitlab_report::io::{write_atomic, write_atomic_with, write_json};
 use digitlab_report::plots;
 use digitlab_report::summary::{RunExtras, RunSummary, TransferExtras};
 use digitlab_train::experiment::metrics_csv;
+use digitlab_train::fit::TensorBoard;
 use digitlab_train::run_dir::{config_hash, RunDir, Start};
 use digitlab_train::{DataConfig, Evaluation, OptimizerConfig, PreparedData, Verbosity};
 
@@ -552,6 +553,9 @@ pub struct TransferRunOptions {
     pub cache_dir: Option<PathBuf>,
     /// Looks up `${VAR}`s in `pretrained` (default: the process environment).
     pub vars: VarLookup,
+    /// Write a TensorBoard event file (head epochs, images) into each backbone's
+    /// folder (on by default).
+    pub tensorboard: bool,
 }
 
 impl Default for TransferRunOptions {
@@ -563,6 +567,7 @@ impl Default for TransferRunOptions {
             hub: None,
             cache_dir: None,
             vars: Box::new(|name| std::env::var(name).ok()),
+            tensorboard: true,
         }
     }
 }
@@ -968,6 +973,14 @@ pub fn run_backbone(
         cache_misses: stats.misses,
         cache_load_seconds: stats.load_seconds,
     };
+    // The final evaluation and the images it was computed on, for the interpretation.
+    let final_eval = match (&test_eval, &data.test, &head.val, &data.val) {
+        (Some(e), Some(ds), _, _) => Some((e, "test", ds)),
+        (None, _, Some(e), Some(ds)) => Some((e, "validation", ds)),
+        _ => None,
+    };
+    let interpretation =
+        final_eval.map(|(e, split, _)| digitlab_train::interpret::interpret(e, data.train.class_names(), split));
     let mut summary = RunSummary {
         name: label.clone(),
         dataset: data.train.name().to_string(),
@@ -988,6 +1001,7 @@ pub fn run_backbone(
         train_seconds: head.train_seconds,
         train_samples_per_second: head.train_samples as f64 / head.train_seconds.max(1e-9),
         device: format!("{:?}", opts.device),
+        interpretation,
         extras: RunExtras::Transfer(Box::new(extras)),
     };
     let out_dir = opts.out_dir.as_ref().map(|o| o.join(&label));
@@ -1010,10 +1024,19 @@ pub fn run_backbone(
             &data.train,
             &summary,
         )?;
+        if let (Some(i), Some((_, _, ds))) = (&summary.interpretation, final_eval) {
+            digitlab_train::experiment::interpretation_plots(dir, &label, i, ds)?;
+        }
         let one = TransferConfig {
             backbones: vec![spec.clone()],
             ..cfg.clone()
         };
+        if opts.tensorboard {
+            // Head epochs take well under a second: written at once, not live.
+            let config = serde_json::to_value(&one).map_err(|e| FinetuneError::Config(e.to_string()))?;
+            let mut tb = TensorBoard::write_history(dir, &config, &head.history, true)?;
+            tb.add_end_images(dir, head.history.len() as i64)?;
+        }
         let steps_per_epoch = data.train.len().div_ceil(cfg.transfer.batch_size) as u64;
         crate::export::export_model(
             dir,

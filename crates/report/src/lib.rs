@@ -4,11 +4,13 @@
 //! confusion-matrix counts, pixel buffers): no candle, no training.
 //!
 //! - [`plots`]: PNG charts (line charts, confusion matrices, image grids, weight
-//!   templates, bar charts, heat maps), text laid out with ab_glyph metrics;
+//!   templates, bar charts, heat maps, reliability diagrams), text laid out with ab_glyph metrics;
 //! - [`table`]: titled tables as Markdown or aligned terminal text;
 //! - [`compare`]: the many-runs comparison (Markdown, CSV, bar chart);
 //! - [`summary`]: [`RunSummary`], the `summary.json` every run writes;
+//! - [`interpretation`]: most-confused pairs, top losses and calibration as data;
 //! - [`html`]: Markdown to self-contained HTML (escaping, anchors, embedded PNGs);
+//! - [`tensorboard`]: TensorBoard event files (scalars, PNG images, HParams);
 //! - [`format`]: number formatting ([`format::pct`]);
 //! - [`io`]: the one crash-safe write (temporary file, fsync, rename).
 //!
@@ -24,10 +26,12 @@
 pub mod compare;
 pub mod format;
 pub mod html;
+pub mod interpretation;
 pub mod io;
 pub mod plots;
 pub mod summary;
 pub mod table;
+pub mod tensorboard;
 
 pub use summary::RunSummary;
 pub use table::Table;

@@ -761,6 +761,29 @@ fn draw_grid(root: &Area<'_>, chart: &Chart<'_, '_>, x: Option<&Axis>, y: &Axis)
     Ok(())
 }
 
+/// The frame of an x-y chart on `body` over `xs` × `ys`: margins, room for the
+/// axes' labels (measured on `root`) and the grid lines.
+fn xy_chart<'a, 'b>(
+    root: &Area<'_>,
+    body: &'a Area<'b>,
+    x: &Axis,
+    y: &Axis,
+    xs: std::ops::Range<f64>,
+    ys: std::ops::Range<f64>,
+) -> Result<Chart<'a, 'b>, String> {
+    let chart = ChartBuilder::on(body)
+        .margin_left(12)
+        .margin_right(30)
+        .margin_top(8)
+        .margin_bottom(6)
+        .x_label_area_size(x.x_area())
+        .y_label_area_size(y.y_area(root)?)
+        .build_cartesian_2d(xs, ys)
+        .map_err(de)?;
+    draw_grid(root, &chart, Some(x), y)?;
+    Ok(chart)
+}
+
 /// Left and bottom axis lines, tick marks, tick labels and axis titles (draw after the
 /// data). Without `x` only the bottom line is drawn (category axes label themselves).
 fn draw_axes(root: &Area<'_>, chart: &Chart<'_, '_>, x: Option<&Axis>, y: &Axis) -> DrawResult {
@@ -902,16 +925,7 @@ pub fn line_chart(path: &Path, title: &str, x_label: &str, y_label: &str, series
         let (_, body) = root.split_vertically(top);
         let x_axis = Axis::new(x0, x1, 10, x_int, x_label);
         let y_axis = Axis::new(y0, y1, 7, false, y_label);
-        let mut chart = ChartBuilder::on(&body)
-            .margin_left(12)
-            .margin_right(30)
-            .margin_top(8)
-            .margin_bottom(6)
-            .x_label_area_size(x_axis.x_area())
-            .y_label_area_size(y_axis.y_area(root)?)
-            .build_cartesian_2d(x0..x1, y0..y1)
-            .map_err(de)?;
-        draw_grid(root, &chart, Some(&x_axis), &y_axis)?;
+        let mut chart = xy_chart(root, &body, &x_axis, &y_axis, x0..x1, y0..y1)?;
         for (i, series_runs) in runs.iter().enumerate() {
             let color = palette(i);
             let n_points: usize = series_runs.iter().map(Vec::len).sum();
@@ -1971,6 +1985,85 @@ fn contour_segments(
 // Tests
 // ---------------------------------------------------------------------------------------
 
+// ---------------------------------------------------------------------------------------
+// Reliability diagram
+// ---------------------------------------------------------------------------------------
+
+/// Reliability diagram, 800x500: per confidence bin, a bar of the accuracy of its
+/// images, the gap to the bin's mean confidence shaded red, and the diagonal of
+/// perfect calibration. The title should carry the ECE. Empty bins draw nothing;
+/// errors with "no data" when every bin is empty.
+pub fn reliability_diagram(
+    path: &Path,
+    title: &str,
+    calibration: &crate::interpretation::Calibration,
+) -> Result<(), PlotError> {
+    check_path(path)?;
+    let bins: Vec<_> = calibration
+        .bins
+        .iter()
+        .filter(|b| {
+            b.count > 0
+                && [b.lower, b.upper, b.accuracy, b.confidence]
+                    .iter()
+                    .all(|v| v.is_finite())
+        })
+        .collect();
+    if bins.is_empty() {
+        return Err(no_data(path));
+    }
+    let legend = [
+        LegendItem {
+            label: "accuracy of the bin".into(),
+            color: palette(0),
+            swatch: Swatch::Box,
+        },
+        LegendItem {
+            label: "gap to mean confidence".into(),
+            color: palette(3),
+            swatch: Swatch::Box,
+        },
+        LegendItem {
+            label: "perfect calibration".into(),
+            color: MUTED,
+            swatch: Swatch::Dashed,
+        },
+    ];
+    render(path, CHART_SIZE, |root| {
+        let width = CHART_SIZE.0 as i32;
+        let top = draw_title(root, title, width)?;
+        let top = draw_legend(root, &legend, top - 4, width)? + 2;
+        let (_, body) = root.split_vertically(top);
+        let x_axis = Axis::new(0.0, 1.0, 10, false, "confidence (probability of the predicted class)");
+        let y_axis = Axis::new(0.0, 1.0, 5, false, "accuracy");
+        let mut chart = xy_chart(root, &body, &x_axis, &y_axis, 0.0..1.0, 0.0..1.0)?;
+        for b in &bins {
+            let (acc, conf) = (b.accuracy.clamp(0.0, 1.0), b.confidence.clamp(0.0, 1.0));
+            chart
+                .draw_series(std::iter::once(Rectangle::new(
+                    [(b.lower, 0.0), (b.upper, acc)],
+                    palette(0).mix(0.75).filled(),
+                )))
+                .map_err(de)?;
+            chart
+                .draw_series(std::iter::once(Rectangle::new(
+                    [(b.lower, acc), (b.upper, conf)],
+                    palette(3).mix(0.35).filled(),
+                )))
+                .map_err(de)?;
+        }
+        chart
+            .draw_series(DashedLineSeries::new(
+                [(0.0, 0.0), (1.0, 1.0)],
+                8,
+                5,
+                MUTED.stroke_width(2),
+            ))
+            .map_err(de)?;
+        draw_axes(root, &chart, Some(&x_axis), &y_axis)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -2736,5 +2829,35 @@ mod tests {
             &landscape(50, 80),
         )
         .unwrap();
+    }
+
+    #[test]
+    fn reliability_diagram_writes_png_and_needs_a_bin() {
+        use crate::interpretation::{Calibration, CalibrationBin};
+        let dir = tempfile::tempdir().unwrap();
+        let bin = |lower: f64, count: usize, confidence: f64, accuracy: f64| CalibrationBin {
+            lower,
+            upper: lower + 0.5,
+            count,
+            confidence,
+            accuracy,
+        };
+        let c = Calibration {
+            ece: 0.1,
+            max_gap: 0.2,
+            bins: vec![bin(0.0, 3, 0.4, 0.2), bin(0.5, 7, 0.9, 0.95)],
+        };
+        let p = dir.path().join("reliability.png");
+        reliability_diagram(&p, "ECE 0.100", &c).unwrap();
+        let img = image::open(&p).unwrap();
+        assert_eq!((img.width(), img.height()), CHART_SIZE);
+        let empty = Calibration {
+            bins: vec![bin(0.0, 0, 0.0, 0.0)],
+            ..c
+        };
+        assert!(matches!(
+            reliability_diagram(&dir.path().join("e.png"), "t", &empty),
+            Err(PlotError::NoData { .. })
+        ));
     }
 }

@@ -47,6 +47,10 @@ pub struct RunSummary {
     /// Training samples (transfer: feature vectors) per second of `train_seconds`.
     pub train_samples_per_second: f64,
     pub device: String,
+    /// Most-confused pairs, top losses and calibration of the final evaluation
+    /// (absent in summaries written before digitlab had it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interpretation: Option<crate::interpretation::Interpretation>,
     /// `"kind"` and the keys of that kind.
     #[serde(flatten)]
     pub extras: RunExtras,
@@ -190,6 +194,7 @@ impl RunSummary {
             train_seconds: 0.0,
             train_samples_per_second: 0.0,
             device: String::new(),
+            interpretation: None,
             extras,
         }
     }

@@ -122,7 +122,7 @@ pub fn run_trial(
     if opts.verbosity != Verbosity::Silent {
         eprintln!("trial {index} of {}: {}", assignments.len(), describe(a));
     }
-    match sweep::run_trial(index, a, &tc, &data, opts, search.metric) {
+    match sweep::run_trial(index, a, &tc, &data, opts, search.metric, None) {
         Ok(t) => {
             write_json(&dir.join(TRIAL_FILE), &t)?;
             claim.finish()?;

@@ -301,7 +301,7 @@ fn work_with(
                 describe(&s.assignments[i])
             );
         }
-        let result = sweep::run_trial(i, &s.assignments[i], &tc, &data, opts, s.search.metric);
+        let result = sweep::run_trial(i, &s.assignments[i], &tc, &data, opts, s.search.metric, None);
         store.update(|state| {
             state.running.remove(&key);
             if let Ok(t) = &result {

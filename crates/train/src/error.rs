@@ -45,6 +45,9 @@ pub enum TrainError {
     Candle(#[from] candle_core::Error),
     #[error(transparent)]
     Plot(#[from] digitlab_report::plots::PlotError),
+    /// A TensorBoard event file could not be written.
+    #[error(transparent)]
+    TensorBoard(#[from] digitlab_report::tensorboard::TensorBoardError),
 }
 
 impl From<digitlab_report::io::WriteError> for TrainError {

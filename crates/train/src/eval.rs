@@ -19,6 +19,9 @@ pub struct Evaluation {
     pub predictions: Vec<u32>,
     pub confidence: Vec<f32>,
     pub labels: Vec<u32>,
+    /// Probability the model gives each image's true class (its loss for top
+    /// losses is `-ln` of it), in dataset order.
+    pub true_probability: Vec<f32>,
 }
 
 impl Evaluation {
@@ -68,6 +71,33 @@ pub fn predict(output_kind: OutputKind, output: &Tensor) -> Result<(Vec<u32>, Ve
     }
 }
 
+/// The probability of each example's true class (`labels`) from raw model outputs.
+pub fn true_class_probability(output_kind: OutputKind, output: &Tensor, labels: &Tensor) -> Result<Vec<f32>> {
+    let labels = labels.to_dtype(DType::U32)?;
+    match output_kind {
+        OutputKind::BinaryLogit => {
+            let z: Vec<f32> = output.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
+            let y: Vec<u32> = labels.flatten_all()?.to_vec1()?;
+            Ok(z.iter()
+                .zip(&y)
+                .map(|(&v, &l)| {
+                    let p1 = 1.0 / (1.0 + (-v).exp());
+                    if l == 1 {
+                        p1
+                    } else {
+                        1.0 - p1
+                    }
+                })
+                .collect())
+        }
+        OutputKind::Logits(_) => {
+            let probs = candle_nn::ops::softmax_last_dim(&output.to_dtype(DType::F32)?)?;
+            let idx = labels.flatten_all()?.unsqueeze(1)?;
+            Ok(probs.gather(&idx, 1)?.flatten_all()?.to_vec1()?)
+        }
+    }
+}
+
 /// Evaluates `model` (in eval mode) on every image of `data`.
 pub fn evaluate(
     model: &Model,
@@ -99,6 +129,7 @@ pub fn evaluate_source<M: ModuleT + ?Sized>(
     let mut predictions = Vec::new();
     let mut confidence = Vec::new();
     let mut labels = Vec::new();
+    let mut true_probability = Vec::new();
     for batch in source.batches(0) {
         let batch = batch?;
         let out = model.forward_t(&batch.inputs, false)?;
@@ -107,6 +138,7 @@ pub fn evaluate_source<M: ModuleT + ?Sized>(
         let (p, c) = predict(output, &out)?;
         predictions.extend(p);
         confidence.extend(c);
+        true_probability.extend(true_class_probability(output, &out, &batch.labels)?);
         labels.extend(batch.labels.to_dtype(DType::U32)?.to_vec1::<u32>()?);
     }
     let confusion = ConfusionMatrix::from_predictions(num_classes, &labels, &predictions);
@@ -116,5 +148,6 @@ pub fn evaluate_source<M: ModuleT + ?Sized>(
         predictions,
         confidence,
         labels,
+        true_probability,
     })
 }

@@ -1,5 +1,6 @@
 //! One experiment end to end: prepare data, train, evaluate on test, and write
-//! `summary.json`, `metrics.csv`, `per_class.csv` and the plots to the output folder.
+//! `summary.json` (with its interpretation), `metrics.csv`, `per_class.csv`, the plots
+//! and a TensorBoard event file to the output folder.
 use crate::config::ExperimentConfig;
 use crate::eval::{evaluate, Evaluation};
 use crate::io::{write_atomic, write_json};
@@ -8,6 +9,7 @@ use crate::Result;
 use candle_core::DType;
 use digitlab_data::Dataset;
 use digitlab_models::count_parameters;
+use digitlab_report::interpretation::Interpretation;
 use digitlab_report::plots;
 use digitlab_report::summary::{RunExtras, RunSummary, TrainExtras};
 use std::path::Path;
@@ -33,12 +35,17 @@ pub fn run_experiment(cfg: &ExperimentConfig, data: &PreparedData, opts: &RunOpt
         .as_deref()
         .map(|d| crate::run_dir::claim_for_training(d, cfg, opts.resume))
         .transpose()?;
-    let run = train(cfg, data, opts)?;
+    let mut run = train(cfg, data, opts)?;
     let pipeline = cfg.data.pipeline();
     let eb = cfg.train.eval_batch_size;
     let train_eval = evaluate(&run.model, &data.train, &pipeline, eb, cfg.train.loss, &opts.device)?;
     let test = match &data.test {
         Some(t) if run.complete => Some(evaluate(&run.model, t, &pipeline, eb, cfg.train.loss, &opts.device)?),
+        _ => None,
+    };
+    let interpretation = match (&test, &run.val) {
+        (Some(t), _) => Some(crate::interpret::interpret(t, data.train.class_names(), "test")),
+        (None, Some(v)) => Some(crate::interpret::interpret(v, data.train.class_names(), "validation")),
         _ => None,
     };
     let summary = RunSummary {
@@ -61,6 +68,7 @@ pub fn run_experiment(cfg: &ExperimentConfig, data: &PreparedData, opts: &RunOpt
         train_seconds: run.train_seconds,
         train_samples_per_second: run.train_samples as f64 / run.train_seconds.max(1e-9),
         device: format!("{:?}", opts.device),
+        interpretation,
         extras: RunExtras::Train(TrainExtras {
             best_epoch: run.best_epoch,
             stopped_early: run.stopped_early,
@@ -69,6 +77,10 @@ pub fn run_experiment(cfg: &ExperimentConfig, data: &PreparedData, opts: &RunOpt
     };
     if let Some(dir) = &opts.out_dir {
         write_outputs(dir, cfg, data, &run, test.as_ref(), &summary)?;
+        let step = run.history.last().map_or(0, |h| h["epoch"] as i64);
+        if let Some(tb) = run.tensorboard.as_mut() {
+            tb.add_end_images(dir, step)?;
+        }
     }
     run_dir.as_ref().map(crate::run_dir::RunDir::finish).transpose()?;
     Ok(ExperimentResult { summary, run, test })
@@ -96,7 +108,7 @@ pub fn write_outputs(
             per_class_csv(e, data.train.class_names()).as_bytes(),
         )?;
     }
-    write_plots(dir, cfg, data, run, test)
+    write_plots(dir, cfg, data, run, test, summary)
 }
 
 /// `metrics.csv`: one row per epoch, one column per metric.
@@ -142,6 +154,7 @@ fn write_plots(
     data: &PreparedData,
     run: &TrainedRun,
     test: Option<&Evaluation>,
+    summary: &Summary,
 ) -> Result<()> {
     let names = data.train.class_names();
     for (file, title, key) in [("loss.png", "Loss", "loss"), ("accuracy.png", "Accuracy", "accuracy")] {
@@ -181,6 +194,9 @@ fn write_plots(
         names,
     )?;
     misclassified_grid(&dir.join("misclassified.png"), &cfg.name, which, eval, ds)?;
+    if let Some(i) = &summary.interpretation {
+        interpretation_plots(dir, &cfg.name, i, ds)?;
+    }
     if let Some(w) = run.model.weight_templates() {
         templates_plot(&dir.join("templates.png"), &cfg.name, w, run, names)?;
     }
@@ -189,31 +205,74 @@ fn write_plots(
 
 /// The 20 most confidently misclassified images in a 4x5 grid.
 fn misclassified_grid(path: &Path, name: &str, which: &str, eval: &Evaluation, ds: &Dataset) -> Result<()> {
-    let idx = eval.most_confident_errors(20);
-    if idx.is_empty() {
+    let names = ds.class_names();
+    let images: Vec<(usize, String)> = eval
+        .most_confident_errors(20)
+        .into_iter()
+        .map(|i| {
+            let caption = format!(
+                "true {} pred {} ({:.2})",
+                names[eval.labels[i] as usize], names[eval.predictions[i] as usize], eval.confidence[i]
+            );
+            (i, caption)
+        })
+        .collect();
+    image_grid_of(path, &format!("{name} — most confident {which} errors"), ds, &images, 5)
+}
+
+/// The interpretation's figures in `dir`: `reliability.png` (the reliability
+/// diagram, its title giving the ECE) and `top_losses.png` (the highest-loss
+/// images of `ds`, the evaluated split, with true/predicted class, the predicted
+/// class's probability and the loss). Shared with transfer runs.
+pub fn interpretation_plots(dir: &Path, name: &str, i: &Interpretation, ds: &Dataset) -> Result<()> {
+    let c = &i.calibration;
+    if c.bins.iter().any(|b| b.count > 0) {
+        plots::reliability_diagram(
+            &dir.join("reliability.png"),
+            &format!(
+                "{name} — {} reliability (ECE {:.4}, {} bins)",
+                i.split,
+                c.ece,
+                c.bins.len()
+            ),
+            c,
+        )?;
+    }
+    let images: Vec<(usize, String)> = i
+        .top_losses
+        .iter()
+        .filter(|t| t.index < ds.len())
+        .map(|t| {
+            let caption = format!("{}→{} p={:.2} loss {:.2}", t.truth, t.predicted, t.probability, t.loss);
+            (t.index, caption)
+        })
+        .collect();
+    let title = format!("{name} — top {} losses (true→predicted, p(predicted), loss)", i.split);
+    image_grid_of(&dir.join("top_losses.png"), &title, ds, &images, 4)
+}
+
+/// Images `(index, caption)` of `ds` in a grid of `cols` columns (nothing for none).
+fn image_grid_of(path: &Path, title: &str, ds: &Dataset, images: &[(usize, String)], cols: usize) -> Result<()> {
+    if images.is_empty() {
         return Ok(());
     }
     let shape = ds.shape();
-    let names = ds.class_names();
-    let pixels: Vec<Vec<f32>> = idx
+    let pixels: Vec<Vec<f32>> = images
         .iter()
-        .map(|&i| ds.image(i).iter().map(|&p| p as f32 / 255.0).collect())
+        .map(|(i, _)| ds.image(*i).iter().map(|&p| p as f32 / 255.0).collect())
         .collect();
-    let images: Vec<plots::GridImage> = idx
+    let grid: Vec<plots::GridImage> = images
         .iter()
         .zip(&pixels)
-        .map(|(&i, px)| plots::GridImage {
+        .map(|((_, caption), px)| plots::GridImage {
             pixels: px,
             channels: shape.channels,
             height: shape.height,
             width: shape.width,
-            caption: format!(
-                "true {} pred {} ({:.2})",
-                names[eval.labels[i] as usize], names[eval.predictions[i] as usize], eval.confidence[i]
-            ),
+            caption: caption.clone(),
         })
         .collect();
-    plots::image_grid(path, &format!("{name} — most confident {which} errors"), &images, 5)?;
+    plots::image_grid(path, title, &grid, cols)?;
     Ok(())
 }
 

@@ -11,11 +11,12 @@
 //!   checkpoints and resume ([`fit`], [`checkpoint`]), and its config front-end
 //!   [`train`] ([`trainer`]);
 //! - metrics (accuracy, per-class precision/recall/F1, macro-F1, confusion
-//!   matrix: [`metrics`]) and evaluation ([`eval`]);
+//!   matrix: [`metrics`]) and evaluation ([`eval`]), interpreted (most-confused
+//!   pairs, top losses, calibration: [`interpret`]);
 //! - grid, random and successive-halving hyperparameter search ([`search`],
 //!   [`sweep`], [`asha`]), serially or as a job array of processes sharing one
 //!   output folder ([`array`]);
-//! - outputs: `summary.json`, `metrics.csv`, PNG plots ([`experiment`]; rendering and
+//! - outputs: `summary.json`, `metrics.csv`, PNG plots, a TensorBoard event file ([`experiment`]; rendering and
 //!   crash-safe writes come from `digitlab-report`, re-exported as [`io`]).
 //!
 //! ```
@@ -54,6 +55,7 @@ pub mod error;
 pub mod eval;
 pub mod experiment;
 pub mod fit;
+pub mod interpret;
 pub mod metrics;
 pub mod optim;
 pub mod run_dir;

@@ -55,7 +55,9 @@ pub struct SweepResult {
 }
 
 /// Runs the search in `cfg.search` with data from `data_dir`, writing
-/// `trials.csv`, `sweep.json` and the final run's outputs (`final/`) under `opts.out_dir`.
+/// `trials.csv`, `sweep.json` and the final run's outputs (`final/`) under `opts.out_dir`,
+/// and (with `opts.tensorboard`) each trial's curves and values as a TensorBoard run
+/// `trials/trial-NNN/`, so TensorBoard's HParams table compares the trials.
 pub fn run_sweep(cfg: &ExperimentConfig, data_dir: &Path, opts: &RunOptions) -> Result<SweepResult> {
     let search = search_of(cfg)?;
     let run_dir = opts
@@ -86,7 +88,15 @@ pub fn run_sweep(cfg: &ExperimentConfig, data_dir: &Path, opts: &RunOptions) -> 
         if opts.verbosity != Verbosity::Silent {
             eprintln!("trial {}/{}: {}", i + 1, assignments.len(), describe(a));
         }
-        trials.push(run_trial(i, a, &tc, &data, opts, search.metric)?);
+        // Each trial's curves and values as a TensorBoard run, for its HParams table.
+        let events = (opts.tensorboard)
+            .then(|| {
+                opts.out_dir
+                    .as_ref()
+                    .map(|d| d.join("trials").join(format!("trial-{:03}", i + 1)))
+            })
+            .flatten();
+        trials.push(run_trial(i, a, &tc, &data, opts, search.metric, events.as_deref())?);
     }
     let best = best_trial(&trials, search.metric)?;
     if let Some(dir) = &opts.out_dir {
@@ -103,6 +113,18 @@ pub fn run_sweep(cfg: &ExperimentConfig, data_dir: &Path, opts: &RunOptions) -> 
         best,
         final_run,
     })
+}
+
+/// One trial's event file in `dir` (inside the sweep's own folder), written once
+/// the trial is done: its epochs and its config as hyperparameters.
+fn trial_events(dir: &Path, cfg: &ExperimentConfig, run: &crate::TrainedRun) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|source| TrainError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let config = serde_json::to_value(cfg).map_err(|e| TrainError::Config(e.to_string()))?;
+    crate::fit::TensorBoard::write_history(dir, &config, &run.history, run.complete)?;
+    Ok(())
 }
 
 /// The `[search]` section of `cfg`, or an error saying it has none.
@@ -122,9 +144,9 @@ pub(crate) fn load_base_data(cfg: &ExperimentConfig, data_dir: &Path) -> Result<
     PreparedData::load(&trial_config(cfg, &BTreeMap::new())?, data_dir)
 }
 
-/// Trains one trial (its config from [`check_trial`]) without writing anything and
-/// scores it on validation; a diverged trial is a row with its error, any other
-/// failure an error.
+/// Trains one trial (its config from [`check_trial`]) and scores it on
+/// validation, writing nothing but (with `events`) its TensorBoard event file in
+/// that folder; a diverged trial is a row with its error, any other failure an error.
 pub(crate) fn run_trial(
     index: usize,
     assignment: &BTreeMap<String, toml::Value>,
@@ -132,6 +154,7 @@ pub(crate) fn run_trial(
     data: &PreparedData,
     opts: &RunOptions,
     metric: MetricName,
+    events: Option<&Path>,
 ) -> Result<Trial> {
     let trial_opts = RunOptions {
         out_dir: None,
@@ -143,6 +166,9 @@ pub(crate) fn run_trial(
     let t0 = std::time::Instant::now();
     let trial = match train(tc, data, &trial_opts) {
         Ok(run) => {
+            if let Some(dir) = events {
+                trial_events(dir, tc, &run)?;
+            }
             let v = run.val.as_ref().expect("validation split exists");
             let train_acc = run.history.last().map_or(0.0, |h| h["train_accuracy"]);
             Trial {

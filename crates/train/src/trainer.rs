@@ -3,7 +3,9 @@
 //! with progress, divergence guard, early stopping and checkpoint callbacks.
 use crate::config::{DataConfig, ExperimentConfig, L2Scale};
 use crate::eval::{evaluate_batches, Evaluation};
-use crate::fit::{Checkpoints, DivergenceGuard, EarlyStopping, Fit, FitState, L2Penalty, Progress, RunInfo};
+use crate::fit::{
+    Checkpoints, DivergenceGuard, EarlyStopping, Fit, FitState, L2Penalty, Progress, RunInfo, TensorBoard,
+};
 pub use crate::fit::{EpochMetrics, Verbosity};
 use crate::optim::ParamGroup;
 use crate::run_dir;
@@ -88,6 +90,8 @@ pub struct RunOptions {
     pub resume: bool,
     /// Stop after this many epochs of this invocation (to test resume).
     pub max_epochs_this_run: Option<usize>,
+    /// Write a TensorBoard event file into `out_dir` (on by default).
+    pub tensorboard: bool,
 }
 
 impl Default for RunOptions {
@@ -98,6 +102,7 @@ impl Default for RunOptions {
             verbosity: Verbosity::Silent,
             resume: false,
             max_epochs_this_run: None,
+            tensorboard: true,
         }
     }
 }
@@ -118,6 +123,8 @@ pub struct TrainedRun {
     pub val: Option<Evaluation>,
     /// Finished all epochs (false when `max_epochs_this_run` cut it short).
     pub complete: bool,
+    /// The run's TensorBoard event file, still open for the end-of-run images.
+    pub tensorboard: Option<TensorBoard>,
 }
 
 /// Trains the model a config describes on `data`: builds the model, the
@@ -167,7 +174,7 @@ pub fn train(cfg: &ExperimentConfig, data: &PreparedData, opts: &RunOptions) -> 
             dir,
             &varmap,
             RunInfo {
-                config: config_json,
+                config: config_json.clone(),
                 seed: cfg.seed,
                 class_names: data.train.class_names().to_vec(),
                 input_shape: [shape.channels, shape.height, shape.width],
@@ -206,6 +213,13 @@ pub fn train(cfg: &ExperimentConfig, data: &PreparedData, opts: &RunOptions) -> 
         None => None,
     };
 
+    // Last before training: after the claim (a fresh run's folder has been cleared of
+    // an earlier run's files) and after every check that can refuse the run (a
+    // refused resume leaves the folder as it was).
+    let mut tensorboard = match (&opts.out_dir, opts.tensorboard) {
+        (Some(dir), true) => Some(TensorBoard::create(dir, &config_json)?),
+        _ => None,
+    };
     let mut progress = Progress::new(cfg.name.clone(), opts.verbosity);
     let mut guard = DivergenceGuard;
     let mut early = cfg.train.early_stopping.as_ref().map(EarlyStopping::from);
@@ -226,6 +240,12 @@ pub fn train(cfg: &ExperimentConfig, data: &PreparedData, opts: &RunOptions) -> 
     }
     if let Some(e) = early.as_mut() {
         fit = fit.callback(e);
+    }
+    // Before the checkpoints: an epoch is in the event file before its checkpoint
+    // exists, so a resumed run never has an epoch missing there (a repeated one
+    // is superseded, see TensorBoard::on_fit_start).
+    if let Some(t) = tensorboard.as_mut() {
+        fit = fit.callback(t);
     }
     if let Some(c) = saving.as_mut() {
         fit = fit.callback(c);
@@ -257,5 +277,6 @@ pub fn train(cfg: &ExperimentConfig, data: &PreparedData, opts: &RunOptions) -> 
         wall_seconds: started.elapsed().as_secs_f64(),
         val,
         complete: outcome.complete,
+        tensorboard,
     })
 }

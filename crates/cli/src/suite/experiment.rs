@@ -104,6 +104,7 @@ impl Job for ExperimentJob {
                 verbosity: Verbosity::Silent,
                 resume: false,
                 max_epochs_this_run: None,
+                tensorboard: ctx.tensorboard,
             };
             if self.mode == Mode::Sweep {
                 run_sweep(cfg, &ctx.data_dir, &opts).with_context(|| format!("sweep {}", cfg.name))?;

@@ -38,6 +38,8 @@ pub struct Context {
     pub out: PathBuf,
     pub device: candle_core::Device,
     pub quiet: bool,
+    /// Runs write TensorBoard event files.
+    pub tensorboard: bool,
     pub bar: ProgressBar,
 }
 
@@ -128,6 +130,7 @@ fn prepare_suite(
     out: &Path,
     device: candle_core::Device,
     quiet: bool,
+    tensorboard: bool,
 ) -> Result<Prepared> {
     let path = suite_path(suite);
     let suite = load_suite(&path)?;
@@ -155,6 +158,7 @@ fn prepare_suite(
         out: out.to_path_buf(),
         device,
         quiet,
+        tensorboard,
         bar,
     };
     // Every entry checked before anything is written.
@@ -200,9 +204,17 @@ impl Prepared {
     }
 }
 
-/// Runs the suite `suite` (a name or a path) into `out`.
-pub fn run(suite: &str, data_dir: &Path, out: &Path, device: candle_core::Device, quiet: bool) -> Result<SuiteRun> {
-    let p = prepare_suite(suite, data_dir, out, device, quiet)?;
+/// Runs the suite `suite` (a name or a path) into `out` (`tensorboard`: event
+/// files in the runs' folders).
+pub fn run(
+    suite: &str,
+    data_dir: &Path,
+    out: &Path,
+    device: candle_core::Device,
+    quiet: bool,
+    tensorboard: bool,
+) -> Result<SuiteRun> {
+    let p = prepare_suite(suite, data_dir, out, device, quiet, tensorboard)?;
     let out_dir = p.claim()?;
     let Prepared { suite, ctx, jobs, .. } = p;
     let started = Instant::now();
@@ -249,8 +261,9 @@ pub fn run_entry(
     out: &Path,
     device: candle_core::Device,
     quiet: bool,
+    tensorboard: bool,
 ) -> Result<String> {
-    let p = prepare_suite(suite, data_dir, out, device, quiet)?;
+    let p = prepare_suite(suite, data_dir, out, device, quiet, tensorboard)?;
     let n = p.jobs.len();
     if index >= n {
         bail!(
@@ -291,7 +304,8 @@ pub fn collect(
             out.display()
         );
     }
-    let p = prepare_suite(suite, data_dir, out, device, quiet)?;
+    // Nothing trains in a collect: no event files to write.
+    let p = prepare_suite(suite, data_dir, out, device, quiet, false)?;
     let out_dir = p.claim()?;
     let Prepared { suite, ctx, jobs, .. } = p;
     let started = Instant::now();

@@ -188,6 +188,7 @@ impl Job for TransferJob {
                 hub: Some(self.hub.clone()),
                 cache_dir: Some(ctx.out.join(FEATURE_CACHE)),
                 vars: Box::new(|name| std::env::var(name).ok()),
+                tensorboard: ctx.tensorboard,
             };
             run_transfer(cfg, &ctx.data_dir, &opts).with_context(|| format!("transfer {}", cfg.name))?;
             run_dir.finish()?;

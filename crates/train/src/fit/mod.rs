@@ -7,7 +7,7 @@
 //! Everything else is a [`Callback`] object: progress bars or log lines
 //! ([`Progress`]), early stopping ([`EarlyStopping`]), best/last checkpoints and
 //! resume ([`Checkpoints`]), the best epoch's weights kept in memory ([`KeepBest`]),
-//! the divergence guard ([`DivergenceGuard`]).
+//! the divergence guard ([`DivergenceGuard`]), TensorBoard event files ([`TensorBoard`]).
 //! `digitlab_train::train` is the config front-end that builds a model and data
 //! from an `ExperimentConfig` and calls it; head training in `digitlab-finetune`
 //! calls it too.
@@ -60,6 +60,7 @@ mod divergence;
 mod early_stopping;
 mod keep_best;
 mod progress;
+mod tensorboard;
 
 pub use callback::{Callback, Control, EpochEnd, FitEnd, LossParts, StepLoss};
 pub use checkpoints::{Checkpoints, RunInfo};
@@ -67,6 +68,7 @@ pub use divergence::DivergenceGuard;
 pub use early_stopping::EarlyStopping;
 pub use keep_best::KeepBest;
 pub use progress::{Progress, Verbosity};
+pub use tensorboard::{hparams_of, tag_for, TensorBoard, END_IMAGES};
 
 use crate::config::MetricName;
 use crate::eval::{compute_loss, evaluate_source, predict, Evaluation};
