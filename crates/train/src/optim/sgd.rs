@@ -1,5 +1,5 @@
 //! SGD with momentum (dampening 0), Nesterov and L2 weight decay, as `torch.optim.SGD`.
-use super::{Optimizer, OptimizerSpec, Param, ParamState, PerParam};
+use super::{fused, Optimizer, OptimizerSpec, Param, ParamState, PerParam};
 use candle_core::backprop::GradStore;
 use candle_core::{Result, Tensor};
 use std::collections::BTreeMap;
@@ -55,6 +55,7 @@ impl OptimizerSpec for SgdConfig {
             lr: self.lr,
             params,
             steps: 0,
+            fused: true,
         })
     }
 }
@@ -80,6 +81,62 @@ pub struct Sgd {
     momentum: PerParam<Momentum>,
     lr: f64,
     steps: u64,
+    /// Use [`fused`] where it applies (off only in tests, to compare the two paths).
+    fused: bool,
+}
+
+/// The update of parameter `i` at rate `lr` in one in-place pass, when its value,
+/// gradient and momentum are contiguous f32 CPU tensors (see [`fused`]); false
+/// (nothing done) otherwise. Bit-identical to the tensor-op update of [`Sgd::step`].
+fn fused_step(
+    buffers: &mut PerParam<Momentum>,
+    config: &SgdConfig,
+    lr: f64,
+    i: usize,
+    g: &Tensor,
+    param: &Param,
+) -> Result<bool> {
+    let p = param.var.as_tensor();
+    let SgdConfig { momentum, nesterov, .. } = *config;
+    let ready = match buffers.get(i) {
+        Some(Momentum(b)) if momentum > 0.0 => fused::applies(&[g, p, b]),
+        _ => fused::applies(&[g, p]),
+    };
+    if !ready {
+        return Ok(false);
+    }
+    let wd = param.weight_decay_or(config.weight_decay);
+    let l2 = (wd > 0.0).then_some(wd as f32);
+    let lr = (lr * param.lr_scale) as f32;
+    // `x * c + 0.0` is candle's affine (`t * c`), kept for its rounding of -0.
+    let grad = move |g: f32, p: f32| match l2 {
+        Some(w) => g + (p * w + 0.0),
+        None => g,
+    };
+    if momentum == 0.0 {
+        fused::update1(g, p, |g, p| {
+            for k in 0..g.len() {
+                p[k] -= grad(g[k], p[k]) * lr + 0.0;
+            }
+        })?;
+        return Ok(true);
+    }
+    let first = buffers.get(i).is_none();
+    if first {
+        buffers.set(i, Momentum(p.zeros_like()?));
+    }
+    let Some(Momentum(buf)) = buffers.get(i) else { return Ok(false) };
+    let mu = momentum as f32;
+    fused::update2(g, p, buf, |g, p, b| {
+        for k in 0..g.len() {
+            let gk = grad(g[k], p[k]);
+            let bk = if first { gk } else { (b[k] * mu + 0.0) + gk };
+            let u = if nesterov { gk + (bk * mu + 0.0) } else { bk };
+            b[k] = bk;
+            p[k] -= u * lr + 0.0;
+        }
+    })?;
+    Ok(true)
 }
 
 impl Optimizer for Sgd {
@@ -88,6 +145,9 @@ impl Optimizer for Sgd {
         let SgdConfig { momentum, nesterov, .. } = self.config;
         for (i, param) in self.params.iter().enumerate() {
             let Some(g) = grads.get(param.var.as_tensor()) else { continue };
+            if self.fused && fused_step(&mut self.momentum, &self.config, self.lr, i, g, param)? {
+                continue;
+            }
             let p = param.var.as_tensor().detach();
             let g = g.detach();
             let weight_decay = param.weight_decay_or(self.config.weight_decay);
@@ -140,8 +200,43 @@ impl Optimizer for Sgd {
 
 #[cfg(test)]
 mod tests {
+    use super::super::adam::tests::{bits, fixture};
     use super::super::tests::run;
     use super::*;
+
+    #[test]
+    fn fused_update_is_bit_identical_to_the_tensor_ops() {
+        for (momentum, nesterov, weight_decay) in [(0.0, false, 0.0), (0.0, false, 0.01), (0.9, false, 0.0), (0.9, true, 1e-3)] {
+            let config = SgdConfig {
+                momentum,
+                nesterov,
+                weight_decay,
+                ..SgdConfig::new(0.1)
+            };
+            let run = |fused: bool| {
+                let (params, grads) = fixture();
+                let mut opt = Sgd {
+                    momentum: PerParam::new(params.len()),
+                    config: config.clone(),
+                    lr: config.lr,
+                    params: params.clone(),
+                    steps: 0,
+                    fused,
+                };
+                for step in 0..6 {
+                    opt.set_learning_rate(0.1 / (1.0 + step as f64));
+                    opt.step(&grads(step)).unwrap();
+                }
+                let state: Vec<Vec<f32>> = opt
+                    .state_tensors()
+                    .values()
+                    .map(|t| t.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+                    .collect();
+                (bits(&params), state.iter().map(|v| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>()).collect::<Vec<_>>())
+            };
+            assert_eq!(run(true), run(false), "{config:?}");
+        }
+    }
 
     #[test]
     fn sgd_matches_hand_computed_steps() {
