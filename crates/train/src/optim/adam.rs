@@ -154,6 +154,41 @@ impl Adam {
     }
 }
 
+/// Adam's per-step constants, rounded to f32 as candle's affine rounds them.
+#[derive(Clone, Copy)]
+struct AdamConsts {
+    b1: f32,
+    nb1: f32,
+    b2: f32,
+    nb2: f32,
+    inv_bc2: f32,
+    step: f32,
+    eps: f32,
+}
+
+/// One Adam pass: `decay(p, g)` gives the decayed value and the gradient with its L2
+/// term. The moments start at zero, which gives the tensor form's first step exactly
+/// (`+0 + y == y` for every `y = x * c + 0.0`, which is never -0).
+#[inline(always)]
+fn adam_loop(
+    g: &[f32],
+    p: &mut [f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    c: AdamConsts,
+    decay: impl Fn(f32, f32) -> (f32, f32),
+) {
+    for (((p, m), v), &g) in p.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(g) {
+        let (pk, gk) = decay(*p, g);
+        let mk = (*m * c.b1 + 0.0) + (gk * c.nb1 + 0.0);
+        let vk = (*v * c.b2 + 0.0) + (gk * gk * c.nb2 + 0.0);
+        let denom = (vk * c.inv_bc2 + 0.0).sqrt() + c.eps;
+        *p = pk - ((mk / denom) * c.step + 0.0);
+        *m = mk;
+        *v = vk;
+    }
+}
+
 /// The update of parameter `i` in one in-place pass, when its value, gradient and
 /// moments are contiguous f32 CPU tensors (see [`fused`]); false (nothing done)
 /// otherwise. Bit-identical to the tensor-op update of [`Adam::step`].
@@ -166,8 +201,7 @@ fn fused_step(moments: &mut PerParam<Moments>, h: Hyper, i: usize, g: &Tensor, p
     if !ready {
         return Ok(false);
     }
-    let first = moments.get(i).is_none();
-    if first {
+    if moments.get(i).is_none() {
         moments.set(
             i,
             Moments {
@@ -180,37 +214,27 @@ fn fused_step(moments: &mut PerParam<Moments>, h: Hyper, i: usize, g: &Tensor, p
     let [beta1, beta2] = h.betas;
     let lr = h.lr * param.lr_scale;
     let wd = param.weight_decay_or(h.weight_decay);
-    let (decay, l2) = match (wd > 0.0, h.decoupled) {
-        (true, true) => (Some((1.0 - lr * wd) as f32), None),
-        (true, false) => (None, Some(wd as f32)),
-        (false, _) => (None, None),
+    let c = AdamConsts {
+        b1: beta1 as f32,
+        nb1: (1.0 - beta1) as f32,
+        b2: beta2 as f32,
+        nb2: (1.0 - beta2) as f32,
+        inv_bc2: (1.0 / (1.0 - beta2.powi(h.t))) as f32,
+        step: (lr / (1.0 - beta1.powi(h.t))) as f32,
+        eps: h.eps as f32,
     };
-    let (b1, nb1) = (beta1 as f32, (1.0 - beta1) as f32);
-    let (b2, nb2) = (beta2 as f32, (1.0 - beta2) as f32);
-    let inv_bc2 = (1.0 / (1.0 - beta2.powi(h.t))) as f32;
-    let step = (lr / (1.0 - beta1.powi(h.t))) as f32;
-    let eps = h.eps as f32;
-    fused::update3(g, p, &s.exp_avg, &s.exp_avg_sq, |g, p, m, v| {
-        for k in 0..g.len() {
-            // `x * c + 0.0` is candle's affine (`t * c`), kept for its rounding of -0.
-            let (pk, gk) = match (decay, l2) {
-                (Some(d), _) => (p[k] * d + 0.0, g[k]),
-                (None, Some(w)) => (p[k], g[k] + (p[k] * w + 0.0)),
-                (None, None) => (p[k], g[k]),
-            };
-            let (mk, vk) = if first {
-                (gk * nb1 + 0.0, gk * gk * nb2 + 0.0)
-            } else {
-                (
-                    (m[k] * b1 + 0.0) + (gk * nb1 + 0.0),
-                    (v[k] * b2 + 0.0) + (gk * gk * nb2 + 0.0),
-                )
-            };
-            let denom = (vk * inv_bc2 + 0.0).sqrt() * 1.0 + eps;
-            p[k] = pk - ((mk / denom) * step + 0.0);
-            m[k] = mk;
-            v[k] = vk;
+    // `x * c + 0.0` is candle's affine (`t * c`), kept for its rounding of -0. One
+    // loop per weight-decay form, so that each vectorises without a branch.
+    fused::update3(g, p, &s.exp_avg, &s.exp_avg_sq, |g, p, m, v| match (wd > 0.0, h.decoupled) {
+        (true, true) => {
+            let d = (1.0 - lr * wd) as f32;
+            adam_loop(g, p, m, v, c, |p, g| (p * d + 0.0, g))
         }
+        (true, false) => {
+            let w = wd as f32;
+            adam_loop(g, p, m, v, c, |p, g| (p, g + (p * w + 0.0)))
+        }
+        (false, _) => adam_loop(g, p, m, v, c, |p, g| (p, g)),
     })?;
     Ok(true)
 }

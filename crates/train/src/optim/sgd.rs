@@ -85,6 +85,34 @@ pub struct Sgd {
     fused: bool,
 }
 
+/// `p -= grad(g, p) * lr` (`grad` adds the L2 term).
+#[inline(always)]
+fn plain_loop(g: &[f32], p: &mut [f32], lr: f32, grad: impl Fn(f32, f32) -> f32) {
+    for (p, &g) in p.iter_mut().zip(g) {
+        *p -= grad(g, *p) * lr + 0.0;
+    }
+}
+
+/// The momentum update; `FIRST`: the buffer starts as the gradient (the tensor form
+/// does not add a zero buffer, whose `+0` would turn a `-0` gradient into `+0`).
+#[inline(always)]
+fn momentum_loop<const FIRST: bool, const NESTEROV: bool>(
+    g: &[f32],
+    p: &mut [f32],
+    b: &mut [f32],
+    lr: f32,
+    mu: f32,
+    grad: impl Fn(f32, f32) -> f32,
+) {
+    for ((p, b), &g) in p.iter_mut().zip(b.iter_mut()).zip(g) {
+        let gk = grad(g, *p);
+        let bk = if FIRST { gk } else { (*b * mu + 0.0) + gk };
+        let u = if NESTEROV { gk + (bk * mu + 0.0) } else { bk };
+        *b = bk;
+        *p -= u * lr + 0.0;
+    }
+}
+
 /// The update of parameter `i` at rate `lr` in one in-place pass, when its value,
 /// gradient and momentum are contiguous f32 CPU tensors (see [`fused`]); false
 /// (nothing done) otherwise. Bit-identical to the tensor-op update of [`Sgd::step`].
@@ -106,17 +134,16 @@ fn fused_step(
         return Ok(false);
     }
     let wd = param.weight_decay_or(config.weight_decay);
-    let l2 = (wd > 0.0).then_some(wd as f32);
     let lr = (lr * param.lr_scale) as f32;
-    // `x * c + 0.0` is candle's affine (`t * c`), kept for its rounding of -0.
-    let grad = move |g: f32, p: f32| match l2 {
-        Some(w) => g + (p * w + 0.0),
-        None => g,
-    };
+    let w = wd as f32;
+    // `x * c + 0.0` is candle's affine (`t * c`), kept for its rounding of -0. One
+    // loop per form, so that each vectorises without a branch.
     if momentum == 0.0 {
         fused::update1(g, p, |g, p| {
-            for k in 0..g.len() {
-                p[k] -= grad(g[k], p[k]) * lr + 0.0;
+            if wd > 0.0 {
+                plain_loop(g, p, lr, |g, p| g + (p * w + 0.0))
+            } else {
+                plain_loop(g, p, lr, |g, _| g)
             }
         })?;
         return Ok(true);
@@ -128,12 +155,17 @@ fn fused_step(
     let Some(Momentum(buf)) = buffers.get(i) else { return Ok(false) };
     let mu = momentum as f32;
     fused::update2(g, p, buf, |g, p, b| {
-        for k in 0..g.len() {
-            let gk = grad(g[k], p[k]);
-            let bk = if first { gk } else { (b[k] * mu + 0.0) + gk };
-            let u = if nesterov { gk + (bk * mu + 0.0) } else { bk };
-            b[k] = bk;
-            p[k] -= u * lr + 0.0;
+        let l2 = move |g: f32, p: f32| g + (p * w + 0.0);
+        let none = |g: f32, _: f32| g;
+        match (wd > 0.0, first, nesterov) {
+            (true, true, true) => momentum_loop::<true, true>(g, p, b, lr, mu, l2),
+            (true, true, false) => momentum_loop::<true, false>(g, p, b, lr, mu, l2),
+            (true, false, true) => momentum_loop::<false, true>(g, p, b, lr, mu, l2),
+            (true, false, false) => momentum_loop::<false, false>(g, p, b, lr, mu, l2),
+            (false, true, true) => momentum_loop::<true, true>(g, p, b, lr, mu, none),
+            (false, true, false) => momentum_loop::<true, false>(g, p, b, lr, mu, none),
+            (false, false, true) => momentum_loop::<false, true>(g, p, b, lr, mu, none),
+            (false, false, false) => momentum_loop::<false, false>(g, p, b, lr, mu, none),
         }
     })?;
     Ok(true)
