@@ -342,7 +342,7 @@ pub(crate) mod tests {
         let mut a = vals(15, 0.3);
         a[0] = 0.0;
         a[1] = -0.0;
-        let vars = vec![
+        let vars = [
             Var::from_tensor(&Tensor::from_vec(a, (3, 5), &Device::Cpu).unwrap()).unwrap(),
             Var::from_tensor(&Tensor::from_vec(vals(7, 1.1), 7, &Device::Cpu).unwrap()).unwrap(),
         ];
