@@ -11,6 +11,29 @@ pub fn peak_rss_mib() -> Option<f64> {
     Some(kib / 1024.0)
 }
 
+/// The largest peak RSS of this process's finished children in MiB
+/// (`getrusage(RUSAGE_CHILDREN)`), if any ran.
+pub fn children_peak_rss_mib() -> Option<f64> {
+    let u = children_usage()?;
+    (u.ru_maxrss > 0).then(|| u.ru_maxrss as f64 / 1024.0)
+}
+
+/// CPU time (user + system) of this process's finished children, in seconds, if any ran.
+pub fn children_cpu_seconds() -> Option<f64> {
+    let u = children_usage()?;
+    let s = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+    let total = s(u.ru_utime) + s(u.ru_stime);
+    (total > 0.0).then_some(total)
+}
+
+fn children_usage() -> Option<libc::rusage> {
+    let mut u = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage writes a whole `rusage` into the pointer it is given.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, u.as_mut_ptr()) };
+    // SAFETY: zero-initialised and, when rc == 0, filled by getrusage.
+    (rc == 0).then(|| unsafe { u.assume_init() })
+}
+
 /// Prints the peak RSS line every benchmark binary ends with.
 pub fn report_peak_rss(name: &str) {
     match peak_rss_mib() {

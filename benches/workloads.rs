@@ -110,7 +110,22 @@ pub const WORKLOADS: &[Workload] = &[
         "normalise 60000 u8 28x28 images + one shuffled epoch of batches of 100",
         60_000,
     ),
+    w(
+        "e2e_mlp_sweep",
+        "end to end on real MNIST: `digitlab sweep` of configs/mlp_mnist.toml (3 lrs x 5 epochs at batch 100, retrain the best on train + val, test); samples = training images",
+        3 * 5 * 48_000 + 5 * 60_000,
+    ),
+    w(
+        "e2e_mlp_wide",
+        "end to end on real MNIST: `digitlab train` of configs/mlp_wide.toml for 1 epoch (batch 32, validation, test); samples = training images",
+        54_000,
+    ),
 ];
+
+/// Whether a workload is end to end: one whole run per process, no warm-up.
+pub fn is_end_to_end(name: &str) -> bool {
+    name.starts_with("e2e_")
+}
 
 /// Looks a workload up by name.
 pub fn workload(name: &str) -> Result<Workload> {
@@ -320,6 +335,60 @@ fn features_step(cfg: ModelConfig, side: usize, batch: usize) -> Result<Box<dyn 
     }))
 }
 
+/// The path of `configs/<name>.toml` in this workspace.
+fn config(name: &str) -> String {
+    format!("{}/../configs/{name}.toml", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// One end-to-end run of the `digitlab` CLI (the binary beside this one) with `args`,
+/// on real data (`$DIGITLAB_DATA`), into a fresh folder under the system temp folder
+/// that is removed afterwards (only when it carries digitlab's run marker).
+fn cli_step(args: &[&str]) -> Result<Box<dyn FnMut() -> Result<()>>> {
+    let exe = std::env::current_exe()
+        .map_err(|e| BenchError::Invalid(format!("cannot locate digitlab-bench: {e}")))?
+        .with_file_name("digitlab");
+    if !exe.is_file() {
+        return Err(BenchError::Invalid(format!(
+            "{} not found: build it with `cargo build --release -p digitlab-cli`",
+            exe.display()
+        )));
+    }
+    if std::env::var_os("DIGITLAB_DATA").is_none() {
+        return Err(BenchError::Invalid(
+            "DIGITLAB_DATA is not set: the e2e workloads run on real MNIST".into(),
+        ));
+    }
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let root = std::env::temp_dir().join(format!("digitlab-bench-{}", std::process::id()));
+    let mut runs = 0usize;
+    Ok(Box::new(move || {
+        let out = root.join(format!("run{runs}"));
+        runs += 1;
+        let io = |what: &str, e: std::io::Error| BenchError::Invalid(format!("{what}: {e}"));
+        std::fs::create_dir_all(&root).map_err(|e| io(&root.display().to_string(), e))?;
+        let status = std::process::Command::new(&exe)
+            .args(&args)
+            .arg("--out")
+            .arg(&out)
+            .arg("--quiet")
+            .stdout(std::process::Stdio::null())
+            .status()
+            .map_err(|e| io(&exe.display().to_string(), e))?;
+        if !status.success() {
+            return Err(BenchError::Invalid(format!(
+                "digitlab {} failed: {status}",
+                args.join(" ")
+            )));
+        }
+        if out.join(".digitlab-run.json").is_file() {
+            std::fs::remove_dir_all(&out).map_err(|e| io(&out.display().to_string(), e))?;
+        }
+        // Removes the folder only when it is empty.
+        let _ = std::fs::remove_dir(&root);
+        Ok(())
+    }))
+}
+
 /// Prepares workload `name` (builds the model, data and optimizer).
 pub fn prepare(name: &str) -> Result<Prepared> {
     let workload = workload(name)?;
@@ -457,6 +526,8 @@ pub fn prepare(name: &str) -> Result<Prepared> {
                 Ok(())
             })
         }
+        "e2e_mlp_sweep" => cli_step(&["sweep", "--config", &config("mlp_mnist")])?,
+        "e2e_mlp_wide" => cli_step(&["train", "--config", &config("mlp_wide"), "--set", "train.epochs=1"])?,
         other => return Err(BenchError::UnknownWorkload(other.to_string())),
     };
     Ok(Prepared { workload, step })

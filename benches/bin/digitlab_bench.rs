@@ -65,6 +65,10 @@ fn main() -> Result<()> {
         }
         prepare(&name)?
     };
+    if digitlab_benches::workloads::is_end_to_end(&name) {
+        // A whole run is one step, timed once (the PyTorch side does the same).
+        (warmup, seconds, min_steps) = (0, 0.0, 1);
+    }
     let cpu0 = digitlab_benches::cpu_seconds();
     let m = measure(&mut p, warmup, seconds, min_steps)?;
     let cpu1 = digitlab_benches::cpu_seconds();
@@ -77,9 +81,14 @@ fn main() -> Result<()> {
         "samples_per_step": p.workload.samples_per_step,
         "warmup": warmup,
         "threads": candle_core::utils::get_num_threads(),
-        "peak_rss_mib": digitlab_benches::peak_rss_mib(),
+        // The e2e workloads run the `digitlab` CLI as a child: its peak counts.
+        "peak_rss_mib": match (digitlab_benches::peak_rss_mib(), digitlab_benches::children_peak_rss_mib()) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        },
         // CPU time of the warm-up and timed steps (all threads), for reading runs on a busy machine.
         "cpu_seconds": cpu0.zip(cpu1).map(|(a, b)| b - a),
+        "children_cpu_seconds": digitlab_benches::children_cpu_seconds(),
         "device": if gpu_workload { device.as_deref().unwrap_or("cuda") } else { "cpu" },
         "dtype": if gpu_workload { dtype.name() } else { "f32" },
     });

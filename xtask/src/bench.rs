@@ -103,6 +103,11 @@ fn build_bench_binary(root: &Path) -> Result<PathBuf> {
             "digitlab-benches",
             "--bin",
             "digitlab-bench",
+            // The e2e workloads run the CLI.
+            "-p",
+            "digitlab-cli",
+            "--bin",
+            "digitlab",
             "--message-format=json-render-diagnostics",
         ])
         .stderr(std::process::Stdio::inherit())
@@ -224,12 +229,30 @@ fn loadavg() -> Option<Vec<f64>> {
     s.split_whitespace().take(3).map(|x| x.parse().ok()).collect()
 }
 
-fn cpu_model() -> Option<String> {
-    let s = std::fs::read_to_string("/proc/cpuinfo").ok()?;
-    s.lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split(':').nth(1))
-        .map(|s| s.trim().to_string())
+/// The first processor's entries of `/proc/cpuinfo` that identify it: model name,
+/// family, model, stepping and the feature flags (the kernels pick code paths by them).
+pub fn cpu_info(cpuinfo: &str) -> Value {
+    let field = |key: &str| {
+        cpuinfo
+            .lines()
+            .take_while(|l| !l.trim().is_empty())
+            .find(|l| l.split(':').next().map(str::trim) == Some(key))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_string())
+    };
+    let number = |key: &str| field(key).and_then(|v| v.parse::<u64>().ok());
+    json!({
+        "model_name": field("model name"),
+        "vendor": field("vendor_id"),
+        "family": number("cpu family"),
+        "model": number("model"),
+        "stepping": number("stepping"),
+        "flags": field("flags").map(|f| f.split_whitespace().map(str::to_string).collect::<Vec<_>>()),
+    })
+}
+
+fn read_cpu_info() -> Value {
+    cpu_info(&std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default())
 }
 
 /// `YYYY-MM-DD` (UTC) of a Unix time.
@@ -486,6 +509,15 @@ pub fn run(opts: Options) -> Result<()> {
         "{} thread(s), {} round(s) alternating sides, median of rounds; {} s timed per run after {} warm-up steps",
         opts.threads, opts.rounds, opts.seconds, opts.warmup
     );
+    let cpu = read_cpu_info();
+    println!(
+        "CPU: {} (family {}, model {}); 1-minute load average {} before, {} after",
+        cpu["model_name"].as_str().unwrap_or("unknown"),
+        cpu["family"],
+        cpu["model"],
+        fmt_opt(load_before.as_ref().map(|l| l[0]), 2),
+        fmt_opt(load_after.as_ref().map(|l| l[0]), 2),
+    );
     println!("{}", render_table(&rows, with_pytorch));
     for r in &rows {
         for e in &r.errors {
@@ -519,7 +551,8 @@ pub fn run(opts: Options) -> Result<()> {
         "rounds": opts.rounds,
         "seconds": opts.seconds,
         "warmup": opts.warmup,
-        "cpu": cpu_model(),
+        "cpu": cpu.get("model_name").cloned(),
+        "cpu_info": cpu,
         "logical_cpus": std::thread::available_parallelism().map(|n| n.get()).ok(),
         "loadavg_before": load_before,
         "loadavg_after": load_after,
@@ -562,6 +595,18 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(alone.ratio(), None);
+    }
+
+    #[test]
+    fn cpu_info_reads_the_first_processor() {
+        let text = "processor\t: 0\nvendor_id\t: GenuineIntel\ncpu family\t: 6\nmodel\t\t: 167\nmodel name\t: Intel(R) Xeon(R) Processor\nstepping\t: 8\nflags\t\t: fpu avx2 avx512f\n\nprocessor\t: 1\nmodel name\t: other\n";
+        let v = cpu_info(text);
+        assert_eq!(v["model_name"], "Intel(R) Xeon(R) Processor");
+        assert_eq!(v["family"], 6);
+        assert_eq!(v["model"], 167);
+        assert_eq!(v["stepping"], 8);
+        assert_eq!(v["flags"], json!(["fpu", "avx2", "avx512f"]));
+        assert_eq!(cpu_info("")["model_name"], Value::Null);
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! implementing [`Optimizer`]) plus one line in the `optimizers!` list below
 //! (`Lion => lion::LionConfig,`), which declares the module, re-exports the
 //! config and makes `kind = "lion"` a valid `[optim]`.
+mod fused;
 mod group;
 mod state;
 

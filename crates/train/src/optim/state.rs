@@ -37,13 +37,16 @@ impl<S: ParamState> PerParam<S> {
         self.states[i] = Some(state);
     }
 
-    /// The named tensors of every parameter that has state.
+    /// The named tensors of every parameter that has state: copies, since the fused
+    /// updates ([`super::fused`]) write state in place.
     pub fn to_tensors(&self, params: &[Param]) -> BTreeMap<String, Tensor> {
         let mut out = BTreeMap::new();
         for (p, s) in params.iter().zip(&self.states) {
             if let Some(s) = s {
                 for (slot, t) in S::SLOTS.iter().zip(s.tensors()) {
-                    out.insert(format!("{}.{slot}", p.name), t.clone());
+                    // State is written in place only on the CPU, where a copy cannot
+                    // fail; elsewhere sharing the tensor is safe.
+                    out.insert(format!("{}.{slot}", p.name), t.copy().unwrap_or_else(|_| t.clone()));
                 }
             }
         }
@@ -74,7 +77,9 @@ impl<S: ParamState> PerParam<S> {
                         t.dims()
                     );
                 }
-                tensors.push(t.to_dtype(p.var.dtype())?.to_device(p.var.device())?);
+                // A copy: the caller's tensor must not change when the state is
+                // updated in place.
+                tensors.push(t.to_dtype(p.var.dtype())?.to_device(p.var.device())?.copy()?);
             }
             states.push(Some(S::from_tensors(tensors)));
         }
