@@ -148,6 +148,11 @@ pub struct Phase {
 }
 
 /// What a live phase needs from its run.
+///
+/// Evaluation passes of a backbone that trains run `feature_batch_size` images at
+/// a time, not `eval_batch_size`: its weights are variables, so candle keeps every
+/// activation of a pass until it ends (EfficientNet-Lite0 at 64 px holds about 40 MB
+/// per image; a pass over 1,000 images would not fit in memory).
 pub struct LiveTune<'a> {
     pub created: &'a CreatedModel,
     pub protocol: &'a Protocol,
@@ -186,7 +191,7 @@ impl LiveTune<'_> {
             .data
             .val
             .as_ref()
-            .map(|v| Batcher::new(v, self.pipeline, t.eval_batch_size, &device))
+            .map(|v| Batcher::new(v, self.pipeline, t.feature_batch_size, &device))
             .transpose()?;
         let what = if head_only { "head" } else { "fine-tune" };
         let mut progress = Progress::new(format!("{} {what}", self.label), self.verbosity);
@@ -246,7 +251,7 @@ impl LiveTune<'_> {
         let batches = Batcher::new(
             ds,
             self.pipeline,
-            self.cfg.transfer.eval_batch_size,
+            self.cfg.transfer.feature_batch_size,
             &created.device.clone(),
         )?;
         Ok(evaluate_source(
