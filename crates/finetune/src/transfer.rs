@@ -933,7 +933,8 @@ pub fn run_backbone(
         let head = live.head_run(history, main, seconds, samples)?;
         (head, None, train_eval, test_eval)
     };
-    let head_seconds = head_started.elapsed().as_secs_f64();
+    // Training and evaluation only: the cached-feature passes are counted apart.
+    let head_seconds = (head_started.elapsed().as_secs_f64() - stats.backbone_seconds - stats.load_seconds).max(0.0);
 
     let val_accuracy = head.val.as_ref().map(|e| e.accuracy());
     let gap = val_accuracy.map(|v| train_eval.accuracy() - v);

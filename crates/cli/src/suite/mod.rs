@@ -198,7 +198,11 @@ impl Prepared {
                     dir.display()
                 );
             }
-            run_dir::check(dir, kind, hash, Start::Force)?;
+            // An entry another process is running (a job array) is its business:
+            // its folder holds outputs it has not recorded yet.
+            if run_dir::holder(dir)?.is_none() {
+                run_dir::check(dir, kind, hash, Start::Force)?;
+            }
         }
         Ok(out_dir)
     }
