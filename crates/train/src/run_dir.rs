@@ -226,7 +226,7 @@ fn entries(dir: &Path) -> Result<BTreeSet<OsString>> {
         .map_err(io_err(dir))?
         .flatten()
         .map(|e| e.file_name())
-        .filter(|n| n != MARKER_FILE && n != LOCK_FILE && !n.to_str().is_some_and(|n| temp_file_run_id(n).is_some()))
+        .filter(|n| n != MARKER_FILE && n != LOCK_FILE && n.to_str().is_none_or(|n| temp_file_run_id(n).is_none()))
         .collect())
 }
 

@@ -212,7 +212,9 @@ fn keep_best_restores_the_best_epoch_not_the_last() {
     let pipeline = Pipeline::default();
     let batches = Batcher::new(&train, &pipeline, 64, &Device::Cpu).unwrap().training(5);
     let val_batches = ShiftedLabels(Batcher::new(&val, &pipeline, 500, &Device::Cpu).unwrap());
-    let run = |epochs: usize, keep: bool| -> (Vec<(String, Vec<u32>)>, Option<usize>, Vec<f64>) {
+    // (the weights' bits, the kept epoch, the validation losses)
+    type Run = (Vec<(String, Vec<u32>)>, Option<usize>, Vec<f64>);
+    let run = |epochs: usize, keep: bool| -> Run {
         let (net, varmap) = model(1);
         let params = trainable_params(&varmap);
         let mut optimizer = adam()
