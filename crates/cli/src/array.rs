@@ -42,6 +42,7 @@ pub fn sweep(
     overrides: &[String],
     out: Option<PathBuf>,
     force: bool,
+    tensorboard: bool,
     mode: &ArrayMode,
     common: &Common,
 ) -> Result<()> {
@@ -65,7 +66,7 @@ pub fn sweep(
     let out = out.unwrap_or_else(|| PathBuf::from("runs").join(&cfg.name));
     let data_dir = resolve_data_dir(common.data_dir.as_deref());
     check_paths(&out, &data_dir)?;
-    let opts = run_options(&out, parse_device(&common.device)?, common);
+    let opts = run_options(&out, parse_device(&common.device)?, tensorboard, common);
     if let Some(i) = trial {
         match array::run_trial(&cfg, i, &out, &data_dir, &opts, force)? {
             TrialRun::Trained(t) => println!(

@@ -142,16 +142,16 @@ pub(crate) fn print_trials(trials: &[digitlab_train::sweep::Trial], best: usize)
     }
 }
 
-/// `RunOptions` of a command writing into `out`.
-pub(crate) fn run_options(out: &Path, device: candle_core::Device, common: &Common) -> RunOptions {
+/// `RunOptions` of a command writing into `out` (`tensorboard`: event files, on
+/// unless `--no-tensorboard`).
+pub(crate) fn run_options(out: &Path, device: candle_core::Device, tensorboard: bool, common: &Common) -> RunOptions {
     RunOptions {
         out_dir: Some(out.to_path_buf()),
         device,
         verbosity: verbosity(common),
         resume: false,
         max_epochs_this_run: None,
-        // Job arrays: the final run of a collect writes its event file.
-        tensorboard: true,
+        tensorboard,
     }
 }
 

@@ -60,7 +60,7 @@ fn run(command: Command) -> Result<()> {
             if array.is_serial() {
                 commands::sweep(&config, &overrides, out, force, !no_tensorboard, &common)
             } else {
-                array::sweep(&config, &overrides, out, force, &array, &common)
+                array::sweep(&config, &overrides, out, force, !no_tensorboard, &array, &common)
             }
         }
         Command::Eval {

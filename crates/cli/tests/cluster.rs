@@ -771,3 +771,30 @@ fn the_small_yaml_reader_rejects_what_it_does_not_understand() {
         assert!(std::panic::catch_unwind(|| parse_yaml(bad)).is_err(), "{bad}");
     }
 }
+
+#[test]
+fn trials_and_the_collected_run_write_event_files_unless_no_tensorboard() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::write(root.join("grid.toml"), GRID).unwrap();
+    let events = |dir: &Path| -> usize {
+        std::fs::read_dir(dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("events.out.tfevents."))
+            .count()
+    };
+    for (out, extra, want) in [("with", None, 1), ("without", Some("--no-tensorboard"), 0)] {
+        for i in ["0", "1", "2", "3"] {
+            let mut args = vec!["sweep", "--config", "grid.toml", "--quiet", "--out", out, "--trial", i];
+            args.extend(extra);
+            ok(root, &args, &[]);
+        }
+        let mut args = vec!["sweep", "--config", "grid.toml", "--quiet", "--out", out, "--collect"];
+        args.extend(extra);
+        ok(root, &args, &[]);
+        let out = root.join(out);
+        assert_eq!(events(&out.join("trials").join("0002")), want, "{}", out.display());
+        assert_eq!(events(&out.join("final")), want, "{}", out.display());
+    }
+}

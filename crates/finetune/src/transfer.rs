@@ -32,7 +32,7 @@
 //! # label = "resnet18-imagenet"          # output folder / table row; default model-pretrained|random
 //! # mode = "unfreeze"                    # frozen (default) | unfreeze | full: see crate::protocol
 //! # unfreeze = 1                         # with head_epochs, epochs, backbone_lr_mult, layer_decay,
-//! #                                      # frozen_bn, augment
+//! #                                      # frozen_bn, unfrozen_bn, augment
 //! ```
 //!
 //! `[transfer].select = "val_accuracy"` (or `val_loss`, `val_macro_f1`,
@@ -86,9 +86,10 @@ use crate::error::{FinetuneError, Result};
 use crate::features::{dataset_digest, features_for, CacheStats, FeatureCache, FeatureKey, CACHE_FORMAT};
 use crate::head::{evaluate_head, train_head, HeadConfig, HeadRun, LabeledFeatures, Standardizer};
 use crate::hub::HubConfig;
-use crate::protocol::{FrozenBn, Mode, Protocol, DEFAULT_BACKBONE_LR_MULT};
+use crate::protocol::{BnMode, Mode, Protocol, DEFAULT_BACKBONE_LR_MULT, DEFAULT_UNFROZEN_BN};
 use crate::source::WeightsSource;
 use crate::stages::Unfreeze;
+use crate::tune::{Incumbent, PhaseStart};
 use crate::zoo::{create_model, resolve_arch, svhn_normalization, CreateOptions, CreatedModel};
 
 /// A transfer experiment (see the module docs for the TOML layout).
@@ -267,8 +268,12 @@ pub struct BackboneSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub layer_decay: Option<f64>,
     /// Batch norm of the frozen stages: `eval` (default) or `train` (the coursework's protocol).
-    #[serde(default, skip_serializing_if = "FrozenBn::is_eval")]
-    pub frozen_bn: FrozenBn,
+    #[serde(default, skip_serializing_if = "BnMode::is_eval")]
+    pub frozen_bn: BnMode,
+    /// Batch norm of the stages that train: `eval` (running statistics kept, the
+    /// affine weights train) or `train` (batch statistics).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unfrozen_bn: Option<BnMode>,
     /// Training-time augmentation; only where the backbone runs on every batch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub augment: Option<digitlab_data::Augment>,
@@ -294,7 +299,8 @@ impl Default for BackboneSpec {
             epochs: None,
             backbone_lr_mult: None,
             layer_decay: None,
-            frozen_bn: FrozenBn::Eval,
+            frozen_bn: BnMode::Eval,
+            unfrozen_bn: None,
             augment: None,
         }
     }
@@ -372,6 +378,7 @@ impl BackboneSpec {
                 ("head_epochs", self.head_epochs.is_some()),
                 ("backbone_lr_mult", self.backbone_lr_mult.is_some()),
                 ("layer_decay", self.layer_decay.is_some()),
+                ("unfrozen_bn", self.unfrozen_bn.is_some()),
             ] {
                 if set {
                     return bad(format!(
@@ -402,7 +409,20 @@ impl BackboneSpec {
             backbone_lr_mult: positive("backbone_lr_mult", self.backbone_lr_mult, DEFAULT_BACKBONE_LR_MULT)?,
             layer_decay: positive("layer_decay", self.layer_decay, 1.0)?,
             frozen_bn: self.frozen_bn,
+            // The coursework's train-mode protocol trains in train mode throughout.
+            unfrozen_bn: self.unfrozen_bn.unwrap_or(if self.frozen_bn.is_eval() {
+                DEFAULT_UNFROZEN_BN
+            } else {
+                BnMode::Train
+            }),
         };
+        if !protocol.frozen_bn.is_eval() && trainable && protocol.unfrozen_bn.is_eval() {
+            return bad(
+                "frozen_bn = \"train\" with unfrozen_bn = \"eval\" would run frozen stages in train mode and \
+                 trainable ones in eval mode; set unfrozen_bn = \"train\""
+                    .into(),
+            );
+        }
         if self.augment.is_some() && !protocol.is_live() {
             return bad(
                 "augment needs a backbone that runs on every batch (cached features are computed once): set \
@@ -904,26 +924,34 @@ pub fn run_backbone(
             label: &label,
         };
         let (mut history, mut seconds, mut samples) = (vec![], 0.0, 0u64);
+        let select = cfg.transfer.select;
+        let mut start = PhaseStart::default();
         if protocol.head_epochs > 0 && protocol.frozen_bn.is_eval() {
             // fastai's fine_tune: the head alone first, on cached features (one backbone pass).
             let c = cached(false, &mut stats)?;
             feature_rms = Some(c.rms);
             let head = probe(&c, protocol.head_epochs)?;
-            let (w, b) = folded_head(&head, c.standardizer.as_ref(), created.head_prefix())?;
+            // Unfolded: the standardisation stays a fixed layer until the end.
+            let (w, b) = folded_head(&head, None, created.head_prefix())?;
             crate::tune::set_head(&created, &w, &b)?;
             (seconds, samples) = (head.train_seconds, head.train_samples);
+            start = PhaseStart {
+                standardizer: c.standardizer,
+                incumbent: Incumbent::of(&head.history, head.best_epoch, select),
+            };
             history = head.history;
         } else if protocol.head_epochs > 0 {
             // The coursework's protocol throughout: the head alone with batch norm in train mode.
-            let p = live.run(true, protocol.head_epochs, 0)?;
+            let p = live.run(true, protocol.head_epochs, 0, &start)?;
             (seconds, samples) = (p.train_seconds, p.train_samples);
+            start.incumbent = Incumbent::of(&p.history, p.best_epoch, select);
             history = p.history;
         }
-        let main = if protocol.mode.is_frozen() {
-            live.run(true, protocol.epochs, history.len())?
-        } else {
-            live.run(false, protocol.epochs, history.len())?
-        };
+        let head_only = protocol.mode.is_frozen();
+        let main = live.run(head_only, protocol.epochs, history.len(), &start)?;
+        if let Some(s) = &start.standardizer {
+            crate::tune::fold_head(&created, s)?;
+        }
         trained_stages = main.stages.clone();
         seconds += main.train_seconds;
         samples += main.train_samples;

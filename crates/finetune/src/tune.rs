@@ -10,23 +10,31 @@ use candle_core::{DType, ModuleT, Tensor};
 use candle_nn::VarBuilder;
 use digitlab_data::{Batcher, Dataset, Pipeline};
 use digitlab_losses::LossKind;
-use digitlab_models::{Backbone, Head, OutputKind};
+use digitlab_models::{Backbone, Head, OutputKind, StageModes};
 use digitlab_train::eval::evaluate_source;
-use digitlab_train::fit::{DivergenceGuard, KeepBest, Progress};
+use digitlab_train::fit::{monitored, DivergenceGuard, KeepBest, Progress};
 use digitlab_train::trainer::EpochMetrics;
-use digitlab_train::{trainable_params, Evaluation, Fit, ParamGroup, PreparedData, Verbosity};
+use digitlab_train::{trainable_params, Evaluation, Fit, MetricName, ParamGroup, PreparedData, Verbosity};
 
 use crate::error::{FinetuneError, Result};
-use crate::head::HeadRun;
+use crate::head::{HeadRun, Standardizer};
 use crate::protocol::Protocol;
 use crate::stages::{split_stages, Unfreeze};
 use crate::transfer::TransferConfig;
 use crate::zoo::CreatedModel;
 
-/// `head(backbone.features(x))`, the backbone's output detached when only the
-/// head trains (no backward pass through a network nothing of which is updated).
+/// `head(standardize(backbone.features(x)))`, the backbone's output detached when
+/// only the head trains (no backward pass through a network nothing of which is
+/// updated).
+///
+/// The standardisation is the head phase's, fixed: the head keeps training in the
+/// space it was trained in. Folded into the head instead ([`Standardizer::fold`]),
+/// its weights would carry the features' `1 / std` — then Adam's steps, which do
+/// not scale with the weights, would be far too small for the head and far too
+/// large, once amplified, for the backbone.
 pub struct LiveClassifier {
     backbone: Arc<dyn Backbone>,
+    standardizer: Option<Standardizer>,
     head: Head,
     detach: bool,
 }
@@ -35,6 +43,15 @@ impl LiveClassifier {
     /// The classifier over `created`'s variables (its head re-read from the
     /// `VarMap`, `dropout` before it during training).
     pub fn new(created: &CreatedModel, dropout: f32, detach: bool) -> Result<Self> {
+        Self::standardized(created, dropout, detach, None)
+    }
+    /// The same with `standardizer` between the backbone and the head.
+    pub fn standardized(
+        created: &CreatedModel,
+        dropout: f32,
+        detach: bool,
+        standardizer: Option<&Standardizer>,
+    ) -> Result<Self> {
         let device = created.device.clone();
         let vb = VarBuilder::from_varmap(&created.varmap, DType::F32, &device);
         let head = Head::new(
@@ -45,6 +62,7 @@ impl LiveClassifier {
         )?;
         Ok(Self {
             backbone: created.backbone(),
+            standardizer: standardizer.cloned(),
             head,
             detach,
         })
@@ -58,6 +76,10 @@ impl ModuleT for LiveClassifier {
     fn forward_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
         let f = self.backbone.features(xs, train)?;
         let f = if self.detach { f.detach() } else { f };
+        let f = match &self.standardizer {
+            Some(s) => f.broadcast_sub(&s.mean)?.broadcast_div(&s.std)?,
+            None => f,
+        };
         self.head.forward_t(&f, train)
     }
 }
@@ -77,13 +99,30 @@ pub fn set_head(created: &CreatedModel, weight: &Tensor, bias: &Tensor) -> Resul
     Ok(())
 }
 
+/// Folds `standardizer` into the head variables of `created` (after a phase
+/// that trained the head behind it): the model then takes raw features.
+pub fn fold_head(created: &CreatedModel, standardizer: &Standardizer) -> Result<()> {
+    let prefix = created.head_prefix();
+    let (w, b) = {
+        let data = created.varmap.data().lock().expect("varmap lock poisoned");
+        let get = |n: &str| {
+            data.get(&format!("{prefix}.{n}"))
+                .map(|v| v.as_tensor().detach())
+                .ok_or_else(|| FinetuneError::Config(format!("{}: no variable {prefix}.{n}", created.name)))
+        };
+        (get("weight")?, get("bias")?)
+    };
+    let (w, b) = standardizer.fold(&w, &b)?;
+    set_head(created, &w, &b)
+}
+
 /// The optimizer's groups for one phase, and the names of the stages that train.
 ///
 /// `head_only`: the head alone (everything else one frozen group). Otherwise the
 /// head (learning-rate factor 1), then one group per unfrozen stage with the
 /// protocol's factors ([`Protocol::stage_lr_scales`]), the other stages frozen.
-/// Also sets which stages run in eval mode: the frozen ones, unless
-/// `frozen_bn = "train"`.
+/// Also sets which stages run in eval mode: the frozen ones unless
+/// `frozen_bn = "train"`, and the trainable ones with `unfrozen_bn = "eval"`.
 pub fn param_groups(
     created: &CreatedModel,
     protocol: &Protocol,
@@ -104,6 +143,12 @@ pub fn param_groups(
     let mut others = others;
     if stages.is_empty() {
         // Not split into stages: the whole backbone is one group (mode = "full" only).
+        if unfreeze == Unfreeze::Full && protocol.unfrozen_bn.is_eval() && !head_only {
+            return Err(FinetuneError::Config(format!(
+                "{}: unfrozen_bn = \"eval\" needs a network split into stages; use unfrozen_bn = \"train\"",
+                created.name
+            )));
+        }
         if unfreeze == Unfreeze::Full {
             let scale = protocol.backbone_lr_mult;
             groups.push(ParamGroup::trainable("backbone", std::mem::take(&mut others)).with_lr_scale(scale));
@@ -128,9 +173,44 @@ pub fn param_groups(
         trained.push(stage.name.clone());
     }
     groups.push(ParamGroup::frozen("frozen", others));
-    let eval_stages = if protocol.frozen_bn.is_eval() { split } else { 0 };
-    backbone.freeze_stages(eval_stages)?;
+    // Backward stops at the last frozen stage; eval mode may reach further
+    // (`unfrozen_bn = "eval"`) or not as far (`frozen_bn = "train"`).
+    let eval = match (protocol.unfrozen_bn.is_eval(), protocol.frozen_bn.is_eval()) {
+        (true, _) => stages.len(),
+        (false, true) => split,
+        (false, false) => 0,
+    };
+    backbone.set_stage_modes(StageModes { frozen: split, eval })?;
     Ok((groups, trained))
+}
+
+/// What a phase starts from: the head phase's feature standardisation (a fixed
+/// layer before the head, see [`LiveClassifier`]) and its score to beat.
+#[derive(Debug, Clone, Default)]
+pub struct PhaseStart {
+    pub standardizer: Option<Standardizer>,
+    pub incumbent: Option<Incumbent>,
+}
+
+/// The selection score of a phase's kept weights, and that epoch (1-based; `None`
+/// when not recorded), for the next phase to beat.
+#[derive(Debug, Clone, Copy)]
+pub struct Incumbent {
+    pub score: f64,
+    pub epoch: Option<usize>,
+}
+
+impl Incumbent {
+    /// The score of the kept epoch of `history` by `select` (`None` when that
+    /// epoch or the metric was not recorded).
+    pub fn of(history: &[EpochMetrics], best_epoch: Option<usize>, select: MetricName) -> Option<Self> {
+        let epoch = best_epoch?;
+        let score = monitored(history.get(epoch.checked_sub(1)?)?, select)?;
+        Some(Self {
+            score,
+            epoch: Some(epoch),
+        })
+    }
 }
 
 /// One phase of live training and its results.
@@ -169,7 +249,13 @@ pub struct LiveTune<'a> {
 impl LiveTune<'_> {
     /// Trains for `epochs` (the head alone with `head_only`), numbering epochs
     /// after `epochs_before`; keeps the best epoch's weights by `[transfer].select`.
-    pub fn run(&self, head_only: bool, epochs: usize, epochs_before: usize) -> Result<Phase> {
+    ///
+    /// `start.incumbent`: the selection score of the weights as they are (a head
+    /// phase before this one) and that phase's kept epoch. An epoch must beat it
+    /// to be kept; when none does, those weights are put back — a fine-tune that
+    /// only harms the validation score ends where the head phase did.
+    /// `start.standardizer` stays unfolded: call [`fold_head`] afterwards.
+    pub fn run(&self, head_only: bool, epochs: usize, epochs_before: usize, start: &PhaseStart) -> Result<Phase> {
         let created = self.created;
         let t = &self.cfg.transfer;
         let device = created.device.clone();
@@ -185,7 +271,7 @@ impl LiveTune<'_> {
             .flat_map(|g| g.params.iter().map(|(_, v)| v.elem_count()))
             .sum();
         let mut optimizer = t.optim.build_groups(groups)?;
-        let model = LiveClassifier::new(created, t.head_dropout, head_only)?;
+        let model = LiveClassifier::standardized(created, t.head_dropout, head_only, start.standardizer.as_ref())?;
         let train = Batcher::new(&self.data.train, self.train_pipeline, t.batch_size, &device)?.training(self.cfg.seed);
         let val = self
             .data
@@ -196,8 +282,12 @@ impl LiveTune<'_> {
         let what = if head_only { "head" } else { "fine-tune" };
         let mut progress = Progress::new(format!("{} {what}", self.label), self.verbosity);
         let mut guard = DivergenceGuard;
-        let mut keep = KeepBest::of_varmap(&created.varmap);
         let select = (val.is_some() || !t.select.needs_validation()).then_some(t.select);
+        let incumbent = start.incumbent.filter(|_| select.is_some());
+        let mut keep = KeepBest::of_varmap(&created.varmap);
+        if incumbent.is_some() {
+            keep = keep.with_incumbent()?;
+        }
         let k = created.num_classes;
         let mut fit = Fit::new(&model, OutputKind::Logits(k), optimizer.as_mut(), &train)
             .epochs(epochs)
@@ -208,7 +298,10 @@ impl LiveTune<'_> {
             fit = fit.validation(v);
         }
         if let Some(metric) = select {
-            fit = fit.select(metric).callback(&mut keep);
+            fit = fit
+                .select(metric)
+                .baseline(incumbent.map(|i| i.score))
+                .callback(&mut keep);
         }
         let mut outcome = fit.run()?;
         if keep.restored() {
@@ -236,7 +329,10 @@ impl LiveTune<'_> {
             best_epoch: keep
                 .best_epoch()
                 .filter(|_| select.is_some())
-                .map(|e| e + epochs_before),
+                .and_then(|e| match (e, incumbent) {
+                    (0, Some(i)) => i.epoch,
+                    _ => Some(e + epochs_before),
+                }),
             stages,
             parameters,
             trainable,

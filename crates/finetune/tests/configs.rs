@@ -75,7 +75,7 @@ fn transfer_configs_parse() {
 
 #[test]
 fn finetune_configs_compare_frozen_unfreeze_and_full() {
-    use digitlab_finetune::protocol::{FrozenBn, Mode};
+    use digitlab_finetune::protocol::{BnMode, Mode};
     let s = TransferConfig::load(&config("svhn_finetune.toml"), &[]).unwrap();
     assert_eq!(s.data.dataset, DatasetKind::Svhn);
     for model in ["vgg16", "alexnet", "resnet18", "resnet50", "resnet101"] {
@@ -89,7 +89,7 @@ fn finetune_configs_compare_frozen_unfreeze_and_full() {
     }
     let modes: Vec<Mode> = s.backbones.iter().map(|b| b.mode).collect();
     assert!(modes.contains(&Mode::Unfreeze) && modes.contains(&Mode::Full));
-    assert!(s.backbones.iter().any(|b| b.frozen_bn == FrozenBn::Train));
+    assert!(s.backbones.iter().any(|b| b.frozen_bn == BnMode::Train));
 
     let m = TransferConfig::load(&config("mnist_finetune.toml"), &[]).unwrap();
     assert_eq!(m.data.dataset, DatasetKind::Mnist);
@@ -103,7 +103,13 @@ fn finetune_configs_compare_frozen_unfreeze_and_full() {
             .collect();
         assert_eq!(
             protocols,
-            ["frozen", "frozen (bn train)", "head 2 + unfreeze 1", "head 2 + full"],
+            [
+                "frozen",
+                "frozen (bn train)",
+                "head 2 + unfreeze 1",
+                "head 2 + unfreeze 1 (unfrozen bn train)",
+                "head 2 + full"
+            ],
             "{model}"
         );
         assert!(m

@@ -12,7 +12,7 @@
 //!
 //! The three 3x3 stride-2 pools need inputs of at least 63x63 pixels; smaller
 //! inputs are refused when the model is built (resize them, e.g. to 224 px).
-use crate::backbone::{Backbone, FrozenStages, Head, Stage};
+use crate::backbone::{Backbone, FrozenStages, Head, Stage, StageModes};
 use crate::conv::{conv2d, Conv2dExt, ConvInit};
 use crate::layers::{linear, FusedActivation, LinearExt};
 use crate::pool::{adaptive_avg_pool2d, max_pool2d};
@@ -117,8 +117,8 @@ impl Backbone for AlexNet {
             Stage::new("classifier", &["classifier.1", "classifier.4"]),
         ]
     }
-    fn freeze_stages(&self, n: usize) -> Result<()> {
-        self.frozen.set(n, Self::CLASSIFIER_STAGE + 1)
+    fn set_stage_modes(&self, modes: StageModes) -> Result<()> {
+        self.frozen.set(modes, Self::CLASSIFIER_STAGE + 1)
     }
     fn frozen_stages(&self) -> usize {
         self.frozen.get()

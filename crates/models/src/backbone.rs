@@ -43,8 +43,21 @@ pub trait Backbone: Send + Sync {
     /// parameters also get no gradient (backward stops at the last frozen stage,
     /// [`FrozenStages::cut`]). Errors when `n` exceeds the number of stages.
     fn freeze_stages(&self, n: usize) -> Result<()> {
-        if n > 0 {
-            candle_core::bail!("this network is not split into stages; it cannot freeze {n} of them")
+        self.set_stage_modes(StageModes { frozen: n, eval: n })
+    }
+    /// [`Backbone::freeze_stages`] with the two halves of "frozen" set apart:
+    /// backward stops after the first `modes.frozen` stages, and the first
+    /// `modes.eval` stages run in eval mode. `eval < frozen` is the coursework's
+    /// "frozen" backbone in `model.train()` mode; `eval > frozen` keeps batch norm
+    /// on its running statistics in stages that train (Keras' advice for
+    /// fine-tuning: `training=False`).
+    fn set_stage_modes(&self, modes: StageModes) -> Result<()> {
+        if modes.frozen > 0 || modes.eval > 0 {
+            candle_core::bail!(
+                "this network is not split into stages; it cannot freeze {} or run {} in eval mode",
+                modes.frozen,
+                modes.eval
+            )
         }
         Ok(())
     }
@@ -54,32 +67,58 @@ pub trait Backbone: Send + Sync {
     }
 }
 
-/// The count of frozen leading stages of a network (see
-/// [`Backbone::freeze_stages`]), shared by its forward passes.
+/// How many leading stages are frozen (no gradient) and how many run in eval mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StageModes {
+    pub frozen: usize,
+    pub eval: usize,
+}
+
+/// The frozen and eval-mode leading stages of a network (see
+/// [`Backbone::set_stage_modes`]), shared by its forward passes.
 #[derive(Debug, Default)]
-pub struct FrozenStages(AtomicUsize);
+pub struct FrozenStages {
+    frozen: AtomicUsize,
+    eval: AtomicUsize,
+}
 
 impl Clone for FrozenStages {
     fn clone(&self) -> Self {
-        Self(AtomicUsize::new(self.get()))
+        let m = self.modes();
+        Self {
+            frozen: AtomicUsize::new(m.frozen),
+            eval: AtomicUsize::new(m.eval),
+        }
     }
 }
 
 impl FrozenStages {
+    /// The number of frozen stages.
     pub fn get(&self) -> usize {
-        self.0.load(Ordering::Relaxed)
+        self.frozen.load(Ordering::Relaxed)
     }
-    /// Freezes the first `n` of `stages` stages.
-    pub fn set(&self, n: usize, stages: usize) -> Result<()> {
-        if n > stages {
-            candle_core::bail!("cannot freeze {n} stages: the network has {stages}")
+    pub fn modes(&self) -> StageModes {
+        StageModes {
+            frozen: self.get(),
+            eval: self.eval.load(Ordering::Relaxed),
         }
-        self.0.store(n, Ordering::Relaxed);
+    }
+    /// Sets the modes of a network of `stages` stages.
+    pub fn set(&self, modes: StageModes, stages: usize) -> Result<()> {
+        if modes.frozen > stages || modes.eval > stages {
+            candle_core::bail!(
+                "cannot freeze {} stages or run {} in eval mode: the network has {stages}",
+                modes.frozen,
+                modes.eval
+            )
+        }
+        self.frozen.store(modes.frozen, Ordering::Relaxed);
+        self.eval.store(modes.eval, Ordering::Relaxed);
         Ok(())
     }
-    /// The train flag stage `stage` runs with: `train`, unless the stage is frozen.
+    /// The train flag stage `stage` runs with: `train`, unless the stage runs in eval mode.
     pub fn train(&self, stage: usize, train: bool) -> bool {
-        train && stage >= self.get()
+        train && stage >= self.eval.load(Ordering::Relaxed)
     }
     /// `x`, the output of stage `stage`, cut from the autograd graph when it is the
     /// last frozen stage: nothing before it trains, so backward stops there

@@ -1,5 +1,5 @@
 //! Small convolutional networks for digits: [`LeNet5`] and [`SmallCnn`].
-use crate::backbone::{Backbone, FrozenStages, Head, Stage};
+use crate::backbone::{Backbone, FrozenStages, Head, Stage, StageModes};
 use crate::conv::{bn, bn_act, conv2d, Conv2dExt, ConvInit};
 use crate::layers::{linear, FusedActivation, LinearExt};
 use crate::pool::max_pool2d;
@@ -74,8 +74,8 @@ impl Backbone for LeNet5 {
         ]
     }
     /// LeNet-5 has no batch norm or dropout: frozen stages only need no gradient.
-    fn freeze_stages(&self, n: usize) -> Result<()> {
-        self.frozen.set(n, 4)
+    fn set_stage_modes(&self, modes: StageModes) -> Result<()> {
+        self.frozen.set(modes, 4)
     }
     fn frozen_stages(&self) -> usize {
         self.frozen.get()
@@ -188,8 +188,8 @@ impl Backbone for SmallCnn {
             Stage::new("fc1", &["classifier.1"]),
         ]
     }
-    fn freeze_stages(&self, n: usize) -> Result<()> {
-        self.frozen.set(n, self.blocks.len() + 1)
+    fn set_stage_modes(&self, modes: StageModes) -> Result<()> {
+        self.frozen.set(modes, self.blocks.len() + 1)
     }
     fn frozen_stages(&self) -> usize {
         self.frozen.get()

@@ -32,7 +32,7 @@
 //! whose stride-2 layers all see even sizes (multiples of 32: 32, 64, 96, ...).
 //! For other sizes (e.g. 28 px) this follows TensorFlow rather than the static
 //! 224 px pads, which would not fit.
-use crate::backbone::{Backbone, FrozenStages, Head, Stage};
+use crate::backbone::{Backbone, FrozenStages, Head, Stage, StageModes};
 use crate::conv::{batch_norm2d, conv2d, Conv2dExt, ConvInit, DepthwiseConv2d, DepthwisePadding, SameConv2d};
 use crate::layers::FusedActivation;
 use crate::pool::global_avg_pool;
@@ -241,8 +241,8 @@ impl Backbone for EfficientNetLite0 {
         s.push(Stage::new("conv_head", &["_conv_head", "_bn1"]));
         s
     }
-    fn freeze_stages(&self, n: usize) -> Result<()> {
-        self.frozen.set(n, LITE0_STAGES.len() + 2)
+    fn set_stage_modes(&self, modes: StageModes) -> Result<()> {
+        self.frozen.set(modes, LITE0_STAGES.len() + 2)
     }
     fn frozen_stages(&self) -> usize {
         self.frozen.get()

@@ -46,7 +46,7 @@ pub mod summary;
 pub mod vgg;
 
 pub use alexnet::AlexNet;
-pub use backbone::{Backbone, FrozenStages, Head, Stage};
+pub use backbone::{Backbone, FrozenStages, Head, Stage, StageModes};
 pub use cnn::{LeNet5, SmallCnn};
 pub use efficientnet::EfficientNetLite0;
 pub use init::SeededVarMap;

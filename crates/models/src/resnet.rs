@@ -9,7 +9,7 @@
 //! With `cifar_stem`, `conv1` is a 3x3 stride-1 convolution (weight
 //! `[64, C, 3, 3]`) and there is no max-pool: the usual setup for training on
 //! 32 px images from scratch. Other names are unchanged.
-use crate::backbone::{Backbone, FrozenStages, Head, Stage};
+use crate::backbone::{Backbone, FrozenStages, Head, Stage, StageModes};
 use crate::conv::{bn, bn_act, conv2d, Conv2dExt, ConvInit};
 use crate::layers::{relu, FusedActivation};
 use crate::pool::{global_avg_pool, max_pool2d};
@@ -254,8 +254,8 @@ impl Backbone for ResNet {
         }
         s
     }
-    fn freeze_stages(&self, n: usize) -> Result<()> {
-        self.frozen.set(n, 1 + self.layers.len())
+    fn set_stage_modes(&self, modes: StageModes) -> Result<()> {
+        self.frozen.set(modes, 1 + self.layers.len())
     }
     fn frozen_stages(&self) -> usize {
         self.frozen.get()

@@ -12,7 +12,7 @@
 //! torchvision: identity at 224 px, replication of the 1x1 map at 32 px.
 //! Inputs smaller than 32 px (28 px MNIST) are zero-padded to 32 px first, since
 //! five 2x2 max-pools need at least 32 px.
-use crate::backbone::{Backbone, FrozenStages, Head, Stage};
+use crate::backbone::{Backbone, FrozenStages, Head, Stage, StageModes};
 use crate::conv::{bn, bn_act, conv2d, Conv2dExt, ConvInit};
 use crate::layers::{FusedActivation, LinearExt};
 use crate::pool::{adaptive_avg_pool2d, max_pool2d};
@@ -183,8 +183,8 @@ impl Backbone for Vgg {
     fn stages(&self) -> Vec<Stage> {
         self.stages.clone()
     }
-    fn freeze_stages(&self, n: usize) -> Result<()> {
-        self.frozen.set(n, self.stages.len())
+    fn set_stage_modes(&self, modes: StageModes) -> Result<()> {
+        self.frozen.set(modes, self.stages.len())
     }
     fn frozen_stages(&self) -> usize {
         self.frozen.get()

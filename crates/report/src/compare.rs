@@ -133,7 +133,9 @@ pub fn markdown(rows: &[RunRow], overfit_gap: f64) -> String {
          backbone s / head s: seconds in cached-feature backbone passes / in training (the head on cached \
          features, or the head with the trainable backbone; transfer runs; 0 backbone seconds means every \
          feature came from the cache). trains: what was trained besides the new head. kept epoch: the \
-         epoch whose weights the run kept (best by its selection metric; - where not recorded: the last).\n",
+         epoch whose weights the run kept (best by its selection metric; - where not recorded: the last); \
+         epochs count a head-only phase first, so a kept epoch inside it means fine-tuning never beat the \
+         head.\n",
         100.0 * overfit_gap
     );
     let failed: Vec<&RunRow> = rows.iter().filter(|r| r.failed.is_some()).collect();

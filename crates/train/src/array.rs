@@ -122,7 +122,10 @@ pub fn run_trial(
     if opts.verbosity != Verbosity::Silent {
         eprintln!("trial {index} of {}: {}", assignments.len(), describe(a));
     }
-    match sweep::run_trial(index, a, &tc, &data, opts, search.metric, None) {
+    // Its curves and values as a TensorBoard run in its own folder, as a serial
+    // sweep writes them under trials/ (TensorBoard's HParams table compares them).
+    let events = opts.tensorboard.then_some(dir.as_path());
+    match sweep::run_trial(index, a, &tc, &data, opts, search.metric, events) {
         Ok(t) => {
             write_json(&dir.join(TRIAL_FILE), &t)?;
             claim.finish()?;

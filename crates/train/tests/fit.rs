@@ -241,3 +241,49 @@ fn keep_best_restores_the_best_epoch_not_the_last() {
     assert_eq!(kept, after_one, "the weights of epoch 1 are put back");
     assert_ne!(kept, last);
 }
+
+#[test]
+fn an_incumbent_no_epoch_beats_is_put_back() {
+    use digitlab_train::fit::KeepBest;
+    let (train, val) = digits();
+    let pipeline = Pipeline::default();
+    let batches = Batcher::new(&train, &pipeline, 64, &Device::Cpu).unwrap().training(5);
+    let val_batches = ShiftedLabels(Batcher::new(&val, &pipeline, 500, &Device::Cpu).unwrap());
+    // (the weights' bits before and after, the kept epoch)
+    let run = |margin: f64| {
+        let (net, varmap) = model(1);
+        let params = trainable_params(&varmap);
+        let before = bits(&params);
+        // The starting weights' own score: validation loss on the shifted labels.
+        let start = digitlab_train::eval::evaluate_source(
+            &net,
+            OutputKind::Logits(10),
+            &val_batches,
+            10,
+            digitlab_losses::LossKind::CrossEntropy,
+        )
+        .unwrap()
+        .loss;
+        let mut optimizer = adam()
+            .build_groups(vec![ParamGroup::trainable("all", params.clone())])
+            .unwrap();
+        let mut keep = KeepBest::of_varmap(&varmap).with_incumbent().unwrap();
+        Fit::new(&net, OutputKind::Logits(10), optimizer.as_mut(), &batches)
+            .epochs(3)
+            .validation(&val_batches)
+            .select(MetricName::ValLoss)
+            .baseline(Some(start + margin))
+            .callback(&mut keep)
+            .run()
+            .unwrap();
+        (before, bits(&params), keep.best_epoch())
+    };
+    // Learning the true labels only raises the loss on shifted ones: the start wins.
+    let (before, after, kept) = run(0.0);
+    assert_eq!(kept, Some(0));
+    assert_eq!(after, before, "the starting weights are put back");
+    // A weaker incumbent (its score made worse by hand) is beaten by epoch 1.
+    let (before, after, kept) = run(100.0);
+    assert_eq!(kept, Some(1));
+    assert_ne!(after, before);
+}

@@ -37,7 +37,23 @@ impl KeepBest {
         named.sort_by(|a, b| a.0.cmp(b.0));
         Self::new(named.into_iter().map(|(_, v)| v.clone()).collect())
     }
-    /// The 1-based epoch whose weights the run ended with, when one was kept.
+    /// Also keeps the weights as they are now, as epoch 0: put back when no epoch
+    /// beats them (give their score to [`super::Fit::baseline`]).
+    pub fn with_incumbent(mut self) -> Result<Self> {
+        self.best = Some(self.snapshot()?);
+        self.best_epoch = Some(0);
+        Ok(self)
+    }
+    fn snapshot(&self) -> Result<Vec<Tensor>> {
+        // A deep copy: optimizers update variables in place.
+        Ok(self
+            .vars
+            .iter()
+            .map(|v| v.as_tensor().copy())
+            .collect::<candle_core::Result<_>>()?)
+    }
+    /// The 1-based epoch whose weights the run ended with, when one was kept (0:
+    /// the incumbent's, [`KeepBest::with_incumbent`]).
     pub fn best_epoch(&self) -> Option<usize> {
         self.best_epoch
     }
@@ -50,13 +66,7 @@ impl KeepBest {
 impl Callback for KeepBest {
     fn on_epoch_end(&mut self, end: &mut EpochEnd<'_>) -> Result<Control> {
         if end.is_best {
-            // A deep copy: optimizers update variables in place.
-            self.best = Some(
-                self.vars
-                    .iter()
-                    .map(|v| v.as_tensor().copy())
-                    .collect::<candle_core::Result<_>>()?,
-            );
+            self.best = Some(self.snapshot()?);
             self.best_epoch = Some(end.epoch());
         }
         Ok(Control::Continue)

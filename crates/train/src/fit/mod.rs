@@ -160,6 +160,7 @@ pub struct Fit<'a> {
     grad_clip: Option<f64>,
     l2: Option<L2Penalty>,
     select: Option<MetricName>,
+    baseline: Option<f64>,
     state: FitState,
     stop_after: Option<usize>,
     callbacks: Vec<&'a mut dyn Callback>,
@@ -189,6 +190,7 @@ impl<'a> Fit<'a> {
             grad_clip: None,
             l2: None,
             select: None,
+            baseline: None,
             state: FitState::default(),
             stop_after: None,
             callbacks: Vec::new(),
@@ -233,6 +235,15 @@ impl<'a> Fit<'a> {
     pub fn select(self, metric: MetricName) -> Self {
         Self {
             select: Some(metric),
+            ..self
+        }
+    }
+    /// With [`Fit::select`]: an epoch counts as best only when it also beats
+    /// `value`, the score of the weights this run starts from (e.g. a head trained
+    /// before the backbone is unfrozen; [`KeepBest::with_incumbent`] keeps them).
+    pub fn baseline(self, value: Option<f64>) -> Self {
+        Self {
+            baseline: value,
             ..self
         }
     }
@@ -360,9 +371,9 @@ impl<'a> Fit<'a> {
                 seen as f64 / epoch_train_secs.max(1e-9),
             );
 
-            let is_best = self
-                .select
-                .is_some_and(|s| monitored(&m, s).is_some_and(|v| improved(s, v, self.state.best_metric, 0.0)));
+            let is_best = self.select.is_some_and(|s| {
+                monitored(&m, s).is_some_and(|v| improved(s, v, self.state.best_metric.or(self.baseline), 0.0))
+            });
             if is_best {
                 self.state.best_metric = self.select.and_then(|s| monitored(&m, s));
                 self.state.best_epoch = Some(epoch + 1);

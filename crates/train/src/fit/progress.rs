@@ -35,6 +35,8 @@ impl Progress {
 
     fn print(&self, line: String) {
         match self.verbosity {
+            // A hidden bar (stderr not a terminal) drops `println`: log lines then.
+            Verbosity::Bars if self.epoch_bar.is_hidden() => eprintln!("{line}"),
             Verbosity::Bars => self.epoch_bar.println(line),
             Verbosity::Lines => eprintln!("{line}"),
             Verbosity::Silent => {}
