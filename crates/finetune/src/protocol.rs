@@ -30,9 +30,11 @@
 //! statistics instead (`"train"`, PyTorch's `model.train()`), the features the
 //! head phase was trained on change at the first step and the running
 //! statistics that evaluation uses drift towards the new data's. Measured on
-//! MNIST with ImageNet EfficientNet-Lite0 (`configs/mnist_finetune.toml`):
-//! unfreezing its last stage in train mode dropped validation accuracy from 78%
-//! after the head phase to 50%, in eval mode it rose to 82%.
+//! MNIST with ImageNet EfficientNet-Lite0 (`configs/mnist_finetune.toml`, 898
+//! training images): after the head phase's 78.1% validation accuracy,
+//! unfreezing the last stage reached 83.1% in eval mode and 79.4% in train mode
+//! (85.8% and 79.8% on the test images); the SVHN CNN, whose statistics come
+//! from real digits, is indifferent (87.4% and 87.8% test).
 use serde::{Deserialize, Serialize};
 
 use crate::stages::Unfreeze;
