@@ -43,6 +43,14 @@ impl Mode {
     pub fn is_frozen(&self) -> bool {
         *self == Mode::Frozen
     }
+    /// The config spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Frozen => "frozen",
+            Mode::Unfreeze => "unfreeze",
+            Mode::Full => "full",
+        }
+    }
 }
 
 /// Batch norm in the frozen stages (`frozen_bn`).

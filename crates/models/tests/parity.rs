@@ -18,8 +18,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-/// Relative tolerance: max |got - want| / max |want|.
-const TOL: f32 = 1e-4;
+#[path = "parity/formula.rs"]
+mod formula;
+use formula::{hashed_sin, rel_err, TOL};
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/parity").join(name)
@@ -27,23 +28,6 @@ fn fixture(name: &str) -> PathBuf {
 
 fn name_hash(name: &str) -> u64 {
     name.bytes().map(u64::from).sum()
-}
-
-/// `s(i) = sin(2 pi k / 2^32)`, `k = (j^2 * 40503 + j * 2654435761 + h * 12345) mod 2^32`, `j = i + 1`.
-fn hashed_sin(n: usize, h: u64) -> Vec<f64> {
-    let c = h * 12345;
-    (0..n as u64)
-        .map(|i| {
-            let j = i + 1;
-            let k = j
-                .wrapping_mul(j)
-                .wrapping_mul(40503)
-                .wrapping_add(j.wrapping_mul(2654435761))
-                .wrapping_add(c)
-                & 0xFFFF_FFFF;
-            (2.0 * std::f64::consts::PI * k as f64 / 4294967296.0).sin()
-        })
-        .collect()
 }
 
 /// The formula value of every element of tensor `name`.
@@ -166,20 +150,6 @@ fn build(model: &str, vb: VarBuilder) -> Result<Arc<dyn BackboneNet>> {
 
 trait BackboneNet: Backbone + ModuleT {}
 impl<T: Backbone + ModuleT> BackboneNet for T {}
-
-fn rel_err(got: &Tensor, want: &Tensor) -> f32 {
-    assert_eq!(got.dims(), want.dims());
-    let diff: f32 = (got - want)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar()
-        .unwrap();
-    let scale: f32 = want.abs().unwrap().max_all().unwrap().to_scalar().unwrap();
-    diff / scale.max(1e-12)
-}
 
 #[test]
 fn torchvision_keys_and_shapes() {
