@@ -53,7 +53,8 @@ fn training_keys_are_refused_for_frozen_only_backbones() {
     ok("small_cnn", "mode = \"full\"");
     ok("vit_small_patch16_224", "mode = \"frozen\"");
     // `digitlab train` refuses them too.
-    let train = "name = \"t\"\n[data]\ndataset = \"digits\"\n[model]\nkind = \"modern\"\narch = \"convnext_tiny\"\n";
+    let train = "name = \"t\"\n[data]\ndataset = \"digits\"\n[model]\nkind = \"modern\"\narch = \"convnext_tiny\"\n\
+                 [optim]\nkind = \"sgd\"\nlr = 0.1\n[train]\nepochs = 1\nbatch_size = 8\nloss = \"cross_entropy\"\n";
     let e = digitlab_train::ExperimentConfig::from_toml_str(train, &[]).unwrap_err().to_string();
     assert!(e.contains("eval mode only") && e.contains("model.kind"), "{e}");
 }
@@ -136,7 +137,7 @@ fn a_timm_layout_hub_checkpoint_loads_into_a_frozen_transfer_run() {
     assert_eq!(o.created.feature_dim(), 1280);
     assert_eq!(o.summary.test_images, 30);
     assert!(o.summary.test_accuracy.is_some());
-    assert!(dir.path().join("out/modern_hub/mobilenetv4_conv_small-pretrained/summary.json").exists());
+    assert!(dir.path().join("out/mobilenetv4_conv_small-pretrained/summary.json").exists());
 }
 
 #[test]
@@ -146,21 +147,25 @@ fn mnist_transfer_modern_config_runs_on_a_tiny_subset() {
         return;
     };
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../configs/mnist_transfer_modern.toml");
-    // 120 training images (90 train / 30 validation), 40 test images, one epoch.
-    let overrides = ["data.subset=0.002".into(), "data.test_limit=40".into(), "transfer.epochs=1".into()];
+    // 18 training images (13 train / 5 validation), 6 test images, one epoch: about
+    // 0.8 s per image for the five backbones on a 2-core CPU (candle runs grouped
+    // convolutions group by group, and DINOv2 one image at a time).
+    let overrides = ["data.subset=0.0003".into(), "data.test_limit=6".into(), "transfer.epochs=1".into()];
     let cfg = TransferConfig::load(&path, &overrides).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let opts = TransferRunOptions {
-        out_dir: Some(dir.path().join("out")),
+        out_dir: None,
         cache_dir: Some(dir.path().join("cache")),
         vars: vars_from(HashMap::new()),
         ..Default::default()
     };
+    let t0 = std::time::Instant::now();
     let outcomes = run_transfer(&cfg, &data, &opts).unwrap();
+    eprintln!("total {:?}", t0.elapsed());
     assert_eq!(outcomes.len(), cfg.backbones.len());
     for o in &outcomes {
         let s = &o.summary;
-        assert_eq!(s.test_images, 40, "{}", o.label);
+        assert_eq!(s.test_images, 6, "{}", o.label);
         assert_eq!(
             s.transfer().unwrap().backbone_images,
             s.train_images + s.val_images + s.test_images,
