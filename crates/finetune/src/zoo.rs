@@ -232,8 +232,14 @@ pub const HUB_WEIGHTS: &[(&str, &str)] = &[
     ("resnet101", "timm/resnet101.a1h_in1k"),
     ("vgg16", "timm/vgg16.tv_in1k"),
     ("convnext_tiny", "timm/convnext_tiny.fb_in1k"),
-    ("vit_small_patch16_224", "timm/vit_small_patch16_224.augreg_in21k_ft_in1k"),
-    ("vit_base_patch16_224", "timm/vit_base_patch16_224.augreg2_in21k_ft_in1k"),
+    (
+        "vit_small_patch16_224",
+        "timm/vit_small_patch16_224.augreg_in21k_ft_in1k",
+    ),
+    (
+        "vit_base_patch16_224",
+        "timm/vit_base_patch16_224.augreg2_in21k_ft_in1k",
+    ),
     ("dinov2_vits14", "timm/vit_small_patch14_dinov2.lvd142m"),
     ("dinov2_vitb14", "timm/vit_base_patch14_dinov2.lvd142m"),
     ("mobilenetv4_conv_small", "timm/mobilenetv4_conv_small.e2400_r224_in1k"),
@@ -293,7 +299,11 @@ pub fn resolve_arch(name: &str) -> Result<Arch> {
                 mean: cfg.mean.to_vec(),
                 std: cfg.std.to_vec(),
             };
-            arch(ModelConfig::Modern(ModernConfig { arch: a }), rgb(cfg.input_size), Some(norm))
+            arch(
+                ModelConfig::Modern(ModernConfig { arch: a }),
+                rgb(cfg.input_size),
+                Some(norm),
+            )
         }
         r if r.starts_with("resnet") => {
             let (depth, cifar_stem) = match r.strip_suffix("_cifar") {

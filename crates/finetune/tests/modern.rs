@@ -55,7 +55,9 @@ fn training_keys_are_refused_for_frozen_only_backbones() {
     // `digitlab train` refuses them too.
     let train = "name = \"t\"\n[data]\ndataset = \"digits\"\n[model]\nkind = \"modern\"\narch = \"convnext_tiny\"\n\
                  [optim]\nkind = \"sgd\"\nlr = 0.1\n[train]\nepochs = 1\nbatch_size = 8\nloss = \"cross_entropy\"\n";
-    let e = digitlab_train::ExperimentConfig::from_toml_str(train, &[]).unwrap_err().to_string();
+    let e = digitlab_train::ExperimentConfig::from_toml_str(train, &[])
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("eval mode only") && e.contains("model.kind"), "{e}");
 }
 
@@ -72,7 +74,13 @@ fn every_name_resolves_with_its_pretrained_cfg() {
         assert_eq!(digitlab_finetune::zoo::resolve_arch(cfg.hub).unwrap().name, arch.name());
     }
     let vit = digitlab_finetune::zoo::resolve_arch("vit_base_patch16_224").unwrap();
-    assert_eq!(vit.normalization, Some(digitlab_data::Normalization::MeanStd { mean: vec![0.5; 3], std: vec![0.5; 3] }));
+    assert_eq!(
+        vit.normalization,
+        Some(digitlab_data::Normalization::MeanStd {
+            mean: vec![0.5; 3],
+            std: vec![0.5; 3]
+        })
+    );
     let dino = digitlab_finetune::zoo::resolve_arch("dinov2_vits14").unwrap();
     assert_eq!(dino.default_resize(), Some([518, 518]));
     assert_eq!(dino.normalization, Some(digitlab_data::Normalization::imagenet()));
@@ -89,7 +97,10 @@ fn a_timm_layout_hub_checkpoint_loads_into_a_frozen_transfer_run() {
     let cfg = ModelConfig::Modern(ModernConfig { arch });
     let ckpt = common::seeded_checkpoint(&cfg, RGB32, 1000, 5);
     assert!(ckpt.contains_key("blocks.2.0.dw_start.conv.weight"));
-    assert!(!ckpt.keys().any(|k| k.contains("layer_scale")), "no timm tensor for an absent module");
+    assert!(
+        !ckpt.keys().any(|k| k.contains("layer_scale")),
+        "no timm tensor for an absent module"
+    );
     let repo = "timm/mobilenetv4_conv_small.e2400_r224_in1k";
     let cache = dir.path().join("hub");
     common::hub_cache(&cache, repo, &ckpt);
@@ -102,16 +113,33 @@ fn a_timm_layout_hub_checkpoint_loads_into_a_frozen_transfer_run() {
         hub: Some(hub.clone()),
         ..CreateOptions::new(RGB32)
     };
-    let m = create_model("mobilenetv4_conv_small", &format!("hf:{repo}").parse().unwrap(), 10, &opts).unwrap();
+    let m = create_model(
+        "mobilenetv4_conv_small",
+        &format!("hf:{repo}").parse().unwrap(),
+        10,
+        &opts,
+    )
+    .unwrap();
     let report = &m.pretrained.as_ref().unwrap().report;
     assert!(report.is_ok() && report.missing.is_empty() && report.unexpected.is_empty());
-    assert_eq!(report.reinitialized().collect::<Vec<_>>(), ["classifier.bias", "classifier.weight"]);
-    let backbone_tensors = ckpt.keys().filter(|k| !k.starts_with("classifier.") && !k.ends_with("num_batches_tracked"));
+    assert_eq!(
+        report.reinitialized().collect::<Vec<_>>(),
+        ["classifier.bias", "classifier.weight"]
+    );
+    let backbone_tensors = ckpt
+        .keys()
+        .filter(|k| !k.starts_with("classifier.") && !k.ends_with("num_batches_tracked"));
     assert_eq!(report.loaded.len(), backbone_tensors.count());
     assert_eq!(m.feature_dim(), 1280);
 
     // The same features as a model built straight from the file's tensors.
-    let direct = build_model(&cfg, RGB32, 1000, VarBuilder::from_tensors(ckpt.clone(), DType::F32, &Device::Cpu)).unwrap();
+    let direct = build_model(
+        &cfg,
+        RGB32,
+        1000,
+        VarBuilder::from_tensors(ckpt.clone(), DType::F32, &Device::Cpu),
+    )
+    .unwrap();
     let x = Tensor::rand(0f32, 1f32, (2, 3, 32, 32), &Device::Cpu).unwrap();
     assert!(common::bit_identical(
         &m.backbone().features(&x, false).unwrap(),
@@ -137,20 +165,32 @@ fn a_timm_layout_hub_checkpoint_loads_into_a_frozen_transfer_run() {
     assert_eq!(o.created.feature_dim(), 1280);
     assert_eq!(o.summary.test_images, 30);
     assert!(o.summary.test_accuracy.is_some());
-    assert!(dir.path().join("out/mobilenetv4_conv_small-pretrained/summary.json").exists());
+    assert!(dir
+        .path()
+        .join("out/mobilenetv4_conv_small-pretrained/summary.json")
+        .exists());
 }
 
 #[test]
 fn mnist_transfer_modern_config_runs_on_a_tiny_subset() {
-    let Some(data) = std::env::var_os("DIGITLAB_DATA").filter(|v| !v.is_empty()).map(PathBuf::from) else {
-        println!("mnist_transfer_modern_config_runs_on_a_tiny_subset: skipped, DIGITLAB_DATA (holding mnist/) is unset");
+    let Some(data) = std::env::var_os("DIGITLAB_DATA")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+    else {
+        println!(
+            "mnist_transfer_modern_config_runs_on_a_tiny_subset: skipped, DIGITLAB_DATA (holding mnist/) is unset"
+        );
         return;
     };
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../configs/mnist_transfer_modern.toml");
     // 18 training images (13 train / 5 validation), 6 test images, one epoch: about
     // 0.8 s per image for the five backbones on a 2-core CPU (candle runs grouped
     // convolutions group by group, and DINOv2 one image at a time).
-    let overrides = ["data.subset=0.0003".into(), "data.test_limit=6".into(), "transfer.epochs=1".into()];
+    let overrides = [
+        "data.subset=0.0003".into(),
+        "data.test_limit=6".into(),
+        "transfer.epochs=1".into(),
+    ];
     let cfg = TransferConfig::load(&path, &overrides).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let opts = TransferRunOptions {

@@ -41,7 +41,11 @@ fn every_model_matches_pytorch_layer_by_layer() {
     let mut names: Vec<&str> = models.keys().map(String::as_str).collect();
     // The candle-transformers backbones are not traced layer by layer (see
     // `modern_parameter_counts_match_timm`).
-    let traced = || MODEL_NAMES.iter().filter(|n| !resolve_arch(n).unwrap().is_frozen_only());
+    let traced = || {
+        MODEL_NAMES
+            .iter()
+            .filter(|n| !resolve_arch(n).unwrap().is_frozen_only())
+    };
     let mut expected: Vec<&str> = traced().copied().collect();
     names.sort();
     expected.sort();

@@ -147,9 +147,24 @@ impl ModernArch {
         };
         match self {
             ModernArch::ConvnextTiny => cfg("timm/convnext_tiny.fb_in1k", 224, IMAGENET_MEAN, IMAGENET_STD),
-            ModernArch::VitSmallPatch16 => cfg("timm/vit_small_patch16_224.augreg_in21k_ft_in1k", 224, INCEPTION, INCEPTION),
-            ModernArch::VitBasePatch16 => cfg("timm/vit_base_patch16_224.augreg2_in21k_ft_in1k", 224, INCEPTION, INCEPTION),
-            ModernArch::Dinov2Vits14 => cfg("timm/vit_small_patch14_dinov2.lvd142m", 518, IMAGENET_MEAN, IMAGENET_STD),
+            ModernArch::VitSmallPatch16 => cfg(
+                "timm/vit_small_patch16_224.augreg_in21k_ft_in1k",
+                224,
+                INCEPTION,
+                INCEPTION,
+            ),
+            ModernArch::VitBasePatch16 => cfg(
+                "timm/vit_base_patch16_224.augreg2_in21k_ft_in1k",
+                224,
+                INCEPTION,
+                INCEPTION,
+            ),
+            ModernArch::Dinov2Vits14 => cfg(
+                "timm/vit_small_patch14_dinov2.lvd142m",
+                518,
+                IMAGENET_MEAN,
+                IMAGENET_STD,
+            ),
             ModernArch::Dinov2Vitb14 => cfg("timm/vit_base_patch14_dinov2.lvd142m", 518, IMAGENET_MEAN, IMAGENET_STD),
             ModernArch::Mobilenetv4ConvSmall => cfg(
                 "timm/mobilenetv4_conv_small.e2400_r224_in1k",
@@ -157,13 +172,19 @@ impl ModernArch {
                 IMAGENET_MEAN,
                 IMAGENET_STD,
             ),
-            ModernArch::TfEfficientnetB0 => cfg("timm/tf_efficientnet_b0.ns_jft_in1k", 224, IMAGENET_MEAN, IMAGENET_STD),
+            ModernArch::TfEfficientnetB0 => {
+                cfg("timm/tf_efficientnet_b0.ns_jft_in1k", 224, IMAGENET_MEAN, IMAGENET_STD)
+            }
         }
     }
 
     /// Whether candle-transformers' code takes `input` (an error says why not).
     pub fn check_input(self, input: InputShape) -> Result<()> {
-        let InputShape { channels, height, width } = input;
+        let InputShape {
+            channels,
+            height,
+            width,
+        } = input;
         let name = self.name();
         if channels != 3 {
             candle_core::bail!("{name} takes 3-channel images, got {channels} (set channels = 3)")
@@ -199,7 +220,11 @@ enum Source {
     /// The timm variable of this name, same shape.
     Var(String),
     /// Rows `start..start + len` of the timm variable `name` (`rows` rows in all).
-    Rows { name: String, start: usize, rows: usize },
+    Rows {
+        name: String,
+        start: usize,
+        rows: usize,
+    },
     /// Not part of this architecture.
     Absent,
     /// The constant matrix with ones on the diagonal (a pass-through classifier).

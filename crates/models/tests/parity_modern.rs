@@ -121,7 +121,10 @@ fn check(arch: ModernArch, input: [usize; 4]) -> (f32, Tensor) {
     let feats = net.features(&x, false).unwrap();
     assert_eq!(feats.dims(), &[input[0], arch.feature_dim()]);
     let err = rel_err(&feats, &expected()[&format!("{name}.features")]);
-    println!("{name}: {} timm tensors match; features relative max error {err:.2e}", timm.len());
+    println!(
+        "{name}: {} timm tensors match; features relative max error {err:.2e}",
+        timm.len()
+    );
     assert!(err <= TOL, "{name}: features {err:.2e} > {TOL:.0e}");
     // Eval-only: a training pass is refused, not run in eval mode behind the caller's back.
     let e = net.features(&x.narrow(0, 0, 1).unwrap(), true).unwrap_err().to_string();
@@ -180,11 +183,20 @@ fn inputs_candle_transformers_cannot_take_are_refused() {
         height: h,
         width: w,
     };
-    let e = ModernArch::VitSmallPatch16.check_input(shape(3, 32, 32)).unwrap_err().to_string();
+    let e = ModernArch::VitSmallPatch16
+        .check_input(shape(3, 32, 32))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("224x224"), "{e}");
-    let e = ModernArch::Dinov2Vits14.check_input(shape(3, 30, 30)).unwrap_err().to_string();
+    let e = ModernArch::Dinov2Vits14
+        .check_input(shape(3, 30, 30))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("multiple of 14"), "{e}");
-    let e = ModernArch::ConvnextTiny.check_input(shape(1, 64, 64)).unwrap_err().to_string();
+    let e = ModernArch::ConvnextTiny
+        .check_input(shape(1, 64, 64))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("3-channel"), "{e}");
     assert!(ModernArch::Dinov2Vits14.check_input(shape(3, 28, 28)).is_ok());
     assert!(ModernArch::TfEfficientnetB0.check_input(shape(3, 32, 40)).is_ok());
