@@ -83,7 +83,12 @@ fn transfer_configs_parse() {
     for b in &modern.backbones {
         let arch = resolve_arch(&b.model).unwrap();
         assert!(arch.is_frozen_only() && b.mode.is_frozen());
-        assert_eq!(arch.pretrained_sources(), [b.pretrained.clone()], "{}", b.model);
+        assert_eq!(
+            arch.pretrained_sources(),
+            std::slice::from_ref(&b.pretrained),
+            "{}",
+            b.model
+        );
     }
     let quick = TransferConfig::load(&config("mnist_transfer_modern.toml"), &[]).unwrap();
     assert_eq!(quick.data.dataset, DatasetKind::Mnist);

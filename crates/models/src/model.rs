@@ -503,6 +503,9 @@ mod tests {
             vgg(11, false),
             ModelConfig::EfficientnetLite0,
             ModelConfig::Alexnet,
+            ModelConfig::Modern(crate::ModernConfig {
+                arch: crate::ModernArch::ConvnextTiny,
+            }),
         ];
         let kinds: Vec<_> = cfgs.iter().map(|c| c.kind()).collect();
         assert_eq!(kinds, ModelConfig::KINDS);

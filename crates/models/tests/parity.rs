@@ -15,16 +15,12 @@ use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{Init, VarBuilder};
 use digitlab_models::{build_model, AlexNet, Backbone, InputShape, ModelConfig, ResNet, ResNetConfig, Vgg, VggConfig};
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 #[path = "parity/formula.rs"]
 mod formula;
-use formula::{hashed_sin, rel_err, TOL};
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/parity").join(name)
-}
+use formula::{fixture, hashed_sin, read_keys, rel_err, TOL};
 
 fn name_hash(name: &str) -> u64 {
     name.bytes().map(u64::from).sum()
@@ -57,19 +53,6 @@ fn formula_input(shape: &[usize]) -> Tensor {
         .map(|s| s as f32)
         .collect();
     Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-}
-
-/// torchvision keys and shapes per model, from `keys.txt`.
-fn torchvision_keys() -> BTreeMap<String, BTreeMap<String, Vec<usize>>> {
-    let text = std::fs::read_to_string(fixture("keys.txt")).expect("keys.txt fixture");
-    let mut out: BTreeMap<String, BTreeMap<String, Vec<usize>>> = BTreeMap::new();
-    for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        let mut parts = line.split_whitespace();
-        let (model, key, shape) = (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap());
-        let shape = shape.split('x').map(|d| d.parse().unwrap()).collect();
-        out.entry(model.to_string()).or_default().insert(key.to_string(), shape);
-    }
-    out
 }
 
 /// A `VarBuilder` backend that records every variable asked for, answering from
@@ -153,7 +136,7 @@ impl<T: Backbone + ModuleT> BackboneNet for T {}
 
 #[test]
 fn torchvision_keys_and_shapes() {
-    let all = torchvision_keys();
+    let all = read_keys("keys.txt");
     assert_eq!(all.len(), 13);
     for (model, keys) in &all {
         let rec = Recorder::default();
@@ -174,7 +157,7 @@ fn torchvision_keys_and_shapes() {
 
 #[test]
 fn synthetic_weights_match_torchvision() {
-    let keys = torchvision_keys();
+    let keys = read_keys("keys.txt");
     let expected = candle_core::safetensors::load(fixture("synthetic.safetensors"), &Device::Cpu).unwrap();
     for (model, input) in [
         ("resnet18", [2, 3, 64, 64]),

@@ -12,16 +12,11 @@ use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{Init, VarBuilder};
 use digitlab_models::{Backbone, ModernArch, ModernBackbone};
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 #[path = "parity/formula.rs"]
 mod formula;
-use formula::{hashed_sin, rel_err, TOL};
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/parity").join(name)
-}
+use formula::{fixture, hashed_sin, read_keys, rel_err, TOL};
 
 fn fnv1a32(name: &str) -> u64 {
     let mut h: u32 = 0x811C9DC5;
@@ -68,19 +63,6 @@ impl SimpleBackend for Formula {
     }
 }
 
-/// timm's keys and shapes per model, from `modern_keys.txt`.
-fn timm_keys() -> BTreeMap<String, BTreeMap<String, Vec<usize>>> {
-    let text = std::fs::read_to_string(fixture("modern_keys.txt")).expect("modern_keys.txt fixture");
-    let mut out: BTreeMap<String, BTreeMap<String, Vec<usize>>> = BTreeMap::new();
-    for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        let mut parts = line.split_whitespace();
-        let (model, key, shape) = (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap());
-        let shape = shape.split('x').map(|d| d.parse().unwrap()).collect();
-        out.entry(model.to_string()).or_default().insert(key.to_string(), shape);
-    }
-    out
-}
-
 fn expected() -> HashMap<String, Tensor> {
     candle_core::safetensors::load(fixture("modern.safetensors"), &Device::Cpu).expect("modern.safetensors fixture")
 }
@@ -103,7 +85,7 @@ fn check(arch: ModernArch, input: [usize; 4]) -> (f32, Tensor) {
         .filter(|(k, _)| !k.starts_with(&head))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    let keys = timm_keys();
+    let keys = read_keys("modern_keys.txt");
     let timm = &keys[name];
     let missing: Vec<_> = timm.keys().filter(|k| !ours.contains_key(*k)).collect();
     let extra: Vec<_> = ours.keys().filter(|k| !timm.contains_key(*k)).collect();

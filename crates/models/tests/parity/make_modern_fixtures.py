@@ -33,7 +33,6 @@ The input is s(i) with h = FNV-1a("input"). Random-looking weights and batch-nor
 statistics far from (0, 1), full-size models: the fixture is a few kilobytes.
 """
 import argparse
-import math
 import os
 import sys
 
@@ -44,7 +43,7 @@ from safetensors.torch import save_file
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from make_fixtures import hashed_sin  # noqa: E402  (the same sequence s(i))
+from make_fixtures import hashed_sin, values  # noqa: E402  (the same sequence s(i) and rules)
 
 # digitlab name: (timm name, timm kwargs for the candle-equivalent model, input shape, classifier prefix)
 MODELS = {
@@ -78,18 +77,7 @@ def fnv1a32(name: str) -> int:
 
 def formula(name: str, shape) -> torch.Tensor:
     n = int(np.prod(shape)) if len(shape) else 1
-    s = hashed_sin(n, fnv1a32(name))
-    if name.endswith("running_var"):
-        v = 1 + 0.1 * np.abs(s)
-    elif name.endswith("running_mean") or name.endswith("bias"):
-        v = 0.1 * s
-    elif (name.endswith("weight") or name.endswith("gamma")) and len(shape) == 1:
-        v = 0.5 + 0.1 * s
-    elif name.endswith("weight"):
-        fan_in = int(np.prod(shape[1:]))
-        v = s * 2 / math.sqrt(fan_in)
-    else:
-        v = 0.5 * s
+    v = values(name, shape, hashed_sin(n, fnv1a32(name)), modern=True)
     return torch.from_numpy(v.astype(np.float32)).reshape(shape)
 
 
