@@ -67,7 +67,16 @@ pub fn zoo_summary(name: &str, input: Option<InputShape>, classes: Option<usize>
         .with_context(|| format!("{}: cannot be built for input {}", arch.name, shape_text(input)))?;
     let s = summarize(&model, &varmap, input, &|_| true)
         .with_context(|| format!("{}: forward pass at {}", arch.name, shape_text(input)))?;
-    Ok((arch.name.to_string(), s))
+    let title = if arch.is_frozen_only() {
+        format!(
+            "{} (candle-transformers backbone: its layers are not traced, the table shows the head only; \
+             the parameter total is complete)",
+            arch.name
+        )
+    } else {
+        arch.name.to_string()
+    };
+    Ok((title, s))
 }
 
 /// `digitlab models`.
@@ -85,7 +94,12 @@ pub fn list() -> Result<()> {
             thousands(s.parameters as u64),
             shape_text(s.input),
             arch.default_classes().to_string(),
-            si(s.macs),
+            // candle-transformers' layers do not report to the summary recorder.
+            if arch.is_frozen_only() {
+                "not traced".into()
+            } else {
+                si(s.macs)
+            },
             if sources.is_empty() {
                 "-".into()
             } else {
@@ -96,7 +110,10 @@ pub fn list() -> Result<()> {
     print!("{}", t.to_text());
     println!(
         "\nNames are case-insensitive; timm-style tags are ignored (resnet18.a1_in1k). \
-         `digitlab summary --model NAME [--input CxHxW]` shows the layers."
+         `digitlab summary --model NAME [--input CxHxW]` shows the layers.\n\
+         convnext_tiny ... tf_efficientnet_b0 are candle-transformers backbones in timm's layout: frozen only \
+         (mode = \"frozen\" in transfer configs), and their layers are not traced (parameters are counted, \
+         MACs and the layer table are not; see docs/modern-backbones.md)."
     );
     Ok(())
 }

@@ -48,6 +48,16 @@ fn models_lists_every_name_with_its_numbers() {
         "{r18}"
     );
     assert!(line("ccexam_svhn_cnn").contains("builtin:ccexam-svhn-cnn.safetensors"));
+    let convnext = line("convnext_tiny");
+    assert!(
+        convnext.contains("28,589,128")
+            && convnext.contains("3x224x224")
+            && convnext.contains("not traced")
+            && convnext.contains("hf:timm/convnext_tiny.fb_in1k"),
+        "{convnext}"
+    );
+    assert!(line("dinov2_vitb14").contains("3x518x518"));
+    assert!(out.contains("frozen only"), "{out}");
 }
 
 #[test]

@@ -56,6 +56,14 @@ impl Mode {
     pub fn is_frozen(&self) -> bool {
         *self == Mode::Frozen
     }
+    /// The config spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Frozen => "frozen",
+            Mode::Unfreeze => "unfreeze",
+            Mode::Full => "full",
+        }
+    }
 }
 
 /// The mode batch norm (and dropout) runs in: in the frozen stages (`frozen_bn`)

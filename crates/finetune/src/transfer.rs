@@ -512,8 +512,28 @@ impl TransferConfig {
         }
         let mut labels = BTreeSet::new();
         for (i, b) in self.backbones.iter().enumerate() {
-            resolve_arch(&b.model).map_err(|e| FinetuneError::Config(format!("backbones[{i}].model: {e}")))?;
+            let arch =
+                resolve_arch(&b.model).map_err(|e| FinetuneError::Config(format!("backbones[{i}].model: {e}")))?;
             let label = b.label();
+            if arch.is_frozen_only() {
+                let key = if !b.mode.is_frozen() {
+                    Some(format!("mode = \"{}\"", b.mode.name()))
+                } else if !b.frozen_bn.is_eval() {
+                    Some("frozen_bn = \"train\"".to_string())
+                } else if !t.dtype.is_f32() {
+                    Some(format!("transfer.dtype = \"{}\"", t.dtype.name()))
+                } else {
+                    None
+                };
+                if let Some(key) = key {
+                    return bad(format!(
+                        "backbones[{i}] ({label}): {key} does not apply to `{}`: it is built from \
+                         candle-transformers, which implements eval mode (in f32) only; use mode = \"frozen\" \
+                         with frozen_bn = \"eval\" and dtype = \"f32\" (the defaults)",
+                        arch.name
+                    ));
+                }
+            }
             digitlab_train::config::validate_name(&format!("backbones[{i}].label"), &label)
                 .map_err(FinetuneError::Config)?;
             if !labels.insert(label.clone()) {
@@ -742,7 +762,7 @@ pub fn run_backbone(
     let source = spec.source(opts.vars.as_ref()).map_err(load_failed)?;
     let pipeline = Pipeline {
         channels: spec.channels.or(arch.channels()).or(cfg.data.channels),
-        resize: spec.resize.or(cfg.data.resize),
+        resize: spec.resize.or(cfg.data.resize).or(arch.default_resize()),
         augment: None,
         normalize: match (&spec.normalize, &arch.normalization) {
             (Some(n), _) => n.to_normalization(),

@@ -13,10 +13,12 @@
 //! | `ccexam_svhn_cnn` | the ccexam SVHN CNN ([`ModelConfig::SmallCnn`]) | 3x32x32, the SVHN mean/std it was trained with |
 //! | `small_cnn` | the same architecture, for training from scratch | the data's |
 //! | `lenet5` | LeNet-5 | the data's |
+//! | `convnext_tiny`, `vit_small_patch16_224`, `vit_base_patch16_224`, `dinov2_vits14`, `dinov2_vitb14`, `mobilenetv4_conv_small`, `tf_efficientnet_b0` | candle-transformers, timm's layout, frozen only ([`digitlab_models::modern`]) | timm's `pretrained_cfg` ([`ModernArch::pretrained_cfg`]): 224 px (DINOv2 518 px), ImageNet or 0.5/0.5 mean/std |
 //!
 //! Names are case-insensitive, `-` and `_` are interchangeable, and a timm-style
 //! pretrained tag or hub organisation is ignored: `resnet18.a1_in1k`,
-//! `timm/vgg16.tv_in1k` and `VGG16` all name `vgg16`.
+//! `timm/vgg16.tv_in1k` and `VGG16` all name `vgg16`; timm's DINOv2 names
+//! (`timm/vit_small_patch14_dinov2.lvd142m`) name `dinov2_vits14` / `dinov2_vitb14`.
 //!
 //! # Checkpoint layouts that load
 //!
@@ -39,6 +41,9 @@
 //!   not mapped: loading it fails with the full list of missing / unexpected names.
 //! - **ccexam SVHN CNN**: `ccexam-svhn-cnn.safetensors` as it is; a copy is built in
 //!   (`builtin:ccexam-svhn-cnn.safetensors`, [`crate::builtin`]).
+//! - **candle-transformers backbones**: timm's own checkpoints (`timm/convnext_tiny.fb_in1k`,
+//!   ...) load as they are; [`digitlab_models::modern`] maps candle-transformers' names
+//!   to timm's. These models are eval-only: [`Arch::is_frozen_only`].
 //! - Any layout wrapped by `nn.DataParallel` (`module.`) or a Lightning-style
 //!   `model.` prefix: the prefix is stripped when every name has it.
 //!
@@ -68,8 +73,8 @@ use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{Init, VarBuilder, VarMap};
 use digitlab_data::Normalization;
 use digitlab_models::{
-    build_model, count_parameters, is_buffer, Backbone, InputShape, Model, ModelConfig, ResNetConfig, SeededVarMap,
-    VggConfig,
+    build_model, count_parameters, is_buffer, Backbone, InputShape, Model, ModelConfig, ModernArch, ModernConfig,
+    ResNetConfig, SeededVarMap, VggConfig,
 };
 use sha2::{Digest, Sha256};
 
@@ -105,6 +110,13 @@ pub const MODEL_NAMES: &[&str] = &[
     "vgg19_bn",
     "alexnet",
     "efficientnet_lite0",
+    "convnext_tiny",
+    "vit_small_patch16_224",
+    "vit_base_patch16_224",
+    "dinov2_vits14",
+    "dinov2_vitb14",
+    "mobilenetv4_conv_small",
+    "tf_efficientnet_b0",
 ];
 
 /// Mean and standard deviation (per RGB channel) the ccexam SVHN CNN was trained with.
@@ -139,6 +151,21 @@ impl Arch {
         self.native_input.map(|i| i.channels)
     }
 
+    /// Whether the architecture runs in eval mode only (the candle-transformers
+    /// backbones): usable with `mode = "frozen"`, never trained.
+    pub fn is_frozen_only(&self) -> bool {
+        self.config.is_eval_only()
+    }
+
+    /// The resize a transfer entry gets when neither it nor `[data]` sets one:
+    /// timm's input size for the candle-transformers backbones, none otherwise.
+    pub fn default_resize(&self) -> Option<[usize; 2]> {
+        match (&self.config, self.native_input) {
+            (ModelConfig::Modern(_), Some(i)) => Some([i.height, i.width]),
+            _ => None,
+        }
+    }
+
     /// The input to describe the model at: [`Arch::native_input`], else MNIST's
     /// 1x28x28 for LeNet-5 and 3x32x32 (SVHN, CIFAR) for the other small-image models.
     pub fn default_input(&self) -> InputShape {
@@ -157,9 +184,9 @@ impl Arch {
     }
 
     /// The class count of its pretrained weights: 1000 (ImageNet) for the models
-    /// with ImageNet normalisation, else 10 (digits).
+    /// with ImageNet normalisation and the timm backbones, else 10 (digits).
     pub fn default_classes(&self) -> usize {
-        if self.normalization == Some(Normalization::imagenet()) {
+        if self.normalization == Some(Normalization::imagenet()) || self.is_frozen_only() {
             1000
         } else {
             10
@@ -204,6 +231,19 @@ pub const HUB_WEIGHTS: &[(&str, &str)] = &[
     ("resnet50", "timm/resnet50.a1_in1k"),
     ("resnet101", "timm/resnet101.a1h_in1k"),
     ("vgg16", "timm/vgg16.tv_in1k"),
+    ("convnext_tiny", "timm/convnext_tiny.fb_in1k"),
+    (
+        "vit_small_patch16_224",
+        "timm/vit_small_patch16_224.augreg_in21k_ft_in1k",
+    ),
+    (
+        "vit_base_patch16_224",
+        "timm/vit_base_patch16_224.augreg2_in21k_ft_in1k",
+    ),
+    ("dinov2_vits14", "timm/vit_small_patch14_dinov2.lvd142m"),
+    ("dinov2_vitb14", "timm/vit_base_patch14_dinov2.lvd142m"),
+    ("mobilenetv4_conv_small", "timm/mobilenetv4_conv_small.e2400_r224_in1k"),
+    ("tf_efficientnet_b0", "timm/tf_efficientnet_b0.ns_jft_in1k"),
 ];
 
 /// Weights files that load but are not downloadable by digitlab, `(model, file name)`
@@ -234,6 +274,10 @@ pub fn resolve_arch(name: &str) -> Result<Arch> {
     if let Some((base, _tag)) = n.split_once('.') {
         n = base.to_string();
     }
+    // timm's names of the DINOv2 models (`vit_small_patch14_dinov2`).
+    if let Some(a) = ModernArch::ALL.into_iter().find(|a| a.timm_name() == n) {
+        n = a.name().to_string();
+    }
     let canonical = *MODEL_NAMES.iter().find(|m| **m == n).ok_or_else(unknown)?;
     let imagenet = Some(Normalization::imagenet());
     let arch = |config, native_input, normalization| Arch {
@@ -248,6 +292,19 @@ pub fn resolve_arch(name: &str) -> Result<Arch> {
         "ccexam_svhn_cnn" => arch(ModelConfig::SmallCnn, rgb(32), Some(svhn_normalization())),
         "efficientnet_lite0" => arch(ModelConfig::EfficientnetLite0, rgb(224), imagenet),
         "alexnet" => arch(ModelConfig::Alexnet, rgb(224), imagenet),
+        m if ModernArch::from_name(m).is_some() => {
+            let a = ModernArch::from_name(m).ok_or_else(unknown)?;
+            let cfg = a.pretrained_cfg();
+            let norm = Normalization::MeanStd {
+                mean: cfg.mean.to_vec(),
+                std: cfg.std.to_vec(),
+            };
+            arch(
+                ModelConfig::Modern(ModernConfig { arch: a }),
+                rgb(cfg.input_size),
+                Some(norm),
+            )
+        }
         r if r.starts_with("resnet") => {
             let (depth, cifar_stem) = match r.strip_suffix("_cifar") {
                 Some(d) => (d, true),

@@ -71,6 +71,31 @@ fn transfer_configs_parse() {
     for b in c.backbones.iter().chain(&n.backbones).chain(&m.backbones) {
         resolve_arch(&b.model).unwrap();
     }
+
+    // The same protocol with the candle-transformers backbones: every modern name,
+    // frozen, from its default timm hub repo.
+    let modern = TransferConfig::load(&config("svhn_transfer_modern.toml"), &[]).unwrap();
+    assert_eq!((modern.data.subset, modern.data.val_fraction), (0.25, 0.25));
+    assert_eq!((modern.transfer.epochs, modern.transfer.optim.lr()), (5, 1e-3));
+    let names: Vec<&str> = modern.backbones.iter().map(|b| b.model.as_str()).collect();
+    let all: Vec<&str> = digitlab_models::ModernArch::ALL.iter().map(|a| a.name()).collect();
+    assert_eq!(names, all);
+    for b in &modern.backbones {
+        let arch = resolve_arch(&b.model).unwrap();
+        assert!(arch.is_frozen_only() && b.mode.is_frozen());
+        assert_eq!(
+            arch.pretrained_sources(),
+            std::slice::from_ref(&b.pretrained),
+            "{}",
+            b.model
+        );
+    }
+    let quick = TransferConfig::load(&config("mnist_transfer_modern.toml"), &[]).unwrap();
+    assert_eq!(quick.data.dataset, DatasetKind::Mnist);
+    assert!(quick
+        .backbones
+        .iter()
+        .all(|b| b.pretrained == "none" && b.mode.is_frozen()));
 }
 
 #[test]

@@ -8,6 +8,8 @@
 //!   names, so their PyTorch checkpoints load by name: [`LeNet5`], [`SmallCnn`]
 //!   (the ccexam SVHN CNN), [`ResNet`] 18/34/50/101, [`Vgg`] 11/13/16/19 (with or
 //!   without batch norm), [`AlexNet`], [`EfficientNetLite0`];
+//! - frozen (eval-only) backbones from `candle-transformers` in timm's layout
+//!   ([`modern`]): ConvNeXt-T, ViT-S/B, DINOv2-S/B, MobileNetV4-S, EfficientNet-B0 (TF);
 //! - [`Backbone`]: the embedding before the classification head, for fine-tuning
 //!   with a frozen backbone ([`Model::features`], [`Model::with_head`]);
 //! - one entry point, [`build_model`], from a typed [`ModelConfig`];
@@ -38,6 +40,7 @@ pub mod layers;
 pub mod linear_models;
 pub mod mlp;
 pub mod model;
+pub mod modern;
 pub mod pool;
 pub mod precision;
 pub mod resnet;
@@ -54,6 +57,7 @@ pub use layers::Activation;
 pub use linear_models::{LogisticRegression, SoftmaxRegression};
 pub use mlp::{Mlp, MlpConfig};
 pub use model::{build_model, count_parameters, is_buffer, InputShape, Model, ModelConfig, OutputKind};
+pub use modern::{ModernArch, ModernBackbone, ModernConfig, PretrainedCfg};
 pub use precision::{MixedBackbone, Precision};
 pub use resnet::{ResNet, ResNetConfig};
 pub use size::{estimate_size, SizeEstimate};

@@ -5,6 +5,7 @@ use crate::cnn::{LeNet5, SmallCnn};
 use crate::efficientnet::EfficientNetLite0;
 use crate::linear_models::{LogisticRegression, SoftmaxRegression};
 use crate::mlp::{Mlp, MlpConfig};
+use crate::modern::{ModernBackbone, ModernConfig};
 use crate::resnet::{ResNet, ResNetConfig};
 use crate::vgg::{Vgg, VggConfig};
 use candle_core::{ModuleT, Result, Tensor};
@@ -56,6 +57,9 @@ pub enum ModelConfig {
     EfficientnetLite0,
     /// torchvision AlexNet (inputs of at least 63 px).
     Alexnet,
+    /// A frozen (eval-only) candle-transformers backbone in timm's layout
+    /// ([`crate::modern`]): `arch = "convnext_tiny"`, `"vit_small_patch16_224"`, ...
+    Modern(ModernConfig),
 }
 
 impl ModelConfig {
@@ -70,6 +74,7 @@ impl ModelConfig {
         "vgg",
         "efficientnet_lite0",
         "alexnet",
+        "modern",
     ];
 
     pub fn kind(&self) -> &'static str {
@@ -83,7 +88,14 @@ impl ModelConfig {
             ModelConfig::Vgg(_) => "vgg",
             ModelConfig::EfficientnetLite0 => "efficientnet_lite0",
             ModelConfig::Alexnet => "alexnet",
+            ModelConfig::Modern(_) => "modern",
         }
+    }
+
+    /// Whether the model can only run in eval mode (candle-transformers backbones):
+    /// usable frozen, not trainable.
+    pub fn is_eval_only(&self) -> bool {
+        matches!(self, ModelConfig::Modern(_))
     }
 }
 
@@ -310,6 +322,15 @@ pub fn build_model(cfg: &ModelConfig, input: InputShape, num_classes: usize, vb:
                 "alexnet",
             ))
         }
+        ModelConfig::Modern(c) => {
+            c.arch.check_input(input)?;
+            let m = ModernBackbone::new(c.arch, num_classes, vb)?;
+            Ok(Model::from_backbone_net(
+                Arc::new(m),
+                OutputKind::Logits(num_classes),
+                c.arch.name(),
+            ))
+        }
     }
 }
 
@@ -482,6 +503,9 @@ mod tests {
             vgg(11, false),
             ModelConfig::EfficientnetLite0,
             ModelConfig::Alexnet,
+            ModelConfig::Modern(crate::ModernConfig {
+                arch: crate::ModernArch::ConvnextTiny,
+            }),
         ];
         let kinds: Vec<_> = cfgs.iter().map(|c| c.kind()).collect();
         assert_eq!(kinds, ModelConfig::KINDS);

@@ -100,6 +100,24 @@ pub fn estimate_size(cfg: &ModelConfig, input: InputShape, num_classes: usize) -
             parameters: 3.4e6 + 1_281.0 * k,
             activations_per_image: features + 150.0 * pixels,
         },
+        // timm's counts without the classifier; eval-only, so activations are one
+        // layer's worth (a rough per-pixel constant).
+        ModelConfig::Modern(m) => {
+            use crate::modern::ModernArch as A;
+            let body = match m.arch {
+                A::ConvnextTiny => 27.82e6,
+                A::VitSmallPatch16 => 21.67e6,
+                A::VitBasePatch16 => 85.80e6,
+                A::Dinov2Vits14 => 22.06e6,
+                A::Dinov2Vitb14 => 86.58e6,
+                A::Mobilenetv4ConvSmall => 2.52e6,
+                A::TfEfficientnetB0 => 4.05e6,
+            };
+            SizeEstimate {
+                parameters: body + (m.arch.feature_dim() as f64 + 1.0) * k,
+                activations_per_image: features + 100.0 * pixels,
+            }
+        }
     }
 }
 

@@ -15,35 +15,15 @@ use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{Init, VarBuilder};
 use digitlab_models::{build_model, AlexNet, Backbone, InputShape, ModelConfig, ResNet, ResNetConfig, Vgg, VggConfig};
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-/// Relative tolerance: max |got - want| / max |want|.
-const TOL: f32 = 1e-4;
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/parity").join(name)
-}
+#[path = "parity/formula.rs"]
+mod formula;
+use formula::{fixture, hashed_sin, read_keys, rel_err, TOL};
 
 fn name_hash(name: &str) -> u64 {
     name.bytes().map(u64::from).sum()
-}
-
-/// `s(i) = sin(2 pi k / 2^32)`, `k = (j^2 * 40503 + j * 2654435761 + h * 12345) mod 2^32`, `j = i + 1`.
-fn hashed_sin(n: usize, h: u64) -> Vec<f64> {
-    let c = h * 12345;
-    (0..n as u64)
-        .map(|i| {
-            let j = i + 1;
-            let k = j
-                .wrapping_mul(j)
-                .wrapping_mul(40503)
-                .wrapping_add(j.wrapping_mul(2654435761))
-                .wrapping_add(c)
-                & 0xFFFF_FFFF;
-            (2.0 * std::f64::consts::PI * k as f64 / 4294967296.0).sin()
-        })
-        .collect()
 }
 
 /// The formula value of every element of tensor `name`.
@@ -73,19 +53,6 @@ fn formula_input(shape: &[usize]) -> Tensor {
         .map(|s| s as f32)
         .collect();
     Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-}
-
-/// torchvision keys and shapes per model, from `keys.txt`.
-fn torchvision_keys() -> BTreeMap<String, BTreeMap<String, Vec<usize>>> {
-    let text = std::fs::read_to_string(fixture("keys.txt")).expect("keys.txt fixture");
-    let mut out: BTreeMap<String, BTreeMap<String, Vec<usize>>> = BTreeMap::new();
-    for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        let mut parts = line.split_whitespace();
-        let (model, key, shape) = (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap());
-        let shape = shape.split('x').map(|d| d.parse().unwrap()).collect();
-        out.entry(model.to_string()).or_default().insert(key.to_string(), shape);
-    }
-    out
 }
 
 /// A `VarBuilder` backend that records every variable asked for, answering from
@@ -167,23 +134,9 @@ fn build(model: &str, vb: VarBuilder) -> Result<Arc<dyn BackboneNet>> {
 trait BackboneNet: Backbone + ModuleT {}
 impl<T: Backbone + ModuleT> BackboneNet for T {}
 
-fn rel_err(got: &Tensor, want: &Tensor) -> f32 {
-    assert_eq!(got.dims(), want.dims());
-    let diff: f32 = (got - want)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar()
-        .unwrap();
-    let scale: f32 = want.abs().unwrap().max_all().unwrap().to_scalar().unwrap();
-    diff / scale.max(1e-12)
-}
-
 #[test]
 fn torchvision_keys_and_shapes() {
-    let all = torchvision_keys();
+    let all = read_keys("keys.txt");
     assert_eq!(all.len(), 13);
     for (model, keys) in &all {
         let rec = Recorder::default();
@@ -204,7 +157,7 @@ fn torchvision_keys_and_shapes() {
 
 #[test]
 fn synthetic_weights_match_torchvision() {
-    let keys = torchvision_keys();
+    let keys = read_keys("keys.txt");
     let expected = candle_core::safetensors::load(fixture("synthetic.safetensors"), &Device::Cpu).unwrap();
     for (model, input) in [
         ("resnet18", [2, 3, 64, 64]),

@@ -253,6 +253,13 @@ impl ExperimentConfig {
             ));
         }
         self.optim.validate().map_err(TrainError::Config)?;
+        if self.model.is_eval_only() {
+            return bad(format!(
+                "model.kind = \"{}\" is a candle-transformers backbone, which implements eval mode only: it \
+                 cannot be trained; use it frozen in a `digitlab transfer` config (mode = \"frozen\")",
+                self.model.kind()
+            ));
+        }
         let model_binary = matches!(self.model, ModelConfig::Logistic);
         if model_binary != self.train.loss.is_binary() && !(model_binary && self.train.loss == LossKind::Mse) {
             return bad(format!(

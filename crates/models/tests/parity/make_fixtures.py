@@ -88,20 +88,26 @@ def hashed_sin(n: int, h: int) -> np.ndarray:
     return out
 
 
+def values(name: str, shape, s: np.ndarray, modern: bool = False) -> np.ndarray:
+    """The formula's values from the sequence s (see the docstring; `modern` adds the
+    rules of make_modern_fixtures.py: 1-d `gamma` like a norm weight, 0.5 * s for the rest)."""
+    if name.endswith("running_var"):
+        return 1 + 0.1 * np.abs(s)
+    if name.endswith("running_mean") or name.endswith("bias"):
+        return 0.1 * s
+    if (name.endswith("weight") or (modern and name.endswith("gamma"))) and len(shape) == 1:
+        return 0.5 + 0.1 * s
+    if name.endswith("weight"):
+        fan_in = int(np.prod(shape[1:]))
+        return s * 2 / math.sqrt(fan_in)
+    if modern:
+        return 0.5 * s
+    raise ValueError(f"no formula for {name}")
+
+
 def formula(name: str, shape) -> torch.Tensor:
     n = int(np.prod(shape)) if len(shape) else 1
-    s = hashed_sin(n, name_hash(name))
-    if name.endswith("running_var"):
-        v = 1 + 0.1 * np.abs(s)
-    elif name.endswith("running_mean") or name.endswith("bias"):
-        v = 0.1 * s
-    elif name.endswith("weight") and len(shape) == 1:
-        v = 0.5 + 0.1 * s
-    elif name.endswith("weight"):
-        fan_in = int(np.prod(shape[1:]))
-        v = s * 2 / math.sqrt(fan_in)
-    else:
-        raise ValueError(f"no formula for {name}")
+    v = values(name, shape, hashed_sin(n, name_hash(name)))
     return torch.from_numpy(v.astype(np.float32)).reshape(shape)
 
 
