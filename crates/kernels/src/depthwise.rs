@@ -87,7 +87,10 @@ impl Geo {
             _ => bail!("depthwise_conv2d: weight must be [{c}, 1, k, k] for {c} channels, got {wdims:?}"),
         };
         if k == 0 || p.stride == 0 {
-            bail!("depthwise_conv2d: kernel and stride must be at least 1, got {k} and {}", p.stride)
+            bail!(
+                "depthwise_conv2d: kernel and stride must be at least 1, got {k} and {}",
+                p.stride
+            )
         }
         let (hp, wp) = (h + p.pad_top + p.pad_bottom, w + p.pad_left + p.pad_right);
         if hp < k || wp < k {
@@ -129,11 +132,9 @@ impl Geo {
                     0
                 };
                 let lo = lo.min(hi);
-                Cols {
-                    lo,
-                    hi,
-                    first: (lo * self.s + kx).saturating_sub(self.pl),
-                }
+                // An empty range starts at column 0, so its (empty) slices stay in bounds.
+                let first = if lo < hi { lo * self.s + kx - self.pl } else { 0 };
+                Cols { lo, hi, first }
             })
             .collect()
     }
@@ -202,7 +203,11 @@ impl CustomOp2 for DepthwiseOp {
         let g = self.geo;
         let (b, c, h, w) = l1.shape().dims4()?;
         if (c, h, w) != (g.c, g.h, g.w) || l2.shape().elem_count() != g.c * g.kk() {
-            bail!("{OP}: shapes {:?} and {:?} do not match the geometry", l1.dims(), l2.dims())
+            bail!(
+                "{OP}: shapes {:?} and {:?} do not match the geometry",
+                l1.dims(),
+                l2.dims()
+            )
         }
         let x = cpu::contiguous(f32_data(s1, OP)?, l1)?;
         let wt = cpu::contiguous(f32_data(s2, OP)?, l2)?;
@@ -246,12 +251,20 @@ impl CustomOp2 for DepthwiseOp {
         let (plane_in, plane_out, kk) = (h * wd, g.oh * g.ow, g.kk());
         let planes = b * c;
         if gr.len() != planes * plane_out {
-            bail!("{OP}: gradient has {} values, expected {}", gr.len(), planes * plane_out)
+            bail!(
+                "{OP}: gradient has {} values, expected {}",
+                gr.len(),
+                planes * plane_out
+            )
         }
         let cols = g.columns();
         let item = if need_x { plane_in } else { 0 };
         let mut dx = cpu::zeros(planes * item);
-        let n_parts = parts(planes, plane_out * kk * (usize::from(need_x) + usize::from(need_w)), LOOP_SERIAL_MAX_ELEMS);
+        let n_parts = parts(
+            planes,
+            plane_out * kk * (usize::from(need_x) + usize::from(need_w)),
+            LOOP_SERIAL_MAX_ELEMS,
+        );
         // Each part returns its planes' weight gradients, [planes in part, k*k].
         let dw_parts = map_parts_mut(&mut dx, item, planes, n_parts, |_, r, part| {
             let mut dw = if need_w { cpu::zeros(r.len() * kk) } else { Vec::new() };
@@ -314,6 +327,8 @@ mod tests {
             (4, 5, 1, 2, 2),
             (3, 5, 2, 1, 2),
             (1, 3, 1, 1, 1),
+            (1, 5, 1, 2, 2),
+            (2, 5, 2, 2, 2),
         ] {
             let p = DepthwiseParams {
                 stride: s,
@@ -327,10 +342,17 @@ mod tests {
                 for ox in 0..g.ow {
                     let ix = (ox * s + kx) as isize - pl as isize;
                     let inside = ix >= 0 && (ix as usize) < w;
-                    assert_eq!((c.lo..c.hi).contains(&ox), inside, "w{w} k{k} s{s} pl{pl} kx{kx} ox{ox}");
+                    assert_eq!(
+                        (c.lo..c.hi).contains(&ox),
+                        inside,
+                        "w{w} k{k} s{s} pl{pl} kx{kx} ox{ox}"
+                    );
                     if inside {
                         assert_eq!(c.first + s * (ox - c.lo), ix as usize);
                     }
+                    // The slices the loops take stay inside the row.
+                    assert!(c.lo <= c.hi && c.hi <= g.ow);
+                    assert!(c.lo == c.hi || c.first + s * (c.hi - c.lo - 1) < w);
                 }
             }
         }

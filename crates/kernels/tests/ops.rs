@@ -10,7 +10,8 @@ use digitlab_kernels::linear::linear_reference;
 use digitlab_kernels::loss::softmax_cross_entropy_reference;
 use digitlab_kernels::norm::batch_norm_eval_reference;
 use digitlab_kernels::{
-    batch_norm_eval, conv2d, depthwise_conv2d, linear, max_pool2d, relu, softmax_cross_entropy, Activation, Conv2dParams,
+    batch_norm_eval, conv2d, depthwise_conv2d, linear, max_pool2d, relu, softmax_cross_entropy, Activation,
+    Conv2dParams,
 };
 
 const TOL: f32 = 2e-5;
@@ -542,6 +543,9 @@ fn depthwise_matches_padded_grouped_conv() {
         (1, 3, 5, 5, 5, 1, None),
         (2, 2, 1, 1, 3, 1, Some(1)),
         (1, 3, 2, 3, 5, 2, None),
+        (2, 3, 1, 1, 5, 1, None),
+        (1, 2, 1, 2, 5, 2, None),
+        (2, 3, 2, 1, 3, 2, None),
         (2, 4, 6, 6, 3, 1, Some(0)),
         // Big enough to be split over threads.
         (4, 33, 17, 16, 3, 1, None),

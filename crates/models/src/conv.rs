@@ -376,7 +376,15 @@ mod tests {
         let vb = crate::SeededVarMap::var_builder(&map, 6, DType::F32, &Device::Cpu);
         // (b, c, h, w, k, stride, padding)
         let cases = [
-            (1usize, 3usize, 7usize, 7usize, 3usize, 1usize, DepthwisePadding::Symmetric(1)),
+            (
+                1usize,
+                3usize,
+                7usize,
+                7usize,
+                3usize,
+                1usize,
+                DepthwisePadding::Symmetric(1),
+            ),
             (2, 5, 8, 9, 3, 2, DepthwisePadding::Symmetric(1)),
             (3, 7, 9, 9, 5, 2, DepthwisePadding::Symmetric(2)),
             (2, 6, 8, 8, 3, 2, DepthwisePadding::TfSame),
@@ -384,6 +392,8 @@ mod tests {
             (3, 5, 7, 10, 5, 2, DepthwisePadding::TfSame),
             (2, 11, 6, 5, 5, 1, DepthwisePadding::TfSame),
             (4, 37, 16, 16, 3, 1, DepthwisePadding::TfSame),
+            (2, 3, 1, 1, 5, 1, DepthwisePadding::TfSame),
+            (2, 3, 2, 1, 5, 2, DepthwisePadding::TfSame),
         ];
         for (i, &(b, c, h, w, k, s, pad)) in cases.iter().enumerate() {
             let what = format!("b{b} c{c} {h}x{w} k{k} s{s} {pad:?}");
