@@ -532,7 +532,8 @@ fn tf_same(len: usize, k: usize, s: usize) -> (usize, usize) {
 #[test]
 fn depthwise_matches_padded_grouped_conv() {
     // (b, c, h, w, k, stride, Some(symmetric padding) or None for TF "SAME").
-    let cases: &[(usize, usize, usize, usize, usize, usize, Option<usize>)] = &[
+    type Case = (usize, usize, usize, usize, usize, usize, Option<usize>);
+    let cases: &[Case] = &[
         (1, 3, 7, 7, 3, 1, Some(1)),
         (2, 5, 8, 9, 3, 2, Some(1)),
         (3, 7, 9, 6, 5, 2, Some(2)),
