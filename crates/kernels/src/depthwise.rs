@@ -41,8 +41,17 @@ impl DepthwiseParams {
 /// with zeros outside the input.
 ///
 /// CPU f32 tensors take the kernel (differentiable in `x` and `w`, first order);
-/// anything else runs [`depthwise_conv2d_reference`].
+/// half-precision CPU activations are widened to f32 for it and the result rounded
+/// back; anything else runs [`depthwise_conv2d_reference`].
 pub fn depthwise_conv2d(x: &Tensor, w: &Tensor, p: DepthwiseParams) -> Result<Tensor> {
+    if crate::precision::is_half(x.dtype()) {
+        let w = crate::precision::cast_like(w, x)?;
+        if x.device().is_cpu() {
+            let (x32, w32, _) = crate::precision::widen(x, &w, None)?;
+            return depthwise_conv2d(&x32, &w32, p)?.to_dtype(x.dtype());
+        }
+        return depthwise_conv2d_reference(x, &w, p);
+    }
     let (_, c, h, wd) = x.dims4()?;
     let geo = Geo::new(c, h, wd, w.dims(), p)?;
     if all_cpu_f32(&[x, w]) {

@@ -643,6 +643,12 @@ fn depthwise_skips_untracked_gradients_rejects_bad_shapes_and_falls_back_for_f64
     assert_eq!(got.dtype(), DType::F64);
     let want = depthwise_conv2d(&x, w.as_tensor(), p).unwrap();
     assert!(rel_err(&got, &want) < 1e-6);
+    // bf16 activations with the f32 weight: computed in f32, rounded to bf16.
+    let xh = x.to_dtype(DType::BF16).unwrap();
+    let got = depthwise_conv2d(&xh, w.as_tensor(), p).unwrap();
+    assert_eq!(got.dtype(), DType::BF16);
+    let want = depthwise_conv2d(&xh.to_dtype(DType::F32).unwrap(), w.as_tensor(), p).unwrap();
+    assert!(rel_err(&got, &want) < 1e-2);
 }
 
 #[test]
