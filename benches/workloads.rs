@@ -81,6 +81,11 @@ pub const WORKLOADS: &[Workload] = &[
         64,
     ),
     w(
+        "efficientnet_finetune64_b32",
+        "EfficientNet-Lite0 train step (all layers, batch-norm statistics updated), 3x64x64, Adam lr 1e-3, batch 32",
+        32,
+    ),
+    w(
         "resnet18_feat32_b64",
         "ResNet-18 features (eval, no grad), 3x32x32, batch 64",
         64,
@@ -404,6 +409,7 @@ pub fn prepare(name: &str) -> Result<Prepared> {
         "mlp_adam_b256" => classifier_step(mlp, MNIST, 256, adam(1e-3))?,
         "wide_mlp_sgd_b32" => classifier_step(mlp_config(&[3136, 1568]), MNIST, 32, sgd(0.1))?,
         "lenet5_adam_b64" => classifier_step(ModelConfig::Lenet5, rgb(32), 64, adam(1e-3))?,
+        "efficientnet_finetune64_b32" => classifier_step(ModelConfig::EfficientnetLite0, rgb(64), 32, adam(1e-3))?,
         "mlp_eval_b1000" => {
             let (m, _map) = model(&mlp, MNIST, 10)?;
             let x = images(1000, 1, 28, 28)?;

@@ -40,6 +40,7 @@ WORKLOADS = [
     ("wide_mlp_sgd_b32", 32),
     ("logreg_adam_full12000", 12000),
     ("lenet5_adam_b64", 64),
+    ("efficientnet_finetune64_b32", 32),
     ("resnet18_feat32_b64", 64),
     ("resnet18_feat224_b32", 32),
     ("vgg16_feat32_b64", 64),
@@ -157,6 +158,76 @@ class Vgg16Features(nn.Module):
         return F.relu(self.fc2(x))
 
 
+def same_pad(x, k, s):
+    """TensorFlow "SAME" zero padding of x for kernel k, stride s (odd element after)."""
+    pads = []
+    for n in (x.shape[3], x.shape[2]):
+        total = max((-(-n // s) - 1) * s + k - n, 0)
+        pads += [total // 2, total - total // 2]
+    return F.pad(x, pads)
+
+
+class SameConv(nn.Conv2d):
+    """Conv2d with TensorFlow "SAME" padding computed from each input (no bias)."""
+
+    def __init__(self, cin, cout, k, s, groups=1):
+        super().__init__(cin, cout, k, s, bias=False, groups=groups)
+
+    def forward(self, x):
+        return super().forward(same_pad(x, self.kernel_size[0], self.stride[0]))
+
+
+def bn_lite(c):
+    return nn.BatchNorm2d(c, eps=1e-3, momentum=0.01)
+
+
+class MbConv(nn.Module):
+    """digitlab's MBConv block (crates/models/src/efficientnet.rs), no squeeze-excitation."""
+
+    def __init__(self, k, s, e, cin, cout, drop_connect):
+        super().__init__()
+        mid = cin * e
+        self.expand = nn.Sequential(nn.Conv2d(cin, mid, 1, bias=False), bn_lite(mid), nn.ReLU6()) if e != 1 else None
+        self.dw = nn.Sequential(SameConv(mid, mid, k, s, groups=mid), bn_lite(mid), nn.ReLU6())
+        self.project = nn.Sequential(nn.Conv2d(mid, cout, 1, bias=False), bn_lite(cout))
+        self.skip = s == 1 and cin == cout
+        self.drop_connect = drop_connect
+
+    def forward(self, x):
+        y = self.expand(x) if self.expand is not None else x
+        y = self.project(self.dw(y))
+        if not self.skip:
+            return y
+        if self.training and self.drop_connect > 0:
+            keep = 1.0 - self.drop_connect
+            mask = (torch.rand(x.shape[0], 1, 1, 1) >= self.drop_connect).to(x.dtype) / keep
+            y = y * mask
+        return y + x
+
+
+class EfficientNetLite0(nn.Module):
+    """digitlab's EfficientNet-Lite0 (crates/models/src/efficientnet.rs)."""
+
+    STAGES = [(1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40), (3, 3, 2, 6, 40, 80),
+              (3, 5, 1, 6, 80, 112), (4, 5, 2, 6, 112, 192), (1, 3, 1, 6, 192, 320)]
+
+    def __init__(self, channels=3, classes=10):
+        super().__init__()
+        self.stem = nn.Sequential(SameConv(channels, 32, 3, 2), bn_lite(32), nn.ReLU6())
+        blocks = []
+        for repeats, k, s, e, cin, cout in self.STAGES:
+            for r in range(repeats):
+                rate = 0.2 * len(blocks) / 16
+                blocks.append(MbConv(k, s if r == 0 else 1, e, cin if r == 0 else cout, cout, rate))
+        self.blocks = nn.Sequential(*blocks)
+        self.head = nn.Sequential(nn.Conv2d(320, 1280, 1, bias=False), bn_lite(1280), nn.ReLU6())
+        self.fc = nn.Sequential(nn.Dropout(0.2), nn.Linear(1280, classes))
+
+    def forward(self, x):
+        x = self.head(self.blocks(self.stem(x)))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
 def classifier_step(model, x, y, opt):
     def step():
         out = model(x)
@@ -234,6 +305,10 @@ def prepare(name):
     if name == "lenet5_adam_b64":
         m = LeNet5(3)
         return classifier_step(m, images(64, 3, 32, 32), labels(64, 10), adam(m, 1e-3))
+    if name == "efficientnet_finetune64_b32":
+        m = EfficientNetLite0(3)
+        m.train()
+        return classifier_step(m, images(32, 3, 64, 64), labels(32, 10), adam(m, 1e-3))
     if name == "resnet18_feat32_b64":
         return features_step(ResNet18Features(), 32, 64)
     if name == "resnet18_feat224_b32":

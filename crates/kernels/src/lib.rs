@@ -8,6 +8,7 @@
 //! |---|---|
 //! | [`linear`] | `x @ w^T + b` (+ ReLU) in one op; the backward computes only the gradients that are needed, `dW` already in `[out, in]` layout |
 //! | [`conv2d`] | im2col + gemm convolution (+ bias, + ReLU) with an im2col-based weight gradient and a col2im input gradient (candle's CPU backward goes through a direct `conv_transpose2d` loop) |
+//! | [`depthwise_conv2d`] | depthwise convolution (one filter per channel, any stride and zero padding) as direct per-plane loops, forward and both gradients (candle runs one convolution per group) |
 //! | [`max_pool2d`] | max pooling with any kernel, stride and padding, forward and backward (candle's backward needs kernel == stride) |
 //! | [`relu`] | one pass forward, one pass backward |
 //! | [`softmax_cross_entropy`] | per-sample `logsumexp(z) - z[y]` in one op, gradient `softmax(z) - onehot(y)` |
@@ -43,6 +44,7 @@
 pub mod conv;
 pub(crate) mod cpu;
 pub mod denormal;
+pub mod depthwise;
 pub mod linear;
 pub mod loss;
 pub mod norm;
@@ -53,6 +55,7 @@ pub mod runtime;
 pub mod threading;
 
 pub use conv::{conv2d, Conv2dParams};
+pub use depthwise::{depthwise_conv2d, DepthwiseParams};
 pub use linear::linear;
 pub use loss::softmax_cross_entropy;
 pub use norm::batch_norm_eval;

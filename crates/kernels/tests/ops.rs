@@ -5,11 +5,13 @@ mod common;
 use candle_core::{DType, Device, Tensor, Var};
 use common::*;
 use digitlab_kernels::conv::conv2d_reference;
+use digitlab_kernels::depthwise::{depthwise_conv2d_reference, DepthwiseParams};
 use digitlab_kernels::linear::linear_reference;
 use digitlab_kernels::loss::softmax_cross_entropy_reference;
 use digitlab_kernels::norm::batch_norm_eval_reference;
 use digitlab_kernels::{
-    batch_norm_eval, conv2d, linear, max_pool2d, relu, softmax_cross_entropy, Activation, Conv2dParams,
+    batch_norm_eval, conv2d, depthwise_conv2d, linear, max_pool2d, relu, softmax_cross_entropy, Activation,
+    Conv2dParams,
 };
 
 const TOL: f32 = 2e-5;
@@ -519,6 +521,134 @@ fn conv2d_skips_the_data_gradient_and_falls_back_for_groups() {
         Activation::Identity
     )
     .is_err());
+}
+
+/// TensorFlow "SAME" padding (odd element after) of `len` for kernel `k`, stride `s`.
+fn tf_same(len: usize, k: usize, s: usize) -> (usize, usize) {
+    let total = ((len.div_ceil(s) - 1) * s + k).saturating_sub(len);
+    (total / 2, total - total / 2)
+}
+
+#[test]
+fn depthwise_matches_padded_grouped_conv() {
+    // (b, c, h, w, k, stride, Some(symmetric padding) or None for TF "SAME").
+    type Case = (usize, usize, usize, usize, usize, usize, Option<usize>);
+    let cases: &[Case] = &[
+        (1, 3, 7, 7, 3, 1, Some(1)),
+        (2, 5, 8, 9, 3, 2, Some(1)),
+        (3, 7, 9, 6, 5, 2, Some(2)),
+        (1, 4, 6, 5, 5, 1, Some(2)),
+        (2, 3, 8, 8, 3, 2, None),
+        (1, 6, 9, 7, 3, 2, None),
+        (2, 5, 7, 10, 5, 2, None),
+        (1, 3, 5, 5, 5, 1, None),
+        (2, 2, 1, 1, 3, 1, Some(1)),
+        (1, 3, 2, 3, 5, 2, None),
+        (2, 3, 1, 1, 5, 1, None),
+        (1, 2, 1, 2, 5, 2, None),
+        (2, 3, 2, 1, 3, 2, None),
+        (2, 4, 6, 6, 3, 1, Some(0)),
+        // Big enough to be split over threads.
+        (4, 33, 17, 16, 3, 1, None),
+        (3, 40, 18, 19, 5, 2, None),
+    ];
+    for (i, &(b, c, h, w, k, s, pad)) in cases.iter().enumerate() {
+        let ((pt, pb), (pl, pr)) = match pad {
+            Some(p) => ((p, p), (p, p)),
+            None => (tf_same(h, k, s), tf_same(w, k, s)),
+        };
+        let p = DepthwiseParams {
+            stride: s,
+            pad_top: pt,
+            pad_bottom: pb,
+            pad_left: pl,
+            pad_right: pr,
+        };
+        let what = format!("depthwise b{b} c{c} {h}x{w} k{k} s{s} pad {pt},{pb},{pl},{pr}");
+        let inputs = [var(&[b, c, h, w], i as u64), var(&[c, 1, k, k], i as u64 + 50)];
+        compare_grads(
+            &inputs,
+            i as u64 + 100,
+            &what,
+            |t| depthwise_conv2d(&t[0], &t[1], p).unwrap(),
+            |t| depthwise_conv2d_reference(&t[0], &t[1], p).unwrap(),
+        );
+        let y = depthwise_conv2d(inputs[0].as_tensor(), inputs[1].as_tensor(), p).unwrap();
+        let (oh, ow) = ((h + pt + pb - k) / s + 1, (w + pl + pr - k) / s + 1);
+        assert_eq!(y.dims(), [b, c, oh, ow], "{what}");
+        if pad.is_none() {
+            assert_eq!((oh, ow), (h.div_ceil(s), w.div_ceil(s)), "{what}");
+        }
+    }
+}
+
+#[test]
+fn depthwise_gradients_match_finite_differences() {
+    let p = DepthwiseParams {
+        stride: 2,
+        pad_top: 1,
+        pad_bottom: 2,
+        pad_left: 2,
+        pad_right: 1,
+    };
+    let (x, w) = (tensor(&[2, 3, 6, 7], 1), tensor(&[3, 1, 3, 3], 2));
+    let loss = |x: &Tensor, w: &Tensor| -> f64 {
+        f64::from(
+            weighted_sum(&depthwise_conv2d(x, w, p).unwrap(), 4)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap(),
+        )
+    };
+    let (xv, wv) = (Var::from_tensor(&x).unwrap(), Var::from_tensor(&w).unwrap());
+    let y = depthwise_conv2d(xv.as_tensor(), wv.as_tensor(), p).unwrap();
+    let g = weighted_sum(&y, 4).unwrap().backward().unwrap();
+    let eps = 1e-2;
+    assert_close(
+        &to_f64(g.get(xv.as_tensor()).unwrap()),
+        &finite_difference(&x, eps, |t| loss(t, &w)),
+        1e-3,
+        "dx",
+    );
+    assert_close(
+        &to_f64(g.get(wv.as_tensor()).unwrap()),
+        &finite_difference(&w, eps, |t| loss(&x, t)),
+        1e-3,
+        "dw",
+    );
+}
+
+#[test]
+fn depthwise_skips_untracked_gradients_rejects_bad_shapes_and_falls_back_for_f64() {
+    let p = DepthwiseParams::symmetric(1, 1);
+    let x = tensor(&[2, 4, 6, 6], 1);
+    let w = var(&[4, 1, 3, 3], 2);
+    let g = depthwise_conv2d(&x, w.as_tensor(), p)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    assert!(g.get(w.as_tensor()).is_some() && g.get(&x).is_none());
+    assert!(depthwise_conv2d(&x, &tensor(&[4, 2, 3, 3], 1), p).is_err());
+    assert!(depthwise_conv2d(&x, &tensor(&[3, 1, 3, 3], 1), p).is_err());
+    assert!(depthwise_conv2d(&x, &tensor(&[4, 1, 3, 2], 1), p).is_err());
+    assert!(depthwise_conv2d(&x, &tensor(&[4, 1, 9, 9], 1), p).is_err());
+    assert!(depthwise_conv2d(&x, w.as_tensor(), DepthwiseParams::symmetric(0, 1)).is_err());
+    let (x64, w64) = (
+        x.to_dtype(DType::F64).unwrap(),
+        w.as_tensor().to_dtype(DType::F64).unwrap(),
+    );
+    let got = depthwise_conv2d(&x64, &w64, p).unwrap();
+    assert_eq!(got.dtype(), DType::F64);
+    let want = depthwise_conv2d(&x, w.as_tensor(), p).unwrap();
+    assert!(rel_err(&got, &want) < 1e-6);
+    // bf16 activations with the f32 weight: computed in f32, rounded to bf16.
+    let xh = x.to_dtype(DType::BF16).unwrap();
+    let got = depthwise_conv2d(&xh, w.as_tensor(), p).unwrap();
+    assert_eq!(got.dtype(), DType::BF16);
+    let want = depthwise_conv2d(&xh.to_dtype(DType::F32).unwrap(), w.as_tensor(), p).unwrap();
+    assert!(rel_err(&got, &want) < 1e-2);
 }
 
 #[test]

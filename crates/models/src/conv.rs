@@ -10,7 +10,7 @@
 //! other devices.
 use crate::layers::FusedActivation;
 use crate::pool::{window_views, Window};
-use candle_core::{Module, Result, Tensor};
+use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::init::{FanInOut, NonLinearity, NormalOrUniform};
 use candle_nn::{BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, Init, VarBuilder};
 
@@ -195,9 +195,10 @@ pub enum DepthwisePadding {
 /// no bias), weight `[C, 1, k, k]` named `weight`.
 ///
 /// candle runs a grouped convolution as one convolution per group, which is very
-/// slow for hundreds of channels; this computes the `k * k` shifted, strided views
-/// of the input once and accumulates `view * weight[:, 0, dy, dx]`, which is fast
-/// and differentiable.
+/// slow for hundreds of channels. On the CPU (f32) this is digitlab's depthwise
+/// kernel; elsewhere it computes the `k * k` shifted, strided views of the input
+/// once and accumulates `view * weight[:, 0, dy, dx]` ([`DepthwiseConv2d::forward_views`]),
+/// which is differentiable but slow to differentiate.
 #[derive(Debug, Clone)]
 pub struct DepthwiseConv2d {
     weight: Tensor,
@@ -228,10 +229,10 @@ impl DepthwiseConv2d {
     }
 }
 
-impl Module for DepthwiseConv2d {
-    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let (b, c, h, w) = xs.dims4()?;
-        let (wy, wx) = match self.padding {
+impl DepthwiseConv2d {
+    /// Windows along H and W for an input of `h` x `w`.
+    fn windows(&self, h: usize, w: usize) -> (Window, Window) {
+        match self.padding {
             DepthwisePadding::Symmetric(p) => (
                 Window::symmetric(self.kernel, self.stride, p),
                 Window::symmetric(self.kernel, self.stride, p),
@@ -240,7 +241,15 @@ impl Module for DepthwiseConv2d {
                 Window::tf_same(self.kernel, self.stride, h),
                 Window::tf_same(self.kernel, self.stride, w),
             ),
-        };
+        }
+    }
+
+    /// The forward pass as `k * k` shifted, strided views of the input times
+    /// per-channel weights (any device and dtype; the path off the CPU, and the
+    /// reference the CPU kernel is tested against).
+    pub fn forward_views(&self, xs: &Tensor) -> Result<Tensor> {
+        let (b, c, h, w) = xs.dims4()?;
+        let (wy, wx) = self.windows(h, w);
         let (views, oh, ow) = window_views(xs, wy, wx, 0.0)?;
         // [C, k*k] -> one [1, C, 1, 1, 1, 1] factor per kernel offset.
         let wk = self.weight.reshape((c, self.kernel * self.kernel))?;
@@ -253,7 +262,30 @@ impl Module for DepthwiseConv2d {
                 Some(a) => (a + term)?,
             });
         }
-        let y = acc.expect("kernel has at least one tap").reshape((b, c, oh, ow))?;
+        acc.expect("kernel has at least one tap").reshape((b, c, oh, ow))
+    }
+}
+
+impl Module for DepthwiseConv2d {
+    /// On the CPU in f32, digitlab's depthwise kernel (direct loops, forward and
+    /// backward); elsewhere [`DepthwiseConv2d::forward_views`]. Both add the taps
+    /// to each output in the same order, so their outputs agree exactly.
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let cpu_f32 = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
+        let y = if cpu_f32(xs) && cpu_f32(&self.weight) {
+            let (_, _, h, w) = xs.dims4()?;
+            let (wy, wx) = self.windows(h, w);
+            let p = digitlab_kernels::DepthwiseParams {
+                stride: self.stride,
+                pad_top: wy.pad_before,
+                pad_bottom: wy.pad_after,
+                pad_left: wx.pad_before,
+                pad_right: wx.pad_after,
+            };
+            digitlab_kernels::depthwise_conv2d(xs, &self.weight, p)?
+        } else {
+            self.forward_views(xs)?
+        };
         crate::summary::record_conv("Conv2d (depthwise)", &self.weight, &y);
         Ok(y)
     }
@@ -329,6 +361,61 @@ mod tests {
             .to_scalar()
             .unwrap();
         assert!(err < 1e-6);
+    }
+
+    /// max |a - b| / max(max |b|, 1e-6).
+    fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
+        let d: f32 = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+        let s: f32 = b.abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+        d / s.max(1e-6)
+    }
+
+    #[test]
+    fn depthwise_kernel_matches_the_views_forward_and_backward() {
+        let map = VarMap::new();
+        let vb = crate::SeededVarMap::var_builder(&map, 6, DType::F32, &Device::Cpu);
+        // (b, c, h, w, k, stride, padding)
+        let cases = [
+            (
+                1usize,
+                3usize,
+                7usize,
+                7usize,
+                3usize,
+                1usize,
+                DepthwisePadding::Symmetric(1),
+            ),
+            (2, 5, 8, 9, 3, 2, DepthwisePadding::Symmetric(1)),
+            (3, 7, 9, 9, 5, 2, DepthwisePadding::Symmetric(2)),
+            (2, 6, 8, 8, 3, 2, DepthwisePadding::TfSame),
+            (1, 7, 9, 7, 3, 2, DepthwisePadding::TfSame),
+            (3, 5, 7, 10, 5, 2, DepthwisePadding::TfSame),
+            (2, 11, 6, 5, 5, 1, DepthwisePadding::TfSame),
+            (4, 37, 16, 16, 3, 1, DepthwisePadding::TfSame),
+            (2, 3, 1, 1, 5, 1, DepthwisePadding::TfSame),
+            (2, 3, 2, 1, 5, 2, DepthwisePadding::TfSame),
+        ];
+        for (i, &(b, c, h, w, k, s, pad)) in cases.iter().enumerate() {
+            let what = format!("b{b} c{c} {h}x{w} k{k} s{s} {pad:?}");
+            let dw = DepthwiseConv2d::new(c, k, s, pad, ConvInit::TorchDefault, vb.pp(format!("dw{i}"))).unwrap();
+            let x = Var::from_tensor(&input(b, c, h, w)).unwrap();
+            let got = dw.forward(x.as_tensor()).unwrap();
+            let want = dw.forward_views(x.as_tensor()).unwrap();
+            assert_eq!(got.dims(), want.dims(), "{what}");
+            // Same products, added in the same order: equal values.
+            let (gv, wv): (Vec<f32>, Vec<f32>) = (
+                got.flatten_all().unwrap().to_vec1().unwrap(),
+                want.flatten_all().unwrap().to_vec1().unwrap(),
+            );
+            assert_eq!(gv, wv, "{what}: forward");
+            let r = input(b, c, got.dim(2).unwrap(), got.dim(3).unwrap()).cos().unwrap();
+            let gk = (&got * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            let gr = (&want * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            for (name, t) in [("dx", x.as_tensor()), ("dw", dw.weight())] {
+                let e = rel_err(gk.get(t).unwrap(), gr.get(t).unwrap());
+                assert!(e < 2e-5, "{what}: {name} rel err {e}");
+            }
+        }
     }
 
     #[test]
