@@ -14,10 +14,11 @@
 //! inputs are refused when the model is built (resize them, e.g. to 224 px).
 use crate::backbone::{Backbone, FrozenStages, Head, Stage, StageModes};
 use crate::conv::{conv2d, Conv2dExt, ConvInit};
+use crate::dropout::SeededDropout;
 use crate::layers::{linear, FusedActivation, LinearExt};
 use crate::pool::{adaptive_avg_pool2d, max_pool2d};
 use candle_core::{ModuleT, Result, Tensor};
-use candle_nn::{Conv2d, Dropout, Linear, VarBuilder};
+use candle_nn::{Conv2d, Linear, VarBuilder};
 
 /// A torchvision AlexNet; see the module docs for names.
 ///
@@ -29,7 +30,7 @@ pub struct AlexNet {
     convs: [Conv2d; 5],
     fc1: Linear,
     fc2: Linear,
-    dropout: Dropout,
+    dropout: SeededDropout,
     head: Head,
     frozen: FrozenStages,
 }
@@ -67,7 +68,7 @@ impl AlexNet {
             convs,
             fc1: linear(256 * 6 * 6, 4096, vc.pp("1"))?,
             fc2: linear(4096, 4096, vc.pp("4"))?,
-            dropout: Dropout::new(Self::DROPOUT),
+            dropout: SeededDropout::new(Self::DROPOUT, "classifier.dropout"),
             head: Head::new(4096, num_classes, 0.0, vc.pp("6"))?,
             frozen: FrozenStages::default(),
         })

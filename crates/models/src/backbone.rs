@@ -12,9 +12,10 @@
 //! 4. assemble the classifier with [`crate::Model::with_head`]; to save it, write the
 //!    backbone's variables minus those under `head_prefix`, plus the new head's.
 //!    The result loads into `build_model(cfg, input, k, ..)` by name.
+use crate::dropout::SeededDropout;
 use crate::layers::{linear, FusedActivation, LinearExt};
 use candle_core::{ModuleT, Result, Tensor};
-use candle_nn::{Dropout, Linear, VarBuilder};
+use candle_nn::{Linear, VarBuilder};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -157,7 +158,7 @@ impl Stage {
 /// init, names `weight` `[K, D]` and `bias` `[K]` under the builder's prefix).
 #[derive(Debug, Clone)]
 pub struct Head {
-    dropout: Option<Dropout>,
+    dropout: Option<SeededDropout>,
     linear: Linear,
 }
 
@@ -169,7 +170,7 @@ impl Head {
     /// Wraps an existing linear layer.
     pub fn from_linear(linear: Linear, dropout: f32) -> Self {
         Self {
-            dropout: (dropout > 0.0).then(|| Dropout::new(dropout)),
+            dropout: (dropout > 0.0).then(|| SeededDropout::new(dropout, "head.dropout")),
             linear,
         }
     }

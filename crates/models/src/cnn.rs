@@ -1,10 +1,11 @@
 //! Small convolutional networks for digits: [`LeNet5`] and [`SmallCnn`].
 use crate::backbone::{Backbone, FrozenStages, Head, Stage, StageModes};
 use crate::conv::{bn, bn_act, conv2d, Conv2dExt, ConvInit};
+use crate::dropout::SeededDropout;
 use crate::layers::{linear, FusedActivation, LinearExt};
 use crate::pool::max_pool2d;
 use candle_core::{ModuleT, Result, Tensor};
-use candle_nn::{BatchNorm, Conv2d, Dropout, Linear, VarBuilder};
+use candle_nn::{BatchNorm, Conv2d, Linear, VarBuilder};
 
 /// Classic LeNet-5 (ReLU and max pooling instead of tanh and subsampling).
 ///
@@ -130,7 +131,7 @@ impl ModuleT for ConvBlock {
 #[derive(Debug, Clone)]
 pub struct SmallCnn {
     blocks: Vec<ConvBlock>,
-    dropout: Dropout,
+    dropout: SeededDropout,
     fc1: Linear,
     head: Head,
     frozen: FrozenStages,
@@ -154,7 +155,7 @@ impl SmallCnn {
         let vc = vb.pp("classifier");
         Ok(Self {
             blocks,
-            dropout: Dropout::new(Self::DROPOUT),
+            dropout: SeededDropout::new(Self::DROPOUT, "classifier.dropout"),
             fc1: linear(128 * fh * fw, 256, vc.pp("1"))?,
             head: Head::new(256, num_classes, Self::DROPOUT, vc.pp("4"))?,
             frozen: FrozenStages::default(),

@@ -1,7 +1,8 @@
 //! Multi-layer perceptron with configurable widths, activation, dropout and batch norm.
+use crate::dropout::SeededDropout;
 use crate::layers::{flatten, linear, Activation, FusedActivation, LinearExt};
 use candle_core::{Module, ModuleT, Result, Tensor};
-use candle_nn::{BatchNorm, Dropout, Linear, VarBuilder};
+use candle_nn::{BatchNorm, Linear, VarBuilder};
 
 /// Options of an [`Mlp`].
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -28,7 +29,7 @@ pub struct Mlp {
     layers: Vec<Linear>,
     norms: Vec<BatchNorm>,
     activation: Activation,
-    dropout: Option<Dropout>,
+    dropout: Option<SeededDropout>,
 }
 
 impl Mlp {
@@ -56,7 +57,7 @@ impl Mlp {
         } else {
             Vec::new()
         };
-        let dropout = (cfg.dropout > 0.0).then(|| Dropout::new(cfg.dropout));
+        let dropout = (cfg.dropout > 0.0).then(|| SeededDropout::new(cfg.dropout, "mlp.dropout"));
         Ok(Self {
             layers,
             norms,

@@ -14,10 +14,11 @@
 //! five 2x2 max-pools need at least 32 px.
 use crate::backbone::{Backbone, FrozenStages, Head, Stage, StageModes};
 use crate::conv::{bn, bn_act, conv2d, Conv2dExt, ConvInit};
+use crate::dropout::SeededDropout;
 use crate::layers::{FusedActivation, LinearExt};
 use crate::pool::{adaptive_avg_pool2d, max_pool2d};
 use candle_core::{ModuleT, Result, Tensor};
-use candle_nn::{BatchNorm, Conv2d, Dropout, Init, Linear, VarBuilder};
+use candle_nn::{BatchNorm, Conv2d, Init, Linear, VarBuilder};
 
 /// `vgg { depth = 11 | 13 | 16 | 19, batch_norm = false }`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -67,7 +68,7 @@ pub struct Vgg {
     layers: Vec<Layer>,
     fc1: Linear,
     fc2: Linear,
-    dropout: Dropout,
+    dropout: SeededDropout,
     head: Head,
     stages: Vec<Stage>,
     frozen: FrozenStages,
@@ -123,7 +124,7 @@ impl Vgg {
             layers,
             fc1,
             fc2,
-            dropout: Dropout::new(Self::DROPOUT),
+            dropout: SeededDropout::new(Self::DROPOUT, "classifier.dropout"),
             head,
             stages,
             frozen: FrozenStages::default(),
