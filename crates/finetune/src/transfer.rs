@@ -1151,13 +1151,7 @@ fn folded_head(
     standardizer: Option<&Standardizer>,
     prefix: &str,
 ) -> Result<(candle_core::Tensor, candle_core::Tensor)> {
-    let data = head.varmap.data().lock().expect("varmap lock poisoned");
-    let get = |n: &str| {
-        data.get(&format!("{prefix}.{n}"))
-            .map(|v| v.as_tensor().detach())
-            .ok_or_else(|| FinetuneError::Config(format!("head has no {prefix}.{n}")))
-    };
-    let (w, b) = (get("weight")?, get("bias")?);
+    let (w, b) = crate::tune::head_tensors(&head.varmap, prefix)?;
     Ok(match standardizer {
         Some(s) => s.fold(&w, &b)?,
         None => (w, b),

@@ -102,18 +102,21 @@ pub fn set_head(created: &CreatedModel, weight: &Tensor, bias: &Tensor) -> Resul
 /// Folds `standardizer` into the head variables of `created` (after a phase
 /// that trained the head behind it): the model then takes raw features.
 pub fn fold_head(created: &CreatedModel, standardizer: &Standardizer) -> Result<()> {
-    let prefix = created.head_prefix();
-    let (w, b) = {
-        let data = created.varmap.data().lock().expect("varmap lock poisoned");
-        let get = |n: &str| {
-            data.get(&format!("{prefix}.{n}"))
-                .map(|v| v.as_tensor().detach())
-                .ok_or_else(|| FinetuneError::Config(format!("{}: no variable {prefix}.{n}", created.name)))
-        };
-        (get("weight")?, get("bias")?)
-    };
+    let (w, b) = head_tensors(&created.varmap, created.head_prefix())?;
     let (w, b) = standardizer.fold(&w, &b)?;
     set_head(created, &w, &b)
+}
+
+/// The head's `weight` and `bias` under `prefix` in `varmap` (detached copies of
+/// the handles, not of the data).
+pub fn head_tensors(varmap: &candle_nn::VarMap, prefix: &str) -> Result<(Tensor, Tensor)> {
+    let data = varmap.data().lock().expect("varmap lock poisoned");
+    let get = |n: &str| {
+        data.get(&format!("{prefix}.{n}"))
+            .map(|v| v.as_tensor().detach())
+            .ok_or_else(|| FinetuneError::Config(format!("head has no variable {prefix}.{n}")))
+    };
+    Ok((get("weight")?, get("bias")?))
 }
 
 /// The optimizer's groups for one phase, and the names of the stages that train.
