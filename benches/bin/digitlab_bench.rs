@@ -18,6 +18,8 @@ use digitlab_benches::workloads::{measure, prepare, WORKLOADS};
 use digitlab_models::Precision;
 
 fn main() -> Result<()> {
+    // First, while this is the only thread.
+    digitlab_kernels::runtime::pin_thread_count();
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.is_empty() || args.iter().any(|a| a == "--help" || a == "-h") {
         println!("usage: digitlab-bench --list | --list-gpu | <workload> [--seconds S] [--warmup N] [--min-steps N] [--device cpu|cuda] [--dtype f32|bf16] [--scale F]");
@@ -81,6 +83,8 @@ fn main() -> Result<()> {
         "samples_per_step": p.workload.samples_per_step,
         "warmup": warmup,
         "threads": candle_core::utils::get_num_threads(),
+        // Which library multiplies the matrices (`gemm`, or `mkl` with digitlab-kernels/mkl).
+        "matmul_backend": digitlab_kernels::sgemm::backend(),
         // The e2e workloads run the `digitlab` CLI as a child: its peak counts.
         "peak_rss_mib": match (digitlab_benches::peak_rss_mib(), digitlab_benches::children_peak_rss_mib()) {
             (Some(a), Some(b)) => Some(a.max(b)),

@@ -19,7 +19,8 @@
 //!
 //! stdout carries only the `export` lines, so `eval "$(cargo xtask cuda-toolchain)"`
 //! works; progress goes to stderr.
-use anyhow::{bail, ensure, Context, Result};
+use crate::wheels::{self, absolute, sh_quote};
+use anyhow::{ensure, Context, Result};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -46,8 +47,14 @@ const STAND_INS: &[(&str, &str, &str)] = &[
     ("cudnn", "cudnn", "libcudnn.so.9"),
 ];
 
-const STAMP: &str = "digitlab-cuda-toolchain.json";
-const MARKER: &str = "digitlab cuda-toolchain";
+const KIND: wheels::Kind = wheels::Kind {
+    stamp_file: "digitlab-cuda-toolchain.json",
+    marker: "digitlab cuda-toolchain",
+    what: "a digitlab CUDA toolchain",
+    size: "about 270 MB",
+    sentinel: "nvidia/cu13/bin/nvcc",
+    layout: wheels::Layout::Packages,
+};
 /// The CUDA root inside the folder, as the wheels lay it out.
 const CUDA_SUBDIR: &str = "nvidia/cu13";
 
@@ -58,15 +65,6 @@ pub struct Options {
     pub target_dir: PathBuf,
 }
 
-#[derive(serde::Serialize, serde::Deserialize, PartialEq, Default)]
-#[serde(deny_unknown_fields)]
-struct Stamp {
-    marker: String,
-    wheels: Vec<String>,
-    /// `cudarc <version>` the stand-ins were generated from; empty before they are.
-    stand_ins_from: String,
-}
-
 pub fn run(opts: &Options) -> Result<()> {
     ensure!(
         (30..=200).contains(&opts.compute_cap),
@@ -75,28 +73,29 @@ pub fn run(opts: &Options) -> Result<()> {
     );
     let dir = absolute(&opts.dir)?;
     let wheels: Vec<String> = WHEELS.iter().map(|s| s.to_string()).collect();
-    let stamp = read_stamp(&dir)?;
+    let stamp = KIND.read_stamp(&dir)?;
     let cuda_root = dir.join(CUDA_SUBDIR);
 
-    match &stamp {
-        Some(s) if s.wheels == wheels && cuda_root.join("bin/nvcc").is_file() => {
-            eprintln!(
-                "cuda-toolchain: wheels already in {} (nothing to download)",
-                dir.display()
-            );
-        }
-        _ => install_wheels(&dir, &opts.python, &wheels, stamp.is_some())?,
+    if KIND.is_installed(&dir, stamp.as_ref(), &wheels) {
+        eprintln!(
+            "cuda-toolchain: wheels already in {} (nothing to download)",
+            dir.display()
+        );
+    } else {
+        KIND.install(&dir, &opts.python, &wheels, stamp.is_some())?;
     }
 
     let cudarc = cudarc_source()?;
     let from = format!("cudarc {}", cudarc.version);
-    let stamp = read_stamp(&dir)?.context("the toolchain stamp vanished during the install")?;
+    let stamp = KIND
+        .read_stamp(&dir)?
+        .context("the toolchain stamp vanished during the install")?;
     let stubs = cuda_root.join("lib/stubs");
     if stamp.stand_ins_from != from || !stubs.join("libcuda.so").is_file() {
         build_stand_ins(&cuda_root, &cudarc.src)?;
-        write_stamp(
+        KIND.write_stamp(
             &dir,
-            &Stamp {
+            &wheels::Stamp {
                 stand_ins_from: from,
                 ..stamp
             },
@@ -111,127 +110,6 @@ pub fn run(opts: &Options) -> Result<()> {
     println!("export CUDA_PATH={}", sh_quote(&cuda_root));
     println!("export CUDA_COMPUTE_CAP={}", opts.compute_cap);
     println!("export CARGO_TARGET_DIR={}", sh_quote(&absolute(&opts.target_dir)?));
-    Ok(())
-}
-
-fn absolute(p: &Path) -> Result<PathBuf> {
-    std::path::absolute(p).with_context(|| format!("cannot make {} absolute", p.display()))
-}
-
-/// Single-quoted for `sh`, so folders with spaces survive `eval`.
-fn sh_quote(p: &Path) -> String {
-    format!("'{}'", p.display().to_string().replace('\'', r"'\''"))
-}
-
-fn read_stamp(dir: &Path) -> Result<Option<Stamp>> {
-    let path = dir.join(STAMP);
-    if !dir.exists() {
-        return Ok(None);
-    }
-    if !path.exists() {
-        let empty = std::fs::read_dir(dir)
-            .with_context(|| format!("cannot read {}", dir.display()))?
-            .next()
-            .is_none();
-        ensure!(
-            empty,
-            "{} exists and is not a digitlab CUDA toolchain (no {STAMP}): refusing to install into it; pass --dir with a new or empty folder",
-            dir.display()
-        );
-        return Ok(None);
-    }
-    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-    let stamp: Stamp = serde_json::from_str(&text).with_context(|| {
-        format!(
-            "{}: not a valid toolchain stamp (expected marker, wheels, stand_ins_from)",
-            path.display()
-        )
-    })?;
-    ensure!(stamp.marker == MARKER, "{}: marker is not {MARKER:?}", path.display());
-    Ok(Some(stamp))
-}
-
-fn write_stamp(dir: &Path, stamp: &Stamp) -> Result<()> {
-    let path = dir.join(STAMP);
-    let tmp = dir.join(format!("{STAMP}.tmp-{}", std::process::id()));
-    std::fs::write(&tmp, serde_json::to_string_pretty(stamp)?)
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))
-}
-
-/// Installs the wheels into a staging folder beside `dir`, then swaps it in, so an
-/// interrupted or failed install leaves the previous toolchain (or nothing) behind.
-fn install_wheels(dir: &Path, python: &str, wheels: &[String], replace: bool) -> Result<()> {
-    let parent = dir.parent().context("the toolchain folder has no parent")?;
-    std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
-    let name = dir
-        .file_name()
-        .context("the toolchain folder has no name")?
-        .to_string_lossy();
-    let staging = parent.join(format!(".{name}.partial-{}", std::process::id()));
-    eprintln!(
-        "cuda-toolchain: installing {} into {} (pip, about 270 MB)",
-        wheels.join(" "),
-        dir.display()
-    );
-    let status = Command::new(python)
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--no-deps",
-            "--disable-pip-version-check",
-            "--no-input",
-        ])
-        .args(["--retries", "2", "--timeout", "30", "--target"])
-        .arg(&staging)
-        .args(wheels)
-        .stdin(Stdio::null())
-        .stdout(std::io::stderr())
-        .status();
-    let status = match status {
-        Ok(s) => s,
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&staging);
-            bail!("cannot run `{python} -m pip` ({e}): python3 with pip is needed to fetch the CUDA wheels (or use --python)");
-        }
-    };
-    if !status.success() {
-        let _ = std::fs::remove_dir_all(&staging);
-        bail!(
-            "`{python} -m pip install` of the CUDA wheels failed ({status}): is PyPI reachable? (a mirror can be set with PIP_INDEX_URL)"
-        );
-    }
-    let nvcc = staging.join(CUDA_SUBDIR).join("bin/nvcc");
-    if !nvcc.is_file() {
-        let _ = std::fs::remove_dir_all(&staging);
-        bail!(
-            "the wheels installed, but {} is missing: the wheel layout changed",
-            nvcc.display()
-        );
-    }
-    write_stamp(
-        &staging,
-        &Stamp {
-            marker: MARKER.into(),
-            wheels: wheels.to_vec(),
-            stand_ins_from: String::new(),
-        },
-    )?;
-    if replace {
-        // `dir` carries our stamp (checked by read_stamp): ours to replace.
-        let old = parent.join(format!(".{name}.old-{}", std::process::id()));
-        std::fs::rename(dir, &old).with_context(|| format!("cannot move {} aside", dir.display()))?;
-        std::fs::rename(&staging, dir)
-            .with_context(|| format!("cannot move the new toolchain to {}", dir.display()))?;
-        std::fs::remove_dir_all(&old).with_context(|| format!("cannot remove {}", old.display()))?;
-    } else {
-        if dir.exists() {
-            // Empty (checked by read_stamp).
-            std::fs::remove_dir(dir).with_context(|| format!("cannot replace the empty {}", dir.display()))?;
-        }
-        std::fs::rename(&staging, dir).with_context(|| format!("cannot move the toolchain to {}", dir.display()))?;
-    }
     Ok(())
 }
 
@@ -411,21 +289,5 @@ mod tests {
         assert!(c.contains("void cuInit(void) { abort(); }"));
         assert!(c.contains("void cuLaunchKernel(void) { abort(); }"));
         assert!(c.contains("constructor"));
-    }
-
-    #[test]
-    fn foreign_folder_is_refused() {
-        let d = tempfile::tempdir().unwrap();
-        std::fs::write(d.path().join("someone-elses.txt"), "x").unwrap();
-        let err = read_stamp(d.path()).err().unwrap().to_string();
-        assert!(err.contains("not a digitlab CUDA toolchain"), "{err}");
-        // An empty folder is fine (nothing to lose), and the file is untouched.
-        assert!(read_stamp(tempfile::tempdir().unwrap().path()).unwrap().is_none());
-        assert!(d.path().join("someone-elses.txt").exists());
-    }
-
-    #[test]
-    fn sh_quote_survives_quotes() {
-        assert_eq!(sh_quote(Path::new("/a b/c'd")), r"'/a b/c'\''d'");
     }
 }

@@ -2,6 +2,8 @@
 mod bench;
 mod cuda_toolchain;
 mod download;
+mod mkl;
+mod wheels;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -87,6 +89,17 @@ enum Command {
         #[arg(long)]
         target_dir: Option<PathBuf>,
     },
+    /// Install Intel MKL's static libraries from PyPI's mkl-static wheel into a folder
+    /// under target/ (idempotent) and print MKLROOT for the `mkl` feature:
+    /// `eval "$(cargo xtask mkl)"; cargo build --release --features digitlab-kernels/mkl`.
+    Mkl {
+        /// MKL folder (default: target/mkl).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Python interpreter whose pip downloads the wheel.
+        #[arg(long, default_value = "python3")]
+        python: String,
+    },
 }
 
 fn main() -> Result<()> {
@@ -158,5 +171,9 @@ fn main() -> Result<()> {
                 target_dir: target_dir.unwrap_or_else(|| target.join("cuda")),
             })
         }
+        Command::Mkl { dir, python } => mkl::run(&mkl::Options {
+            dir: dir.unwrap_or_else(|| workspace_root().join("target/mkl")),
+            python,
+        }),
     }
 }

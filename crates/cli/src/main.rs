@@ -18,6 +18,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    // First, while this is the only thread.
+    digitlab_kernels::runtime::pin_thread_count();
     let cli = Cli::parse();
     let backtrace = cli.verbose || errors::backtrace_requested(|n| std::env::var(n).ok());
     if cli.verbose {

@@ -174,9 +174,16 @@ impl<'a> Batcher<'a> {
         let oshape = self.pipeline.output_shape(ishape);
         let n = oshape.numel();
         let mut buf = vec![0f32; idx.len() * n];
+        // One table lookup per pixel where the pipeline allows it (normalisation
+        // only: the trainer's usual case), the general path otherwise.
+        let table = self.pipeline.pixel_table(ishape, rng.is_some());
         for (slot, &i) in buf.chunks_exact_mut(n).zip(idx) {
-            self.pipeline
-                .apply(self.data.image(i), ishape, rng.as_deref_mut(), slot, scratch);
+            match &table {
+                Some(t) => t.apply(self.data.image(i), slot),
+                None => self
+                    .pipeline
+                    .apply(self.data.image(i), ishape, rng.as_deref_mut(), slot, scratch),
+            }
         }
         let images = Tensor::from_vec(
             buf,

@@ -45,4 +45,4 @@ pub use dataset::{Dataset, ImageShape};
 pub use error::{DataError, Result};
 pub use location::{check_data_dir, resolve_data_dir, DATA_ENV};
 pub use svhn::load_svhn_mat;
-pub use transform::{Normalization, Pipeline};
+pub use transform::{Normalization, Pipeline, PixelTable};

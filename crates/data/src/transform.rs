@@ -167,11 +167,127 @@ impl Pipeline {
         }
         *scratch = img;
     }
+
+    /// A lookup table that does all of [`Pipeline::apply`] in one pass when each
+    /// output pixel depends on one input byte alone: no resize, no RGB-to-gray
+    /// conversion, and no augmentation (`augmenting`: the images are augmented, as
+    /// training batches are when the pipeline has augmentation). `None` otherwise.
+    pub fn pixel_table(&self, input: ImageShape, augmenting: bool) -> Option<PixelTable> {
+        let out = self.output_shape(input);
+        if (augmenting && self.augment.is_some()) || (out.height, out.width) != (input.height, input.width) {
+            return None;
+        }
+        let from_gray = match (input.channels, out.channels) {
+            (a, b) if a == b => false,
+            (1, 3) => true,
+            _ => return None,
+        };
+        // The very operations of `apply` (divide, then scale and offset, unfused),
+        // so that the table's values are bit-identical to it.
+        let table = self
+            .normalize
+            .affine(out.channels)
+            .into_iter()
+            .map(|(scale, offset)| std::array::from_fn(|b| (b as u8 as f32 / 255.0) * scale + offset))
+            .collect();
+        Some(PixelTable {
+            plane: input.height * input.width,
+            from_gray,
+            table,
+        })
+    }
+}
+
+/// [`Pipeline::pixel_table`]: the output value of every byte, per channel.
+#[derive(Debug, Clone)]
+pub struct PixelTable {
+    plane: usize,
+    from_gray: bool,
+    table: Vec<[f32; 256]>,
+}
+
+impl PixelTable {
+    /// Converts one u8 CHW image into `out`, as [`Pipeline::apply`] would.
+    pub fn apply(&self, src: &[u8], out: &mut [f32]) {
+        let plane = self.plane;
+        debug_assert_eq!(out.len(), plane * self.table.len());
+        for (ch, (lut, dst)) in self.table.iter().zip(out.chunks_exact_mut(plane)).enumerate() {
+            let from = if self.from_gray { 0 } else { ch * plane };
+            for (d, &b) in dst.iter_mut().zip(&src[from..from + plane]) {
+                *d = lut[b as usize];
+            }
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_pixel_table_is_bit_identical_to_apply_and_only_offered_where_it_applies() {
+        let gray = ImageShape::new(1, 5, 7);
+        let rgb = ImageShape::new(3, 5, 7);
+        let bytes = |n: usize| (0..n).map(|i| (i * 97 % 256) as u8).collect::<Vec<u8>>();
+        let cases = [
+            (Pipeline::default(), gray),
+            (
+                Pipeline {
+                    normalize: Normalization::Symmetric,
+                    ..Default::default()
+                },
+                gray,
+            ),
+            (
+                Pipeline {
+                    normalize: Normalization::imagenet(),
+                    ..Default::default()
+                },
+                rgb,
+            ),
+            (
+                Pipeline {
+                    channels: Some(3),
+                    normalize: Normalization::imagenet(),
+                    ..Default::default()
+                },
+                gray,
+            ),
+        ];
+        for (p, input) in cases {
+            let src = bytes(input.numel());
+            let n = p.output_shape(input).numel();
+            let (mut want, mut got) = (vec![0f32; n], vec![1f32; n]);
+            p.apply::<rand_chacha::ChaCha8Rng>(&src, input, None, &mut want, &mut Vec::new());
+            p.pixel_table(input, false)
+                .expect("a per-pixel pipeline")
+                .apply(&src, &mut got);
+            assert_eq!(
+                want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                "{p:?}"
+            );
+        }
+        let resize = Pipeline {
+            resize: Some([3, 3]),
+            ..Default::default()
+        };
+        assert!(resize.pixel_table(gray, false).is_none());
+        let to_gray = Pipeline {
+            channels: Some(1),
+            ..Default::default()
+        };
+        assert!(to_gray.pixel_table(rgb, false).is_none());
+        let augmented = Pipeline {
+            augment: Some(Augment::default()),
+            ..Default::default()
+        };
+        assert!(augmented.pixel_table(gray, true).is_none());
+        assert!(
+            augmented.pixel_table(gray, false).is_some(),
+            "evaluation batches are not augmented"
+        );
+    }
     use rand_chacha::ChaCha8Rng;
 
     fn run(p: &Pipeline, src: &[u8], shape: ImageShape) -> Vec<f32> {

@@ -1,4 +1,5 @@
 //! Access to the f32 data of CPU storages and tensors (crate-private helpers).
+use crate::sgemm::{self, Product, Strided};
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, DType, Layout, Result, Storage, Tensor};
 use std::borrow::Cow;
@@ -65,7 +66,7 @@ pub(crate) fn zeros(n: usize) -> Vec<f32> {
     vec![0f32; n]
 }
 
-/// A new row-major `m x n` matrix `lhs @ rhs`, written by the gemm without first
+/// A new row-major `m x n` matrix `lhs @ rhs`, written by the product without first
 /// zero-filling the buffer (one pass over the output instead of two).
 pub(crate) fn gemm_new(m: usize, n: usize, k: usize, lhs: Mat, rhs: Mat, par: gemm::Parallelism) -> Result<Vec<f32>> {
     let len = m * n;
@@ -76,34 +77,26 @@ pub(crate) fn gemm_new(m: usize, n: usize, k: usize, lhs: Mat, rhs: Mat, par: ge
         bail!("gemm {m}x{k} @ {k}x{n}: an operand does not fit its buffer")
     }
     let mut out: Vec<f32> = Vec::with_capacity(len);
+    let dst = Strided {
+        ptr: out.spare_capacity_mut().as_mut_ptr().cast::<f32>(),
+        rs: n,
+        cs: 1,
+    };
     // SAFETY: the operands were bounds-checked above; the destination is the
-    // `m * n` elements of `out`'s allocation (row stride n, column stride 1). With
-    // `read_dst = false` the gemm crate never reads the destination: it sets alpha to
-    // zero and every code path (microkernels, gemv, gevv, k == 0) stores each of the
-    // `m * n` elements, so all of them are initialised when it returns, and only then
-    // is the length set.
+    // `m * n` distinct elements of `out`'s allocation. Without accumulation neither
+    // backend reads the destination, and every path stores each of its elements, so
+    // all of them are initialised when it returns, and only then is the length set.
+    let p = Product {
+        m,
+        n,
+        k,
+        c: dst,
+        accumulate: false,
+        a: lhs.strided(),
+        b: rhs.strided(),
+    };
     unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            out.spare_capacity_mut().as_mut_ptr().cast::<f32>(),
-            1,
-            n as isize,
-            false,
-            lhs.data.as_ptr().add(lhs.off),
-            lhs.cs as isize,
-            lhs.rs as isize,
-            rhs.data.as_ptr().add(rhs.off),
-            rhs.cs as isize,
-            rhs.rs as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            par,
-        );
+        sgemm::product(p, sgemm::threads_of(par));
         out.set_len(len);
     }
     Ok(out)
@@ -164,6 +157,14 @@ impl<'a> Mat<'a> {
             cs: 1,
         }
     }
+    /// The operand by address, for [`sgemm::product`].
+    fn strided(&self) -> Strided<*const f32> {
+        Strided {
+            ptr: self.data[self.off.min(self.data.len())..].as_ptr(),
+            rs: self.rs,
+            cs: self.cs,
+        }
+    }
     /// Whether every element of a `rows x cols` view lies inside `data`.
     fn fits(&self, rows: usize, cols: usize) -> bool {
         rows == 0 || cols == 0 || self.off + (rows - 1) * self.rs + (cols - 1) * self.cs < self.data.len()
@@ -172,7 +173,7 @@ impl<'a> Mat<'a> {
 
 /// `dst = lhs @ rhs` (or `dst += lhs @ rhs` with `accumulate`) for an `m x k` lhs
 /// and a `k x n` rhs, with `dst` element `(i, j)` at `dst_off + i*dst_rs + j*dst_cs`.
-/// Bounds are checked before the (unsafe) call into the `gemm` crate.
+/// Bounds are checked before the (unsafe) call into [`sgemm::product`].
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn gemm(
     m: usize,
@@ -204,30 +205,30 @@ pub(crate) fn gemm(
         }
         return Ok(());
     }
+    // Distinct destination elements: one stride spans the other dimension.
+    if m > 1 && n > 1 && dst_rs < n * dst_cs && dst_cs < m * dst_rs {
+        bail!("gemm {m}x{k} @ {k}x{n}: destination strides ({dst_rs}, {dst_cs}) overlap")
+    }
+    let dst_ptr = dst[dst_off..].as_mut_ptr();
     // SAFETY: every element the product reads or writes was checked to be inside
-    // its slice above; `dst` is borrowed mutably, so nothing else aliases it.
+    // its slice above, the destination's are distinct, and `dst` is borrowed
+    // mutably, so nothing else aliases it.
     unsafe {
-        gemm::gemm(
+        let c = Strided {
+            ptr: dst_ptr,
+            rs: dst_rs,
+            cs: dst_cs,
+        };
+        let p = Product {
             m,
             n,
             k,
-            dst.as_mut_ptr().add(dst_off),
-            dst_cs as isize,
-            dst_rs as isize,
+            c,
             accumulate,
-            lhs.data.as_ptr().add(lhs.off),
-            lhs.cs as isize,
-            lhs.rs as isize,
-            rhs.data.as_ptr().add(rhs.off),
-            rhs.cs as isize,
-            rhs.rs as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            par,
-        );
+            a: lhs.strided(),
+            b: rhs.strided(),
+        };
+        sgemm::product(p, sgemm::threads_of(par));
     }
     Ok(())
 }

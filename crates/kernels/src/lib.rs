@@ -22,7 +22,12 @@
 //! to float reassociation (tests in `tests/`). With bf16/f16 activations the f32
 //! parameters are cast to the activations' dtype at use ([`precision`]).
 //!
-//! Threads: gemm calls and loops stay on the calling thread for small shapes and use
+//! Matrix products all go through [`sgemm`]: the `gemm` crate by default, or Intel
+//! MKL's `cblas_sgemm` with the cargo feature `mkl` (statically linked; needs
+//! `MKLROOT`, which `cargo xtask mkl` provides), cut into blocks of the output that
+//! run single-threaded on rayon's pool.
+//!
+//! Threads: products and loops stay on the calling thread for small shapes and use
 //! up to [`threading::threads`] threads for big ones (see [`threading`]).
 //! Process-wide settings, applied once on first use ([`runtime`]): denormals are
 //! flushed to zero on the calling thread and candle's and rayon's worker threads
@@ -47,11 +52,14 @@ pub mod denormal;
 pub mod depthwise;
 pub mod linear;
 pub mod loss;
+#[cfg(feature = "mkl")]
+mod mkl;
 pub mod norm;
 pub mod pool;
 pub mod precision;
 pub mod relu;
 pub mod runtime;
+pub mod sgemm;
 pub mod threading;
 
 pub use conv::{conv2d, Conv2dParams};

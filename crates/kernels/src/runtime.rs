@@ -13,7 +13,32 @@
 //!    once plus at most 256 MiB of free heap kept for reuse.
 //!
 //! Opt out with `DIGITLAB_KEEP_DENORMALS=1` and `DIGITLAB_DEFAULT_MALLOC=1`.
+//!
+//! For binaries, [`pin_thread_count`] (called first thing in `main`) spares candle
+//! a `/proc/cpuinfo` parse per matrix product.
 use std::sync::Once;
+
+/// Sets `RAYON_NUM_THREADS` to candle's thread count (the physical cores) when it is
+/// unset. candle's `get_num_threads`, which each of its CPU matrix products calls,
+/// then reads one environment variable instead of parsing `/proc/cpuinfo`; in a
+/// batch-1 MLP step that parse was about 15% of the main thread's time (perf,
+/// 2026-12-01). rayon's global pool gets the same size candle uses. Returns the
+/// count.
+///
+/// Call it at the start of `main`, before any thread is started: changing the
+/// environment races with other threads (C code included) reading it.
+pub fn pin_thread_count() -> usize {
+    if let Some(n) = std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+    {
+        return n;
+    }
+    let n = candle_core::utils::get_num_threads().max(1);
+    std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    n
+}
 
 /// Applies the settings (once per process; later calls only cover the calling
 /// thread's denormal mode).

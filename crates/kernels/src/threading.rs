@@ -7,9 +7,12 @@
 //! number of physical cores), with gemm's own rayon parallelism for big products.
 use std::ops::Range;
 
-/// Threads the kernels may use (candle's `get_num_threads`, at least 1).
+/// Threads the kernels may use (candle's `get_num_threads`, at least 1), read once
+/// per process: candle's reads `RAYON_NUM_THREADS` and parses `/proc/cpuinfo` on
+/// every call, which was about 15% of a batch-1 MLP step (perf, 2026-12-01).
 pub fn threads() -> usize {
-    candle_core::utils::get_num_threads().max(1)
+    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *THREADS.get_or_init(|| candle_core::utils::get_num_threads().max(1))
 }
 
 /// Matrix products with fewer multiply-adds than this run single-threaded
