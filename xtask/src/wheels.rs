@@ -106,6 +106,15 @@ impl Kind {
         std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
         let name = dir.file_name().context("the folder has no name")?.to_string_lossy();
         let staging = parent.join(format!(".{name}.partial-{}", std::process::id()));
+        let old = parent.join(format!(".{name}.old-{}", std::process::id()));
+        // Both are removed later, so they must be ours: refuse names already taken.
+        for p in [&staging, &old] {
+            ensure!(
+                !p.exists(),
+                "{} already exists and is not ours to remove: move it away and run again",
+                p.display()
+            );
+        }
         eprintln!(
             "installing {} into {} (pip, {})",
             wheels.join(" "),
@@ -133,7 +142,6 @@ impl Kind {
             },
         )?;
         if replace {
-            let old = parent.join(format!(".{name}.old-{}", std::process::id()));
             std::fs::rename(dir, &old).with_context(|| format!("cannot move {} aside", dir.display()))?;
             std::fs::rename(&staging, dir)
                 .with_context(|| format!("cannot move the new folder to {}", dir.display()))?;
@@ -259,6 +267,22 @@ mod tests {
             ..KIND
         };
         assert!(other.read_stamp(d.path()).is_err());
+    }
+
+    #[test]
+    fn a_taken_staging_name_is_refused_and_left_alone() {
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("tool");
+        let taken = parent.path().join(format!(".tool.partial-{}", std::process::id()));
+        std::fs::create_dir(&taken).unwrap();
+        std::fs::write(taken.join("someone-elses.txt"), "x").unwrap();
+        // The check comes before pip runs (this interpreter does not exist).
+        let err = KIND
+            .install(&dir, "/nonexistent/python", &["w==1".into()], false)
+            .unwrap_err();
+        assert!(err.to_string().contains("not ours to remove"), "{err}");
+        assert!(taken.join("someone-elses.txt").exists());
+        assert!(!dir.exists());
     }
 
     #[test]

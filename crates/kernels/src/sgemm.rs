@@ -51,47 +51,58 @@ pub(crate) struct Product {
     pub b: Strided<*const f32>,
 }
 
-impl Product {
-    /// Rows `start..end` of C (and of A).
+impl Strided<*mut f32> {
+    /// The view starting `elems` elements later.
     ///
     /// # Safety
-    /// `start..end` must lie inside `0..m`.
-    unsafe fn rows(self, start: usize, end: usize) -> Self {
-        // SAFETY: offsets to elements of the views (the caller's range).
-        unsafe {
-            Self {
-                m: end - start,
-                c: Strided {
-                    ptr: self.c.ptr.add(start * self.c.rs),
-                    ..self.c
-                },
-                a: Strided {
-                    ptr: self.a.ptr.add(start * self.a.rs),
-                    ..self.a
-                },
-                ..self
-            }
+    /// The new start must lie inside the same allocation.
+    unsafe fn skip(self, elems: usize) -> Self {
+        // SAFETY: the caller's.
+        Self {
+            ptr: unsafe { self.ptr.add(elems) },
+            ..self
         }
     }
+}
 
-    /// Columns `start..end` of C (and of B).
+impl Strided<*const f32> {
+    /// The view starting `elems` elements later.
     ///
     /// # Safety
-    /// `start..end` must lie inside `0..n`.
-    unsafe fn cols(self, start: usize, end: usize) -> Self {
+    /// The new start must lie inside the same allocation.
+    unsafe fn skip(self, elems: usize) -> Self {
+        // SAFETY: the caller's.
+        Self {
+            ptr: unsafe { self.ptr.add(elems) },
+            ..self
+        }
+    }
+}
+
+impl Product {
+    /// Rows `start..end` of C and A (`by_rows`), or columns `start..end` of C and B.
+    ///
+    /// # Safety
+    /// `start..end` must lie inside `0..m` (or `0..n`).
+    unsafe fn block(self, by_rows: bool, start: usize, end: usize) -> Self {
         // SAFETY: offsets to elements of the views (the caller's range).
         unsafe {
-            Self {
-                n: end - start,
-                c: Strided {
-                    ptr: self.c.ptr.add(start * self.c.cs),
-                    ..self.c
-                },
-                b: Strided {
-                    ptr: self.b.ptr.add(start * self.b.cs),
-                    ..self.b
-                },
-                ..self
+            if by_rows {
+                let (c, a) = (self.c.skip(start * self.c.rs), self.a.skip(start * self.a.rs));
+                Self {
+                    m: end - start,
+                    c,
+                    a,
+                    ..self
+                }
+            } else {
+                let (c, b) = (self.c.skip(start * self.c.cs), self.b.skip(start * self.b.cs));
+                Self {
+                    n: end - start,
+                    c,
+                    b,
+                    ..self
+                }
             }
         }
     }
@@ -126,13 +137,7 @@ pub(crate) unsafe fn product(p: Product, threads: usize) {
                 // SAFETY: block `start..end` of C's rows (or columns) and the matching
                 // rows of A (or columns of B): inside the caller's views, and no other
                 // block writes these elements of C.
-                unsafe {
-                    serial(if by_rows {
-                        p.rows(start, end)
-                    } else {
-                        p.cols(start, end)
-                    })
-                }
+                unsafe { serial(p.block(by_rows, start, end)) }
             });
             start = end;
         }
