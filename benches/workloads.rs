@@ -125,6 +125,11 @@ pub const WORKLOADS: &[Workload] = &[
         "end to end on real MNIST: `digitlab train` of configs/mlp_wide.toml for 1 epoch (batch 32, validation, test); samples = training images",
         54_000,
     ),
+    w(
+        "e2e_transfer224",
+        "end to end on real MNIST: `digitlab transfer` of benches/configs/e2e_transfer224.toml (ResNet-18 at 224 px, random frozen weights, 225 train / 75 val / 100 test images, head 5 epochs); samples = training images x epochs",
+        5 * 225,
+    ),
 ];
 
 /// Whether a workload is end to end: one whole run per process, no warm-up.
@@ -534,6 +539,11 @@ pub fn prepare(name: &str) -> Result<Prepared> {
         }
         "e2e_mlp_sweep" => cli_step(&["sweep", "--config", &config("mlp_mnist")])?,
         "e2e_mlp_wide" => cli_step(&["train", "--config", &config("mlp_wide"), "--set", "train.epochs=1"])?,
+        "e2e_transfer224" => cli_step(&[
+            "transfer",
+            "--config",
+            &format!("{}/configs/e2e_transfer224.toml", env!("CARGO_MANIFEST_DIR")),
+        ])?,
         other => return Err(BenchError::UnknownWorkload(other.to_string())),
     };
     Ok(Prepared { workload, step })

@@ -50,6 +50,7 @@ WORKLOADS = [
     # End to end on real MNIST (benches/reference/e2e.py): one run, no warm-up.
     ("e2e_mlp_sweep", 1020000),
     ("e2e_mlp_wide", 54000),
+    ("e2e_transfer224", 1125),
 ]
 
 

@@ -11,9 +11,13 @@ gzipped or not), data loading included:
 - e2e_mlp_wide: `digitlab train --config configs/mlp_wide.toml --set train.epochs=1`:
   MLP 784-3136-1568-10, SGD lr 0.1 with cosine decay, batch 32, 90/10 split, one epoch,
   validation, test.
+- e2e_transfer224: `digitlab transfer --config benches/configs/e2e_transfer224.toml`:
+  frozen ResNet-18 at 224 px, a linear head trained 5 epochs with Adam at batch 64;
+  here the backbone runs again every epoch, as the coursework's code does.
 """
 import gzip
 import os
+import sys
 
 import numpy as np
 import torch
@@ -131,8 +135,56 @@ def mlp_wide():
     return evaluate(m, xt, yt)
 
 
+def transfer224():
+    """The coursework's frozen-transfer loop: every epoch, every batch is resized to
+    224 px and normalised in the data pipeline and goes through the frozen backbone
+    (no_grad, eval mode) again, then the head trains on it; validation every epoch
+    through the backbone too, then test. Same sizes as benches/configs/e2e_transfer224.toml."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from bench import ResNet18Features
+
+    x, y, xt, yt = load_mnist()
+    # The same subset sizes (the images differ: speed does not depend on them).
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(42))[:300]
+    (xtr, ytr), (xva, yva) = split(x[order], y[order], 0.25)
+    xte, yte = xt[:100], yt[:100]
+    torch.manual_seed(42)
+    backbone = ResNet18Features().eval()
+    for p in backbone.parameters():
+        p.requires_grad_(False)
+    head = nn.Linear(512, 10)
+    opt = torch.optim.Adam(head.parameters(), lr=1e-3)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+
+    def features(xb):
+        # [-1, 1] back to [0, 1], gray to RGB, resize, ImageNet normalisation.
+        img = ((xb.view(-1, 1, 28, 28) + 1) / 2).expand(-1, 3, -1, -1)
+        img = F.interpolate(img, size=(224, 224), mode="bilinear", align_corners=False)
+        with torch.no_grad():
+            return backbone((img - mean) / std)
+
+    def accuracy(xs, ys):
+        correct = 0
+        for s in range(0, len(xs), 32):
+            with torch.no_grad():
+                correct += (head(features(xs[s : s + 32])).argmax(1) == ys[s : s + 32]).sum().item()
+        return correct / len(xs)
+
+    g = torch.Generator().manual_seed(42)
+    for _ in range(5):
+        for xb, yb in DataLoader(TensorDataset(xtr, ytr), batch_size=64, shuffle=True, generator=g):
+            loss = F.cross_entropy(head(features(xb)), yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        accuracy(xva, yva)
+    return accuracy(xte, yte)
+
+
 # name -> (function, training images it processes: for samples/s, same as digitlab's side)
 E2E = {
     "e2e_mlp_sweep": (mlp_sweep, 3 * 5 * 48_000 + 5 * 60_000),
     "e2e_mlp_wide": (mlp_wide, 54_000),
+    "e2e_transfer224": (transfer224, 5 * 225),
 }

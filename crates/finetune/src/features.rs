@@ -328,7 +328,9 @@ pub fn extract_features(
     device: &Device,
     progress: &ProgressBar,
 ) -> Result<(Tensor, usize)> {
-    let batcher = Batcher::new(data, pipeline, batch_size, device)?;
+    // One pass in order: each batch is converted when it is needed (caching the
+    // converted set first would hold every resized image at once, for nothing).
+    let batcher = Batcher::new(data, pipeline, batch_size, device)?.with_cache_limit(0);
     let mut parts = Vec::with_capacity(batcher.num_batches());
     for batch in batcher.epoch(0) {
         let batch = batch?;

@@ -796,8 +796,6 @@ pub fn run_backbone(
     if let (Some(p), true) = (&created.pretrained, opts.verbosity != Verbosity::Silent) {
         eprintln!("{label}: {}\n{}", p.path.display(), p.report);
     }
-    // bf16: the backbone computes in bf16, features come back (and are cached) as f32.
-    let backbone = digitlab_models::MixedBackbone::wrap(created.backbone(), cfg.transfer.dtype);
     let weights_id = created.weights_id()?;
 
     let cache_dir = opts
@@ -835,6 +833,10 @@ pub fn run_backbone(
     let fb = cfg.transfer.feature_batch_size;
     let features = |split: &str, ds: &Dataset, stats: &mut CacheStats| -> Result<LabeledFeatures> {
         let key = key_for(split, ds);
+        // Built at each use over the variables as they are then (a backbone that
+        // trains later must not leave stale statistics here); bf16: the backbone
+        // computes in bf16, features come back (and are cached) as f32.
+        let backbone = digitlab_models::MixedBackbone::wrap(created.inference_backbone()?, cfg.transfer.dtype);
         let f = features_for(
             cache.as_ref(),
             &key,

@@ -413,6 +413,27 @@ impl CreatedModel {
             .expect("create_model only builds models with a backbone")
             .clone()
     }
+    /// The backbone built again over detached views of the same variables (their
+    /// storage is shared, nothing is copied but the batch-norm statistics, read as
+    /// they are now), for passes that need no gradient: cached features. With
+    /// parameters that track gradients every layer records its inputs for a
+    /// backward that never comes and the kernels keep their training paths (batch
+    /// norm as candle_nn's composition, saved im2col buffers); the transfer
+    /// pipeline's ResNet-18 pass at 224 px ran at half the speed of the same
+    /// network built without gradients, with a third of its time in page faults.
+    pub fn inference_backbone(&self) -> Result<Arc<dyn Backbone>> {
+        let tensors: HashMap<String, Tensor> = {
+            let data = self.varmap.data().lock().expect("varmap lock poisoned");
+            data.iter().map(|(n, v)| (n.clone(), v.as_tensor().detach())).collect()
+        };
+        let vb = VarBuilder::from_tensors(tensors, DType::F32, &self.device);
+        let model = build_model(&self.arch.config, self.input, self.num_classes, vb)
+            .map_err(|e| FinetuneError::Config(format!("{}: cannot build for inference: {e}", self.name)))?;
+        Ok(model
+            .backbone()
+            .ok_or_else(|| FinetuneError::Config(format!("{}: model has no backbone", self.name)))?
+            .clone())
+    }
     /// Variable-name prefix of the classification head (`fc`, `classifier.6`, ...).
     pub fn head_prefix(&self) -> &'static str {
         self.backbone().head_prefix()
@@ -767,5 +788,38 @@ mod tests {
             "{e}"
         );
         assert!(resolve_arch("resnet20").is_err());
+    }
+
+    #[test]
+    fn the_inference_backbone_gives_the_same_features_without_a_graph_over_the_same_weights() {
+        let opts = CreateOptions::new(rgb(32).unwrap());
+        let created = create_model("resnet18_cifar", &WeightsSource::None, 10, &opts).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (2, 3, 32, 32), &Device::Cpu).unwrap();
+        let trained = created.backbone().features(&x, false).unwrap();
+        let inference = created.inference_backbone().unwrap().features(&x, false).unwrap();
+        // The trainable backbone records a graph; the inference one does not.
+        assert!(trained.track_op() && !inference.track_op());
+        let diff: f32 = (&trained - &inference)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert!(diff < 1e-5, "features differ by {diff}");
+        // It reads the variables as they are when built: a later change shows in the next one.
+        let w = created.varmap.data().lock().unwrap()["conv1.weight"].clone();
+        w.set(&w.zeros_like().unwrap()).unwrap();
+        let zeroed = created.inference_backbone().unwrap().features(&x, false).unwrap();
+        let moved: f32 = (&zeroed - &inference)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert!(moved > 1e-3, "the inference backbone did not see the new weights");
     }
 }

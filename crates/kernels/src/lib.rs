@@ -13,6 +13,7 @@
 //! | [`relu`] | one pass forward, one pass backward |
 //! | [`softmax_cross_entropy`] | per-sample `logsumexp(z) - z[y]` in one op, gradient `softmax(z) - onehot(y)` |
 //! | [`batch_norm_eval`] | eval-mode batch norm as one per-channel affine pass (+ ReLU) |
+//! | [`batch_norm_train`] | train-mode batch norm (+ ReLU): per-channel statistics in f64, running statistics updated in place, one affine pass; a two-pass backward (candle_nn's is about ten broadcast ops each way) |
 //!
 //! Every function checks its inputs and falls back to the equivalent composition
 //! of candle's own ops whenever the fast path does not apply: tensors not on the
@@ -55,6 +56,7 @@ pub mod loss;
 #[cfg(feature = "mkl")]
 mod mkl;
 pub mod norm;
+pub mod norm_train;
 pub mod pool;
 pub mod precision;
 pub mod relu;
@@ -67,6 +69,7 @@ pub use depthwise::{depthwise_conv2d, DepthwiseParams};
 pub use linear::linear;
 pub use loss::softmax_cross_entropy;
 pub use norm::batch_norm_eval;
+pub use norm_train::batch_norm_train;
 pub use pool::max_pool2d;
 pub use relu::relu;
 

@@ -105,30 +105,45 @@ impl CustomOp1 for Affine {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = cpu::contiguous(f32_data(s, "batch_norm_eval")?, l)?;
-        let (c, inner) = (self.scale.len(), self.inner.max(1));
+        let c = self.scale.len();
         let mut out = cpu::zeros(x.len());
         let relu = self.act == Activation::Relu;
-        for_each_chunk(&mut out, |start, chunk| {
-            // Walk the chunk one channel plane (run of `inner` values) at a time.
-            let mut idx = start;
-            let end = start + chunk.len();
-            while idx < end {
-                let plane = idx / inner;
-                let (a, b) = (self.scale[plane % c], self.shift[plane % c]);
-                let stop = ((plane + 1) * inner).min(end);
-                let (src, dst) = (&x[idx..stop], &mut chunk[idx - start..stop - start]);
-                if relu {
-                    for (o, v) in dst.iter_mut().zip(src) {
-                        *o = (v * a + b).max(0.0);
-                    }
-                } else {
-                    for (o, v) in dst.iter_mut().zip(src) {
-                        *o = v * a + b;
-                    }
+        for_each_plane(&mut out, self.inner, c, |ch, offset, dst| {
+            let (a, b) = (self.scale[ch], self.shift[ch]);
+            let src = &x[offset..offset + dst.len()];
+            if relu {
+                for (o, v) in dst.iter_mut().zip(src) {
+                    *o = (v * a + b).max(0.0);
                 }
-                idx = stop;
+            } else {
+                for (o, v) in dst.iter_mut().zip(src) {
+                    *o = v * a + b;
+                }
             }
         });
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
+}
+
+/// Calls `f(channel, offset, run)` on every run of `out` that belongs to one
+/// channel plane (`out` is `[B, channels, inner]`; `offset` is the run's position
+/// in `out`), split over threads for big arrays. A run is a whole plane or, where
+/// a thread's chunk starts or ends inside one, part of it.
+pub(crate) fn for_each_plane(
+    out: &mut [f32],
+    inner: usize,
+    channels: usize,
+    f: impl Fn(usize, usize, &mut [f32]) + Sync,
+) {
+    let inner = inner.max(1);
+    for_each_chunk(out, |start, chunk| {
+        let mut idx = start;
+        let end = start + chunk.len();
+        while idx < end {
+            let plane = idx / inner;
+            let stop = ((plane + 1) * inner).min(end);
+            f(plane % channels, idx, &mut chunk[idx - start..stop - start]);
+            idx = stop;
+        }
+    });
 }

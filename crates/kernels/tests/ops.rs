@@ -10,8 +10,8 @@ use digitlab_kernels::linear::linear_reference;
 use digitlab_kernels::loss::softmax_cross_entropy_reference;
 use digitlab_kernels::norm::batch_norm_eval_reference;
 use digitlab_kernels::{
-    batch_norm_eval, conv2d, depthwise_conv2d, linear, max_pool2d, relu, softmax_cross_entropy, Activation,
-    Conv2dParams,
+    batch_norm_eval, batch_norm_train, conv2d, depthwise_conv2d, linear, max_pool2d, relu, softmax_cross_entropy,
+    Activation, Conv2dParams,
 };
 
 const TOL: f32 = 2e-5;
@@ -678,4 +678,192 @@ fn denormals_are_flushed_on_the_calling_thread() {
     })
     .join()
     .unwrap();
+}
+
+/// candle_nn's train-mode batch norm over `x` with the given statistics and affine
+/// parameters, then `act`: the reference of `batch_norm_train`.
+fn candle_batch_norm(
+    x: &Tensor,
+    stats: (&Tensor, &Tensor),
+    affine: Option<(&Tensor, &Tensor)>,
+    momentum: f64,
+    act: Activation,
+) -> (candle_nn::BatchNorm, Tensor) {
+    let (m, v) = (stats.0.copy().unwrap(), stats.1.copy().unwrap());
+    let bn = match affine {
+        Some((w, b)) => {
+            candle_nn::BatchNorm::new_with_momentum(x.dim(1).unwrap(), m, v, w.clone(), b.clone(), 1e-5, momentum)
+        }
+        None => candle_nn::BatchNorm::new_no_bias_with_momentum(x.dim(1).unwrap(), m, v, 1e-5, momentum),
+    }
+    .unwrap();
+    let y = candle_nn::ModuleT::forward_t(&bn, x, true).unwrap();
+    (bn, act.apply_reference(&y).unwrap())
+}
+
+#[test]
+fn batch_norm_train_matches_candle_nn_forward_gradients_and_running_statistics() {
+    // Rank 2 (an MLP's), 3 and 4 (a CNN's), and one big enough to split over threads.
+    for dims in [vec![6usize, 5], vec![2, 3, 7], vec![3, 4, 5, 5], vec![4, 16, 64, 64]] {
+        let c = dims[1];
+        for act in [Activation::Identity, Activation::Relu] {
+            for affine in [true, false] {
+                let what = format!("batch_norm_train {dims:?} {act:?} affine={affine}");
+                let (x, w, b) = (var(&dims, 1), var(&[c], 2), var(&[c], 3));
+                let mean0 = tensor(&[c], 4);
+                let var0 = (tensor(&[c], 5).abs().unwrap() + 0.5).unwrap();
+                let (m, v) = (mean0.copy().unwrap(), var0.copy().unwrap());
+                let stats = digitlab_kernels::norm_train::RunningStats {
+                    mean: &m,
+                    var: &v,
+                    momentum: 0.1,
+                };
+                let wb = affine.then(|| (w.as_tensor(), b.as_tensor()));
+                let got = batch_norm_train(x.as_tensor(), stats, wb, 1e-5, act)
+                    .unwrap()
+                    .unwrap_or_else(|| panic!("{what}: the kernel did not apply"));
+                let (bn, want) = candle_batch_norm(x.as_tensor(), (&mean0, &var0), wb, 0.1, act);
+                assert!(rel_err(&got, &want) < TOL, "{what}: forward {}", rel_err(&got, &want));
+                assert!(rel_err(&m, bn.running_mean()) < 1e-6, "{what}: running mean");
+                assert!(rel_err(&v, bn.running_var()) < 1e-6, "{what}: running var");
+                let gk = weighted_sum(&got, 6).unwrap().backward().unwrap();
+                let gr = weighted_sum(&want, 6).unwrap().backward().unwrap();
+                let mut params = vec![("dx", &x)];
+                if affine {
+                    params.extend([("dw", &w), ("db", &b)]);
+                }
+                for (name, p) in params {
+                    let (a, r) = (gk.get(p.as_tensor()).unwrap(), gr.get(p.as_tensor()).unwrap());
+                    // dx is a difference of terms of the size of dy: judge it against dy's scale.
+                    let e = rel_err(a, r);
+                    assert!(e < 1e-4, "{what}: {name} rel err {e}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn batch_norm_train_gradients_match_finite_differences() {
+    let dims = [4usize, 3, 2, 2];
+    let (x, w, b) = (tensor(&dims, 1), tensor(&[3], 2), tensor(&[3], 3));
+    let stats = || {
+        (
+            Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap(),
+            Tensor::ones(3, DType::F32, &Device::Cpu).unwrap(),
+        )
+    };
+    let loss = |x: &Tensor, w: &Tensor, b: &Tensor| -> f64 {
+        let x64 = x.to_dtype(DType::F64).unwrap();
+        let (x64, w64, b64) = (x64, w.to_dtype(DType::F64).unwrap(), b.to_dtype(DType::F64).unwrap());
+        // The same function in f64 with candle's ops (the kernel is f32 only).
+        let mean = x64
+            .mean_keepdim(0)
+            .unwrap()
+            .mean_keepdim(2)
+            .unwrap()
+            .mean_keepdim(3)
+            .unwrap();
+        let d = x64.broadcast_sub(&mean).unwrap();
+        let var = d
+            .sqr()
+            .unwrap()
+            .mean_keepdim(0)
+            .unwrap()
+            .mean_keepdim(2)
+            .unwrap()
+            .mean_keepdim(3)
+            .unwrap();
+        let y = d
+            .broadcast_div(&(var + 1e-5).unwrap().sqrt().unwrap())
+            .unwrap()
+            .broadcast_mul(&w64.reshape((1, 3, 1, 1)).unwrap())
+            .unwrap()
+            .broadcast_add(&b64.reshape((1, 3, 1, 1)).unwrap())
+            .unwrap()
+            .relu()
+            .unwrap();
+        weighted_sum(&y, 6).unwrap().to_scalar::<f64>().unwrap()
+    };
+    let (xv, wv, bv) = (
+        Var::from_tensor(&x).unwrap(),
+        Var::from_tensor(&w).unwrap(),
+        Var::from_tensor(&b).unwrap(),
+    );
+    let (m, v) = stats();
+    let rs = digitlab_kernels::norm_train::RunningStats {
+        mean: &m,
+        var: &v,
+        momentum: 0.1,
+    };
+    let y = batch_norm_train(
+        xv.as_tensor(),
+        rs,
+        Some((wv.as_tensor(), bv.as_tensor())),
+        1e-5,
+        Activation::Relu,
+    )
+    .unwrap()
+    .unwrap();
+    let g = weighted_sum(&y, 6).unwrap().backward().unwrap();
+    let eps = 1e-3;
+    assert_close(
+        &to_f64(g.get(xv.as_tensor()).unwrap()),
+        &finite_difference(&x, eps, |t| loss(t, &w, &b)),
+        2e-3,
+        "dx",
+    );
+    assert_close(
+        &to_f64(g.get(wv.as_tensor()).unwrap()),
+        &finite_difference(&w, eps, |t| loss(&x, t, &b)),
+        2e-3,
+        "dw",
+    );
+    assert_close(
+        &to_f64(g.get(bv.as_tensor()).unwrap()),
+        &finite_difference(&b, eps, |t| loss(&x, &w, t)),
+        2e-3,
+        "db",
+    );
+}
+
+#[test]
+fn batch_norm_train_declines_what_it_does_not_cover_and_touches_nothing() {
+    let (m, v) = (tensor(&[3], 1), tensor(&[3], 2));
+    let stats = digitlab_kernels::norm_train::RunningStats {
+        mean: &m,
+        var: &v,
+        momentum: 0.1,
+    };
+    let before = (to_f64(&m), to_f64(&v));
+    // One value per channel (no unbiased variance), f64 input, wrong channel count, rank 1.
+    for x in [
+        tensor(&[1, 3], 3),
+        tensor(&[4, 3], 3).to_dtype(DType::F64).unwrap(),
+        tensor(&[4, 2], 3),
+        tensor(&[3], 3),
+    ] {
+        assert!(
+            batch_norm_train(&x, stats, None, 1e-5, Activation::Identity)
+                .unwrap()
+                .is_none(),
+            "{:?}",
+            x.dims()
+        );
+    }
+    assert_eq!((to_f64(&m), to_f64(&v)), before);
+    // Only what tracks a gradient gets one (a frozen affine, a data input).
+    let w = var(&[3], 4);
+    let b = tensor(&[3], 5);
+    let y = batch_norm_train(
+        &tensor(&[4, 3], 3),
+        stats,
+        Some((w.as_tensor(), &b)),
+        1e-5,
+        Activation::Identity,
+    )
+    .unwrap()
+    .unwrap();
+    let g = y.sum_all().unwrap().backward().unwrap();
+    assert!(g.get(w.as_tensor()).is_some() && g.get(&b).is_none());
 }

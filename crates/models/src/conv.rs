@@ -73,11 +73,7 @@ impl Conv2dExt for Conv2d {
 /// candle_nn's batch norm followed by the activation.
 pub fn bn_act(bn: &BatchNorm, xs: &Tensor, train: bool, act: FusedActivation) -> Result<Tensor> {
     if train {
-        let y = crate::precision::batch_norm_t(bn, xs, true)?;
-        return match act {
-            FusedActivation::Relu => crate::layers::relu(&y),
-            FusedActivation::Identity => Ok(y),
-        };
+        return crate::precision::batch_norm_act_t(bn, xs, true, act);
     }
     let y = digitlab_kernels::batch_norm_eval(
         xs,

@@ -75,23 +75,22 @@ impl ModuleT for Mlp {
             if i == last {
                 x = layer.forward_act(&x, FusedActivation::Identity)?;
             } else {
-                // Without batch norm between them, the activation is fused into the
-                // linear kernel when it can be (ReLU, identity).
-                let fused = if self.norms.is_empty() {
-                    self.activation.fused()
-                } else {
-                    None
-                };
-                match fused {
-                    Some(act) => x = layer.forward_act(&x, act)?,
-                    None => {
-                        x = layer.forward_act(&x, FusedActivation::Identity)?;
-                        if let Some(bn) = self.norms.get(i) {
-                            x = crate::precision::batch_norm_t(bn, &x, train)?;
-                        }
-                        x = self.activation.forward(&x)?;
+                // The activation is fused into the linear kernel when no batch norm
+                // follows it, else into the batch norm (ReLU, identity).
+                x = match (self.norms.get(i), self.activation.fused()) {
+                    (None, Some(act)) => layer.forward_act(&x, act)?,
+                    (Some(bn), Some(act)) => {
+                        let z = layer.forward_act(&x, FusedActivation::Identity)?;
+                        crate::precision::batch_norm_act_t(bn, &z, train, act)?
                     }
-                }
+                    (norm, None) => {
+                        let mut z = layer.forward_act(&x, FusedActivation::Identity)?;
+                        if let Some(bn) = norm {
+                            z = crate::precision::batch_norm_t(bn, &z, train)?;
+                        }
+                        self.activation.forward(&z)?
+                    }
+                };
                 if let Some(d) = &self.dropout {
                     x = d.forward_t(&x, train)?;
                 }
