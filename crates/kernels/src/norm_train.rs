@@ -91,33 +91,71 @@ pub fn batch_norm_train(
 /// contiguous `[B, c, inner]` array.
 fn channel_moments(x: &[f32], c: usize, inner: usize) -> (Vec<f64>, Vec<f64>) {
     let n = (x.len() / c) as f64;
-    let mean = channel_sums(x, c, inner, |_, v| f64::from(v));
+    let mean = channel_sums(x, x, c, inner, |_, v, _| f64::from(v));
     let mean: Vec<f64> = mean.into_iter().map(|s| s / n).collect();
-    let var = channel_sums(x, c, inner, |ch, v| {
+    let var = channel_sums(x, x, c, inner, |ch, v, _| {
         let d = f64::from(v) - mean[ch];
         d * d
     });
     (mean, var.into_iter().map(|s| s / n).collect())
 }
 
-/// `sum over b, i of f(ch, x[b, ch, i])` for every channel `ch`, each channel
-/// summed by one thread in a fixed order (the same bits for any thread count).
-fn channel_sums(x: &[f32], c: usize, inner: usize, f: impl Fn(usize, f32) -> f64 + Sync) -> Vec<f64> {
-    let per_channel = x.len() / c;
-    let parts = parts(c, per_channel, LOOP_SERIAL_MAX_ELEMS);
+/// `sum over b, i of f(ch, p[b, ch, i], q[b, ch, i])` for every channel `ch` of
+/// two `[B, c, inner]` arrays, each channel summed by one thread in a fixed order
+/// (the same bits for any thread count).
+fn channel_sums(p: &[f32], q: &[f32], c: usize, inner: usize, f: impl Fn(usize, f32, f32) -> f64 + Sync) -> Vec<f64> {
+    let parts = parts(c, p.len() / c, LOOP_SERIAL_MAX_ELEMS);
     map_ranges(c, parts, |_, range| {
         let mut acc = vec![0f64; range.len()];
-        for image in x.chunks_exact(c * inner) {
-            for (a, ch) in acc.iter_mut().zip(range.clone()) {
-                *a += image[ch * inner..(ch + 1) * inner]
-                    .iter()
-                    .map(|&v| f(ch, v))
-                    .sum::<f64>();
+        for (pi, qi) in p.chunks_exact(c * inner).zip(q.chunks_exact(c * inner)) {
+            if inner == 1 {
+                // `[B, c]` (an MLP's): one value per channel and row, walked as a row.
+                let vals = pi[range.clone()].iter().zip(&qi[range.clone()]);
+                for ((a, ch), (&u, &v)) in acc.iter_mut().zip(range.clone()).zip(vals) {
+                    *a += f(ch, u, v);
+                }
+            } else {
+                for (a, ch) in acc.iter_mut().zip(range.clone()) {
+                    let plane = ch * inner..(ch + 1) * inner;
+                    let vals = pi[plane.clone()].iter().zip(&qi[plane]);
+                    *a += vals.map(|(&u, &v)| f(ch, u, v)).sum::<f64>();
+                }
             }
         }
         acc
     })
     .concat()
+}
+
+/// `out[j] = f(channel of j, p[j], q[j])` over `[B, c, inner]` arrays, split over
+/// threads for big ones.
+fn map_channels(
+    out: &mut [f32],
+    p: &[f32],
+    q: &[f32],
+    c: usize,
+    inner: usize,
+    f: impl Fn(usize, f32, f32) -> f32 + Sync,
+) {
+    if inner == 1 {
+        // `[B, c]`: runs of whole rows (a run may start inside one), value k of a
+        // run belonging to channel (offset + k) % c.
+        for_each_plane(out, c, 1, |_, offset, dst| {
+            let len = dst.len();
+            let vals = p[offset..offset + len].iter().zip(&q[offset..offset + len]);
+            for (k, (o, (&u, &v))) in dst.iter_mut().zip(vals).enumerate() {
+                *o = f((offset + k) % c, u, v);
+            }
+        });
+    } else {
+        for_each_plane(out, inner, c, |ch, offset, dst| {
+            let len = dst.len();
+            let vals = p[offset..offset + len].iter().zip(&q[offset..offset + len]);
+            for (o, (&u, &v)) in dst.iter_mut().zip(vals) {
+                *o = f(ch, u, v);
+            }
+        });
+    }
 }
 
 /// Sets each value `i` of the running statistic `t` (contiguous CPU f32) to
@@ -191,20 +229,13 @@ impl CustomOp3 for TrainOp {
             .map(|i| (f64::from(b[i]) - self.mean[i] * f64::from(w[i]) * self.invstd[i]) as f32)
             .collect();
         let mut out = cpu::zeros(x.len());
-        let relu = self.act == Activation::Relu;
-        for_each_plane(&mut out, self.inner, c, |ch, offset, dst| {
-            let (a, s) = (scale[ch], shift[ch]);
-            let src = &x[offset..offset + dst.len()];
-            if relu {
-                for (o, v) in dst.iter_mut().zip(src) {
-                    *o = (v * a + s).max(0.0);
-                }
-            } else {
-                for (o, v) in dst.iter_mut().zip(src) {
-                    *o = v * a + s;
-                }
-            }
-        });
+        if self.act == Activation::Relu {
+            map_channels(&mut out, &x, &x, c, self.inner, |ch, v, _| {
+                (v * scale[ch] + shift[ch]).max(0.0)
+            });
+        } else {
+            map_channels(&mut out, &x, &x, c, self.inner, |ch, v, _| v * scale[ch] + shift[ch]);
+        }
         Ok((CpuStorage::F32(out), xl.shape().clone()))
     }
 
@@ -229,26 +260,10 @@ impl CustomOp3 for TrainOp {
         let inner = self.inner;
         let n = (xd.len() / c) as f64;
         // Per channel: sum(dz) (the bias gradient) and sum(dz * x_hat) (the weight's).
-        let sum_dz = channel_sums(dz, c, inner, |_, v| f64::from(v));
-        let sum_dz_xhat = {
-            let per_channel = xd.len() / c;
-            map_ranges(c, parts(c, per_channel, LOOP_SERIAL_MAX_ELEMS), |_, range| {
-                let mut acc = vec![0f64; range.len()];
-                for (xi, gi) in xd.chunks_exact(c * inner).zip(dz.chunks_exact(c * inner)) {
-                    for (a, ch) in acc.iter_mut().zip(range.clone()) {
-                        let (m, s) = (self.mean[ch], self.invstd[ch]);
-                        let plane = ch * inner..(ch + 1) * inner;
-                        *a += xi[plane.clone()]
-                            .iter()
-                            .zip(&gi[plane])
-                            .map(|(&v, &d)| f64::from(d) * (f64::from(v) - m) * s)
-                            .sum::<f64>();
-                    }
-                }
-                acc
-            })
-            .concat()
-        };
+        let sum_dz = channel_sums(dz, dz, c, inner, |_, d, _| f64::from(d));
+        let sum_dz_xhat = channel_sums(dz, xd, c, inner, |ch, d, v| {
+            f64::from(d) * (f64::from(v) - self.mean[ch]) * self.invstd[ch]
+        });
         let to_tensor = |v: &[f64]| cpu::tensor(v.iter().map(|&s| s as f32).collect(), c);
         let dw = if w.track_op() {
             Some(to_tensor(&sum_dz_xhat)?)
@@ -269,16 +284,9 @@ impl CustomOp3 for TrainOp {
                 })
                 .collect();
             let mut out = cpu::zeros(xd.len());
-            for_each_plane(&mut out, inner, c, |ch, offset, dst| {
+            map_channels(&mut out, dz, xd, c, inner, |ch, d, v| {
                 let (a, kx, k0) = k[ch];
-                let len = dst.len();
-                for ((o, &d), &v) in dst
-                    .iter_mut()
-                    .zip(&dz[offset..offset + len])
-                    .zip(&xd[offset..offset + len])
-                {
-                    *o = a * d + kx * v + k0;
-                }
+                a * d + kx * v + k0
             });
             Some(cpu::tensor(out, x.shape().clone())?)
         } else {
