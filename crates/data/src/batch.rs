@@ -9,6 +9,7 @@ use candle_core::{Device, Tensor};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
 
 /// One minibatch: `images` is `[B, C, H, W]` f32, `labels` is `[B]` u32, and
 /// `indices` are the positions of its images in the dataset.
@@ -22,6 +23,10 @@ pub struct Batch {
 /// Datasets whose transformed f32 images fit in this many bytes are converted
 /// once and kept on the device when no augmentation is asked for.
 pub const DEFAULT_CACHE_BYTES: usize = 1 << 30;
+
+/// Conversions of fewer output values than this (1 MiB of f32) stay on the calling
+/// thread.
+const PARALLEL_MIN_VALUES: usize = 1 << 18;
 
 /// Builds batches of a dataset through a pipeline on a device.
 ///
@@ -177,12 +182,28 @@ impl<'a> Batcher<'a> {
         // One table lookup per pixel where the pipeline allows it (normalisation
         // only: the trainer's usual case), the general path otherwise.
         let table = self.pipeline.pixel_table(ishape, rng.is_some());
-        for (slot, &i) in buf.chunks_exact_mut(n).zip(idx) {
-            match &table {
+        let convert_one =
+            |i: usize, slot: &mut [f32], rng: Option<&mut ChaCha8Rng>, scratch: &mut Vec<f32>| match &table {
                 Some(t) => t.apply(self.data.image(i), slot),
-                None => self
-                    .pipeline
-                    .apply(self.data.image(i), ishape, rng.as_deref_mut(), slot, scratch),
+                None => self.pipeline.apply(self.data.image(i), ishape, rng, slot, scratch),
+            };
+        let threads = rayon::current_num_threads();
+        if rng.is_none() && threads > 1 && buf.len() >= PARALLEL_MIN_VALUES {
+            // Without augmentation each image's conversion depends on nothing else:
+            // the same values in any order, so contiguous runs of images go to
+            // rayon's threads (converting a whole split for the cache, or a big batch).
+            let per_part = idx.len().div_ceil(threads);
+            buf.par_chunks_mut(per_part * n)
+                .zip(idx.par_chunks(per_part))
+                .for_each(|(slots, ids)| {
+                    let mut scratch = Vec::new();
+                    for (slot, &i) in slots.chunks_exact_mut(n).zip(ids) {
+                        convert_one(i, slot, None, &mut scratch);
+                    }
+                });
+        } else {
+            for (slot, &i) in buf.chunks_exact_mut(n).zip(idx) {
+                convert_one(i, slot, rng.as_deref_mut(), scratch);
             }
         }
         let images = Tensor::from_vec(
@@ -307,6 +328,30 @@ mod tests {
         let only: Vec<Batch> = full.epoch(3).collect::<Result<_>>().unwrap();
         assert_eq!(only.len(), 1);
         assert_eq!(only[0].indices, (0..11).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn conversion_split_over_threads_is_bit_identical_to_one_image_at_a_time() {
+        // Both paths: the per-pixel table (normalisation only) and the general one (a resize).
+        let d = toy(70_000);
+        let resized = Pipeline {
+            resize: Some([4, 4]),
+            ..Pipeline::default()
+        };
+        for p in [Pipeline::default(), resized] {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
+            let (x, _) = pool.install(|| Batcher::new(&d, &p, 10, &Device::Cpu).unwrap().all().unwrap());
+            let got: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+            assert!(got.len() >= PARALLEL_MIN_VALUES, "the test must take the parallel path");
+            let n = p.output_shape(d.shape()).numel();
+            let mut want = vec![0f32; d.len() * n];
+            let mut scratch = Vec::new();
+            for (i, slot) in want.chunks_exact_mut(n).enumerate() {
+                p.apply(d.image(i), d.shape(), None::<&mut ChaCha8Rng>, slot, &mut scratch);
+            }
+            let same = got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same && got.len() == want.len(), "resize {:?}", p.resize);
+        }
     }
 
     #[test]
