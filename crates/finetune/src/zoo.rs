@@ -790,6 +790,10 @@ mod tests {
         assert!(resolve_arch("resnet20").is_err());
     }
 
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b).and_then(|d| d.abs()?.max_all()?.to_scalar()).unwrap()
+    }
+
     #[test]
     fn the_inference_backbone_gives_the_same_features_without_a_graph_over_the_same_weights() {
         let opts = CreateOptions::new(rgb(32).unwrap());
@@ -799,27 +803,13 @@ mod tests {
         let inference = created.inference_backbone().unwrap().features(&x, false).unwrap();
         // The trainable backbone records a graph; the inference one does not.
         assert!(trained.track_op() && !inference.track_op());
-        let diff: f32 = (&trained - &inference)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap();
+        let diff = max_abs_diff(&trained, &inference);
         assert!(diff < 1e-5, "features differ by {diff}");
         // It reads the variables as they are when built: a later change shows in the next one.
         let w = created.varmap.data().lock().unwrap()["conv1.weight"].clone();
         w.set(&w.zeros_like().unwrap()).unwrap();
         let zeroed = created.inference_backbone().unwrap().features(&x, false).unwrap();
-        let moved: f32 = (&zeroed - &inference)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap();
+        let moved = max_abs_diff(&zeroed, &inference);
         assert!(moved > 1e-3, "the inference backbone did not see the new weights");
     }
 }

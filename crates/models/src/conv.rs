@@ -68,23 +68,53 @@ impl Conv2dExt for Conv2d {
     }
 }
 
-/// `act(bn(x))`. In eval mode with nothing to differentiate (frozen feature
-/// extraction) this is one fused per-channel pass on the CPU; otherwise it is
-/// candle_nn's batch norm followed by the activation.
+/// `act(bn(x))` in train or eval mode, the one batch-norm entry of the models. On
+/// CPU f32 each mode is one of digitlab's kernels: train mode
+/// [`digitlab_kernels::batch_norm_train`] (batch statistics, running statistics
+/// updated in place, the activation fused in), eval mode
+/// [`digitlab_kernels::batch_norm_eval`] (one per-channel pass when nothing is
+/// differentiated). Elsewhere candle_nn's batch norm runs (half-precision inputs
+/// normalised in f32), followed by the activation.
 pub fn bn_act(bn: &BatchNorm, xs: &Tensor, train: bool, act: FusedActivation) -> Result<Tensor> {
-    if train {
-        return crate::precision::batch_norm_act_t(bn, xs, true, act);
-    }
-    let y = digitlab_kernels::batch_norm_eval(
-        xs,
-        bn.running_mean(),
-        bn.running_var(),
-        bn.weight_and_bias(),
-        bn.eps(),
-        act,
-    )?;
+    let y = if train {
+        batch_norm_train_act(bn, xs, act)?
+    } else {
+        digitlab_kernels::batch_norm_eval(
+            xs,
+            bn.running_mean(),
+            bn.running_var(),
+            bn.weight_and_bias(),
+            bn.eps(),
+            act,
+        )?
+    };
     crate::summary::record_batch_norm(bn, &y);
     Ok(y)
+}
+
+/// Train-mode `act(bn(x))`: the kernel where it applies, else candle_nn's batch norm.
+fn batch_norm_train_act(bn: &BatchNorm, xs: &Tensor, act: FusedActivation) -> Result<Tensor> {
+    let half = digitlab_kernels::precision::is_half(xs.dtype());
+    if !half {
+        let stats = digitlab_kernels::norm_train::RunningStats {
+            mean: bn.running_mean(),
+            var: bn.running_var(),
+            momentum: bn.momentum(),
+        };
+        if let Some(y) = digitlab_kernels::batch_norm_train(xs, stats, bn.weight_and_bias(), bn.eps(), act)? {
+            return Ok(y);
+        }
+    }
+    let y = if half {
+        bn.forward_train(&xs.to_dtype(candle_core::DType::F32)?)?
+            .to_dtype(xs.dtype())?
+    } else {
+        bn.forward_train(xs)?
+    };
+    match act {
+        FusedActivation::Relu => crate::layers::relu(&y),
+        FusedActivation::Identity => Ok(y),
+    }
 }
 
 /// A square `kernel` x `kernel` convolution (`groups = 1`) with symmetric padding.

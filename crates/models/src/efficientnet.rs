@@ -59,9 +59,7 @@ fn bn(c: usize, vb: VarBuilder) -> Result<BatchNorm> {
 
 /// candle's batch norm, noted for [`crate::summary`].
 fn norm_t(bn: &BatchNorm, xs: &Tensor, train: bool) -> Result<Tensor> {
-    let y = bn.forward_t(xs, train)?;
-    crate::summary::record_batch_norm(bn, &y);
-    Ok(y)
+    crate::precision::batch_norm_t(bn, xs, train)
 }
 
 fn relu6(x: &Tensor) -> Result<Tensor> {

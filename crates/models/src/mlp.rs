@@ -81,7 +81,7 @@ impl ModuleT for Mlp {
                     (None, Some(act)) => layer.forward_act(&x, act)?,
                     (Some(bn), Some(act)) => {
                         let z = layer.forward_act(&x, FusedActivation::Identity)?;
-                        crate::precision::batch_norm_act_t(bn, &z, train, act)?
+                        crate::conv::bn_act(bn, &z, train, act)?
                     }
                     (norm, None) => {
                         let mut z = layer.forward_act(&x, FusedActivation::Identity)?;

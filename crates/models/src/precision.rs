@@ -12,8 +12,6 @@ use candle_nn::{BatchNorm, ModuleT};
 use serde::{Deserialize, Serialize};
 
 use crate::backbone::Backbone;
-use crate::layers::FusedActivation;
-use digitlab_kernels::norm_train::RunningStats;
 
 /// `dtype` of configs (`"f32"`, `"bf16"`) and of `--dtype`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash, Serialize, Deserialize)]
@@ -61,38 +59,11 @@ impl std::str::FromStr for Precision {
     }
 }
 
-/// Batch norm's `forward_t` for any activation dtype: half-precision inputs are
-/// normalised in f32 (the running statistics are f32) and cast back.
+/// Batch norm's `forward_t` for any activation dtype ([`crate::conv::bn_act`]
+/// without an activation): half-precision inputs are normalised in f32 (the running
+/// statistics are f32) and cast back.
 pub fn batch_norm_t(bn: &BatchNorm, xs: &Tensor, train: bool) -> Result<Tensor> {
-    batch_norm_act_t(bn, xs, train, FusedActivation::Identity)
-}
-
-/// `act(bn(x))` in train or eval mode. Train mode on CPU f32 is digitlab's one-op
-/// kernel ([`digitlab_kernels::batch_norm_train`], the activation fused in); eval
-/// mode, and train mode where the kernel does not apply, is candle_nn's batch norm
-/// followed by `act`.
-pub fn batch_norm_act_t(bn: &BatchNorm, xs: &Tensor, train: bool, act: FusedActivation) -> Result<Tensor> {
-    if train && !digitlab_kernels::precision::is_half(xs.dtype()) {
-        let stats = RunningStats {
-            mean: bn.running_mean(),
-            var: bn.running_var(),
-            momentum: bn.momentum(),
-        };
-        if let Some(y) = digitlab_kernels::batch_norm_train(xs, stats, bn.weight_and_bias(), bn.eps(), act)? {
-            crate::summary::record_batch_norm(bn, &y);
-            return Ok(y);
-        }
-    }
-    let y = if digitlab_kernels::precision::is_half(xs.dtype()) {
-        bn.forward_t(&xs.to_dtype(DType::F32)?, train)?.to_dtype(xs.dtype())?
-    } else {
-        bn.forward_t(xs, train)?
-    };
-    crate::summary::record_batch_norm(bn, &y);
-    match act {
-        FusedActivation::Relu => crate::layers::relu(&y),
-        FusedActivation::Identity => Ok(y),
-    }
+    crate::conv::bn_act(bn, xs, train, crate::layers::FusedActivation::Identity)
 }
 
 /// A network run in `dtype`: input cast to it, output cast back to f32.
