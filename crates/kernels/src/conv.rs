@@ -13,6 +13,10 @@
 //! computed only for the inputs that track them (not for the image batch fed to
 //! the first layer).
 //!
+//! Few channels at stride 1 (LeNet's layers, small stems) take the direct kernels
+//! of [`direct`] instead, on CPUs with AVX2 and FMA: there the im2col copy and
+//! gemm's packing cost more than the arithmetic.
+//!
 //! Threads: images are split over threads when the work is big enough, each with
 //! its own scratch buffers (kept per thread and reused across calls) and a
 //! single-threaded gemm; a lone image uses gemm's own threads instead.
@@ -23,6 +27,8 @@ use crate::Activation;
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use std::cell::RefCell;
 use std::ops::Range;
+
+mod direct;
 
 /// Geometry options of [`conv2d`], as in candle's `Conv2dConfig`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -383,7 +389,8 @@ fn plan(g: &Geo, b: usize) -> (usize, gemm::Parallelism) {
     }
 }
 
-/// Forward of images `imgs`, whose outputs are `out` (`imgs.len() * O * OH * OW`).
+/// Forward (im2col + gemm) of images `imgs`, whose outputs are `out`
+/// (`imgs.len() * O * OH * OW`).
 #[allow(clippy::too_many_arguments)]
 fn forward_part(
     g: &Geo,
@@ -510,13 +517,17 @@ fn forward(
     let mut out = cpu::zeros(bn * item);
     let (n_parts, par) = plan(g, bn);
     let results = map_parts_mut(&mut out, item, bn, n_parts, |_, imgs, part| {
+        if g.direct() {
+            direct::forward_part(g, &xd, &wt, bias.as_deref(), act, imgs, part);
+            return Ok(());
+        }
         forward_part(g, &xd, &wt, bias.as_deref(), act, imgs, part, par)
     });
     results.into_iter().collect::<Result<Vec<()>>>()?;
     Ok((CpuStorage::F32(out), Shape::from((bn, g.o, g.oh, g.ow))))
 }
 
-/// Backward of images `imgs`: returns this part's weight gradient (when `need_w`)
+/// Backward (im2col + gemm) of images `imgs`: returns this part's weight gradient (when `need_w`)
 /// and writes the input gradient of its images into `dx` (when non-empty).
 #[allow(clippy::too_many_arguments)]
 fn backward_part(
@@ -651,6 +662,9 @@ fn backward(
     let mut dx = cpu::zeros(bn * item);
     let (n_parts, par) = plan(g, bn);
     let parts = map_parts_mut(&mut dx, item, bn, n_parts, |_, imgs, part| {
+        if g.direct() {
+            return Ok(direct::backward_part(g, xv.get(), wv.get(), dz, need_w, imgs, part));
+        }
         backward_part(g, xv.get(), wv.get(), dz, need_w, imgs, part, par)
     });
     let mut dw: Option<Vec<f32>> = None;

@@ -440,12 +440,23 @@ fn conv2d_big_batches_split_over_threads_agree() {
 
 #[test]
 fn conv2d_gradients_match_finite_differences() {
-    let params = Conv2dParams {
-        padding: 1,
-        stride: 2,
-        ..Default::default()
-    };
-    let (x, w, b) = (tensor(&[2, 2, 5, 6], 1), tensor(&[3, 2, 3, 3], 2), tensor(&[3], 3));
+    // Strided (im2col + gemm) and stride 1 with few channels (the direct kernels
+    // on CPUs with AVX2), both on non-square maps.
+    for (stride, padding, xs, ws) in [(2, 1, [2, 2, 5, 6], [3, 2, 3, 3]), (1, 2, [2, 3, 6, 5], [5, 3, 5, 3])] {
+        conv2d_gradients_match_finite_differences_for(
+            Conv2dParams {
+                padding,
+                stride,
+                ..Default::default()
+            },
+            &xs,
+            &ws,
+        );
+    }
+}
+
+fn conv2d_gradients_match_finite_differences_for(params: Conv2dParams, xs: &[usize], ws: &[usize]) {
+    let (x, w, b) = (tensor(xs, 1), tensor(ws, 2), tensor(&[ws[0]], 3));
     let loss = |x: &Tensor, w: &Tensor, b: &Tensor| -> f64 {
         f64::from(
             weighted_sum(&conv2d(x, w, Some(b), params, Activation::Identity).unwrap(), 4)
