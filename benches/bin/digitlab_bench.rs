@@ -20,6 +20,7 @@ use digitlab_models::Precision;
 fn main() -> Result<()> {
     // First, while this is the only thread.
     digitlab_kernels::runtime::pin_thread_count();
+    digitlab_kernels::runtime::shorten_pool_spin();
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.is_empty() || args.iter().any(|a| a == "--help" || a == "-h") {
         println!("usage: digitlab-bench --list | --list-gpu | <workload> [--seconds S] [--warmup N] [--min-steps N] [--device cpu|cuda] [--dtype f32|bf16] [--scale F]");

@@ -20,6 +20,7 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     // First, while this is the only thread.
     digitlab_kernels::runtime::pin_thread_count();
+    digitlab_kernels::runtime::shorten_pool_spin();
     let cli = Cli::parse();
     let backtrace = cli.verbose || errors::backtrace_requested(|n| std::env::var(n).ok());
     if cli.verbose {
