@@ -21,7 +21,9 @@ pub struct Batch {
 }
 
 /// Datasets whose transformed f32 images fit in this many bytes are converted
-/// once and kept on the device when no augmentation is asked for.
+/// once and kept on the device when no augmentation is asked for (and the
+/// conversion is more than a table lookup per pixel, or the device is a GPU: see
+/// [`Batcher`]).
 pub const DEFAULT_CACHE_BYTES: usize = 1 << 30;
 
 /// Conversions of fewer output values than this (1 MiB of f32) stay on the calling

@@ -411,13 +411,7 @@ fn forward_part(
         }
     }
     let acc = bias.is_some();
-    let relu = |v: &mut [f32]| {
-        if act == Activation::Relu {
-            for v in v.iter_mut() {
-                *v = v.max(0.0);
-            }
-        }
-    };
+    let relu = |v: &mut [f32]| act.apply_in_place(v);
     SCRATCH.with(|s| -> Result<()> {
         let mut s = s.borrow_mut();
         let [cols, tmp, _, pad] = &mut *s;

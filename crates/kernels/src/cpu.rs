@@ -234,8 +234,8 @@ pub(crate) fn gemm(
 }
 
 /// The gradient at the input of a fused activation: `grad` itself for the identity,
-/// `grad` where the (forward) output `res` was positive for a ReLU. `None` means
-/// "use `grad` unchanged" (no copy).
+/// `grad` where the (forward) output `res` lets it through otherwise
+/// ([`crate::Activation::passes`]). `None` means "use `grad` unchanged" (no copy).
 pub(crate) fn activation_grad(
     act: crate::Activation,
     grad: &[f32],
@@ -244,13 +244,13 @@ pub(crate) fn activation_grad(
 ) -> Result<Option<Vec<f32>>> {
     match act {
         crate::Activation::Identity => Ok(None),
-        crate::Activation::Relu => {
+        crate::Activation::Relu | crate::Activation::Relu6 => {
             let res = res.contiguous()?;
             let r = View::new(&res, op)?;
             Ok(Some(
                 grad.iter()
                     .zip(r.get())
-                    .map(|(&g, &y)| if y > 0.0 { g } else { 0.0 })
+                    .map(|(&g, &y)| if act.passes(y) { g } else { 0.0 })
                     .collect(),
             ))
         }

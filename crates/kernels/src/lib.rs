@@ -79,6 +79,8 @@ pub enum Activation {
     #[default]
     Identity,
     Relu,
+    /// `min(max(x, 0), 6)` (MobileNet's and EfficientNet-Lite's activation).
+    Relu6,
 }
 
 impl Activation {
@@ -87,6 +89,40 @@ impl Activation {
         match self {
             Activation::Identity => Ok(xs.clone()),
             Activation::Relu => xs.relu(),
+            Activation::Relu6 => xs.clamp(0f32, 6f32),
+        }
+    }
+
+    /// The activation of one value.
+    #[inline(always)]
+    pub fn eval(self, v: f32) -> f32 {
+        match self {
+            Activation::Identity => v,
+            Activation::Relu => v.max(0.0),
+            Activation::Relu6 => v.clamp(0.0, 6.0),
+        }
+    }
+
+    /// Applies the activation to every value of `v`, one loop per kind (so each
+    /// vectorises).
+    pub(crate) fn apply_in_place(self, v: &mut [f32]) {
+        match self {
+            Activation::Identity => {}
+            Activation::Relu => v.iter_mut().for_each(|x| *x = x.max(0.0)),
+            Activation::Relu6 => v.iter_mut().for_each(|x| *x = x.clamp(0.0, 6.0)),
+        }
+    }
+
+    /// Whether the gradient flows back through an output `y`: everywhere for the
+    /// identity, where the output is inside the unclamped range otherwise (at an
+    /// output exactly on a clamp, candle's `clamp` splits the gradient in half;
+    /// this passes none, as for the ReLU).
+    #[inline(always)]
+    pub(crate) fn passes(self, y: f32) -> bool {
+        match self {
+            Activation::Identity => true,
+            Activation::Relu => y > 0.0,
+            Activation::Relu6 => y > 0.0 && y < 6.0,
         }
     }
 }

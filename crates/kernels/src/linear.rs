@@ -120,11 +120,7 @@ fn forward(x: Operand, w: Operand, b: Option<Operand>, act: Activation) -> Resul
         }
         None => cpu::gemm_new(bsz, n, k, lhs, rhs, par)?,
     };
-    if act == Activation::Relu {
-        for v in out.iter_mut() {
-            *v = v.max(0.0);
-        }
-    }
+    act.apply_in_place(&mut out);
     Ok((CpuStorage::F32(out), Shape::from((bsz, n))))
 }
 

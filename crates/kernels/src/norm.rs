@@ -107,19 +107,14 @@ impl CustomOp1 for Affine {
         let x = cpu::contiguous(f32_data(s, "batch_norm_eval")?, l)?;
         let c = self.scale.len();
         let mut out = cpu::zeros(x.len());
-        let relu = self.act == Activation::Relu;
+        let act = self.act;
         for_each_plane(&mut out, self.inner, c, |ch, offset, dst| {
             let (a, b) = (self.scale[ch], self.shift[ch]);
             let src = &x[offset..offset + dst.len()];
-            if relu {
-                for (o, v) in dst.iter_mut().zip(src) {
-                    *o = (v * a + b).max(0.0);
-                }
-            } else {
-                for (o, v) in dst.iter_mut().zip(src) {
-                    *o = v * a + b;
-                }
+            for (o, v) in dst.iter_mut().zip(src) {
+                *o = v * a + b;
             }
+            act.apply_in_place(dst);
         });
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }

@@ -229,12 +229,14 @@ impl CustomOp3 for TrainOp {
             .map(|i| (f64::from(b[i]) - self.mean[i] * f64::from(w[i]) * self.invstd[i]) as f32)
             .collect();
         let mut out = cpu::zeros(x.len());
-        if self.act == Activation::Relu {
-            map_channels(&mut out, &x, &x, c, self.inner, |ch, v, _| {
+        match self.act {
+            Activation::Identity => map_channels(&mut out, &x, &x, c, self.inner, |ch, v, _| v * scale[ch] + shift[ch]),
+            Activation::Relu => map_channels(&mut out, &x, &x, c, self.inner, |ch, v, _| {
                 (v * scale[ch] + shift[ch]).max(0.0)
-            });
-        } else {
-            map_channels(&mut out, &x, &x, c, self.inner, |ch, v, _| v * scale[ch] + shift[ch]);
+            }),
+            Activation::Relu6 => map_channels(&mut out, &x, &x, c, self.inner, |ch, v, _| {
+                (v * scale[ch] + shift[ch]).clamp(0.0, 6.0)
+            }),
         }
         Ok((CpuStorage::F32(out), xl.shape().clone()))
     }

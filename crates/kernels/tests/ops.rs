@@ -50,7 +50,7 @@ fn linear_matches_candle_linear() {
         (100, 128, 10),
         (7, 1, 3),
     ] {
-        for act in [Activation::Identity, Activation::Relu] {
+        for act in [Activation::Identity, Activation::Relu, Activation::Relu6] {
             let (x, w, bias) = (var(&[b, k], 1), var(&[n, k], 2), var(&[n], 3));
             let what = format!("linear {b}x{k}->{n} {act:?}");
             compare_grads(
@@ -397,7 +397,7 @@ fn conv2d_matches_candle_conv2d() {
             stride: s,
             ..Default::default()
         };
-        for act in [Activation::Identity, Activation::Relu] {
+        for act in [Activation::Identity, Activation::Relu, Activation::Relu6] {
             let what = format!("conv b{b} c{c} h{h} o{o} k{k} s{s} p{p} {act:?}");
             // Square inputs: candle's backward (the reference) mis-sizes the input gradient
             // of strided convolutions on non-square inputs; those are covered by the
@@ -668,7 +668,7 @@ fn batch_norm_eval_matches_candle_nn() {
     let mean = tensor(&[5], 2);
     let var = (tensor(&[5], 3).abs().unwrap() + 0.5).unwrap();
     let (w, b) = (tensor(&[5], 4), tensor(&[5], 5));
-    for act in [Activation::Identity, Activation::Relu] {
+    for act in [Activation::Identity, Activation::Relu, Activation::Relu6] {
         let got = batch_norm_eval(&x, &mean, &var, Some((&w, &b)), 1e-5, act).unwrap();
         let want = batch_norm_eval_reference(&x, &mean, &var, Some((&w, &b)), 1e-5, act).unwrap();
         assert!(rel_err(&got, &want) < 1e-5, "{act:?}");
@@ -717,7 +717,7 @@ fn batch_norm_train_matches_candle_nn_forward_gradients_and_running_statistics()
     // Rank 2 (an MLP's), 3 and 4 (a CNN's), and one big enough to split over threads.
     for dims in [vec![6usize, 5], vec![2, 3, 7], vec![3, 4, 5, 5], vec![4, 16, 64, 64]] {
         let c = dims[1];
-        for act in [Activation::Identity, Activation::Relu] {
+        for act in [Activation::Identity, Activation::Relu, Activation::Relu6] {
             for affine in [true, false] {
                 let what = format!("batch_norm_train {dims:?} {act:?} affine={affine}");
                 let (x, w, b) = (var(&dims, 1), var(&[c], 2), var(&[c], 3));
@@ -877,4 +877,81 @@ fn batch_norm_train_declines_what_it_does_not_cover_and_touches_nothing() {
     .unwrap();
     let g = y.sum_all().unwrap().backward().unwrap();
     assert!(g.get(w.as_tensor()).is_some() && g.get(&b).is_none());
+}
+
+/// ReLU6 through every kernel that fuses an activation, on inputs big enough that
+/// the outputs clamp at both ends (the loops above rarely reach 6).
+#[test]
+fn relu6_clamps_at_both_ends_in_every_fused_kernel() {
+    let act = Activation::Relu6;
+    let big = |shape: &[usize], seed| Var::from_tensor(&(tensor(shape, seed) * 4.0).unwrap()).unwrap();
+    let clamped = |y: &Tensor, what: &str| {
+        let v: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
+        assert!(
+            v.contains(&6.0) && v.contains(&0.0) && v.iter().any(|&a| a > 0.0 && a < 6.0),
+            "{what}: the outputs do not reach both clamps"
+        );
+    };
+    let (x, w, b) = (big(&[16, 20], 1), var(&[7, 20], 2), var(&[7], 3));
+    clamped(
+        &linear(x.as_tensor(), w.as_tensor(), Some(b.as_tensor()), act).unwrap(),
+        "linear",
+    );
+    compare_grads(
+        &[x, w, b],
+        4,
+        "linear relu6",
+        |t| linear(&t[0], &t[1], Some(&t[2]), act).unwrap(),
+        |t| linear_reference(&t[0], &t[1], Some(&t[2]), act).unwrap(),
+    );
+    // Stride 1 with few channels (the direct kernels on AVX2) and stride 2 (im2col).
+    for stride in [1, 2] {
+        let params = Conv2dParams {
+            padding: 1,
+            stride,
+            ..Default::default()
+        };
+        let what = format!("conv2d relu6 stride {stride}");
+        let (x, w, b) = (big(&[2, 3, 9, 9], 5), var(&[6, 3, 3, 3], 6), var(&[6], 7));
+        clamped(
+            &conv2d(x.as_tensor(), w.as_tensor(), Some(b.as_tensor()), params, act).unwrap(),
+            &what,
+        );
+        compare_grads(
+            &[x, w, b],
+            8,
+            &what,
+            |t| conv2d(&t[0], &t[1], Some(&t[2]), params, act).unwrap(),
+            |t| conv2d_reference(&t[0], &t[1], Some(&t[2]), params, act).unwrap(),
+        );
+    }
+    // Batch norm: weights that carry the normalised values past 6.
+    let x = var(&[4, 3, 5, 5], 9);
+    let w = Var::from_tensor(&Tensor::new(&[8f32, -6.0, 0.7], &Device::Cpu).unwrap()).unwrap();
+    let b = var(&[3], 10);
+    let mean0 = tensor(&[3], 11);
+    let var0 = (tensor(&[3], 12).abs().unwrap() + 0.5).unwrap();
+    let m = mean0.copy().unwrap();
+    let v = var0.copy().unwrap();
+    let stats = digitlab_kernels::norm_train::RunningStats {
+        mean: &m,
+        var: &v,
+        momentum: 0.1,
+    };
+    let wb = Some((w.as_tensor(), b.as_tensor()));
+    let got = batch_norm_train(x.as_tensor(), stats, wb, 1e-5, act).unwrap().unwrap();
+    let (_, want) = candle_batch_norm(x.as_tensor(), (&mean0, &var0), wb, 0.1, act);
+    clamped(&got, "batch_norm_train");
+    assert!(rel_err(&got, &want) < TOL, "batch_norm_train relu6: forward");
+    let gk = weighted_sum(&got, 13).unwrap().backward().unwrap();
+    let gr = weighted_sum(&want, 13).unwrap().backward().unwrap();
+    for (name, p) in [("dx", &x), ("dw", &w), ("db", &b)] {
+        let e = rel_err(gk.get(p.as_tensor()).unwrap(), gr.get(p.as_tensor()).unwrap());
+        assert!(e < 1e-4, "batch_norm_train relu6: {name} rel err {e}");
+    }
+    let (xe, we, be) = (x.as_tensor().detach(), w.as_tensor().detach(), b.as_tensor().detach());
+    let got = batch_norm_eval(&xe, &mean0, &var0, Some((&we, &be)), 1e-5, act).unwrap();
+    let want = batch_norm_eval_reference(&xe, &mean0, &var0, Some((&we, &be)), 1e-5, act).unwrap();
+    clamped(&got, "batch_norm_eval");
+    assert!(rel_err(&got, &want) < 1e-5, "batch_norm_eval relu6");
 }

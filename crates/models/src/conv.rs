@@ -113,7 +113,7 @@ fn batch_norm_train_act(bn: &BatchNorm, xs: &Tensor, act: FusedActivation) -> Re
     };
     match act {
         FusedActivation::Relu => crate::layers::relu(&y),
-        FusedActivation::Identity => Ok(y),
+        act => act.apply_reference(&y),
     }
 }
 

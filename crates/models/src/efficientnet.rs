@@ -57,13 +57,15 @@ fn bn(c: usize, vb: VarBuilder) -> Result<BatchNorm> {
     batch_norm2d(c, BN_EPS, BN_MOMENTUM, vb)
 }
 
-/// candle's batch norm, noted for [`crate::summary`].
+/// The batch norm (through the kernels, noted for [`crate::summary`]).
 fn norm_t(bn: &BatchNorm, xs: &Tensor, train: bool) -> Result<Tensor> {
     crate::precision::batch_norm_t(bn, xs, train)
 }
 
-fn relu6(x: &Tensor) -> Result<Tensor> {
-    x.clamp(0f32, 6f32)
+/// `relu6(bn(x))` as one pass: candle's `clamp` would be two broadcast ops forward
+/// and four mask ops backward, each a full-size tensor.
+fn norm_relu6_t(bn: &BatchNorm, xs: &Tensor, train: bool) -> Result<Tensor> {
+    crate::conv::bn_act(bn, xs, train, FusedActivation::Relu6)
 }
 
 /// Mobile inverted bottleneck block without squeeze-excitation.
@@ -114,9 +116,9 @@ impl ModuleT for MbConv {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
         let mut x = xs.clone();
         if let Some((conv, norm)) = &self.expand {
-            x = relu6(&norm_t(norm, &conv.forward_act(&x, FusedActivation::Identity)?, train)?)?;
+            x = norm_relu6_t(norm, &conv.forward_act(&x, FusedActivation::Identity)?, train)?;
         }
-        x = relu6(&norm_t(&self.bn1, &self.depthwise.forward(&x)?, train)?)?;
+        x = norm_relu6_t(&self.bn1, &self.depthwise.forward(&x)?, train)?;
         x = norm_t(
             &self.bn2,
             &self.project.forward_act(&x, FusedActivation::Identity)?,
@@ -196,7 +198,7 @@ impl EfficientNetLite0 {
         let f = &self.frozen;
         let mut x = f.cut(
             0,
-            relu6(&norm_t(&self.bn0, &self.conv_stem.forward(xs)?, f.train(0, train))?)?,
+            norm_relu6_t(&self.bn0, &self.conv_stem.forward(xs)?, f.train(0, train))?,
         )?;
         for (b, &stage) in self.blocks.iter().zip(&self.block_stage) {
             // Cutting after every block of the last frozen stage cuts after its last.
@@ -206,11 +208,11 @@ impl EfficientNetLite0 {
         let head_train = f.train(head_stage, train);
         f.cut(
             head_stage,
-            relu6(&norm_t(
+            norm_relu6_t(
                 &self.bn1,
                 &self.conv_head.forward_act(&x, FusedActivation::Identity)?,
                 head_train,
-            )?)?,
+            )?,
         )
     }
 }

@@ -13,14 +13,16 @@
 //!
 //! Sums run in a fixed order (positions, then images in order), so the results are
 //! the same from run to run; they are not bit-identical to the im2col path.
-use super::Geo;
+use super::{grow, Geo};
 use crate::Activation;
 use std::cell::RefCell;
 use std::ops::Range;
 
 /// Flat positions per forward tile: three 8-lane vectors.
 const P: usize = 24;
-/// Output channels that share a forward tile's input loads.
+/// Output channels that share a forward tile's input loads: 3 x 3 accumulators.
+/// With 4 x 3 (all 16 AVX2 registers with the inputs and the broadcast) the
+/// compiler spilled one accumulator to the stack, and the tile ran slower.
 const MAX_J: usize = 3;
 /// Output channels that share a weight-gradient tile's input loads.
 const MAX_JW: usize = 3;
@@ -105,13 +107,6 @@ impl Grid {
 thread_local! {
     /// Per-thread scratch: padded input, zero-bordered output gradient, result grid.
     static SCRATCH: RefCell<[Vec<f32>; 3]> = const { RefCell::new([Vec::new(), Vec::new(), Vec::new()]) };
-}
-
-fn grow(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
-    if v.len() < n {
-        v.resize(n, 0.0);
-    }
-    &mut v[..n]
 }
 
 /// `[C][T][O]`: the forward weights with the output channels innermost, so a tile's
@@ -207,8 +202,7 @@ impl Correlation<'_> {
                 let tile = match js.len() {
                     1 => avx2::correlation_tile::<1>,
                     2 => avx2::correlation_tile::<2>,
-                    3 => avx2::correlation_tile::<3>,
-                    _ => avx2::correlation_tile::<4>,
+                    _ => avx2::correlation_tile::<3>,
                 };
                 for q0 in (0..n).step_by(P) {
                     // SAFETY: AVX2 and FMA are present; the tile reads
@@ -306,8 +300,8 @@ mod avx2 {
 
     const V: usize = P / 8;
 
-    /// `J` channels × [`P`] positions of a correlation: 4 × 3 accumulators, three
-    /// input loads and `J` broadcasts per tap, which fills AVX2's 16 registers.
+    /// `J` channels × [`P`] positions of a correlation: `J` × 3 accumulators, three
+    /// input loads and `J` broadcasts per tap.
     ///
     /// # Safety
     /// AVX2 and FMA; `inp + k*is + off .. + P` readable for `k < ks` and every
@@ -439,9 +433,7 @@ pub(super) fn forward_part(
                     let from = o * n + y * grid.pw;
                     let row = &mut dst[(o * g.oh + y) * g.ow..(o * g.oh + y + 1) * g.ow];
                     row.copy_from_slice(&res[from..from + g.ow]);
-                    if act == Activation::Relu {
-                        row.iter_mut().for_each(|v| *v = v.max(0.0));
-                    }
+                    act.apply_in_place(row);
                 }
             }
         }
@@ -584,7 +576,7 @@ mod tests {
             let wt = values(o * g.ckk(), 2);
             let bias = values(o, 3);
             let dz = values(b * o * g.ohw(), 4);
-            for act in [Activation::Identity, Activation::Relu] {
+            for act in [Activation::Identity, Activation::Relu, Activation::Relu6] {
                 let n = b * o * g.ohw();
                 let (mut want, mut got) = (vec![0f32; n], vec![f32::NAN; n]);
                 super::super::forward_part(&g, &x, &wt, Some(&bias), act, 0..b, &mut want, gemm::Parallelism::None)
