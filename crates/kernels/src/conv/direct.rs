@@ -196,8 +196,8 @@ impl Correlation<'_> {
         );
         #[cfg(target_arch = "x86_64")]
         if available() {
-            let zeros = vec![0f32; self.jn];
-            let init = self.init.unwrap_or(&zeros);
+            // No bias: the tiles start from zeros (at most MAX_J of them per tile).
+            const ZEROS: [f32; MAX_J] = [0.0; MAX_J];
             for js in channel_blocks(self.jn, MAX_J) {
                 let tile = match js.len() {
                     1 => avx2::correlation_tile::<1>,
@@ -207,8 +207,9 @@ impl Correlation<'_> {
                 for q0 in (0..n).step_by(P) {
                     // SAFETY: AVX2 and FMA are present; the tile reads
                     // inp[k*is + q0 + off .. + P] for k < self.k, off <= max_off, the
-                    // weights w[(k*T + t)*jn + js] and writes out[j*os + q0 .. + P]
-                    // for j in js: all inside the bounds asserted above.
+                    // weights w[(k*T + t)*jn + js], js.len() <= MAX_J initial values
+                    // (init[js] or ZEROS), and writes out[j*os + q0 .. + P] for j in
+                    // js: all inside the bounds asserted above.
                     unsafe {
                         tile(
                             self.inp.as_ptr().add(q0),
@@ -217,7 +218,10 @@ impl Correlation<'_> {
                             self.w.as_ptr().add(js.start),
                             self.jn,
                             self.offs,
-                            init.as_ptr().add(js.start),
+                            match self.init {
+                                Some(b) => b.as_ptr().add(js.start),
+                                None => ZEROS.as_ptr(),
+                            },
                             out.as_mut_ptr().add(js.start * os + q0),
                             os,
                         )
